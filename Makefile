@@ -1,0 +1,36 @@
+# Everything runs from a virtual environment the Makefile creates (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv test unit lint bench clean
+
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
+	@command -v redis-server >/dev/null || { echo "redis-server is needed: apt-get install redis-server"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# uWSGI builds from source; its websocket handshake needs OpenSSL headers.
+	$(PY) -m pip install -q -e '.[test,lint]' || { echo "install failed: uWSGI needs a C compiler and libssl-dev (apt-get install build-essential libssl-dev)"; exit 1; }
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The whole test suite: unit tests and integration tests against real redis-server and uWSGI.
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check ws4redis_uwsgi tests bench
+	$(VENV)/bin/ruff format --check ws4redis_uwsgi tests bench
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) bench/fanout.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

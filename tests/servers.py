@@ -1,0 +1,145 @@
+"""Real redis-server and uWSGI processes for tests and benchmarks, on free ports.
+
+Every process is started on a port the kernel just handed out, waited for by
+condition (it answers), and stopped on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+#: Scales every wait for slow machines (WS4REDIS_TIMING=2 doubles them).
+TIMING = float(os.environ.get("WS4REDIS_TIMING", "1"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout * TIMING
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server that keeps nothing on disk."""
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir or Path("/tmp")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--maxclients", "10000"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self.ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        """Kill -9: the way a crash looks to clients."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    stop = kill
+
+
+class UwsgiServer:
+    """uWSGI serving the websocket entry point for the test site, one worker, gevent."""
+
+    def __init__(self, env: dict[str, str], *, cores: int = 2000, extra: list[str] | None = None,
+                 log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env}
+        self.cores = cores
+        self.extra = extra or []
+        self.log_path = log_path or Path(f"/tmp/ws4redis-uwsgi-{self.port}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> UwsgiServer:
+        exe = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
+        if exe is None:
+            raise RuntimeError("uwsgi is not installed: pip install uWSGI (needs libssl-dev to build)")
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [exe, "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets", "--gevent", str(self.cores),
+             "--master", "--workers", "1", "--module", "ws4redis_uwsgi.wsgi_websocket:application",
+             "--pythonpath", str(REPO), "--listen", "1024", "--die-on-term", "--buffer-size", "8192",
+             "--need-app", "--disable-logging", "--max-fd", "20000", *self.extra],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: port_open(self.port) and self.worker_pids(), 30, f"uWSGI on port {self.port}")
+        return self
+
+    def worker_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+            self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

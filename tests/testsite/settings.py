@@ -1,0 +1,43 @@
+"""A small Django site for the integration tests: the one the uWSGI websocket worker loads.
+
+The test run chooses the database file and the Redis URL and passes them in
+the environment, so the test process and the uWSGI worker share both.
+"""
+
+import os
+
+SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "ws4redis_uwsgi",
+]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("WS4REDIS_TEST_DB", ":memory:"),
+        "OPTIONS": {"timeout": 20},
+    }
+}
+ROOT_URLCONF = "tests.testsite.urls"
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+WEBSOCKET_URL = "/ws/"
+WS4REDIS_CONNECTION = os.environ.get("WS4REDIS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+WS4REDIS_PREFIX = "test"
+WS4REDIS_EXPIRE = 60
+WS4REDIS_HEARTBEAT = "--heartbeat--"
+WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
+
+LOGGING = {
+    "version": 1,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"ws4redis_uwsgi": {"handlers": ["console"], "level": "INFO"}},
+}

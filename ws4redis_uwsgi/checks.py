@@ -1,0 +1,56 @@
+"""Django system checks for the ws4redis_uwsgi settings, each with a fix-it hint."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core.checks import Error, register
+from django.utils.module_loading import import_string
+
+from . import settings
+from .connection import connection_problems
+
+_HEARTBEAT = re.compile(r"^[\w .:-]{1,64}$")
+
+
+def _error(setting: str, msg: str, hint: str, n: int) -> Error:
+    return Error(f"{setting} {msg}", hint=hint, id=f"ws4redis_uwsgi.E{n:03d}")
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    url = settings.get("WEBSOCKET_URL")
+    if not (isinstance(url, str) and url.startswith("/") and url.endswith("/")):
+        errors.append(_error("WEBSOCKET_URL", f"is {url!r}.", "Use a path that starts and ends with '/', such as '/ws/'.", 1))
+    for problem in connection_problems(settings.get("WS4REDIS_CONNECTION")):
+        errors.append(
+            _error(
+                "WS4REDIS_CONNECTION",
+                f"is not usable: {problem}.",
+                "Use a dict such as {'host': 'localhost', 'port': 6379, 'db': 0} or a URL such as 'redis://localhost:6379/0'.",
+                2,
+            )
+        )
+    prefix = settings.get("WS4REDIS_PREFIX")
+    if prefix is not None and (not isinstance(prefix, str) or re.search(r"[:*?\[\]\s]", prefix)):
+        errors.append(_error("WS4REDIS_PREFIX", f"is {prefix!r}.", "Use None or a word without ':', '*', '?', '[' or spaces.", 3))
+    expire = settings.get("WS4REDIS_EXPIRE")
+    if not isinstance(expire, int) or isinstance(expire, bool) or expire < 0:
+        errors.append(_error("WS4REDIS_EXPIRE", f"is {expire!r}.", "Use a number of seconds, 0 to persist nothing.", 4))
+    heartbeat = settings.get("WS4REDIS_HEARTBEAT")
+    if heartbeat is not None and not (isinstance(heartbeat, str) and _HEARTBEAT.match(heartbeat)):
+        errors.append(
+            _error("WS4REDIS_HEARTBEAT", f"is {heartbeat!r}.", "Use None or a short string of letters, digits, spaces, '.', ':' or '-'.", 5)
+        )
+    for n, name in enumerate(("WS4REDIS_SUBSCRIBER", "WS4REDIS_ALLOWED_CHANNELS", "WS4REDIS_PROCESS_REQUEST"), start=6):
+        value = settings.get(name)
+        if isinstance(value, str):
+            try:
+                import_string(value)
+            except ImportError as exc:
+                errors.append(_error(name, f"cannot be imported: {exc}.", "Give the dotted path of an importable object.", n))
+        elif value is not None and not callable(value):
+            errors.append(_error(name, f"is {value!r}.", "Give a callable or the dotted path of one.", n))
+    return errors

@@ -1,0 +1,30 @@
+"""WebSocket close codes sent by the server, in one place.
+
+Every close the server initiates picks its code from :class:`CloseCode`; the
+README documents each one. A server-side failure closes with
+``INTERNAL_ERROR`` and never puts exception text on the wire.
+"""
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+def close_frame(code: CloseCode, reason: str = "") -> bytes:
+    """Build an unmasked server close frame carrying ``code`` and a short ``reason``.
+
+    The reason is truncated so the payload stays within the 125 bytes a
+    control frame may carry.
+    """
+    payload = int(code).to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    return bytes((0x88, len(payload))) + payload

@@ -1,0 +1,284 @@
+"""One Redis subscription per worker process, fanned out to its websockets.
+
+However many websockets a worker serves, it holds one pub/sub connection:
+the hub subscribes to a channel when its first listener arrives, counts the
+listeners, unsubscribes when the last one leaves, and hands every message to
+the listeners of its channel in-process. It waits on file descriptors
+through gevent's event loop (epoll), never ``select()``, so it works past
+fd 1024. When Redis goes away it reconnects with jittered exponential
+backoff and re-subscribes; the websockets stay open meanwhile.
+
+This module is the gevent adapter of the bus; the decisions about what a
+message is live in :mod:`ws4redis_uwsgi.envelope`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import gevent
+import redis
+from gevent.event import Event
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import envelope
+from .connection import make_client
+
+logger = logging.getLogger("ws4redis_uwsgi.hub")
+
+#: Commands (GET, PUBLISH) from all websockets of a worker share this many connections.
+COMMAND_POOL_SIZE = 8
+
+
+class Listener(Protocol):
+    def deliver(self, message: envelope.BusMessage) -> None: ...
+
+
+class FdWaiter:
+    """Wait until a file descriptor is readable or :meth:`wake` is called.
+
+    Uses a gevent io watcher (epoll through libev), which has no limit on fd
+    numbers, and one event that both the watcher and other greenlets set.
+    """
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._event = Event()
+        self._watcher: Any = None
+        if fd is not None:
+            self.watch(fd)
+
+    def watch(self, fd: int) -> None:
+        self.unwatch()
+        self._watcher = gevent.get_hub().loop.io(fd, 1)
+        self._watcher.start(self._event.set)
+
+    def unwatch(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block this greenlet until woken or readable; False on timeout."""
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+    close = unwatch
+
+
+class SubscriptionHub:
+    """The worker's single pub/sub connection and its in-process fan-out."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], redis.Redis],
+        *,
+        ping_interval: float = 15.0,
+        min_backoff: float = 0.05,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._client_factory = client_factory
+        self.ping_interval = ping_interval
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self._listeners: dict[str, set[Listener]] = {}
+        self._subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
+        self._confirmed: dict[str, Event] = {}  # set once Redis confirmed the subscription
+        self._waiter = FdWaiter()
+        self._greenlet: gevent.Greenlet | None = None
+        self._backoff = min_backoff
+        #: How many times the subscription connection was lost; for tests and metrics.
+        self.disconnects = 0
+        self.connected = False
+
+    # -- the API websockets use -------------------------------------------------
+
+    def add(self, listener: Listener, channels: Iterable[str]) -> None:
+        for channel in channels:
+            self._listeners.setdefault(channel, set()).add(listener)
+        self._ensure_running()
+        self._waiter.wake()
+
+    def remove(self, listener: Listener, channels: Iterable[str]) -> None:
+        for channel in channels:
+            listeners = self._listeners.get(channel)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[channel]
+        self._waiter.wake()
+
+    def listener_count(self, channel: str) -> int:
+        return len(self._listeners.get(channel, ()))
+
+    def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
+        """Wait until Redis confirmed the subscription of every channel; False on timeout."""
+        deadline = time.monotonic() + timeout
+        for channel in channels:
+            event = self._confirmed.setdefault(channel, Event())
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+
+    # -- the subscription loop --------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            pubsub = None
+            try:
+                if not self._listeners:
+                    self._waiter.wait(None)
+                    continue
+                pubsub = self._client_factory().pubsub()
+                self._serve(pubsub)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self.disconnects += 1
+                logger.warning("Redis subscription lost (%s); reconnecting in %.2fs", exc, self._backoff)
+            except Exception:
+                self.disconnects += 1
+                logger.exception("Redis subscription failed; reconnecting in %.2fs", self._backoff)
+            finally:
+                self._on_disconnect(pubsub)
+            gevent.sleep(self._backoff * random.uniform(0.5, 1.0))
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+
+    def _on_disconnect(self, pubsub: Any) -> None:
+        self.connected = False
+        self._waiter.unwatch()
+        self._subscribed.clear()
+        for event in self._confirmed.values():
+            event.clear()
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # the connection is gone already
+                pass
+
+    def _serve(self, pubsub: Any) -> None:
+        self._sync(pubsub)  # the first SUBSCRIBE opens the connection
+        connection = pubsub.connection
+        # redis-py offers no public accessor for the socket; ws4redis used the same.
+        self._waiter.watch(connection._sock.fileno())
+        self.connected = True
+        self._backoff = self.min_backoff
+        logger.info("Redis subscription connected (pid %d)", os.getpid())
+        ping_pending = False
+        while True:
+            if self._drain(pubsub, connection):
+                ping_pending = False
+            self._sync(pubsub)
+            if self._waiter.wait(self.ping_interval):
+                continue
+            # Idle for a whole interval: make sure the connection is still alive.
+            if ping_pending:
+                raise redis.ConnectionError("no answer to PING")
+            if pubsub.subscribed:
+                pubsub.ping()
+                ping_pending = True
+
+    def _sync(self, pubsub: Any) -> None:
+        """Bring the Redis subscription in line with the channels that have listeners."""
+        wanted = set(self._listeners)
+        new = wanted - self._subscribed
+        gone = self._subscribed - wanted
+        if new:
+            self._subscribed |= new
+            pubsub.subscribe(*sorted(new))
+        if gone:
+            self._subscribed -= gone
+            for channel in gone:
+                event = self._confirmed.pop(channel, None)
+                if event is not None:
+                    event.clear()
+            pubsub.unsubscribe(*sorted(gone))
+
+    def _drain(self, pubsub: Any, connection: Any) -> int:
+        """Handle every message redis-py has buffered or the socket holds; the count handled.
+
+        Reading only after ``can_read`` says a reply is there, and then
+        reading it whole, means a message split across TCP segments is never
+        cut short by a zero timeout.
+        """
+        count = 0
+        while connection.can_read(timeout=0):
+            response = pubsub.parse_response(block=True)
+            if response is None:
+                continue
+            count += 1
+            self._handle(pubsub.handle_message(response))
+        return count
+
+    def _handle(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        kind = message["type"]
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if kind == "message":
+            listeners = self._listeners.get(channel)  # type: ignore[arg-type]
+            if listeners:
+                bus_message = envelope.decode(message["data"])
+                for listener in tuple(listeners):
+                    listener.deliver(bus_message)
+        elif kind == "subscribe" and channel in self._subscribed:
+            self._confirmed.setdefault(channel, Event()).set()  # type: ignore[arg-type]
+
+
+# -- one hub and one command client per process ------------------------------------
+
+_process: dict[str, Any] = {}
+
+
+def _this_process() -> dict[str, Any]:
+    # uWSGI forks workers after importing the app: anything made before the
+    # fork (connections, greenlets) must not be shared with the children.
+    if _process.get("pid") != os.getpid():
+        _process.clear()
+        _process["pid"] = os.getpid()
+        _process["token"] = uuid.uuid4().hex[:12]
+        _process["counter"] = 0
+    return _process
+
+
+def get_hub() -> SubscriptionHub:
+    """This process's hub, created on first use."""
+    state = _this_process()
+    if "hub" not in state:
+        state["hub"] = SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0)))
+    return state["hub"]  # type: ignore[no-any-return]
+
+
+def command_client() -> redis.Redis:
+    """This process's client for GET and PUBLISH, with a bounded pool."""
+    state = _this_process()
+    if "client" not in state:
+        state["client"] = make_client(max_connections=COMMAND_POOL_SIZE)
+    return state["client"]  # type: ignore[no-any-return]
+
+
+def new_origin() -> str:
+    """An identifier unique to one websocket connection among all workers."""
+    state = _this_process()
+    state["counter"] += 1
+    return f"{state['token']}.{state['counter']}"

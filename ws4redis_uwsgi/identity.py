@@ -1,0 +1,48 @@
+"""Who a request belongs to: session, user and groups, read from Django.
+
+Both the websocket side (when a socket opens) and publishers using ``SELF``
+go through here, so both see the same user and the same groups, read from
+the database at that moment rather than frozen at login.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.contrib import auth
+
+from .channels import Identity
+
+
+def load_session_and_user(request: Any) -> None:
+    """Attach ``request.session`` and ``request.user`` from the session cookie.
+
+    This is what Django's session and authentication middleware would do; the
+    websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
+    it (for token authentication, say).
+    """
+    engine = import_module(django_settings.SESSION_ENGINE)
+    session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
+    request.session = engine.SessionStore(session_key)
+    request.user = auth.get_user(request)
+
+
+def identity_from_request(request: Any) -> Identity:
+    """The :class:`Identity` (username, group names, session key) of ``request``."""
+    username = None
+    groups: tuple[str, ...] = ()
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        username = user.get_username()
+        if hasattr(user, "groups"):
+            groups = tuple(sorted(user.groups.values_list("name", flat=True)))
+    session_key = None
+    session = getattr(request, "session", None)
+    if session is not None:
+        # Loading the session first makes a forged, unknown or expired cookie
+        # yield no key: before loading, session_key is whatever the cookie said.
+        session.keys()
+        session_key = session.session_key
+    return Identity(username, groups, session_key)

@@ -1,0 +1,45 @@
+"""The settings of ws4redis_uwsgi, read from Django settings on every access.
+
+Reading lazily means ``override_settings`` in tests and late configuration
+both work: ``settings.WS4REDIS_EXPIRE`` is looked up when it is used, not
+when this module is imported. Validation lives in :mod:`ws4redis_uwsgi.checks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    "WEBSOCKET_URL": "/ws/",
+    "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
+    "WS4REDIS_PREFIX": None,
+    "WS4REDIS_EXPIRE": 3600,
+    "WS4REDIS_HEARTBEAT": None,
+    "WS4REDIS_SUBSCRIBER": "ws4redis_uwsgi.subscriber.RedisSubscriber",
+    "WS4REDIS_ALLOWED_CHANNELS": None,
+    "WS4REDIS_PROCESS_REQUEST": None,
+}
+
+
+def get(name: str) -> Any:
+    """The current value of setting ``name``, or its default."""
+    return getattr(django_settings, name, DEFAULTS[name])
+
+
+def get_callable(name: str) -> Callable[..., Any] | None:
+    """A setting that holds a callable or the dotted path of one."""
+    value = get(name)
+    if isinstance(value, str):
+        return import_string(value)  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    # Module attributes (``settings.WEBSOCKET_URL``) as in ws4redis.settings.
+    if name in DEFAULTS:
+        return get(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""The per-websocket subscriber, as ``ws4redis.subscriber.RedisSubscriber``.
+
+Unlike ws4redis, a subscriber holds no Redis connection of its own: it
+registers with the worker's :class:`~ws4redis_uwsgi.hub.SubscriptionHub` and
+receives messages into a bounded inbox. Replace it with
+``WS4REDIS_SUBSCRIBER`` to add channels: override
+:meth:`RedisSubscriber.set_pubsub_channels` and call :meth:`subscribe`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from . import envelope, hub, settings
+from .channels import ClientRequest, audience_channels
+from .identity import identity_from_request
+from .redis_store import RedisStore
+
+logger = logging.getLogger("ws4redis_uwsgi.subscriber")
+
+#: Messages a websocket may have waiting before it counts as a slow consumer.
+MAX_PENDING_MESSAGES = 1000
+
+#: How long a new websocket waits for Redis to confirm its subscriptions
+#: before it sends persisted messages anyway (Redis may be down).
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+class RedisSubscriber(RedisStore):
+    """Subscribes one websocket to its channels and lets it publish to its own."""
+
+    subscription_channels = ["subscribe-session", "subscribe-group", "subscribe-user", "subscribe-broadcast"]
+    publish_channels = ["publish-session", "publish-group", "publish-user", "publish-broadcast"]
+
+    def __init__(self, connection: redis.Redis | None = None) -> None:
+        super().__init__(connection if connection is not None else hub.command_client())
+        self._hub = hub.get_hub()
+        self._channels: list[str] = []
+        self._inbox: deque[envelope.BusMessage] = deque()
+        self._origin = hub.new_origin()
+        #: Whether this websocket receives the messages it published itself.
+        self.echo = False
+        #: Set when more than MAX_PENDING_MESSAGES wait: the websocket is too slow.
+        self.overflowed = False
+        #: Called whenever a message arrives; the server sets it to wake its loop.
+        self.notify: Callable[[], None] = lambda: None
+
+    def set_pubsub_channels(self, request: Any, channels: Iterable[str]) -> None:
+        """Subscribe to, and publish on, the channels the client asked for.
+
+        ``channels`` holds the query parameters that were agreed, such as
+        ``'subscribe-broadcast'`` or ``'publish-user'``; the facility is the
+        request path below ``WEBSOCKET_URL``.
+        """
+        facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
+        wanted = ClientRequest(tuple(channels))
+        prefix = settings.get("WS4REDIS_PREFIX")
+        identity = identity_from_request(request)
+        self._publishers = audience_channels(prefix, facility, wanted.publish, identity)
+        self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity))
+
+    def subscribe(self, *channels: str) -> None:
+        """Add channels to this websocket's subscriptions."""
+        new = [c for c in channels if c not in self._channels]
+        self._channels.extend(new)
+        self._hub.add(self, new)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self._channels)
+
+    def wait_subscribed(self, timeout: float = SUBSCRIBE_TIMEOUT) -> bool:
+        """Wait until Redis confirmed every subscription, so nothing published later is missed."""
+        return self._hub.wait_subscribed(self._channels, timeout)
+
+    def send_persisted_messages(self, websocket: Any) -> None:
+        """Send the message still persisted for each subscribed channel."""
+        if not self._channels:
+            return
+        for value in self._connection.mget(self._channels):
+            if value:
+                message = envelope.decode(value)
+                websocket.send(message.payload, binary=message.binary)
+
+    def get_file_descriptor(self) -> int | None:
+        """``None``: the worker's hub owns the Redis socket, not this subscriber."""
+        return None
+
+    def deliver(self, message: envelope.BusMessage) -> None:
+        """Called by the hub for every message on one of this websocket's channels."""
+        if not self.echo and message.origin is not None and message.origin == self._origin:
+            return
+        if len(self._inbox) >= MAX_PENDING_MESSAGES:
+            self.overflowed = True
+        else:
+            self._inbox.append(message)
+        self.notify()
+
+    def parse_response(self) -> envelope.BusMessage | None:
+        """The next message to send to the websocket, or ``None`` when none waits."""
+        return self._inbox.popleft() if self._inbox else None
+
+    def release(self) -> None:
+        """Leave all channels; called when the websocket closes."""
+        self._hub.remove(self, self._channels)
+        self._channels = []
+        self._inbox.clear()

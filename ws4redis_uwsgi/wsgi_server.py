@@ -1,0 +1,185 @@
+"""The websocket loop, independent of the server that runs it.
+
+:class:`WebsocketWSGIServer` is a WSGI application: it validates the
+upgrade request, loads the session and user, agrees on channels, upgrades
+(through the adapter's :meth:`~WebsocketWSGIServer.upgrade_websocket`) and
+then loops: wait until the socket is readable or the hub delivered a
+message, read everything the client sent, write everything waiting.
+Adapters (uWSGI, the development server) only move bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import redis
+from django.core.exceptions import PermissionDenied
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from . import settings
+from .channels import facility_from_path, parse_query, restrict
+from .close_codes import CloseCode
+from .exceptions import HandshakeError, WebSocketError
+from .identity import load_session_and_user
+from .protocol import check_upgrade_request, is_heartbeat
+from .redis_store import RedisMessage
+from .subscriber import RedisSubscriber
+
+logger = logging.getLogger("ws4redis_uwsgi")
+
+StartResponse = Callable[..., Any]
+
+
+class Websocket(Protocol):
+    """What the loop needs from an adapter's websocket."""
+
+    closed: bool
+
+    def get_file_descriptor(self) -> int: ...
+    def receive(self) -> bytes | None: ...  # never blocks; None when nothing waits
+    def send(self, message: bytes, binary: bool | None = None) -> None: ...
+    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None: ...
+
+
+class Waiter(Protocol):
+    def wait(self, timeout: float | None) -> bool: ...
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class WebsocketWSGIServer:
+    """Serves websockets on ``WEBSOCKET_URL``; subclass and implement the adapter methods."""
+
+    #: Longest the loop sleeps without looking at the socket, so the adapter
+    #: can answer or send pings and notice dead peers.
+    poll_interval = 5.0
+
+    def __init__(self, redis_connection: redis.Redis | None = None) -> None:
+        self._redis_connection = redis_connection
+
+    # -- adapter methods ------------------------------------------------------------
+
+    def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> Websocket:
+        raise NotImplementedError
+
+    def make_waiter(self, websocket: Websocket) -> Waiter:
+        from .hub import FdWaiter
+
+        return FdWaiter(websocket.get_file_descriptor())
+
+    # -- decisions, overridable as in ws4redis ------------------------------------------
+
+    @property
+    def Subscriber(self) -> type[RedisSubscriber]:  # noqa: N802 - the name ws4redis used
+        return import_string(settings.get("WS4REDIS_SUBSCRIBER"))  # type: ignore[no-any-return]
+
+    def assure_protocol_requirements(self, environ: dict[str, Any]) -> None:
+        check_upgrade_request(environ)
+
+    def process_request(self, request: WSGIRequest) -> None:
+        """Attach session and user; ``WS4REDIS_PROCESS_REQUEST`` replaces this."""
+        custom = settings.get_callable("WS4REDIS_PROCESS_REQUEST")
+        (custom or load_session_and_user)(request)
+
+    def process_subscriptions(self, request: WSGIRequest) -> tuple[list[str], bool]:
+        """The channel parameters agreed for this request, and whether to echo.
+
+        :raises PermissionDenied: from ``WS4REDIS_ALLOWED_CHANNELS``.
+        """
+        wanted = parse_query(request.META.get("QUERY_STRING", ""))
+        allowed = settings.get_callable("WS4REDIS_ALLOWED_CHANNELS")
+        if allowed is not None:
+            wanted = restrict(wanted, allowed(request, list(wanted.channels)))
+        return list(wanted.channels), wanted.echo
+
+    # -- the WSGI application --------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            subscriber = self.open_subscription(environ)
+        except PermissionDenied:
+            return self.refuse(start_response, "403 Forbidden", "channels not allowed", environ)
+        except HandshakeError as exc:
+            headers = [("Sec-WebSocket-Version", "13")] if exc.status.startswith("426") else []
+            return self.refuse(start_response, exc.status, str(exc), environ, headers)
+        try:
+            websocket = self.upgrade_websocket(environ, start_response)
+        except Exception:
+            subscriber.release()
+            raise
+        try:
+            self.serve(websocket, subscriber)
+        except WebSocketError:
+            pass  # the client went away
+        except Exception:
+            logger.exception("websocket on %s failed", environ.get("PATH_INFO"))
+            websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
+        finally:
+            subscriber.release()
+            websocket.close(CloseCode.NORMAL_CLOSURE)
+        return []
+
+    def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
+        """Everything before the upgrade: validate, authenticate, agree on channels."""
+        facility_from_path(environ.get("PATH_INFO", ""), settings.get("WEBSOCKET_URL"))
+        self.assure_protocol_requirements(environ)
+        request = WSGIRequest(environ)
+        try:
+            self.process_request(request)
+            channels, echo = self.process_subscriptions(request)
+            subscriber = self.Subscriber(self._redis_connection)
+            subscriber.echo = echo
+            subscriber.set_pubsub_channels(request, channels)
+            return subscriber
+        finally:
+            # The loop may live for hours: give database connections back now.
+            connections.close_all()
+
+    def refuse(
+        self,
+        start_response: StartResponse,
+        status: str,
+        reason: str,
+        environ: dict[str, Any],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> list[bytes]:
+        logger.info("websocket refused (%s, %s): %s", status, reason, environ.get("PATH_INFO"))
+        body = f"{status}: {reason}\n".encode()
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(headers or [])])
+        return [body]
+
+    def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """The loop of one websocket, until the client leaves or is closed."""
+        heartbeat = settings.get("WS4REDIS_HEARTBEAT")
+        waiter = self.make_waiter(websocket)
+        subscriber.notify = waiter.wake
+        try:
+            subscriber.wait_subscribed()
+            subscriber.send_persisted_messages(websocket)
+            while not websocket.closed:
+                waiter.wait(self.poll_interval)
+                self.receive_all(websocket, subscriber, heartbeat)
+                self.send_all(websocket, subscriber)
+        finally:
+            waiter.close()
+
+    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, heartbeat: str | None) -> None:
+        while (message := websocket.receive()) is not None:
+            if is_heartbeat(message, heartbeat):
+                websocket.send(message, binary=False)
+                continue
+            try:
+                subscriber.publish_message(RedisMessage(message))
+            except redis.RedisError as exc:
+                logger.warning("message from websocket not published: %s", exc)
+
+    def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        while (outgoing := subscriber.parse_response()) is not None:
+            websocket.send(outgoing.payload, binary=outgoing.binary)
+        if subscriber.overflowed:
+            logger.warning("closing a websocket that cannot keep up")
+            websocket.close(CloseCode.TRY_AGAIN_LATER, "too slow")
