@@ -26,9 +26,9 @@ logger = logging.getLogger("ws4redis_uwsgi.subscriber")
 #: Messages a websocket may have waiting before it counts as a slow consumer.
 MAX_PENDING_MESSAGES = 1000
 
-#: How long a new websocket waits for Redis to confirm its subscriptions
-#: before it sends persisted messages anyway (Redis may be down).
-SUBSCRIBE_TIMEOUT = 5.0
+#: How long a handshake waits for Redis to confirm the new subscriptions
+#: before it completes anyway (Redis may be down; the hub subscribes later).
+SUBSCRIBE_TIMEOUT = 3.0
 
 
 class RedisSubscriber(RedisStore):

@@ -107,8 +107,11 @@ class WebsocketWSGIServer:
             headers = [("Sec-WebSocket-Version", "13")] if exc.status.startswith("426") else []
             return self.refuse(start_response, exc.status, str(exc), environ, headers)
         try:
+            # Completing the handshake only once Redis confirmed the subscriptions
+            # means a page may rely on every message published after ``onopen``.
+            subscriber.wait_subscribed()
             websocket = self.upgrade_websocket(environ, start_response)
-        except Exception:
+        except BaseException:
             subscriber.release()
             raise
         try:
@@ -158,7 +161,6 @@ class WebsocketWSGIServer:
         waiter = self.make_waiter(websocket)
         subscriber.notify = waiter.wake
         try:
-            subscriber.wait_subscribed()
             subscriber.send_persisted_messages(websocket)
             while not websocket.closed:
                 waiter.wait(self.poll_interval)
