@@ -95,7 +95,10 @@ class UwsgiServer:
     """uWSGI serving the websocket entry point for the test site, one worker, gevent."""
 
     def __init__(self, env: dict[str, str], *, cores: int = 2000, extra: list[str] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, module: str = "ws4redis_uwsgi.wsgi_websocket:application",
+                 pythonpath: list[str] | None = None) -> None:
+        self.module = module
+        self.pythonpath = [str(REPO), *(pythonpath or [])]
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.cores = cores
@@ -114,8 +117,8 @@ class UwsgiServer:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [exe, "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets", "--gevent", str(self.cores),
-             "--master", "--workers", "1", "--module", "ws4redis_uwsgi.wsgi_websocket:application",
-             "--pythonpath", str(REPO), "--listen", "1024", "--die-on-term", "--buffer-size", "8192",
+             "--master", "--workers", "1", "--module", self.module,
+             *(arg for path in self.pythonpath for arg in ("--pythonpath", path)), "--listen", "1024", "--die-on-term", "--buffer-size", "8192",
              "--need-app", "--disable-logging", "--max-fd", "20000", *self.extra],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )

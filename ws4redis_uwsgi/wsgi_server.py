@@ -14,7 +14,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import django
 import redis
+from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import connections
@@ -60,6 +62,9 @@ class WebsocketWSGIServer:
 
     def __init__(self, redis_connection: redis.Redis | None = None) -> None:
         self._redis_connection = redis_connection
+        if not apps.ready:
+            # ws4redis sites' own wsgi_websocket.py never called django.setup().
+            django.setup(set_prefix=False)
 
     # -- adapter methods ------------------------------------------------------------
 
@@ -106,6 +111,9 @@ class WebsocketWSGIServer:
         except HandshakeError as exc:
             headers = [("Sec-WebSocket-Version", "13")] if exc.status.startswith("426") else []
             return self.refuse(start_response, exc.status, str(exc), environ, headers)
+        except Exception:
+            logger.exception("websocket request on %s failed before the upgrade", environ.get("PATH_INFO"))
+            return self.refuse(start_response, "500 Internal Server Error", "server error", environ)
         try:
             # Completing the handshake only once Redis confirmed the subscriptions
             # means a page may rely on every message published after ``onopen``.

@@ -1,0 +1,130 @@
+"""One worker under many clients, Redis failures, and a ws4redis-style site: real processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from django.test import override_settings
+from websockets.asyncio.client import connect as aconnect
+
+from tests.conftest import SITE_ENV
+from tests.integration.helpers import client, facility, recv
+from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
+from ws4redis_uwsgi.publisher import RedisPublisher
+
+pytestmark = pytest.mark.integration
+
+
+def pubsub_clients(redis_client) -> list[dict]:
+    """CLIENT LIST entries of connections that hold a pub/sub subscription."""
+    return [c for c in redis_client.client_list() if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0]
+
+
+async def _open_many(url: str, count: int, batch: int = 200) -> list:
+    sockets: list = []
+    for start in range(0, count, batch):
+        opened = await asyncio.gather(
+            *(aconnect(url, open_timeout=30 * TIMING, close_timeout=1, ping_interval=None) for _ in range(start, min(count, start + batch)))
+        )
+        sockets.extend(opened)
+    return sockets
+
+
+@pytest.mark.timeout(180)
+def test_1500_clients_on_one_worker_receive_one_broadcast_over_one_subscription(uwsgi_server, redis_client):
+    fac = facility()
+    count = 1500
+
+    async def scenario() -> list:
+        sockets = await _open_many(f"{uwsgi_server.url}/ws/{fac}?subscribe-broadcast", count)
+        try:
+            # Every handshake completed after the subscription was confirmed.
+            subscribers = pubsub_clients(redis_client)
+            assert len(subscribers) == 1, subscribers
+            connections_from_worker = [c for c in redis_client.client_list() if c["name"] != "tests"]
+            assert len(connections_from_worker) <= 10  # one subscription and a bounded command pool
+            receivers = await asyncio.to_thread(RedisPublisher(facility=fac, broadcast=True).publish_message, "to all 1500", 0)
+            assert receivers == 1  # one worker, however many browsers
+            return await asyncio.gather(*(asyncio.wait_for(ws.recv(), 30 * TIMING) for ws in sockets))
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+    redis_client.client_setname("tests")
+    received = asyncio.run(scenario())
+    assert received == ["to all 1500"] * count
+
+
+@pytest.fixture
+def private_stack(site_db, tmp_path):
+    """A redis-server and uWSGI worker of this test's own, so they can be broken."""
+    redis_server = RedisServer(workdir=tmp_path).start()
+    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url}
+    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+    with override_settings(WS4REDIS_CONNECTION=redis_server.url):
+        yield redis_server, server
+    server.stop()
+    redis_server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_redis_restart_keeps_websockets_open_and_delivery_resumes(private_stack):
+    redis_server, server = private_stack
+    fac = facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as a, client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as b:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("before", expire=0)
+        assert recv(a) == "before" and recv(b) == "before"
+
+        redis_server.kill()
+        # While Redis is down, publishers fail fast with a clear error instead of hanging.
+        with pytest.raises(redis.ConnectionError):
+            RedisPublisher(facility=fac, broadcast=True).publish_message("while down", expire=0)
+        redis_server.start()  # same port, empty: the hub must subscribe again by itself
+
+        probe = redis.Redis.from_url(redis_server.url)
+        channel = f"test:broadcast:{fac}"
+        wait_for(lambda: dict(probe.pubsub_numsub(channel)).get(channel.encode()), 30, "re-subscription after restart")
+        RedisPublisher(facility=fac, broadcast=True).publish_message("after", expire=0)
+        assert recv(a) == "after"
+        assert recv(b) == "after"
+        b.send("from a client after the restart")
+        assert recv(a) == "from a client after the restart"
+        assert len(pubsub_clients(probe)) == 1
+    assert "Redis subscription lost" in server.log_text()
+
+
+def test_ws4redis_style_site_works_with_only_imports_changed(site_db, redis_server, tmp_path):
+    """A site's own wsgi_websocket.py, written for ws4redis, with ``ws4redis`` renamed."""
+    site = tmp_path / "legacy_site"
+    site.mkdir()
+    (site / "wsgi_websocket.py").write_text(
+        "import os\n"
+        "import gevent.socket\n"
+        "import redis.connection\n"
+        "redis.connection.socket = gevent.socket\n"
+        "os.environ.update(DJANGO_SETTINGS_MODULE='tests.testsite.settings')\n"
+        "from ws4redis_uwsgi.uwsgi_runserver import uWSGIWebsocketServer\n"
+        "application = uWSGIWebsocketServer()\n"
+    )
+    env = {k: v for k, v in SITE_ENV.items() if k != "DJANGO_SETTINGS_MODULE"}
+    server = UwsgiServer(env, cores=50, log_path=tmp_path / "uwsgi.log", module="wsgi_websocket:application",
+                         pythonpath=[str(site)]).start()
+    try:
+        fac = facility()
+        with client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast&echo") as ws:
+            RedisPublisher(facility=fac, broadcast=True).publish_message("legacy works", expire=0)
+            assert recv(ws) == "legacy works"
+            ws.send("and back")
+            assert recv(ws) == "and back"
+    finally:
+        server.stop()
+
+
+def test_client_close_is_answered_with_a_close_frame(uwsgi_server):
+    """uWSGI answers a client's close frame itself (with an empty one); the handshake completes."""
+    fac = facility()
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        pass
+    assert ws.protocol.close_rcvd is not None  # not an abnormal (1006) end
+    assert ws.protocol.close_rcvd_then_sent is False  # the client closed first
