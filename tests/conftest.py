@@ -45,9 +45,9 @@ def site_db() -> None:
 
     call_command("migrate", verbosity=0)
     cooks, staff = Group.objects.get_or_create(name="cooks")[0], Group.objects.get_or_create(name="staff")[0]
-    john = User.objects.create_user("john", password="secret")  # noqa: S106
+    john = User.objects.create_user("john", password="secret")
     john.groups.add(cooks)
-    mary = User.objects.create_user("mary", password="secret", is_staff=True)  # noqa: S106
+    mary = User.objects.create_user("mary", password="secret", is_staff=True)
     mary.groups.add(cooks, staff)
 
 

@@ -66,8 +66,21 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--maxclients", "10000"],
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--maxclients",
+                "10000",
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for(self.ping, 10, f"redis-server on port {self.port}")
@@ -94,9 +107,16 @@ class RedisServer:
 class UwsgiServer:
     """uWSGI serving the websocket entry point for the test site, one worker, gevent."""
 
-    def __init__(self, env: dict[str, str], *, cores: int = 2000, extra: list[str] | None = None,
-                 log_path: Path | None = None, module: str = "ws4redis_uwsgi.wsgi_websocket:application",
-                 pythonpath: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        cores: int = 2000,
+        extra: list[str] | None = None,
+        log_path: Path | None = None,
+        module: str = "ws4redis_uwsgi.wsgi_websocket:application",
+        pythonpath: list[str] | None = None,
+    ) -> None:
         self.module = module
         self.pythonpath = [str(REPO), *(pythonpath or [])]
         self.port = free_port()
@@ -114,13 +134,35 @@ class UwsgiServer:
         exe = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
         if exe is None:
             raise RuntimeError("uwsgi is not installed: pip install uWSGI (needs libssl-dev to build)")
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [exe, "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets", "--gevent", str(self.cores),
-             "--master", "--workers", "1", "--module", self.module,
-             *(arg for path in self.pythonpath for arg in ("--pythonpath", path)), "--listen", "1024", "--die-on-term", "--buffer-size", "8192",
-             "--need-app", "--disable-logging", "--max-fd", "20000", *self.extra],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                exe,
+                "--http-socket",
+                f"127.0.0.1:{self.port}",
+                "--http-websockets",
+                "--gevent",
+                str(self.cores),
+                "--master",
+                "--workers",
+                "1",
+                "--module",
+                self.module,
+                *(arg for path in self.pythonpath for arg in ("--pythonpath", path)),
+                "--listen",
+                "1024",
+                "--die-on-term",
+                "--buffer-size",
+                "8192",
+                "--need-app",
+                "--disable-logging",
+                "--max-fd",
+                "20000",
+                *self.extra,
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(lambda: port_open(self.port) and self.worker_pids(), 30, f"uWSGI on port {self.port}")
         return self

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from urllib.parse import parse_qsl
 
 from .exceptions import HandshakeError
@@ -31,7 +31,7 @@ MAX_FACILITY_LENGTH = 200
 _FORBIDDEN_IN_FACILITY = re.compile(r"[:*?\[\]\s\x00-\x1f\x7f]")
 
 
-class Audience(str, Enum):
+class Audience(StrEnum):
     """Who a channel reaches; the value is the word used in names and queries."""
 
     BROADCAST = "broadcast"

@@ -42,7 +42,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     heartbeat = settings.get("WS4REDIS_HEARTBEAT")
     if heartbeat is not None and not (isinstance(heartbeat, str) and _HEARTBEAT.match(heartbeat)):
         errors.append(
-            _error("WS4REDIS_HEARTBEAT", f"is {heartbeat!r}.", "Use None or a short string of letters, digits, spaces, '.', ':' or '-'.", 5)
+            _error(
+                "WS4REDIS_HEARTBEAT",
+                f"is {heartbeat!r}.",
+                "Use None or a short string of letters, digits, spaces, '.', ':' or '-'.",
+                5,
+            )
         )
     for n, name in enumerate(("WS4REDIS_SUBSCRIBER", "WS4REDIS_ALLOWED_CHANNELS", "WS4REDIS_PROCESS_REQUEST"), start=6):
         value = settings.get(name)

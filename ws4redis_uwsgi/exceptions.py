@@ -1,9 +1,9 @@
 """Exceptions of ws4redis_uwsgi, named as in ws4redis.
 
-    WebSocketError            the websocket is closed or broken
-    └── FrameTooLargeException
-    HandshakeError            a request cannot be upgraded (HTTP 400)
-    └── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
+WebSocketError            the websocket is closed or broken
+└── FrameTooLargeException
+HandshakeError            a request cannot be upgraded (HTTP 400)
+└── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
 """
 
 
@@ -11,7 +11,7 @@ class WebSocketError(Exception):
     """Raised when a websocket is closed or cannot be read or written."""
 
 
-class FrameTooLargeException(WebSocketError):
+class FrameTooLargeException(WebSocketError):  # noqa: N818 - the name ws4redis used
     """Raised when a received frame exceeds the configured size limit."""
 
 

@@ -91,7 +91,9 @@ class RedisStore:
         except HandshakeError as exc:
             raise ValueError(f"invalid facility {facility!r}: {exc}") from None
         own = Identity()
-        if request is not None and any(v is True or (isinstance(v, (list, tuple, set)) and SELF in v) for v in (groups, users, sessions)):
+        if request is not None and any(
+            v is True or (isinstance(v, (list, tuple, set)) and SELF in v) for v in (groups, users, sessions)
+        ):
             from .identity import identity_from_request
 
             own = identity_from_request(request)

@@ -22,16 +22,16 @@ if uwsgi is not None and not gevent.monkey.is_module_patched("socket"):
     # before Django is imported below.
     gevent.monkey.patch_all()
 
-import errno  # noqa: E402
-import os  # noqa: E402
-from typing import Any  # noqa: E402
+import errno
+import os
+from typing import Any
 
-import gevent.socket  # noqa: E402
+import gevent.socket
 
-from .close_codes import CloseCode, close_frame  # noqa: E402
-from .envelope import is_utf8  # noqa: E402
-from .exceptions import HandshakeError, WebSocketError  # noqa: E402
-from .wsgi_server import StartResponse, WebsocketWSGIServer  # noqa: E402
+from .close_codes import CloseCode, close_frame
+from .envelope import is_utf8
+from .exceptions import HandshakeError, WebSocketError
+from .wsgi_server import StartResponse, WebsocketWSGIServer
 
 
 class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used

@@ -34,4 +34,6 @@ def wait_subscribed(redis_client, channel: str, count: int = 1) -> None:
     """Wait until Redis counts ``count`` subscribers (worker hubs) on ``channel``."""
     from tests.servers import wait_for
 
-    wait_for(lambda: dict(redis_client.pubsub_numsub(channel)).get(channel.encode(), 0) >= count, 10, f"subscription to {channel}")
+    wait_for(
+        lambda: dict(redis_client.pubsub_numsub(channel)).get(channel.encode(), 0) >= count, 10, f"subscription to {channel}"
+    )

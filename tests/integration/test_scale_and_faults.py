@@ -26,7 +26,10 @@ async def _open_many(url: str, count: int, batch: int = 200) -> list:
     sockets: list = []
     for start in range(0, count, batch):
         opened = await asyncio.gather(
-            *(aconnect(url, open_timeout=30 * TIMING, close_timeout=1, ping_interval=None) for _ in range(start, min(count, start + batch)))
+            *(
+                aconnect(url, open_timeout=30 * TIMING, close_timeout=1, ping_interval=None)
+                for _ in range(start, min(count, start + batch))
+            )
         )
         sockets.extend(opened)
     return sockets
@@ -72,7 +75,10 @@ def private_stack(site_db, tmp_path):
 def test_redis_restart_keeps_websockets_open_and_delivery_resumes(private_stack):
     redis_server, server = private_stack
     fac = facility()
-    with client(server, f"/ws/{fac}?subscribe-broadcast") as a, client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as b:
+    with (
+        client(server, f"/ws/{fac}?subscribe-broadcast") as a,
+        client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as b,
+    ):
         RedisPublisher(facility=fac, broadcast=True).publish_message("before", expire=0)
         assert recv(a) == "before" and recv(b) == "before"
 
@@ -108,8 +114,9 @@ def test_ws4redis_style_site_works_with_only_imports_changed(site_db, redis_serv
         "application = uWSGIWebsocketServer()\n"
     )
     env = {k: v for k, v in SITE_ENV.items() if k != "DJANGO_SETTINGS_MODULE"}
-    server = UwsgiServer(env, cores=50, log_path=tmp_path / "uwsgi.log", module="wsgi_websocket:application",
-                         pythonpath=[str(site)]).start()
+    server = UwsgiServer(
+        env, cores=50, log_path=tmp_path / "uwsgi.log", module="wsgi_websocket:application", pythonpath=[str(site)]
+    ).start()
     try:
         fac = facility()
         with client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast&echo") as ws:

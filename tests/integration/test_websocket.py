@@ -37,9 +37,11 @@ def test_audience_live(uwsgi_server, login, audience):
     fac = facility()
     kwargs, receivers, others = AUDIENCES[audience]
     query = f"?subscribe-{audience}&subscribe-broadcast"
-    with client(uwsgi_server, f"/ws/{fac}{query}", login("john")) as john, client(
-        uwsgi_server, f"/ws/{fac}{query}", login("mary")
-    ) as mary, client(uwsgi_server, f"/ws/{fac}{query}", login(None)) as anon:
+    with (
+        client(uwsgi_server, f"/ws/{fac}{query}", login("john")) as john,
+        client(uwsgi_server, f"/ws/{fac}{query}", login("mary")) as mary,
+        client(uwsgi_server, f"/ws/{fac}{query}", login(None)) as anon,
+    ):
         sockets = {"john": john, "mary": mary, None: anon}
         RedisPublisher(facility=fac, **kwargs).publish_message(f"to {audience}", expire=0)
         for name in receivers:
@@ -77,7 +79,9 @@ def test_session_audience_reaches_only_that_browser(uwsgi_server, login):
 def test_forged_session_cookie_is_anonymous(uwsgi_server, login):
     fac = facility()
     RedisPublisher(facility=fac, users=["john"]).publish_message("secret", expire=30)
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-session&subscribe-broadcast", "sessionid=forgedkey1234567890") as ws:
+    with client(
+        uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-session&subscribe-broadcast", "sessionid=forgedkey1234567890"
+    ) as ws:
         assert_next_is_sentinel(ws, fac)
 
 
@@ -112,6 +116,7 @@ def test_groups_are_read_when_the_socket_opens(uwsgi_server, login):
 
 # -- publishing from clients -------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("audience", "sender", "receiver", "outsider"),
     [
@@ -139,9 +144,10 @@ def test_client_publishes_to_its_own_audience(uwsgi_server, login, audience, sen
 def test_client_publishes_to_its_session(uwsgi_server, login):
     fac = facility()
     cookie = login("mary")
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-session", cookie) as tab1, client(
-        uwsgi_server, f"/ws/{fac}?publish-session", cookie
-    ) as tab2:
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-session", cookie) as tab1,
+        client(uwsgi_server, f"/ws/{fac}?publish-session", cookie) as tab2,
+    ):
         tab2.send("between my tabs")
         assert recv(tab1) == "between my tabs"
 
@@ -156,6 +162,7 @@ def test_anonymous_client_cannot_publish_to_users(uwsgi_server, login):
 
 # -- echo ----------------------------------------------------------------------------
 
+
 def test_echo_on_returns_own_message(uwsgi_server):
     fac = facility()
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast&echo") as ws:
@@ -165,9 +172,10 @@ def test_echo_on_returns_own_message(uwsgi_server):
 
 def test_echo_off_is_decided_by_identity_not_text(uwsgi_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as sender, client(
-        uwsgi_server, f"/ws/{fac}?subscribe-broadcast"
-    ) as other:
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as sender,
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as other,
+    ):
         sender.send("same words")
         assert recv(other) == "same words"
         # The same text from someone else must still reach the sender.
@@ -177,6 +185,7 @@ def test_echo_off_is_decided_by_identity_not_text(uwsgi_server):
 
 
 # -- text and binary ------------------------------------------------------------------
+
 
 def test_text_stays_text_and_binary_stays_binary(uwsgi_server):
     fac = facility()
@@ -207,6 +216,7 @@ def test_publish_returns_receivers_and_expire_zero_keeps_earlier(uwsgi_server, r
 
 # -- refusals before the upgrade ----------------------------------------------------------
 
+
 def test_allowed_channels_hook_refuses_with_403(uwsgi_server, login):
     with pytest.raises(InvalidStatus) as refused:
         with client(uwsgi_server, "/ws/staff-only?subscribe-broadcast", login("john")):
@@ -217,16 +227,25 @@ def test_allowed_channels_hook_refuses_with_403(uwsgi_server, login):
 
 
 def test_allowed_channels_hook_narrows_publishing(uwsgi_server):
-    with client(uwsgi_server, "/ws/read-only?subscribe-broadcast") as reader, client(
-        uwsgi_server, "/ws/read-only?publish-broadcast"
-    ) as writer:
+    with (
+        client(uwsgi_server, "/ws/read-only?subscribe-broadcast") as reader,
+        client(uwsgi_server, "/ws/read-only?publish-broadcast") as writer,
+    ):
         writer.send("should not pass")
         assert_next_is_sentinel(reader, "read-only")
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/ws/a:b", 400), ("/ws/a*", 400), ("/ws/a%3Fb", 400), ("/ws/a%0Ab", 400), ("/ws/a%00b", 400), ("/ws/%FF", 400), ("/ws/", 400)],
+    [
+        ("/ws/a:b", 400),
+        ("/ws/a*", 400),
+        ("/ws/a%3Fb", 400),
+        ("/ws/a%0Ab", 400),
+        ("/ws/a%00b", 400),
+        ("/ws/%FF", 400),
+        ("/ws/", 400),
+    ],
 )
 def test_bad_facility_is_refused(uwsgi_server, path, status):
     with pytest.raises(InvalidStatus) as refused:
@@ -247,11 +266,13 @@ def test_plain_http_request_gets_426(uwsgi_server):
 
 # -- heartbeat and ordering ---------------------------------------------------------------
 
+
 def test_heartbeat_is_answered_and_never_published(uwsgi_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as ws, client(
-        uwsgi_server, f"/ws/{fac}?subscribe-broadcast"
-    ) as other:
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast") as ws,
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as other,
+    ):
         ws.send("--heartbeat--")
         assert recv(ws) == "--heartbeat--"
         assert_next_is_sentinel(other, fac)
@@ -268,9 +289,10 @@ def test_fifty_messages_back_to_back_arrive_in_order(uwsgi_server):
 
 def test_fifty_messages_from_a_client_arrive_in_order(uwsgi_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as reader, client(
-        uwsgi_server, f"/ws/{fac}?publish-broadcast"
-    ) as writer:
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as reader,
+        client(uwsgi_server, f"/ws/{fac}?publish-broadcast") as writer,
+    ):
         for i in range(50):
             writer.send(f"message {i}")
         assert [recv(reader) for _ in range(50)] == [f"message {i}" for i in range(50)]
