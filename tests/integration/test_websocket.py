@@ -296,3 +296,24 @@ def test_fifty_messages_from_a_client_arrive_in_order(uwsgi_server):
         for i in range(50):
             writer.send(f"message {i}")
         assert [recv(reader) for _ in range(50)] == [f"message {i}" for i in range(50)]
+
+
+# -- the replaceable parts: WS4REDIS_SUBSCRIBER and WS4REDIS_PROCESS_REQUEST ---------------
+
+
+def test_custom_subscriber_adds_a_channel_other_programs_publish_to(uwsgi_server, redis_client):
+    fac = facility()
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&notices") as ws:
+        # Another program (not Django) publishes a raw message with plain Redis.
+        assert redis_client.publish("test:site-notices", "maintenance at noon") == 1
+        assert recv(ws) == "maintenance at noon"
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        redis_client.publish("test:site-notices", "not for you")
+        assert_next_is_sentinel(ws, fac)
+
+
+def test_process_request_hook_authenticates_by_token(uwsgi_server):
+    fac = facility()
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&token=token-mary") as ws:
+        RedisPublisher(facility=fac, users=["mary"]).publish_message("hello mary", expire=0)
+        assert recv(ws) == "hello mary"

@@ -17,6 +17,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "ws4redis_uwsgi",
 ]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "OPTIONS": {"context_processors": ["ws4redis_uwsgi.context_processors.default"]},
+    }
+]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
@@ -35,6 +41,8 @@ WS4REDIS_PREFIX = "test"
 WS4REDIS_EXPIRE = 60
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
+WS4REDIS_PROCESS_REQUEST = "tests.testsite.hooks.process_request"
+WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 
 LOGGING = {
     "version": 1,
