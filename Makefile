@@ -4,18 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv test unit lint bench clean
+.PHONY: venv demo test unit lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
-	@command -v redis-server >/dev/null || { echo "redis-server is needed: apt-get install redis-server"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# uWSGI builds from source; its websocket handshake needs OpenSSL headers.
-	$(PY) -m pip install -q -e '.[test,lint]' || { echo "install failed: uWSGI needs a C compiler and libssl-dev (apt-get install build-essential libssl-dev)"; exit 1; }
+	$(PY) -m pip install -q -e '.[test,lint,demo]' || { echo "install failed: uWSGI needs a C compiler and libssl-dev (apt-get install build-essential libssl-dev)"; exit 1; }
 	touch $@
 
 venv: $(VENV)/.installed
+
+## The demo chat on http://127.0.0.1:8000/ under the uWSGI emperor (Ctrl-C stops it).
+demo: venv
+	$(PY) deploy/run_demo.py
 
 ## The whole test suite: unit tests and integration tests against real redis-server and uWSGI.
 test: venv

