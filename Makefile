@@ -28,8 +28,8 @@ unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check ws4redis_uwsgi tests bench
-	$(VENV)/bin/ruff format --check ws4redis_uwsgi tests bench
+	$(VENV)/bin/ruff check ws4redis_uwsgi tests bench deploy
+	$(VENV)/bin/ruff format --check ws4redis_uwsgi tests bench deploy
 	$(VENV)/bin/mypy
 
 bench: venv

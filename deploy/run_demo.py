@@ -98,9 +98,7 @@ def main() -> None:
         subprocess.run([*manage, *args], env=env, check=True, stdout=None if args[0] == "demo_users" else subprocess.DEVNULL)
 
     uwsgi = Path(sys.executable).with_name("uwsgi")
-    emperor = subprocess.Popen(
-        [str(uwsgi), "--ini", str(DEPLOY / "emperor.ini"), "--logto", str(run / "emperor.log")], env=env
-    )
+    emperor = subprocess.Popen([str(uwsgi), "--ini", str(DEPLOY / "emperor.ini"), "--logto", str(run / "emperor.log")], env=env)
     # Ctrl-C reaches the whole process group; the emperor stops its vassals and daemons.
     signal.signal(signal.SIGINT, lambda *_: emperor.send_signal(signal.SIGTERM))
     signal.signal(signal.SIGTERM, lambda *_: emperor.send_signal(signal.SIGTERM))

@@ -11,7 +11,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("DEMO_RUN", BASE_DIR.parent / "run"))
 
-SECRET_KEY = os.environ.get("DEMO_SECRET_KEY", "demo-only-not-secret")  # noqa: S105 - a local demo
+SECRET_KEY = os.environ.get("DEMO_SECRET_KEY", "demo-only-not-secret")
 DEBUG = os.environ.get("DEMO_DEBUG") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 

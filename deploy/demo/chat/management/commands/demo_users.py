@@ -4,7 +4,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 
 USERS = {"john": ["cooks"], "mary": ["cooks", "staff"], "erin": ["staff"]}
-PASSWORD = "demo"  # noqa: S105 - printed on the console for the demo
+PASSWORD = "demo"
 
 
 class Command(BaseCommand):
