@@ -1,0 +1,297 @@
+/*
+ * ws4redis.js: the browser client of ws4redis_uwsgi (the API of ws4redis.js
+ * from django-websocket-redis, without jQuery). No dependencies, ES2017.
+ *
+ * Usage, in a template rendered with the context processor
+ * "ws4redis_uwsgi.context_processors.default":
+ *
+ *   {% load static %}
+ *   <script src="{% static 'js/ws4redis.js' %}"></script>
+ *   <script>
+ *   const ws4redis = WS4Redis({        // `new WS4Redis({...})` works too
+ *     uri: "{{ WEBSOCKET_URI|escapejs }}chat?subscribe-broadcast&publish-broadcast&echo",
+ *     heartbeat_msg: {{ WS4REDIS_HEARTBEAT|default:"null" }},
+ *     receive_message: (msg) => console.log("received", msg),
+ *     connecting: () => console.log("connecting"),
+ *     connected: () => console.log("connected"),
+ *     disconnected: (evt) => console.log("disconnected", evt.code),
+ *   });
+ *   ws4redis.send_message("hello everybody");   // false when not connected
+ *   </script>
+ *
+ * Options (only `uri` is required):
+ *   uri                 full ws:// or wss:// URL: WEBSOCKET_URI + facility + query
+ *   receive_message(m)  called with event.data of every message except heartbeat
+ *                       answers: a string for text frames; for binary frames a Blob,
+ *                       or an ArrayBuffer with binary_type: 'arraybuffer'
+ *   binary_type         'blob' (the browser's default) or 'arraybuffer'
+ *   heartbeat_msg       string or null (default). When set, it is sent every
+ *                       heartbeat_interval ms; the server (WS4REDIS_HEARTBEAT, the
+ *                       same string) echoes it back. When two heartbeats in a row
+ *                       got no answer, the socket is considered dead: it is closed
+ *                       and disconnected(evt) is called at once with
+ *                       {code: 1006, reason: 'missed heartbeats', wasClean: false},
+ *                       then the client reconnects.
+ *   heartbeat_interval  milliseconds between heartbeats, default 5000
+ *   connecting()        called each time a socket is created (first connection and
+ *                       every reconnection); get_state() is then WebSocket.CONNECTING
+ *   connected()         called when a socket opens
+ *   disconnected(evt)   called with the close event whenever a socket closes,
+ *                       including a failed connection attempt and the end of close()
+ *   WebSocket           the WebSocket class to use; defaults to the global WebSocket,
+ *                       looked up at each connection. Tests inject a fake here.
+ *
+ * Methods of the returned object:
+ *   send_message(msg)   sends a string, Blob, ArrayBuffer or view; true if sent,
+ *                       false when not connected
+ *   close()             closes for good: stops heartbeats and any pending or future
+ *                       reconnection (disconnected(evt) is still called once the
+ *                       socket has closed)
+ *   get_state()         the socket's readyState: WebSocket.CONNECTING (0), OPEN (1),
+ *                       CLOSING (2), or CLOSED (3) when there is no socket (between a
+ *                       close and the next reconnection)
+ *   is_connecting(), is_connected(), is_closing(), is_closed()   booleans
+ *
+ * Reconnection: after any close not asked for by close(), the client reconnects
+ * after WS4Redis.backoff_delay(attempt) ms: exponential backoff with jitter (see
+ * there). The attempt count restarts once a connection opens.
+ *
+ * Loaded as a classic <script>, this sets window.WS4Redis; under CommonJS
+ * (Node, bundlers) it is module.exports.
+ */
+'use strict';
+
+(function (root, factory) {
+  const WS4Redis = factory();
+  if (typeof module === 'object' && module !== null && module.exports) {
+    module.exports = WS4Redis;
+  } else {
+    root.WS4Redis = WS4Redis;
+  }
+})(typeof globalThis !== 'undefined' ? globalThis : this, function () {
+  // readyState values, fixed by the WebSocket standard.
+  const CONNECTING = 0;
+  const OPEN = 1;
+  const CLOSING = 2;
+  const CLOSED = 3;
+
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 30000;
+  const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
+  // A heartbeat is considered lost when the next one is due without an answer;
+  // after this many lost in a row, the connection is dead.
+  const MAX_MISSED_HEARTBEATS = 2;
+
+  /**
+   * Milliseconds to wait before reconnection attempt number `attempt` (1 for the
+   * first reconnection after a close, 2 for the next, ...).
+   *
+   * The ceiling is 500 ms doubled per attempt and capped at 30 s: 500, 1000, 2000,
+   * ..., 16000, 30000, 30000, ... The delay is drawn uniformly between half the
+   * ceiling and the ceiling ("equal jitter": half fixed, half random), so browsers
+   * that lost the same server do not all come back at the same moment, yet none
+   * retries sooner than half the ceiling. `random` is a number in [0, 1)
+   * (Math.random() by default): 0 gives ceiling / 2, values near 1 nearly the
+   * ceiling. The result never exceeds 30000.
+   */
+  function backoff_delay(attempt, random = Math.random()) {
+    const n = Number.isFinite(attempt) && attempt >= 1 ? Math.floor(attempt) : 1;
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n - 1, 30)));
+    const r = Number.isFinite(random) ? Math.min(Math.max(random, 0), 1) : 0;
+    return ceiling * (0.5 + 0.5 * r);
+  }
+
+  function WS4Redis(options) {
+    if (!(this instanceof WS4Redis)) {
+      return new WS4Redis(options);
+    }
+    const opts = Object.assign({heartbeat_msg: null, heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL_MS}, options);
+    if (typeof opts.uri !== 'string' || opts.uri === '') {
+      throw new TypeError('WS4Redis: the option "uri" (a ws:// or wss:// URL) is required');
+    }
+    if (opts.heartbeat_msg !== null && opts.heartbeat_msg !== undefined && typeof opts.heartbeat_msg !== 'string') {
+      throw new TypeError('WS4Redis: "heartbeat_msg" must be a string or null');
+    }
+    if (!(Number.isFinite(opts.heartbeat_interval) && opts.heartbeat_interval > 0)) {
+      throw new TypeError('WS4Redis: "heartbeat_interval" must be a positive number of milliseconds');
+    }
+    const heartbeat_msg = opts.heartbeat_msg || null;
+
+    let ws = null;                 // the current socket, null between a close and the next connection
+    let closed_for_good = false;   // set by close()
+    let attempts = 0;              // reconnections since the last successful open
+    let reconnect_timer = null;
+    let heartbeat_timer = null;
+    let missed_heartbeats = 0;
+
+    function callback(name, ...args) {
+      if (typeof opts[name] === 'function') {
+        opts[name](...args);
+      }
+    }
+
+    function connect() {
+      const WebSocketClass = opts.WebSocket || root_websocket();
+      if (!WebSocketClass) {
+        throw new Error('WS4Redis: this environment has no WebSocket; pass the option "WebSocket"');
+      }
+      const socket = new WebSocketClass(opts.uri);
+      if (opts.binary_type) {
+        socket.binaryType = opts.binary_type;
+      }
+      socket.onopen = () => on_open(socket);
+      socket.onmessage = (evt) => on_message(socket, evt);
+      socket.onclose = (evt) => on_close(socket, evt);
+      socket.onerror = null;   // an error is always followed by a close event
+      ws = socket;
+      callback('connecting');
+    }
+
+    function reconnect() {
+      reconnect_timer = null;
+      if (closed_for_good) {
+        return;
+      }
+      try {
+        connect();
+      } catch (err) {
+        // The constructor refused, although it took the same URL before: try again later.
+        ws = null;
+        schedule_reconnect();
+        if (typeof console !== 'undefined') {
+          console.error('WS4Redis: cannot reconnect', err);
+        }
+      }
+    }
+
+    function schedule_reconnect() {
+      if (closed_for_good || reconnect_timer !== null) {
+        return;
+      }
+      attempts += 1;
+      reconnect_timer = setTimeout(reconnect, backoff_delay(attempts));
+    }
+
+    function start_heartbeat(socket) {
+      stop_heartbeat();
+      if (heartbeat_msg === null) {
+        return;
+      }
+      heartbeat_timer = setInterval(() => send_heartbeat(socket), opts.heartbeat_interval);
+    }
+
+    function stop_heartbeat() {
+      if (heartbeat_timer !== null) {
+        clearInterval(heartbeat_timer);
+        heartbeat_timer = null;
+      }
+      missed_heartbeats = 0;
+    }
+
+    function send_heartbeat(socket) {
+      if (socket !== ws || socket.readyState !== OPEN) {
+        stop_heartbeat();   // not reached in practice: every close stops the heartbeat
+        return;
+      }
+      if (missed_heartbeats >= MAX_MISSED_HEARTBEATS) {
+        abandon(socket, {type: 'close', code: 1006, reason: 'missed heartbeats', wasClean: false});
+        return;
+      }
+      missed_heartbeats += 1;
+      try {
+        socket.send(heartbeat_msg);
+      } catch (err) {
+        abandon(socket, {type: 'close', code: 1006, reason: 'heartbeat could not be sent', wasClean: false});
+      }
+    }
+
+    // A dead connection may take minutes to report its close: drop it now.
+    function abandon(socket, evt) {
+      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      try {
+        socket.close();
+      } catch (err) {
+        // already closed
+      }
+      on_close(socket, evt);
+    }
+
+    function on_open(socket) {
+      if (socket !== ws) {
+        return;
+      }
+      if (closed_for_good) {
+        socket.close();
+        return;
+      }
+      attempts = 0;
+      start_heartbeat(socket);
+      callback('connected');
+    }
+
+    function on_message(socket, evt) {
+      if (socket !== ws) {
+        return;
+      }
+      if (heartbeat_msg !== null && evt.data === heartbeat_msg) {
+        missed_heartbeats = 0;
+        return;
+      }
+      callback('receive_message', evt.data);
+    }
+
+    function on_close(socket, evt) {
+      if (socket !== ws) {
+        return;
+      }
+      ws = null;
+      stop_heartbeat();
+      schedule_reconnect();   // before the callback, so that a throwing callback cannot stop it
+      callback('disconnected', evt);
+    }
+
+    this.send_message = function (message) {
+      if (ws === null || ws.readyState !== OPEN) {
+        return false;
+      }
+      try {
+        ws.send(message);
+      } catch (err) {
+        return false;
+      }
+      return true;
+    };
+
+    this.close = function () {
+      closed_for_good = true;
+      stop_heartbeat();
+      if (reconnect_timer !== null) {
+        clearTimeout(reconnect_timer);
+        reconnect_timer = null;
+      }
+      if (ws !== null && ws.readyState !== CLOSING && ws.readyState !== CLOSED) {
+        ws.close();
+      }
+    };
+
+    this.get_state = function () {
+      return ws === null ? CLOSED : ws.readyState;
+    };
+    this.is_connecting = () => this.get_state() === CONNECTING;
+    this.is_connected = () => this.get_state() === OPEN;
+    this.is_closing = () => this.get_state() === CLOSING;
+    this.is_closed = () => this.get_state() === CLOSED;
+
+    connect();   // a bad URI throws here, to the caller
+  }
+
+  // The global WebSocket, looked up by name (globalThis is newer than ES2017).
+  function root_websocket() {
+    return typeof WebSocket === 'undefined' ? undefined : WebSocket;
+  }
+
+  WS4Redis.backoff_delay = backoff_delay;
+  WS4Redis.BACKOFF_BASE_MS = BACKOFF_BASE_MS;
+  WS4Redis.BACKOFF_CAP_MS = BACKOFF_CAP_MS;
+  return WS4Redis;
+});
