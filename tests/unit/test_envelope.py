@@ -1,0 +1,95 @@
+"""How messages travel on the Redis bus: raw when possible, wrapped when metadata must travel."""
+
+import pytest
+
+from ws4redis_uwsgi.envelope import MAGIC, BusMessage, decode, encode, is_utf8
+
+
+@pytest.mark.parametrize(
+    ("payload", "binary"),
+    [
+        (b"hello", False),
+        (b"", False),
+        ("ünïcode ✓".encode(), False),
+        (b'{"json": [1, 2]}', False),
+        (b"\xff\xfe", True),
+        (b"\x89PNG\r\n\x1a\n", True),
+        (b"caf\xe9", True),  # latin-1, not UTF-8
+        (b"\x00\x01\x02", False),  # NUL bytes are valid UTF-8
+    ],
+)
+def test_raw_payload_travels_unchanged_and_non_utf8_becomes_binary(payload, binary):
+    data = encode(payload)
+    assert data == payload  # other programs may PUBLISH/GET the same bytes
+    assert decode(data) == BusMessage(payload, binary, None)
+    assert decode(data).is_text is not binary
+
+
+def test_bytes_from_another_program_decode_as_they_are():
+    assert decode(b"plain PUBLISH") == BusMessage(b"plain PUBLISH", False, None)
+    assert decode(b"\xff") == BusMessage(b"\xff", True, None)
+
+
+@pytest.mark.parametrize("payload", [b"hello", "ü".encode(), b"", b"\xff"])
+def test_binary_true_forces_a_binary_frame(payload):
+    data = encode(payload, binary=True)
+    assert data.startswith(MAGIC)
+    message = decode(data)
+    assert message.payload == payload
+    assert message.binary is True
+    assert message.is_text is False
+    assert message.origin is None
+
+
+@pytest.mark.parametrize("origin", ["1234-5", "worker7:42", "a", "x" * 64])
+@pytest.mark.parametrize(("payload", "binary"), [(b"hi", False), (b"hi", True), (b"\xff\x00", False), (b"", False)])
+def test_origin_round_trip(origin, payload, binary):
+    message = decode(encode(payload, binary=binary, origin=origin))
+    assert message.payload == payload
+    assert message.origin == origin
+    assert message.binary is (binary or payload == b"\xff\x00")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        MAGIC,
+        MAGIC + b"hello",
+        MAGIC + b"|x\nfake",
+        MAGIC + b"b|origin\npayload",
+        MAGIC + b"|\n",
+        MAGIC + b"\xff",
+    ],
+)
+def test_a_raw_payload_starting_with_magic_is_escaped_and_decodes_to_itself(payload):
+    data = encode(payload)
+    assert data != payload
+    message = decode(data)
+    assert message.payload == payload
+    assert message.origin is None
+    assert message.binary is not is_utf8(payload)
+
+
+def test_a_payload_containing_newlines_and_bars_survives_wrapping():
+    payload = b"line1\nline2|x\n|"
+    assert decode(encode(payload, origin="o1")) == BusMessage(payload, False, "o1")
+    assert decode(encode(payload, binary=True, origin="o1")) == BusMessage(payload, True, "o1")
+
+
+@pytest.mark.parametrize("origin", ["a|b", "|", "a\nb", "\n", "end\n"])
+def test_an_origin_with_a_bar_or_newline_is_refused(origin):
+    with pytest.raises(ValueError, match="origin"):
+        encode(b"payload", origin=origin)
+
+
+def test_magic_without_a_valid_header_is_taken_raw():
+    # Not something this package writes: no newline, or no '|' before the newline.
+    for data in (MAGIC + b"no header", MAGIC + b"b-origin\npayload"):
+        assert decode(data) == BusMessage(data, not is_utf8(data), None)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"), [(b"", True), (b"abc", True), ("é".encode(), True), (b"\xc3", False), (b"\xff", False)]
+)
+def test_is_utf8(data, expected):
+    assert is_utf8(data) is expected

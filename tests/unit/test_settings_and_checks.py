@@ -1,0 +1,173 @@
+"""Settings are read lazily; system checks reject bad values with an id and a hint."""
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.checks import Error
+from django.test import override_settings
+
+from ws4redis_uwsgi import settings
+from ws4redis_uwsgi.checks import check_settings
+
+# -- laziness -------------------------------------------------------------------------
+
+
+def test_settings_follow_override_settings():
+    assert settings.WS4REDIS_EXPIRE == 60  # tests.testsite.settings
+    with override_settings(WS4REDIS_EXPIRE=5, WS4REDIS_PREFIX="other", WEBSOCKET_URL="/live/"):
+        assert settings.WS4REDIS_EXPIRE == 5
+        assert settings.WS4REDIS_PREFIX == "other"
+        assert settings.WEBSOCKET_URL == "/live/"
+        assert settings.get("WS4REDIS_EXPIRE") == 5
+    assert settings.WS4REDIS_EXPIRE == 60
+
+
+@pytest.mark.parametrize("name", sorted(settings.DEFAULTS))
+def test_an_unset_setting_has_its_default(name):
+    with override_settings():
+        if hasattr(django_settings, name):
+            delattr(django_settings, name)
+        assert getattr(settings, name) == settings.DEFAULTS[name]
+
+
+def test_the_defaults_are_those_of_the_readme():
+    documented = {
+        "WEBSOCKET_URL": "/ws/",
+        "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
+        "WS4REDIS_PREFIX": None,
+        "WS4REDIS_EXPIRE": 3600,
+        "WS4REDIS_HEARTBEAT": None,
+        "WS4REDIS_SUBSCRIBER": "ws4redis_uwsgi.subscriber.RedisSubscriber",
+        "WS4REDIS_ALLOWED_CHANNELS": None,
+        "WS4REDIS_PROCESS_REQUEST": None,
+    }
+    assert {name: settings.DEFAULTS[name] for name in documented} == documented
+
+
+@pytest.mark.parametrize("name", ["WS4REDIS_NO_SUCH_SETTING", "SECRET_KEY", "ws4redis_expire"])
+def test_an_unknown_attribute_raises_attribute_error(name):
+    with pytest.raises(AttributeError, match=name):
+        getattr(settings, name)
+
+
+def test_get_callable_imports_dotted_paths_and_passes_callables_through():
+    from tests.testsite.hooks import allowed_channels
+
+    assert settings.get_callable("WS4REDIS_ALLOWED_CHANNELS") is allowed_channels
+    with override_settings(WS4REDIS_ALLOWED_CHANNELS=len):
+        assert settings.get_callable("WS4REDIS_ALLOWED_CHANNELS") is len
+    with override_settings(WS4REDIS_ALLOWED_CHANNELS=None):
+        assert settings.get_callable("WS4REDIS_ALLOWED_CHANNELS") is None
+
+
+# -- system checks --------------------------------------------------------------------
+
+
+def test_the_test_site_settings_pass_the_checks():
+    assert check_settings() == []
+
+
+def test_the_defaults_pass_the_checks():
+    with override_settings():
+        for name in settings.DEFAULTS:
+            if hasattr(django_settings, name):
+                delattr(django_settings, name)
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("WEBSOCKET_URL", "/live/"),
+        ("WS4REDIS_CONNECTION", {"host": "h", "port": 1, "db": 2}),
+        ("WS4REDIS_CONNECTION", "unix:///tmp/r.sock"),
+        ("WS4REDIS_PREFIX", None),
+        ("WS4REDIS_PREFIX", "my-site_1.0"),
+        ("WS4REDIS_EXPIRE", 0),
+        ("WS4REDIS_HEARTBEAT", None),
+        ("WS4REDIS_HEARTBEAT", "--heartbeat--"),
+        ("WS4REDIS_HEARTBEAT", "ping: 1.0"),
+        ("WS4REDIS_SUBSCRIBER", "ws4redis_uwsgi.subscriber.RedisSubscriber"),
+        ("WS4REDIS_ALLOWED_CHANNELS", None),
+        ("WS4REDIS_ALLOWED_CHANNELS", lambda request, channels: channels),
+        ("WS4REDIS_PROCESS_REQUEST", "tests.testsite.hooks.process_request"),
+    ],
+)
+def test_good_values_pass(setting, value):
+    with override_settings(**{setting: value}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check_id"),
+    [
+        ("WEBSOCKET_URL", "ws", "ws4redis_uwsgi.E001"),
+        ("WEBSOCKET_URL", "/ws", "ws4redis_uwsgi.E001"),
+        ("WEBSOCKET_URL", "ws/", "ws4redis_uwsgi.E001"),
+        ("WEBSOCKET_URL", None, "ws4redis_uwsgi.E001"),
+        ("WS4REDIS_CONNECTION", "http://x", "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_CONNECTION", {"host": "h", "bogus": 1}, "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_CONNECTION", 42, "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_PREFIX", "a:b", "ws4redis_uwsgi.E003"),
+        ("WS4REDIS_PREFIX", "a*", "ws4redis_uwsgi.E003"),
+        ("WS4REDIS_PREFIX", "a b", "ws4redis_uwsgi.E003"),
+        ("WS4REDIS_PREFIX", "[x]", "ws4redis_uwsgi.E003"),
+        ("WS4REDIS_PREFIX", 42, "ws4redis_uwsgi.E003"),
+        ("WS4REDIS_EXPIRE", -1, "ws4redis_uwsgi.E004"),
+        ("WS4REDIS_EXPIRE", "60", "ws4redis_uwsgi.E004"),
+        ("WS4REDIS_EXPIRE", None, "ws4redis_uwsgi.E004"),
+        ("WS4REDIS_EXPIRE", True, "ws4redis_uwsgi.E004"),
+        ("WS4REDIS_HEARTBEAT", "it's", "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_HEARTBEAT", 'say "hi"', "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_HEARTBEAT", "</script>", "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_HEARTBEAT", "", "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_HEARTBEAT", "x" * 65, "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_HEARTBEAT", b"hb", "ws4redis_uwsgi.E005"),
+        # The context processor puts the heartbeat inside a JavaScript string
+        # literal, where a newline is a syntax error: a trailing one must not pass.
+        ("WS4REDIS_HEARTBEAT", "hb\n", "ws4redis_uwsgi.E005"),
+        ("WS4REDIS_SUBSCRIBER", "no.such.Thing", "ws4redis_uwsgi.E006"),
+        ("WS4REDIS_SUBSCRIBER", "nodots", "ws4redis_uwsgi.E006"),
+        ("WS4REDIS_SUBSCRIBER", 42, "ws4redis_uwsgi.E006"),
+        ("WS4REDIS_ALLOWED_CHANNELS", 42, "ws4redis_uwsgi.E007"),
+        ("WS4REDIS_ALLOWED_CHANNELS", "tests.testsite.hooks.no_such_hook", "ws4redis_uwsgi.E007"),
+        ("WS4REDIS_PROCESS_REQUEST", "no.such.function", "ws4redis_uwsgi.E008"),
+        ("WS4REDIS_PROCESS_REQUEST", ["not", "callable"], "ws4redis_uwsgi.E008"),
+    ],
+)
+def test_each_bad_value_gives_one_error_with_its_id_and_a_hint(setting, value, check_id):
+    with override_settings(**{setting: value}):
+        errors = check_settings()
+    assert len(errors) == 1, errors
+    (error,) = errors
+    assert isinstance(error, Error)
+    assert error.id == check_id
+    assert error.msg.startswith(setting + " ")
+    assert error.hint
+
+
+def test_an_error_shows_the_bad_value():
+    with override_settings(WS4REDIS_PREFIX="a:b"):
+        (error,) = check_settings()
+    assert error.msg == "WS4REDIS_PREFIX is 'a:b'."
+    assert "':'" in error.hint
+
+
+def test_a_connection_error_names_the_problem():
+    with override_settings(WS4REDIS_CONNECTION={"host": "h", "bogus": 1}):
+        (error,) = check_settings()
+    assert "'bogus'" in error.msg
+    assert "redis://" in error.hint
+
+
+def test_several_bad_values_give_several_errors():
+    with override_settings(WEBSOCKET_URL="ws", WS4REDIS_EXPIRE=-1, WS4REDIS_SUBSCRIBER="no.such.Thing"):
+        ids = [e.id for e in check_settings()]
+    assert ids == ["ws4redis_uwsgi.E001", "ws4redis_uwsgi.E004", "ws4redis_uwsgi.E006"]
+
+
+def test_the_check_is_registered_with_django():
+    from django.core import checks
+
+    with override_settings(WS4REDIS_EXPIRE=-1):
+        ids = [e.id for e in checks.run_checks()]
+    assert "ws4redis_uwsgi.E004" in ids
