@@ -28,7 +28,7 @@ MAX_FACILITY_LENGTH = 200
 # ':' would let a facility reach into another audience's channel name,
 # '*', '?', '[' are glob characters (PSUBSCRIBE, KEYS), and whitespace or
 # control characters have no business in a channel name.
-_FORBIDDEN_IN_FACILITY = re.compile(r"[:*?\[\]\s\x00-\x1f\x7f]")
+_FORBIDDEN_IN_FACILITY = re.compile(r"[:*?\[\]\s\x00-\x1f\x7f-\x9f]")
 
 
 class Audience(StrEnum):

@@ -11,7 +11,7 @@ from django.utils.module_loading import import_string
 from . import settings
 from .connection import connection_problems
 
-_HEARTBEAT = re.compile(r"^[\w .:-]{1,64}$")
+_HEARTBEAT = re.compile(r"[\w .:-]{1,64}")
 
 
 def _error(setting: str, msg: str, hint: str, n: int) -> Error:
@@ -40,7 +40,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if not isinstance(expire, int) or isinstance(expire, bool) or expire < 0:
         errors.append(_error("WS4REDIS_EXPIRE", f"is {expire!r}.", "Use a number of seconds, 0 to persist nothing.", 4))
     heartbeat = settings.get("WS4REDIS_HEARTBEAT")
-    if heartbeat is not None and not (isinstance(heartbeat, str) and _HEARTBEAT.match(heartbeat)):
+    if heartbeat is not None and not (isinstance(heartbeat, str) and _HEARTBEAT.fullmatch(heartbeat)):
         errors.append(
             _error(
                 "WS4REDIS_HEARTBEAT",

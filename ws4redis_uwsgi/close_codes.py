@@ -18,6 +18,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    #: The client fell more than WS4REDIS_MAX_PENDING_MESSAGES behind.
+    SLOW_CONSUMER = 4000
 
 
 def close_frame(code: CloseCode, reason: str = "") -> bytes:
@@ -26,5 +28,7 @@ def close_frame(code: CloseCode, reason: str = "") -> bytes:
     The reason is truncated so the payload stays within the 125 bytes a
     control frame may carry.
     """
-    payload = int(code).to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    # Cut on a character boundary: a close reason must be valid UTF-8.
+    text = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    payload = int(code).to_bytes(2, "big") + text
     return bytes((0x88, len(payload))) + payload

@@ -46,7 +46,13 @@ def _template(value: Any, overrides: dict[str, Any]) -> redis.Redis:
     if isinstance(value, str):
         kwargs = {k: v for k, v in {**DEFAULT_TIMEOUTS, **overrides}.items()}
         return redis.Redis.from_url(value, **kwargs)
-    return redis.Redis(**{**DEFAULT_TIMEOUTS, **value, **overrides})
+    kwargs = {**DEFAULT_TIMEOUTS, **value, **overrides}
+    client = redis.Redis(**kwargs)
+    if "unix_socket_path" in kwargs:
+        # redis.Redis drops socket_connect_timeout for unix sockets; the
+        # connection class honours it, so put it back.
+        client.connection_pool.connection_kwargs["socket_connect_timeout"] = kwargs["socket_connect_timeout"]
+    return client
 
 
 def make_client(value: Any = None, *, max_connections: int | None = None, **overrides: Any) -> redis.Redis:

@@ -92,7 +92,7 @@ class RedisStore:
             raise ValueError(f"invalid facility {facility!r}: {exc}") from None
         own = Identity()
         if request is not None and any(
-            v is True or (isinstance(v, (list, tuple, set)) and SELF in v) for v in (groups, users, sessions)
+            v is True or (isinstance(v, (list, tuple, set, frozenset)) and SELF in v) for v in (groups, users, sessions)
         ):
             from .identity import identity_from_request
 
