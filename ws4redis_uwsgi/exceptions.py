@@ -19,9 +19,31 @@ class HandshakeError(Exception):
     """Raised when a request cannot be upgraded to a websocket."""
 
     status = "400 Bad Request"
+    #: Extra response headers of the refusal.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class UpgradeRequiredError(HandshakeError):
     """Raised when a request to the websocket URL is not an upgrade request."""
 
     status = "426 Upgrade Required"
+    headers = (("Sec-WebSocket-Version", "13"),)
+
+
+class OriginError(HandshakeError):
+    """Raised when the ``Origin`` of a websocket request is not allowed."""
+
+    status = "403 Forbidden"
+
+
+class TooManyChannelsError(HandshakeError):
+    """Raised when a websocket would subscribe to more channels than allowed."""
+
+    status = "403 Forbidden"
+
+
+class ServerBusyError(HandshakeError):
+    """Raised when the worker already holds as many websockets as it may."""
+
+    status = "503 Service Unavailable"
+    headers = (("Retry-After", "5"),)

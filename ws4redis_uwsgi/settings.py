@@ -22,6 +22,14 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_SUBSCRIBER": "ws4redis_uwsgi.subscriber.RedisSubscriber",
     "WS4REDIS_ALLOWED_CHANNELS": None,
     "WS4REDIS_PROCESS_REQUEST": None,
+    # Safe by default: see the README's "Security and limits".
+    "WS4REDIS_ALLOWED_ORIGINS": None,  # None: ALLOWED_HOSTS
+    "WS4REDIS_ALLOW_MISSING_ORIGIN": False,
+    "WS4REDIS_MAX_MESSAGE_SIZE": 64 * 1024,
+    "WS4REDIS_RATE_LIMIT": (10, 20),  # messages per second, burst; None: no limit
+    "WS4REDIS_MAX_CHANNELS": 100,
+    "WS4REDIS_MAX_CONNECTIONS": None,  # None: what the worker's cores allow
+    "WS4REDIS_MAX_PENDING_MESSAGES": 1000,
 }
 
 
@@ -43,3 +51,14 @@ def __getattr__(name: str) -> Any:
     if name in DEFAULTS:
         return get(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def allowed_origins() -> list[str]:
+    """Host patterns an ``Origin`` must match: the setting, else ``ALLOWED_HOSTS`` as Django applies it."""
+    patterns = get("WS4REDIS_ALLOWED_ORIGINS")
+    if patterns is not None:
+        return list(patterns)
+    hosts = list(django_settings.ALLOWED_HOSTS)
+    if django_settings.DEBUG and not hosts:
+        return [".localhost", "127.0.0.1", "[::1]"]
+    return hosts

@@ -23,9 +23,6 @@ from .redis_store import RedisStore
 
 logger = logging.getLogger("ws4redis_uwsgi.subscriber")
 
-#: Messages a websocket may have waiting before it counts as a slow consumer.
-MAX_PENDING_MESSAGES = 1000
-
 #: How long a handshake waits for Redis to confirm the new subscriptions
 #: before it completes anyway (Redis may be down; the hub subscribes later).
 SUBSCRIBE_TIMEOUT = 3.0
@@ -45,7 +42,9 @@ class RedisSubscriber(RedisStore):
         self._origin = hub.new_origin()
         #: Whether this websocket receives the messages it published itself.
         self.echo = False
-        #: Set when more than MAX_PENDING_MESSAGES wait: the websocket is too slow.
+        #: Messages that may wait for this websocket before it counts as a slow consumer.
+        self.max_pending: int = settings.get("WS4REDIS_MAX_PENDING_MESSAGES")
+        #: Set when more than max_pending messages wait: the websocket is too slow.
         self.overflowed = False
         #: Called whenever a message arrives; the server sets it to wake its loop.
         self.notify: Callable[[], None] = lambda: None
@@ -95,7 +94,7 @@ class RedisSubscriber(RedisStore):
         """Called by the hub for every message on one of this websocket's channels."""
         if not self.echo and message.origin is not None and message.origin == self._origin:
             return
-        if len(self._inbox) >= MAX_PENDING_MESSAGES:
+        if len(self._inbox) >= self.max_pending:
             self.overflowed = True
         else:
             self._inbox.append(message)

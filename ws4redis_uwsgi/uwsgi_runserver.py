@@ -99,6 +99,19 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4redis used
     """The websocket vassal's WSGI application under uWSGI with ``--gevent``."""
 
+    def max_connections(self) -> int | None:
+        """By default a few async cores fewer than the worker has.
+
+        When every core holds a websocket, uWSGI stops accepting and new
+        clients wait in the listen queue; keeping cores free lets the worker
+        answer them with a 503 instead.
+        """
+        configured = super().max_connections()
+        if configured is not None or uwsgi is None:
+            return configured
+        cores = int(uwsgi.cores)
+        return max(1, cores - max(1, cores // 50))
+
     def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> uWSGIWebsocket:
         if uwsgi is None:
             raise RuntimeError("uWSGIWebsocketServer runs only inside uWSGI")

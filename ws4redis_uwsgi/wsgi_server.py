@@ -11,6 +11,7 @@ Adapters (uWSGI, the development server) only move bytes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -25,9 +26,9 @@ from django.utils.module_loading import import_string
 from . import settings
 from .channels import facility_from_path, parse_query, restrict
 from .close_codes import CloseCode
-from .exceptions import HandshakeError, WebSocketError
+from .exceptions import HandshakeError, ServerBusyError, TooManyChannelsError, WebSocketError
 from .identity import load_session_and_user
-from .protocol import check_upgrade_request, is_heartbeat
+from .protocol import InboundPolicy, Verdict, check_origin, check_upgrade_request
 from .redis_store import RedisMessage
 from .subscriber import RedisSubscriber
 
@@ -62,6 +63,8 @@ class WebsocketWSGIServer:
 
     def __init__(self, redis_connection: redis.Redis | None = None) -> None:
         self._redis_connection = redis_connection
+        #: Websockets this process serves now; compared with max_connections().
+        self.active_connections = 0
         if not apps.ready:
             # ws4redis sites' own wsgi_websocket.py never called django.setup().
             django.setup(set_prefix=False)
@@ -109,17 +112,18 @@ class WebsocketWSGIServer:
         except PermissionDenied:
             return self.refuse(start_response, "403 Forbidden", "channels not allowed", environ)
         except HandshakeError as exc:
-            headers = [("Sec-WebSocket-Version", "13")] if exc.status.startswith("426") else []
-            return self.refuse(start_response, exc.status, str(exc), environ, headers)
+            return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
         except Exception:
             logger.exception("websocket request on %s failed before the upgrade", environ.get("PATH_INFO"))
             return self.refuse(start_response, "500 Internal Server Error", "server error", environ)
+        self.active_connections += 1
         try:
             # Completing the handshake only once Redis confirmed the subscriptions
             # means a page may rely on every message published after ``onopen``.
             subscriber.wait_subscribed()
             websocket = self.upgrade_websocket(environ, start_response)
         except BaseException:
+            self.active_connections -= 1
             subscriber.release()
             raise
         try:
@@ -130,14 +134,27 @@ class WebsocketWSGIServer:
             logger.exception("websocket on %s failed", environ.get("PATH_INFO"))
             websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
         finally:
+            self.active_connections -= 1
             subscriber.release()
             websocket.close(CloseCode.NORMAL_CLOSURE)
         return []
+
+    def max_connections(self) -> int | None:
+        """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
+        return settings.get("WS4REDIS_MAX_CONNECTIONS")
 
     def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
         """Everything before the upgrade: validate, authenticate, agree on channels."""
         facility_from_path(environ.get("PATH_INFO", ""), settings.get("WEBSOCKET_URL"))
         self.assure_protocol_requirements(environ)
+        check_origin(
+            environ.get("HTTP_ORIGIN"),
+            settings.allowed_origins(),
+            allow_missing=settings.get("WS4REDIS_ALLOW_MISSING_ORIGIN"),
+        )
+        limit = self.max_connections()
+        if limit is not None and self.active_connections >= limit:
+            raise ServerBusyError("too many connections, retry later")
         request = WSGIRequest(environ)
         try:
             self.process_request(request)
@@ -145,6 +162,9 @@ class WebsocketWSGIServer:
             subscriber = self.Subscriber(self._redis_connection)
             subscriber.echo = echo
             subscriber.set_pubsub_channels(request, channels)
+            if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
+                subscriber.release()
+                raise TooManyChannelsError("too many channels")
             return subscriber
         finally:
             # The loop may live for hours: give database connections back now.
@@ -165,31 +185,36 @@ class WebsocketWSGIServer:
 
     def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
         """The loop of one websocket, until the client leaves or is closed."""
-        heartbeat = settings.get("WS4REDIS_HEARTBEAT")
+        inbound = InboundPolicy.from_settings(time.monotonic())
         waiter = self.make_waiter(websocket)
         subscriber.notify = waiter.wake
         try:
             subscriber.send_persisted_messages(websocket)
             while not websocket.closed:
                 waiter.wait(self.poll_interval)
-                self.receive_all(websocket, subscriber, heartbeat)
+                self.receive_all(websocket, subscriber, inbound)
                 self.send_all(websocket, subscriber)
         finally:
             waiter.close()
 
-    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, heartbeat: str | None) -> None:
-        while (message := websocket.receive()) is not None:
-            if is_heartbeat(message, heartbeat):
+    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> None:
+        while not websocket.closed and (message := websocket.receive()) is not None:
+            verdict = inbound.judge(message, time.monotonic())
+            if verdict is Verdict.HEARTBEAT:
                 websocket.send(message, binary=False)
-                continue
-            try:
-                subscriber.publish_message(RedisMessage(message))
-            except redis.RedisError as exc:
-                logger.warning("message from websocket not published: %s", exc)
+            elif verdict is Verdict.PUBLISH:
+                try:
+                    subscriber.publish_message(RedisMessage(message))
+                except redis.RedisError as exc:
+                    logger.warning("message from websocket not published: %s", exc)
+            else:
+                code, reason = verdict.value
+                logger.warning("closing websocket (%d, %s)", code, reason)
+                websocket.close(code, reason)
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        while (outgoing := subscriber.parse_response()) is not None:
+        while not websocket.closed and (outgoing := subscriber.parse_response()) is not None:
             websocket.send(outgoing.payload, binary=outgoing.binary)
-        if subscriber.overflowed:
-            logger.warning("closing a websocket that cannot keep up")
-            websocket.close(CloseCode.TRY_AGAIN_LATER, "too slow")
+        if subscriber.overflowed and not websocket.closed:
+            logger.warning("closing a websocket that fell %d messages behind", subscriber.max_pending)
+            websocket.close(CloseCode.SLOW_CONSUMER, "too slow")

@@ -13,11 +13,21 @@ from tests.servers import TIMING
 RECV_TIMEOUT = 5 * TIMING
 
 
+#: What a browser on the test site sends; ALLOWED_HOSTS has 127.0.0.1.
+SITE_ORIGIN = "http://127.0.0.1"
+
+
 @contextlib.contextmanager
-def client(server, path: str, cookie: str | None = None) -> Iterator[ClientConnection]:
-    """A connected websocket to ``server`` at ``path`` (e.g. '/ws/chat?subscribe-broadcast')."""
+def client(server, path: str, cookie: str | None = None, origin: str | None = SITE_ORIGIN) -> Iterator[ClientConnection]:
+    """A connected websocket to ``server`` at ``path`` (e.g. '/ws/chat?subscribe-broadcast'), as a browser on the site."""
     headers = {"Cookie": cookie} if cookie else {}
-    with connect(server.url + path, additional_headers=headers, open_timeout=5 * TIMING, close_timeout=2 * TIMING) as ws:
+    with connect(
+        server.url + path,
+        additional_headers=headers,
+        origin=origin,
+        open_timeout=5 * TIMING,
+        close_timeout=2 * TIMING,
+    ) as ws:
         yield ws
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import pytest
 import redis
 from django.test import override_settings
 from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SITE_ENV
-from tests.integration.helpers import client, facility, recv
+from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
 from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
+from ws4redis_uwsgi.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -27,7 +31,7 @@ async def _open_many(url: str, count: int, batch: int = 200) -> list:
     for start in range(0, count, batch):
         opened = await asyncio.gather(
             *(
-                aconnect(url, open_timeout=30 * TIMING, close_timeout=1, ping_interval=None)
+                aconnect(url, origin=SITE_ORIGIN, open_timeout=30 * TIMING, close_timeout=1, ping_interval=None)
                 for _ in range(start, min(count, start + batch))
             )
         )
@@ -135,3 +139,84 @@ def test_client_close_is_answered_with_a_close_frame(uwsgi_server):
         pass
     assert ws.protocol.close_rcvd is not None  # not an abnormal (1006) end
     assert ws.protocol.close_rcvd_then_sent is False  # the client closed first
+
+
+@pytest.mark.timeout(90)
+def test_full_worker_refuses_with_503_instead_of_hanging(redis_server, site_db, tmp_path):
+    server = UwsgiServer(SITE_ENV, cores=20, log_path=tmp_path / "uwsgi.log").start()  # 19 websockets at most
+    fac = facility()
+
+    async def scenario() -> None:
+        url = f"{server.url}/ws/{fac}?subscribe-broadcast"
+        held = await _open_many(url, 19)
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await aconnect(url, origin=SITE_ORIGIN, open_timeout=10 * TIMING)
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers["Retry-After"] == "5"
+            await held.pop().close()
+            extra = await aconnect(url, origin=SITE_ORIGIN, open_timeout=10 * TIMING)
+            held.append(extra)
+            await asyncio.to_thread(RedisPublisher(facility=fac, broadcast=True).publish_message, "room for one more", 0)
+            assert await asyncio.wait_for(extra.recv(), 10 * TIMING) == "room for one more"
+        finally:
+            await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_never_reads_does_not_slow_the_others(redis_server, site_db, tmp_path):
+    env = {**SITE_ENV, "WS4REDIS_TEST_MAX_PENDING": "50"}
+    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+    fac = facility()
+    url = f"{server.url}/ws/{fac}?subscribe-broadcast"
+    count, readers = 300, 20
+    payload = "x" * 16_000
+
+    async def scenario() -> tuple[list[float], object]:
+        # The stuck client: a tiny receive buffer and it never reads.
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck = await aconnect(url, sock=sock, origin=SITE_ORIGIN, max_queue=1, ping_interval=None)
+        stuck.transport.pause_reading()
+        fast = await _open_many(url, readers)
+        latencies: list[float] = []
+
+        async def read_all(ws) -> None:
+            for i in range(count):
+                message = await asyncio.wait_for(ws.recv(), 30 * TIMING)
+                sent, seq, _ = message.split(" ", 2)
+                assert int(seq) == i
+                latencies.append(time.time() - float(sent))
+
+        publisher = RedisPublisher(facility=fac, broadcast=True)
+
+        def publish() -> None:
+            for i in range(count):
+                publisher.publish_message(f"{time.time()} {i} {payload}", expire=0)
+                time.sleep(0.002)
+
+        await asyncio.gather(asyncio.to_thread(publish), *(read_all(ws) for ws in fast))
+        stuck.transport.resume_reading()
+        try:
+            while True:
+                await asyncio.wait_for(stuck.recv(), 30 * TIMING)
+        except ConnectionClosed:
+            pass
+        await asyncio.gather(*(ws.close() for ws in fast))
+        return latencies, stuck
+
+    try:
+        latencies, stuck = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert len(latencies) == count * readers  # every reader got every message, in order
+    latencies.sort()
+    assert latencies[int(len(latencies) * 0.99)] < 0.5 * TIMING, latencies[-10:]
+    # The stuck client was cut off: with the documented code when the close frame got through.
+    assert stuck.close_code in (CloseCode.SLOW_CONSUMER, 1006)
+    assert "closing a websocket that fell 50 messages behind" in server.log_text()

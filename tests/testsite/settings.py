@@ -43,6 +43,8 @@ WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
 WS4REDIS_PROCESS_REQUEST = "tests.testsite.hooks.process_request"
 WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
+WS4REDIS_RATE_LIMIT = (20, 60)
+WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
 
 LOGGING = {
     "version": 1,
