@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qsl
 
+from .envelope import parse_id
 from .exceptions import HandshakeError
 
 #: Longest facility accepted; longer paths are refused before the upgrade.
@@ -146,6 +147,8 @@ class ClientRequest:
 
     channels: tuple[str, ...] = ()  # e.g. ('subscribe-broadcast', 'publish-user')
     echo: bool = False
+    #: None: a plain ws4redis client; "": wants message ids; an id: resume after it.
+    resume: str | None = None
 
     @property
     def subscribe(self) -> frozenset[Audience]:
@@ -157,7 +160,7 @@ class ClientRequest:
 
 
 def parse_query(query_string: str) -> ClientRequest:
-    """Parse ``subscribe-*``, ``publish-*`` and ``echo`` from a query string.
+    """Parse ``subscribe-*``, ``publish-*``, ``echo`` and ``resume`` from a query string.
 
     Parameter names are matched case-insensitively, ignoring surrounding
     blanks, as ws4redis did; unknown parameters are ignored so that pages may
@@ -165,17 +168,25 @@ def parse_query(query_string: str) -> ClientRequest:
     """
     wanted: list[str] = []
     echo = False
-    for name, _value in parse_qsl(query_string, keep_blank_values=True):
+    resume = None
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
         param = name.strip().lower()
         if param in SUBSCRIBE_PARAMS or param in PUBLISH_PARAMS:
             if param not in wanted:
                 wanted.append(param)
         elif param == "echo":
             echo = True
-    return ClientRequest(tuple(wanted), echo)
+        elif param == "resume":
+            resume = value.strip()
+            if resume:
+                try:
+                    parse_id(resume)
+                except ValueError:
+                    raise HandshakeError("invalid resume id") from None
+    return ClientRequest(tuple(wanted), echo, resume)
 
 
 def restrict(request: ClientRequest, allowed: Iterable[str]) -> ClientRequest:
     """Keep only the channel parameters that an allowed-channels hook returned."""
     permitted = set(allowed)
-    return ClientRequest(tuple(c for c in request.channels if c in permitted), request.echo)
+    return ClientRequest(tuple(c for c in request.channels if c in permitted), request.echo, request.resume)

@@ -1,25 +1,33 @@
-"""How a message travels on the Redis bus: pure encoding and decoding.
+"""How a message travels on the Redis bus, and message ids: pure encoding and decoding.
 
-Most messages travel as their raw bytes, exactly as ws4redis published them,
-so other programs may PUBLISH to (and read from) the same channels. Only a
-message that carries something the bytes cannot say is wrapped:
+A message travels as its raw bytes, exactly as ws4redis published them, unless
+it carries something the bytes cannot say; then it is wrapped:
 
 * ``binary=True``: the publisher wants a binary frame even for valid UTF-8;
 * an origin: the connection that published it, so the server can leave the
   sender out when it did not ask for ``echo`` (decided by identity, never by
-  comparing text).
+  comparing text);
+* an id: its place in the channel's history, so a client that reconnects can
+  ask for exactly what it missed (see :mod:`ws4redis_uwsgi.history`).
 
-A wrapped message is ``MAGIC + flags + b"|" + origin + b"\\n" + payload``.
+A wrapped message is ``MAGIC + flags + b"|" + origin + b"|" + id + b"\\n" + payload``.
 ``MAGIC`` starts with a NUL byte, which no text message and hardly any binary
 format starts with; a raw payload that does start with ``MAGIC`` is wrapped
-too, so decoding is never ambiguous for messages sent by this package.
+too, so decoding is never ambiguous for messages sent by this package. Other
+programs may still PUBLISH raw bytes: they arrive as they are, without an id.
+
+Message ids are Redis stream ids, ``"<milliseconds>-<sequence>"``, assigned
+from one counter per Redis, so they grow with every publish on every channel.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAGIC = b"\x00ws4r\x00"
+
+_ID = re.compile(r"(\d{1,15})-(\d{1,15})")
 
 
 @dataclass(frozen=True)
@@ -29,11 +37,25 @@ class BusMessage:
     payload: bytes
     binary: bool = False
     origin: str | None = None
+    id: str | None = None
 
     @property
     def is_text(self) -> bool:
         """True when the message goes out as a text frame."""
         return not self.binary
+
+    @property
+    def order(self) -> tuple[int, int] | None:
+        """The id as a comparable value, or None for a message without id."""
+        return parse_id(self.id) if self.id else None
+
+
+def parse_id(message_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` as ``(1700000000000, 3)``; ValueError for anything else."""
+    match = _ID.fullmatch(message_id)
+    if match is None:
+        raise ValueError(f"not a message id: {message_id!r}")
+    return int(match[1]), int(match[2])
 
 
 def is_utf8(data: bytes) -> bool:
@@ -44,14 +66,24 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
-def encode(payload: bytes, *, binary: bool = False, origin: str | None = None) -> bytes:
-    """Bytes to PUBLISH for ``payload``; raw unless metadata must travel along."""
-    if not binary and origin is None and not payload.startswith(MAGIC):
-        return payload
+def encode_parts(payload: bytes, *, binary: bool = False, origin: str | None = None) -> tuple[bytes, bytes]:
+    """The wrapped message around a yet unknown id: ``head + id + tail``.
+
+    The publish script in Redis assigns the id and joins the three, so the
+    format is decided here only.
+    """
     if origin is not None and ("\n" in origin or "|" in origin):
         raise ValueError("origin must not contain '|' or a newline")
     flags = b"b" if binary else b""
-    return MAGIC + flags + b"|" + (origin or "").encode("ascii") + b"\n" + payload
+    return MAGIC + flags + b"|" + (origin or "").encode("ascii") + b"|", b"\n" + payload
+
+
+def encode(payload: bytes, *, binary: bool = False, origin: str | None = None, id: str | None = None) -> bytes:
+    """Bytes to PUBLISH for ``payload``: raw unless metadata must travel along."""
+    if not binary and origin is None and id is None and not payload.startswith(MAGIC):
+        return payload
+    head, tail = encode_parts(payload, binary=binary, origin=origin)
+    return head + (id or "").encode("ascii") + tail
 
 
 def decode(data: bytes) -> BusMessage:
@@ -62,8 +94,10 @@ def decode(data: bytes) -> BusMessage:
     """
     if data.startswith(MAGIC):
         header, sep, payload = data[len(MAGIC) :].partition(b"\n")
-        flags, bar, origin = header.partition(b"|")
-        if sep and bar:
+        fields = header.split(b"|")
+        if sep and len(fields) in (2, 3):
+            flags, origin = fields[0], fields[1]
+            message_id = fields[2].decode("ascii", "replace") if len(fields) == 3 else ""
             binary = b"b" in flags or not is_utf8(payload)
-            return BusMessage(payload, binary, origin.decode("ascii", "replace") or None)
+            return BusMessage(payload, binary, origin.decode("ascii", "replace") or None, message_id or None)
     return BusMessage(data, not is_utf8(data))

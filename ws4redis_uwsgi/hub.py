@@ -35,10 +35,13 @@ logger = logging.getLogger("ws4redis_uwsgi.hub")
 
 #: Commands (GET, PUBLISH) from all websockets of a worker share this many connections.
 COMMAND_POOL_SIZE = 8
+#: Messages the hub hands out before it lets the websockets run.
+DRAIN_BATCH = 64
 
 
 class Listener(Protocol):
     def deliver(self, message: envelope.BusMessage) -> None: ...
+    def resync(self) -> None: ...
 
 
 class FdWaiter:
@@ -226,6 +229,10 @@ class SubscriptionHub:
                 continue
             count += 1
             self._handle(pubsub.handle_message(response))
+            if count % DRAIN_BATCH == 0:
+                # Let the websockets send what they got before handing out more,
+                # or a burst would fill every inbox while nobody writes.
+                gevent.sleep(0)
         return count
 
     def _handle(self, message: dict[str, Any] | None) -> None:
@@ -243,6 +250,10 @@ class SubscriptionHub:
                     listener.deliver(bus_message)
         elif kind == "subscribe" and channel in self._subscribed:
             self._confirmed.setdefault(channel, Event()).set()  # type: ignore[arg-type]
+            if self.disconnects:
+                # Messages may have gone by while the subscription was down.
+                for listener in tuple(self._listeners.get(channel, ())):  # type: ignore[arg-type]
+                    listener.resync()
 
 
 # -- one hub and one command client per process ------------------------------------

@@ -140,3 +140,12 @@ class InboundPolicy:
         if self.bucket is not None and not self.bucket.take(now):
             return Verdict.TOO_FAST
         return Verdict.PUBLISH
+
+
+#: Sent to a resuming client whose missed messages are no longer all in history.
+GAP_NOTICE = b"!gap\n"
+
+
+def with_id(message_id: str | None, payload: bytes) -> bytes:
+    """A message as a resuming client receives it: its id, a newline, the payload."""
+    return (message_id or "").encode("ascii") + b"\n" + payload

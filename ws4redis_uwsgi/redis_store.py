@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from . import envelope, settings
+from . import envelope, history, settings
 from .channels import Identity, named_channels, prefix_string, validate_facility
 from .exceptions import HandshakeError
 
@@ -72,6 +72,8 @@ class RedisStore:
         self._publishers: list[str] = []
         # Set by a websocket connection so that it can recognise its own messages.
         self._origin: str | None = None
+        #: The id of the last message published, when history is on.
+        self.last_message_id: str | None = None
 
     @staticmethod
     def get_prefix() -> str:
@@ -110,7 +112,9 @@ class RedisStore:
         """Publish ``message`` to this store's channels and persist it for ``expire`` seconds.
 
         PUBLISH and SET-with-expiry for every channel go to Redis in one round
-        trip. ``expire`` defaults to ``WS4REDIS_EXPIRE``; ``0`` persists nothing
+        trip; with history on (``WS4REDIS_HISTORY_LENGTH``/``_SECONDS``) the
+        same round trip assigns the message id (kept in ``last_message_id``)
+        and appends the message to each channel's history. ``expire`` defaults to ``WS4REDIS_EXPIRE``; ``0`` persists nothing
         and leaves an earlier persisted message alone. ``binary=True`` makes
         the message arrive as a binary frame even when it is valid UTF-8.
 
@@ -124,6 +128,10 @@ class RedisStore:
             return 0
         if expire is None:
             expire = settings.get("WS4REDIS_EXPIRE")
+        if history.enabled():
+            head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin)
+            self.last_message_id, receivers = history.publish(self._connection, self._publishers, head, tail, expire)
+            return receivers
         payload = envelope.encode(bytes(data), binary=binary, origin=self._origin)
         pipe = self._connection.pipeline(transaction=False)
         for channel in self._publishers:

@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_CHANNELS": 100,
     "WS4REDIS_MAX_CONNECTIONS": None,  # None: what the worker's cores allow
     "WS4REDIS_MAX_PENDING_MESSAGES": 1000,
+    "WS4REDIS_SEND_BUFFER": 128 * 1024,  # kernel send buffer per websocket, bytes
+    # History for resuming clients: entries and seconds kept per channel; both 0: off.
+    "WS4REDIS_HISTORY_LENGTH": 1000,
+    "WS4REDIS_HISTORY_SECONDS": 3600,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from . import envelope, hub, settings
+from . import envelope, history, hub, settings
 from .channels import ClientRequest, audience_channels
 from .identity import identity_from_request
 from .redis_store import RedisStore
@@ -48,6 +48,12 @@ class RedisSubscriber(RedisStore):
         self.overflowed = False
         #: Called whenever a message arrives; the server sets it to wake its loop.
         self.notify: Callable[[], None] = lambda: None
+        #: What the client asked with ``resume``: None (a plain ws4redis client), "" or an id.
+        self.resume: str | None = None
+        #: The id (as a comparable pair) of the newest message handed out, to drop repeats.
+        self.last_order: tuple[int, int] | None = None
+        #: Set by the hub after it re-subscribed: fetch what went by meanwhile.
+        self.resync_needed = False
 
     def set_pubsub_channels(self, request: Any, channels: Iterable[str]) -> None:
         """Subscribe to, and publish on, the channels the client asked for.
@@ -79,12 +85,34 @@ class RedisSubscriber(RedisStore):
 
     def send_persisted_messages(self, websocket: Any) -> None:
         """Send the message still persisted for each subscribed channel."""
+        for message in self.persisted_messages():
+            websocket.send(message.payload, binary=message.binary)
+
+    def persisted_messages(self) -> list[envelope.BusMessage]:
+        """The message still persisted for each subscribed channel, not yet handed out."""
         if not self._channels:
-            return
-        for value in self._connection.mget(self._channels):
-            if value:
-                message = envelope.decode(value)
-                websocket.send(message.payload, binary=message.binary)
+            return []
+        found = [envelope.decode(value) for value in self._connection.mget(self._channels) if value]
+        return [m for m in found if self._is_new(m)]
+
+    def missed_since(self, since: str) -> history.Backlog:
+        """What was published on this websocket's channels after message id ``since``, not yet handed out."""
+        backlog = history.missed_since(self._connection, self._channels, since)
+        return history.Backlog(tuple(m for m in backlog.messages if self._is_new(m)), backlog.gap)
+
+    @property
+    def last_id(self) -> str | None:
+        return f"{self.last_order[0]}-{self.last_order[1]}" if self.last_order else None
+
+    def _is_new(self, message: envelope.BusMessage) -> bool:
+        """False for a message with an id at or below the last one handed out; records the new id."""
+        order = message.order
+        if order is None:
+            return True
+        if self.last_order is not None and order <= self.last_order:
+            return False
+        self.last_order = order
+        return True
 
     def get_file_descriptor(self) -> int | None:
         """``None``: the worker's hub owns the Redis socket, not this subscriber."""
@@ -101,8 +129,21 @@ class RedisSubscriber(RedisStore):
         self.notify()
 
     def parse_response(self) -> envelope.BusMessage | None:
-        """The next message to send to the websocket, or ``None`` when none waits."""
-        return self._inbox.popleft() if self._inbox else None
+        """The next message to send to the websocket, or ``None`` when none waits.
+
+        A message that already went out (through history, or on two of this
+        websocket's channels) is skipped by its id.
+        """
+        while self._inbox:
+            message = self._inbox.popleft()
+            if self._is_new(message):
+                return message
+        return None
+
+    def resync(self) -> None:
+        """Called by the hub once it subscribed again after losing Redis."""
+        self.resync_needed = True
+        self.notify()
 
     def release(self) -> None:
         """Leave all channels; called when the websocket closes."""

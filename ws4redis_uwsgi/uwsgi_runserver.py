@@ -24,14 +24,23 @@ if uwsgi is not None and not gevent.monkey.is_module_patched("socket"):
 
 import errno
 import os
+import signal
+import socket
+import struct
+import time
 from typing import Any
 
+import gevent
 import gevent.socket
 
+from . import settings
 from .close_codes import CloseCode, close_frame
 from .envelope import is_utf8
 from .exceptions import HandshakeError, WebSocketError
 from .wsgi_server import StartResponse, WebsocketWSGIServer
+
+#: Seconds a closing websocket waits for the client to close its side.
+CLOSE_LINGER = 2.0
 
 
 class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
@@ -40,6 +49,7 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
     def __init__(self) -> None:
         self._fd: int = uwsgi.connection_fd()
         self.closed = False
+        limit_send_buffer(self._fd, settings.get("WS4REDIS_SEND_BUFFER"))
 
     def get_file_descriptor(self) -> int:
         return self._fd
@@ -75,29 +85,105 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
         """As in ws4redis: give uWSGI a chance to ping; messages read here would be lost, so none are."""
 
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Send a close frame with ``code``; uWSGI closes the socket when the request ends."""
+        """Send a close frame with ``code``, then wait briefly for the client to close its side.
+
+        uWSGI closes the socket when the request ends; bytes from the client
+        still unread then (a pong, its close frame) would make the kernel
+        send a reset, and the client would lose frames it had not read yet.
+        """
         if self.closed:
             return
         self.closed = True
         frame = close_frame(code, reason)
         try:
-            written = os.write(self._fd, frame)
-            if written < len(frame):
-                gevent.socket.wait_write(self._fd, timeout=1.0)
-                os.write(self._fd, frame[written:])
-        except BlockingIOError:
-            try:
-                gevent.socket.wait_write(self._fd, timeout=1.0)
-                os.write(self._fd, frame)
-            except OSError:
-                pass
+            self._write_all(frame, timeout=1.0)
+            shutdown_write(self._fd)
         except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+            if exc.errno == errno.ETIMEDOUT:
+                # The client reads nothing; whatever waits in the kernel for it
+                # would still trickle out after the close: reset instead.
+                abort_on_close(self._fd)
+            elif exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
                 raise
+            return
+        self._discard_until_eof(timeout=CLOSE_LINGER)
+
+    def _write_all(self, data: bytes, timeout: float) -> None:
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except BlockingIOError:
+                try:
+                    gevent.socket.wait_write(self._fd, timeout=timeout)
+                except gevent.socket.timeout:
+                    raise OSError(errno.ETIMEDOUT, "close frame not written") from None
+
+    def _discard_until_eof(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                if not os.read(self._fd, 65536):
+                    return
+            except BlockingIOError:
+                try:
+                    gevent.socket.wait_read(self._fd, timeout=remaining)
+                except gevent.socket.timeout:
+                    return
+            except OSError:
+                return
+
+
+def shutdown_write(fd: int) -> None:
+    """Send FIN on ``fd`` without closing it (uWSGI owns and closes the descriptor)."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.close()
+
+
+def limit_send_buffer(fd: int, size: int | None) -> None:
+    """Cap the kernel's send buffer of one websocket.
+
+    Linux grows a socket's send buffer up to megabytes; for a client that
+    stopped reading, that would hide the backlog from the bounded inbox (so
+    it would never count as slow) and hold megabytes per stalled socket.
+    """
+    if size:
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        finally:
+            sock.close()
+
+
+def abort_on_close(fd: int) -> None:
+    """Make the coming close of ``fd`` a reset that drops unsent data (SO_LINGER 0)."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4redis used
     """The websocket vassal's WSGI application under uWSGI with ``--gevent``."""
+
+    _watching_pid: int | None = None
+
+    def _watch_reload(self) -> None:
+        """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
+
+        uWSGI tells a worker to finish gracefully with SIGHUP (reload) and
+        SIGTERM; its gevent loop then waits for running requests, which for
+        websockets would be forever. gevent allows several handlers per signal,
+        so uWSGI's own still runs.
+        """
+        if self._watching_pid == os.getpid():
+            return
+        self._watching_pid = os.getpid()
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            gevent.signal_handler(signum, self.shutdown)
 
     def max_connections(self) -> int | None:
         """By default a few async cores fewer than the worker has.
@@ -115,6 +201,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
     def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> uWSGIWebsocket:
         if uwsgi is None:
             raise RuntimeError("uWSGIWebsocketServer runs only inside uWSGI")
+        self._watch_reload()
         try:
             uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""))
         except OSError as exc:

@@ -26,9 +26,10 @@ from django.utils.module_loading import import_string
 from . import settings
 from .channels import facility_from_path, parse_query, restrict
 from .close_codes import CloseCode
+from .envelope import BusMessage
 from .exceptions import HandshakeError, ServerBusyError, TooManyChannelsError, WebSocketError
 from .identity import load_session_and_user
-from .protocol import InboundPolicy, Verdict, check_origin, check_upgrade_request
+from .protocol import GAP_NOTICE, InboundPolicy, Verdict, check_origin, check_upgrade_request, with_id
 from .redis_store import RedisMessage
 from .subscriber import RedisSubscriber
 
@@ -65,6 +66,9 @@ class WebsocketWSGIServer:
         self._redis_connection = redis_connection
         #: Websockets this process serves now; compared with max_connections().
         self.active_connections = 0
+        #: Set by shutdown(): every loop closes its websocket with 1012.
+        self.stopping = False
+        self._waiters: set[Waiter] = set()
         if not apps.ready:
             # ws4redis sites' own wsgi_websocket.py never called django.setup().
             django.setup(set_prefix=False)
@@ -161,6 +165,7 @@ class WebsocketWSGIServer:
             channels, echo = self.process_subscriptions(request)
             subscriber = self.Subscriber(self._redis_connection)
             subscriber.echo = echo
+            subscriber.resume = parse_query(request.META.get("QUERY_STRING", "")).resume
             subscriber.set_pubsub_channels(request, channels)
             if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
                 subscriber.release()
@@ -184,18 +189,56 @@ class WebsocketWSGIServer:
         return [body]
 
     def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        """The loop of one websocket, until the client leaves or is closed."""
+        """The loop of one websocket, until the client leaves, is closed, or the server stops."""
         inbound = InboundPolicy.from_settings(time.monotonic())
         waiter = self.make_waiter(websocket)
         subscriber.notify = waiter.wake
+        self._waiters.add(waiter)
         try:
-            subscriber.send_persisted_messages(websocket)
-            while not websocket.closed:
+            if subscriber.resume:
+                self.send_backlog(websocket, subscriber, subscriber.resume)
+            elif subscriber.resume == "":
+                for message in subscriber.persisted_messages():
+                    self.send_message(websocket, subscriber, message)
+            else:
+                subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+            while not websocket.closed and not self.stopping:
                 waiter.wait(self.poll_interval)
                 self.receive_all(websocket, subscriber, inbound)
+                if subscriber.resync_needed and subscriber.last_id:
+                    subscriber.resync_needed = False
+                    self.send_backlog(websocket, subscriber, subscriber.last_id)
                 self.send_all(websocket, subscriber)
+            if self.stopping:
+                websocket.close(CloseCode.SERVICE_RESTART, "server restart")
         finally:
+            self._waiters.discard(waiter)
             waiter.close()
+
+    def shutdown(self) -> None:
+        """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
+        self.stopping = True
+        for waiter in tuple(self._waiters):
+            waiter.wake()
+
+    def send_message(self, websocket: Websocket, subscriber: RedisSubscriber, message: BusMessage) -> None:
+        """One message to the client; a resuming client gets it behind its id."""
+        payload = with_id(message.id, message.payload) if subscriber.resume is not None else message.payload
+        websocket.send(payload, binary=message.binary)
+
+    def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
+        """What the client missed after message id ``since``, or the notice that history lost some of it."""
+        try:
+            backlog = subscriber.missed_since(since)
+        except redis.RedisError as exc:
+            logger.warning("history not available for a resuming websocket: %s", exc)
+            return
+        if backlog.gap:
+            logger.info("websocket resumed after %s, older than the history", since)
+            if subscriber.resume is not None:
+                websocket.send(GAP_NOTICE, binary=False)
+        for message in backlog.messages:
+            self.send_message(websocket, subscriber, message)
 
     def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> None:
         while not websocket.closed and (message := websocket.receive()) is not None:
@@ -213,8 +256,9 @@ class WebsocketWSGIServer:
                 websocket.close(code, reason)
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        while not websocket.closed and (outgoing := subscriber.parse_response()) is not None:
-            websocket.send(outgoing.payload, binary=outgoing.binary)
+        # Once a client fell too far behind, what still waits is not worth sending.
+        while not websocket.closed and not subscriber.overflowed and (outgoing := subscriber.parse_response()) is not None:
+            self.send_message(websocket, subscriber, outgoing)
         if subscriber.overflowed and not websocket.closed:
             logger.warning("closing a websocket that fell %d messages behind", subscriber.max_pending)
             websocket.close(CloseCode.SLOW_CONSUMER, "too slow")

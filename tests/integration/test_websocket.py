@@ -11,6 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.integration.helpers import client, facility, recv
+from ws4redis_uwsgi import envelope
 from ws4redis_uwsgi.publisher import RedisPublisher
 from ws4redis_uwsgi.redis_store import SELF
 
@@ -206,7 +207,8 @@ def test_publish_returns_receivers_and_expire_zero_keeps_earlier(uwsgi_server, r
     publisher = RedisPublisher(facility=fac, broadcast=True)
     assert publisher.publish_message("first", expire=30) == 0  # nobody listens yet
     assert publisher.publish_message("second", expire=0) == 0
-    assert redis_client.get(f"test:broadcast:{fac}") == b"first"
+    # The persisted value carries the message id (history is on); fetch_message unwraps it.
+    assert envelope.decode(redis_client.get(f"test:broadcast:{fac}")).payload == b"first"
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
         assert recv(ws) == "first"
         assert publisher.publish_message("third", expire=0) == 1  # one worker subscribed
