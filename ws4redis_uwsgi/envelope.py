@@ -86,12 +86,15 @@ def encode(payload: bytes, *, binary: bool = False, origin: str | None = None, i
     return head + (id or "").encode("ascii") + tail
 
 
-def decode(data: bytes) -> BusMessage:
+def decode(data: bytes | str) -> BusMessage:
     """Turn bytes received from the bus (or a persisted key) into a :class:`BusMessage`.
 
     Bytes that are not valid UTF-8 always become a binary message, since a
-    text frame must carry UTF-8.
+    text frame must carry UTF-8. (``str`` only comes from a client made with
+    ``decode_responses=True``.)
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     if data.startswith(MAGIC):
         header, sep, payload = data[len(MAGIC) :].partition(b"\n")
         fields = header.split(b"|")
