@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
+
+from .frames import server_frame
 
 MAGIC = b"\x00ws4r\x00"
 
@@ -44,10 +47,20 @@ class BusMessage:
         """True when the message goes out as a text frame."""
         return not self.binary
 
-    @property
+    @cached_property
     def order(self) -> tuple[int, int] | None:
         """The id as a comparable value, or None for a message without id."""
         return parse_id(self.id) if self.id else None
+
+    @cached_property
+    def frame(self) -> bytes:
+        """The websocket frame for a plain client, built once however many receive it."""
+        return server_frame(self.payload, self.binary)
+
+    @cached_property
+    def frame_with_id(self) -> bytes:
+        """The websocket frame for a resuming client: the id, a newline, the payload."""
+        return server_frame((self.id or "").encode("ascii") + b"\n" + self.payload, self.binary)
 
 
 def parse_id(message_id: str) -> tuple[int, int]:

@@ -28,6 +28,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -41,28 +42,73 @@ from .wsgi_server import StartResponse, WebsocketWSGIServer
 
 #: Seconds a closing websocket waits for the client to close its side.
 CLOSE_LINGER = 2.0
+#: Seconds the rest of a directly written frame may take before the client counts as gone.
+PENDING_WRITE_TIMEOUT = 10.0
 
 
 class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
-    """One websocket of the current uWSGI request."""
+    """One websocket of the current uWSGI request.
 
-    def __init__(self) -> None:
+    Two ways out: uWSGI's own ``websocket_send`` from the request's greenlet,
+    and :meth:`try_write`, which the hub calls to write a frame it built once
+    for all clients straight to the socket. The two never interleave: a
+    direct write happens only while no ``uwsgi.*`` call of this websocket is
+    under way and nothing of an earlier frame is left to write, and every
+    ``uwsgi.*`` call first finishes what a direct write left (gevent switches
+    greenlets only where they wait, so these checks cannot be overtaken).
+    """
+
+    def __init__(self, direct: bool = True) -> None:
         self._fd: int = uwsgi.connection_fd()
         self.closed = False
+        #: Whether raw writes to the socket are safe (not for TLS sockets uWSGI encrypts).
+        self.direct = direct
+        #: Wakes this websocket's greenlet; set by the server.
+        self.wake: Callable[[], None] = lambda: None
+        self._pending = b""  # the rest of a frame a direct write could not finish
+        self._busy = False  # inside a uwsgi.* call that may write
         limit_send_buffer(self._fd, settings.get("WS4REDIS_SEND_BUFFER"))
 
     def get_file_descriptor(self) -> int:
         return self._fd
 
+    def try_write(self, frame: bytes) -> bool:
+        """Write a complete frame now, from any greenlet; False when that is not possible without waiting."""
+        if not self.direct or self.closed or self._busy or self._pending:
+            return False
+        try:
+            written = os.write(self._fd, frame)
+        except OSError:  # would block, or broken: the websocket's own greenlet takes over
+            return False
+        if written < len(frame):
+            self._pending = frame[written:]
+            self.wake()
+        return True
+
+    def _finish_pending(self) -> None:
+        if self._pending:
+            self._busy = True
+            try:
+                self._write_all(self._pending, timeout=PENDING_WRITE_TIMEOUT)
+            except OSError:
+                raise WebSocketError("websocket closed while sending") from None
+            finally:
+                self._pending = b""
+                self._busy = False
+
     def receive(self) -> bytes | None:
         """The next message the client sent, or ``None``; also lets uWSGI ping and pong."""
         if self.closed:
             raise WebSocketError("websocket is closed")
+        self._finish_pending()
+        self._busy = True
         try:
             data = uwsgi.websocket_recv_nb()
         except OSError:
             # Left open on purpose: close() still answers the client's close frame.
             raise WebSocketError("websocket closed by the client") from None
+        finally:
+            self._busy = False
         return bytes(data) if data else None
 
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
@@ -73,6 +119,8 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
             binary = bool(binary)
         elif binary is None:
             binary = not is_utf8(message)
+        self._finish_pending()
+        self._busy = True
         try:
             if binary:
                 uwsgi.websocket_send_binary(message)
@@ -80,9 +128,12 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
                 uwsgi.websocket_send(message)
         except OSError:
             raise WebSocketError("websocket closed while sending") from None
+        finally:
+            self._busy = False
 
     def flush(self) -> None:
-        """As in ws4redis: give uWSGI a chance to ping; messages read here would be lost, so none are."""
+        """Finish writing a frame a direct write left half done."""
+        self._finish_pending()
 
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame with ``code``, then wait briefly for the client to close its side.
@@ -94,7 +145,8 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
         if self.closed:
             return
         self.closed = True
-        frame = close_frame(code, reason)
+        frame = self._pending + close_frame(code, reason)
+        self._pending = b""
         try:
             self._write_all(frame, timeout=1.0)
             shutdown_write(self._fd)
@@ -206,4 +258,5 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""))
         except OSError as exc:
             raise HandshakeError(f"uWSGI refused the handshake: {exc}") from None
-        return uWSGIWebsocket()
+        # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
+        return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https")

@@ -202,18 +202,31 @@ class WebsocketWSGIServer:
                     self.send_message(websocket, subscriber, message)
             else:
                 subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+            self.enable_fast_path(websocket, subscriber, waiter)
             while not websocket.closed and not self.stopping:
                 waiter.wait(self.poll_interval)
                 self.receive_all(websocket, subscriber, inbound)
-                if subscriber.resync_needed and subscriber.last_id:
+                if subscriber.resync_needed:
                     subscriber.resync_needed = False
-                    self.send_backlog(websocket, subscriber, subscriber.last_id)
+                    if subscriber.last_id:  # without an id yet there is nothing to resume from
+                        self.send_backlog(websocket, subscriber, subscriber.last_id)
                 self.send_all(websocket, subscriber)
             if self.stopping:
                 websocket.close(CloseCode.SERVICE_RESTART, "server restart")
         finally:
             self._waiters.discard(waiter)
             waiter.close()
+
+    def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Waiter) -> None:
+        """Let the hub write frames straight to adapters that can take them (``try_write``)."""
+        try_write = getattr(websocket, "try_write", None)
+        if try_write is None:
+            return
+        websocket.wake = waiter.wake  # type: ignore[attr-defined]
+        if subscriber.resume is None:
+            subscriber.fast_send = lambda message: try_write(message.frame)
+        else:
+            subscriber.fast_send = lambda message: try_write(message.frame_with_id)
 
     def shutdown(self) -> None:
         """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
@@ -227,7 +240,18 @@ class WebsocketWSGIServer:
         websocket.send(payload, binary=message.binary)
 
     def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
-        """What the client missed after message id ``since``, or the notice that history lost some of it."""
+        """What the client missed after message id ``since``, or the notice that history lost some of it.
+
+        While the history is read, live messages wait in the inbox (no fast
+        path), so that nothing newer overtakes what is being recovered.
+        """
+        subscriber.backfilling = True
+        try:
+            self._send_backlog(websocket, subscriber, since)
+        finally:
+            subscriber.backfilling = False
+
+    def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
         try:
             backlog = subscriber.missed_since(since)
         except redis.RedisError as exc:
