@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
 from . import settings
@@ -59,3 +59,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         elif value is not None and not callable(value):
             errors.append(_error(name, f"is {value!r}.", "Give a callable or the dotted path of one.", n))
     return errors
+
+
+DEVELOPMENT_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
+
+
+@register()
+def check_runserver(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """The development application needs this package's runserver, which the first app listed with one provides."""
+    from django.conf import settings as django_settings
+    from django.core.management import get_commands
+
+    if getattr(django_settings, "WSGI_APPLICATION", None) != DEVELOPMENT_APPLICATION:
+        return []
+    owner = get_commands().get("runserver")
+    if owner == "ws4redis_uwsgi":
+        return []
+    return [
+        Warning(
+            f"WSGI_APPLICATION is {DEVELOPMENT_APPLICATION!r}, but `manage.py runserver` is {owner}'s: "
+            "it serves pages, and refuses websockets with HTTP 500.",
+            hint="List 'ws4redis_uwsgi' above 'django.contrib.staticfiles' (and any other app with a runserver "
+            "command) in INSTALLED_APPS.",
+            id="ws4redis_uwsgi.W001",
+        )
+    ]

@@ -31,6 +31,8 @@ DATABASES = {
     }
 }
 ROOT_URLCONF = "tests.testsite.urls"
+# Pages and websockets from `manage.py runserver` (tests/integration/test_runserver.py); uWSGI ignores it.
+WSGI_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
