@@ -122,9 +122,6 @@ class SubscriptionHub:
                     del self._listeners[channel]
         self._waiter.wake()
 
-    def listener_count(self, channel: str) -> int:
-        return len(self._listeners.get(channel, ()))
-
     def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
         """Wait until Redis confirmed the subscription of every channel; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -133,11 +130,6 @@ class SubscriptionHub:
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 return False
         return True
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
 
     # -- the subscription loop --------------------------------------------------
 
