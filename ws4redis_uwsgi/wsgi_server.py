@@ -20,12 +20,12 @@ import redis
 from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
-from django.db import connections
 from django.utils.module_loading import import_string
 
 from . import settings
 from .channels import facility_from_path, parse_query, restrict
 from .close_codes import CloseCode
+from .db_workers import get_workers
 from .envelope import BusMessage
 from .exceptions import HandshakeError, ServerBusyError, TooManyChannelsError, WebSocketError
 from .identity import load_session_and_user
@@ -159,21 +159,22 @@ class WebsocketWSGIServer:
         limit = self.max_connections()
         if limit is not None and self.active_connections >= limit:
             raise ServerBusyError("too many connections, retry later")
-        request = WSGIRequest(environ)
-        try:
-            self.process_request(request)
-            channels, echo = self.process_subscriptions(request)
-            subscriber = self.Subscriber(self._redis_connection)
-            subscriber.echo = echo
-            subscriber.resume = parse_query(request.META.get("QUERY_STRING", "")).resume
-            subscriber.set_pubsub_channels(request, channels)
-            if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
-                subscriber.release()
-                raise TooManyChannelsError("too many channels")
-            return subscriber
-        finally:
-            # The loop may live for hours: give database connections back now.
-            connections.close_all()
+        # Session, user, groups and the hooks may query the database: that runs on
+        # the worker's few database greenlets, which keep their connections.
+        return get_workers().run(self.subscribe_request, WSGIRequest(environ))
+
+    def subscribe_request(self, request: WSGIRequest) -> RedisSubscriber:
+        """Authenticate ``request``, agree on its channels and subscribe; may use the database."""
+        self.process_request(request)
+        channels, echo = self.process_subscriptions(request)
+        subscriber = self.Subscriber(self._redis_connection)
+        subscriber.echo = echo
+        subscriber.resume = parse_query(request.META.get("QUERY_STRING", "")).resume
+        subscriber.set_pubsub_channels(request, channels)
+        if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
+            subscriber.release()
+            raise TooManyChannelsError("too many channels")
+        return subscriber
 
     def refuse(
         self,

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 
+import psutil
 import pytest
 import redis
 from django.test import override_settings
@@ -220,3 +221,30 @@ def test_a_client_that_never_reads_does_not_slow_the_others(redis_server, site_d
     # The stuck client was cut off: with the documented code when the close frame got through.
     assert stuck.close_code in (CloseCode.SLOW_CONSUMER, 1006)
     assert "closing a websocket that fell 50 messages behind" in server.log_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_burst_of_logged_in_handshakes_uses_a_few_database_connections(uwsgi_server, login):
+    """Sessions, users and groups are loaded on a few long-lived greenlets, not one connection per websocket."""
+    from ws4redis_uwsgi.db_workers import POOL_SIZE
+
+    cookie = login("mary")
+    fac = facility()
+
+    async def scenario() -> int:
+        url = f"{uwsgi_server.url}/ws/{fac}?subscribe-user&subscribe-group"
+        headers = {"Cookie": cookie}
+        sockets = await asyncio.gather(
+            *(aconnect(url, origin=SITE_ORIGIN, additional_headers=headers, open_timeout=30 * TIMING) for _ in range(200))
+        )
+        try:
+            (worker,) = uwsgi_server.worker_pids()
+            database = SITE_ENV["WS4REDIS_TEST_DB"]
+            opened = sum(1 for f in psutil.Process(worker).open_files() if f.path == database)
+            await asyncio.to_thread(RedisPublisher(facility=fac, users=["mary"]).publish_message, "for mary", 0)
+            assert await asyncio.gather(*(asyncio.wait_for(ws.recv(), 10 * TIMING) for ws in sockets)) == ["for mary"] * 200
+            return opened
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+    assert 1 <= asyncio.run(scenario()) <= POOL_SIZE
