@@ -153,6 +153,74 @@ describe('ws4redis.js', () => {
     untrack_timers();
   });
 
+  describe('resume', () => {
+    it('adds resume= on the first connection and the last id on reconnects', () => {
+      const {client, log} = make_client({resume: true, uri: 'ws://h/ws/chat?subscribe-broadcast&resume=old'});
+      assert.equal(last_socket().url, 'ws://h/ws/chat?subscribe-broadcast&resume=');
+      assert.equal(last_socket().binaryType, 'arraybuffer');
+      last_socket().open();
+      last_socket().receive('17-0\nfirst');
+      last_socket().receive('17-1\nsecond');
+      assert.equal(client.get_last_id(), '17-1');
+      last_socket().drop();
+      tick(WS4Redis.backoff_delay(1, 0.5));
+      assert.equal(last_socket().url, 'ws://h/ws/chat?subscribe-broadcast&resume=17-1');
+      assert.deepEqual(log.filter((e) => e[0] === 'receive'), [['receive', 'first'], ['receive', 'second']]);
+      client.close();
+    });
+
+    it('reconnects after a 1012 (server restart) and resumes', () => {
+      const {client} = make_client({resume: true});
+      last_socket().open();
+      last_socket().receive('5-0\nhello');
+      last_socket().finish_close(1012, 'server restart');
+      assert.equal(sockets().length, 1);
+      tick(WS4Redis.BACKOFF_BASE_MS);
+      assert.equal(sockets().length, 2);
+      assert.ok(last_socket().url.endsWith('resume=5-0'));
+      client.close();
+    });
+
+    it('splits the id from binary payloads and hands out a Blob unless asked for ArrayBuffer', async () => {
+      const received = [];
+      const client = WS4Redis({uri: 'ws://h/ws/b', WebSocket: FakeWebSocket, resume: true, receive_message: (m) => received.push(m)});
+      last_socket().open();
+      last_socket().receive(new Uint8Array([0x39, 0x2d, 0x30, 0x0a, 0xff, 0x00]).buffer);  // "9-0\n" + bytes
+      assert.equal(client.get_last_id(), '9-0');
+      assert.ok(received[0] instanceof Blob);
+      assert.deepEqual([...new Uint8Array(await received[0].arrayBuffer())], [0xff, 0x00]);
+      client.close();
+      const raw = [];
+      const client2 = WS4Redis({uri: 'ws://h/ws/b', WebSocket: FakeWebSocket, resume: true, binary_type: 'arraybuffer', receive_message: (m) => raw.push(m)});
+      last_socket().open();
+      last_socket().receive(new Uint8Array([0x31, 0x2d, 0x31, 0x0a, 0x01]).buffer);
+      assert.deepEqual([...new Uint8Array(raw[0])], [0x01]);
+      client2.close();
+    });
+
+    it('calls history_gap for a gap notice and keeps heartbeat answers out', () => {
+      let gaps = 0;
+      const {client, log} = make_client({resume: true, heartbeat_msg: '--hb--', history_gap: () => { gaps += 1; }});
+      last_socket().open();
+      last_socket().receive('!gap\n');
+      last_socket().receive('--hb--');
+      last_socket().receive('\nraw message without id');
+      assert.equal(gaps, 1);
+      assert.deepEqual(log.filter((e) => e[0] === 'receive'), [['receive', 'raw message without id']]);
+      assert.equal(client.get_last_id(), '');
+      client.close();
+    });
+
+    it('leaves plain clients untouched', () => {
+      const {client, log} = make_client();
+      assert.ok(!last_socket().url.includes('resume'));
+      last_socket().open();
+      last_socket().receive('1-0\nnot parsed');
+      assert.deepEqual(log.at(-1), ['receive', '1-0\nnot parsed']);
+      client.close();
+    });
+  });
+
   describe('construction', () => {
     it('works with and without new, and exports backoff_delay', () => {
       const a = WS4Redis({uri: 'ws://x/ws/a', WebSocket: FakeWebSocket});

@@ -40,6 +40,12 @@
  *                       including a failed connection attempt and the end of close()
  *   WebSocket           the WebSocket class to use; defaults to the global WebSocket,
  *                       looked up at each connection. Tests inject a fake here.
+ *   resume              true to lose nothing across reconnects (default false): the
+ *                       client adds resume=<last message id> to the URL of every
+ *                       connection, the server replays exactly what was missed, and
+ *                       receive_message still gets only the payloads
+ *   history_gap()       with resume: called when the server could not replay
+ *                       everything (its history was trimmed): reload the page's state
  *
  * Methods of the returned object:
  *   send_message(msg)   sends a string, Blob, ArrayBuffer or view; true if sent,
@@ -51,6 +57,10 @@
  *                       CLOSING (2), or CLOSED (3) when there is no socket (between a
  *                       close and the next reconnection)
  *   is_connecting(), is_connected(), is_closing(), is_closed()   booleans
+ *   get_last_id()       with resume: the id of the last message received ('' before any)
+ *
+ * The resume protocol: every frame is "<id>\n<payload>" (the id may be empty), a
+ * frame "!gap\n" announces a gap, heartbeat answers come without a header.
  *
  * Reconnection: after any close not asked for by close(), the client reconnects
  * after WS4Redis.backoff_delay(attempt) ms: exponential backoff with jitter (see
@@ -123,6 +133,7 @@
     let reconnect_timer = null;
     let heartbeat_timer = null;
     let missed_heartbeats = 0;
+    let last_id = '';              // with resume: the id of the last message received
 
     function callback(name, ...args) {
       if (typeof opts[name] === 'function') {
@@ -135,8 +146,10 @@
       if (!WebSocketClass) {
         throw new Error('WS4Redis: this environment has no WebSocket; pass the option "WebSocket"');
       }
-      const socket = new WebSocketClass(opts.uri);
-      if (opts.binary_type) {
+      const socket = new WebSocketClass(opts.resume ? with_resume(opts.uri, last_id) : opts.uri);
+      if (opts.resume) {
+        socket.binaryType = 'arraybuffer';   // to split the id from binary payloads
+      } else if (opts.binary_type) {
         socket.binaryType = opts.binary_type;
       }
       socket.onopen = () => on_open(socket);
@@ -237,7 +250,33 @@
         missed_heartbeats = 0;
         return;
       }
-      callback('receive_message', evt.data);
+      if (!opts.resume) {
+        callback('receive_message', evt.data);
+        return;
+      }
+      const [header, payload] = split_header(evt.data);
+      if (header === '!gap') {
+        callback('history_gap');
+        return;
+      }
+      if (header !== '') {
+        last_id = header;
+      }
+      callback('receive_message', payload);
+    }
+
+    // "<id>\n<payload>": a string, or an ArrayBuffer for binary frames.
+    function split_header(data) {
+      if (typeof data === 'string') {
+        const nl = data.indexOf('\n');
+        return nl < 0 ? ['', data] : [data.slice(0, nl), data.slice(nl + 1)];
+      }
+      const bytes = new Uint8Array(data);
+      const nl = bytes.indexOf(10);
+      const header = nl < 0 ? '' : String.fromCharCode(...bytes.subarray(0, nl));
+      const rest = data.slice(nl + 1);
+      const as_blob = opts.binary_type !== 'arraybuffer' && typeof Blob !== 'undefined';
+      return [header, as_blob ? new Blob([rest]) : rest];
     }
 
     function on_close(socket, evt) {
@@ -274,6 +313,8 @@
       }
     };
 
+    this.get_last_id = () => last_id;
+
     this.get_state = function () {
       return ws === null ? CLOSED : ws.readyState;
     };
@@ -285,12 +326,25 @@
     connect();   // a bad URI throws here, to the caller
   }
 
+  // `uri` with its resume parameter set to `id` (replacing one already there).
+  function with_resume(uri, id) {
+    const hash = uri.indexOf('#');
+    const base = hash < 0 ? uri : uri.slice(0, hash);
+    const q = base.indexOf('?');
+    const path = q < 0 ? base : base.slice(0, q);
+    const query = q < 0 ? '' : base.slice(q + 1);
+    const params = query.split('&').filter((p) => p !== '' && p !== 'resume' && !p.startsWith('resume='));
+    params.push('resume=' + encodeURIComponent(id));
+    return path + '?' + params.join('&');
+  }
+
   // The global WebSocket, looked up by name (globalThis is newer than ES2017).
   function root_websocket() {
     return typeof WebSocket === 'undefined' ? undefined : WebSocket;
   }
 
   WS4Redis.backoff_delay = backoff_delay;
+  WS4Redis.with_resume = with_resume;
   WS4Redis.BACKOFF_BASE_MS = BACKOFF_BASE_MS;
   WS4Redis.BACKOFF_CAP_MS = BACKOFF_CAP_MS;
   return WS4Redis;

@@ -15,6 +15,8 @@ const Demo = (() => {
     return WS4Redis({
       uri: WEBSOCKET_URI + facilityAndQuery,
       heartbeat_msg: WS4REDIS_HEARTBEAT,
+      resume: true,   // after a reconnect, the server replays what this page missed
+      history_gap: () => { if (document.getElementById("messages")) append("messages", "(some messages were missed; reload the page)"); },
       receive_message: onMessage,
       connecting: () => setStatus("connecting…", "connecting"),
       connected: () => setStatus("connected", "connected"),
