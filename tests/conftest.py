@@ -88,3 +88,17 @@ def session_cookie(username: str | None) -> str:
 @pytest.fixture
 def login(site_db: None):
     return session_cookie
+
+
+@pytest.fixture
+def private_stack(site_db, tmp_path):
+    """A redis-server and uWSGI worker of this test's own, so they can be broken; publishers use that Redis."""
+    from django.test import override_settings
+
+    redis_server = RedisServer(workdir=tmp_path).start()
+    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url}
+    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+    with override_settings(WS4REDIS_CONNECTION=redis_server.url):
+        yield redis_server, server
+    server.stop()
+    redis_server.stop()

@@ -19,9 +19,8 @@ from django.test import override_settings
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
-from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
+from tests.servers import TIMING, wait_for
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -174,16 +173,6 @@ def assert_nothing_lost(publisher: Publisher, resumers: list[ResumingClient]) ->
     for resumer in resumers:
         assert resumer.payloads == publisher.accepted  # every accepted message, once, in order
         assert resumer.gaps == 0
-
-
-@pytest.fixture
-def private_stack(site_db, tmp_path):
-    redis_server = RedisServer(workdir=tmp_path).start()
-    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url}
-    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
-    yield redis_server, server
-    server.stop()
-    redis_server.stop()
 
 
 @pytest.mark.timeout(120)

@@ -9,13 +9,12 @@ import time
 import psutil
 import pytest
 import redis
-from django.test import override_settings
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
-from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
+from tests.servers import TIMING, UwsgiServer, wait_for
 from ws4redis_uwsgi.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
@@ -62,18 +61,6 @@ def test_1500_clients_on_one_worker_receive_one_broadcast_over_one_subscription(
     redis_client.client_setname("tests")
     received = asyncio.run(scenario())
     assert received == ["to all 1500"] * count
-
-
-@pytest.fixture
-def private_stack(site_db, tmp_path):
-    """A redis-server and uWSGI worker of this test's own, so they can be broken."""
-    redis_server = RedisServer(workdir=tmp_path).start()
-    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url}
-    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
-    with override_settings(WS4REDIS_CONNECTION=redis_server.url):
-        yield redis_server, server
-    server.stop()
-    redis_server.stop()
 
 
 @pytest.mark.timeout(90)
