@@ -1,0 +1,102 @@
+"""A failure inside the websocket loop closes with 1011 and never puts the exception on the wire."""
+
+from __future__ import annotations
+
+from django.test import RequestFactory
+
+from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.wsgi_server import WebsocketWSGIServer
+
+
+class RecordingWebsocket:
+    """The adapter interface, recording what the server does to it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.sent: list[bytes] = []
+        self.close_calls: list[tuple[int, str]] = []
+
+    def get_file_descriptor(self) -> int:
+        return -1
+
+    def receive(self) -> bytes | None:
+        return None
+
+    def send(self, message: bytes, binary: bool | None = None) -> None:
+        self.sent.append(message)
+
+    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_calls.append((int(code), reason))
+
+
+class FailingSubscriber:
+    """Subscribes to nothing and fails while sending the persisted messages."""
+
+    echo = False
+    resume = None
+    channels: tuple[str, ...] = ()
+    released = False
+
+    def __init__(self, connection=None) -> None:
+        pass
+
+    def set_pubsub_channels(self, request, channels) -> None:
+        pass
+
+    def wait_subscribed(self, timeout: float = 0) -> bool:
+        return True
+
+    def send_persisted_messages(self, websocket) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    def release(self) -> None:
+        FailingSubscriber.released = True
+
+
+class NoWait:
+    def wait(self, timeout):
+        return True
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Server(WebsocketWSGIServer):
+    Subscriber = FailingSubscriber  # type: ignore[assignment]
+
+    def __init__(self, websocket: RecordingWebsocket) -> None:
+        super().__init__()
+        self.websocket = websocket
+
+    def upgrade_websocket(self, environ, start_response):
+        return self.websocket
+
+    def make_waiter(self, websocket):
+        return NoWait()
+
+
+def test_an_exception_in_the_loop_closes_with_1011_without_its_text(caplog):
+    environ = (
+        RequestFactory()
+        .get(
+            "/ws/chat",
+            {"subscribe-broadcast": ""},
+            HTTP_UPGRADE="websocket",
+            HTTP_CONNECTION="Upgrade",
+            HTTP_SEC_WEBSOCKET_KEY="dGhlIHNhbXBsZSBub25jZQ==",
+            HTTP_SEC_WEBSOCKET_VERSION="13",
+            HTTP_ORIGIN="http://127.0.0.1",
+        )
+        .environ
+    )
+    websocket = RecordingWebsocket()
+    assert Server(websocket)(environ, lambda *args: None) == []
+    assert websocket.close_calls == [(1011, "")]
+    assert not any(b"hunter2" in frame for frame in websocket.sent)
+    assert FailingSubscriber.released
+    assert "hunter2" in caplog.text  # the operator sees it in the log, the client does not
