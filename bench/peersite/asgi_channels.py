@@ -1,0 +1,40 @@
+"""The Channels peer: ``daphne peersite.asgi_channels:application``.
+
+A minimal consumer: it joins the facility's group when the socket connects
+(``groups``) and forwards every group message of type ``broadcast.message``
+to the socket as it is. The same URL as the ws4redis peers, query ignored.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peersite.settings_channels")
+
+import django
+
+django.setup()
+
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+#: The group every client joins; the harness sends to it with ``group_send``.
+GROUP = "bench"
+
+
+class BroadcastConsumer(AsyncWebsocketConsumer):
+    groups = [GROUP]  # joined in websocket_connect, before connect() accepts
+
+    async def connect(self) -> None:
+        await self.accept()
+
+    async def broadcast_message(self, event: dict) -> None:
+        await self.send(text_data=event["text"])
+
+
+application = ProtocolTypeRouter(
+    {
+        # The Origin check, as the two ws4redis peers have one (against ALLOWED_HOSTS).
+        "websocket": AllowedHostsOriginValidator(URLRouter([path("ws/bench", BroadcastConsumer.as_asgi())])),
+    }
+)

@@ -1,0 +1,30 @@
+"""ws4redis_uwsgi from this checkout: broadcast only, no database, defaults otherwise.
+
+Served by ``uwsgi --module ws4redis_uwsgi.wsgi_websocket:application --gevent N``.
+"""
+
+import os
+
+SECRET_KEY = "bench-only-not-secret"
+DEBUG = False
+# The load generator sends ``Origin: http://127.0.0.1``, checked against these.
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "ws4redis_uwsgi"]
+# Clients send no session cookie, so neither side reads a session: no database needed.
+DATABASES: dict = {}
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+ROOT_URLCONF = "peersite.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+WEBSOCKET_URL = "/ws/"
+WS4REDIS_CONNECTION = f"redis://127.0.0.1:{os.environ.get('BENCH_REDIS_PORT', '6379')}/0"
+WS4REDIS_PREFIX = None  # channel names as ws4redis 0.6 has them: broadcast:<facility>
+WS4REDIS_HEARTBEAT = None
+WS4REDIS_ALLOW_MISSING_ORIGIN = True
+
+LOGGING = {
+    "version": 1,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"ws4redis_uwsgi": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,3 @@
+"""No pages: the bench sites serve websockets only."""
+
+urlpatterns: list = []
