@@ -16,8 +16,9 @@ redis-server of its own, on loopback, in the same run:
   and forwards ``broadcast.message`` events (``bench/peersite/asgi_channels.py``).
 
 Every client connects to ``ws://127.0.0.1:PORT/ws/bench?subscribe-broadcast``
-with ``Origin: http://127.0.0.1``, from the same asyncio ``websockets`` client
-processes (``--procs``, default 2). Messages are ``{"p":phase,"seq":n,"t":ns}``
+with ``Origin: http://127.0.0.1``, from the same client processes (``--procs``,
+default 2: asyncio on uvloop with the lean protocol of ``bench/wsclient.py``,
+a few µs per received message, so the client is not what limits the figures). Messages are ``{"p":phase,"seq":n,"t":ns}``
 with ``t`` read from ``time.monotonic_ns()`` just before publishing; the
 publisher is a helper process in the peer's own environment (this file,
 ``--publisher``): plain Redis PUBLISH to ``broadcast:bench`` for both ws4redis
@@ -571,19 +572,18 @@ class Publisher(Child):
 
 @dataclass
 class Conn:
-    ws: Any
-    records: list[tuple[int, str]] = field(default_factory=list)
+    ws: Any  # a wsclient.WebsocketClient
+    records: list[tuple[int, bytes]] = field(default_factory=list)
     count: int = 0
     warm: bool = False
     closed: bool = False
     close_code: int | None = None
-    task: Any = None
 
 
 @dataclass
 class PhaseState:
     recording: bool = False
-    prefix: str = ""
+    prefix: bytes = b""
     expected: int = 0
     pending: int = 0
     stale: int = 0
@@ -594,15 +594,23 @@ class PhaseState:
 
 def client_process(conn: Connection, url: str) -> None:
     """One client process: websockets to ``url``, driven by commands on ``conn``."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # the faster event loop keeps the load generator well below the servers' cost
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_client_main(conn, url))
     conn.close()
 
 
 async def _client_main(conn: Connection, url: str) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from urllib.parse import urlsplit
 
+    from wsclient import HandshakeError, connect
+
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, f"{parts.path}?{parts.query}"
+    warmup = WARMUP.encode()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple] = asyncio.Queue()
 
@@ -614,6 +622,9 @@ async def _client_main(conn: Connection, url: str) -> None:
             commands.put_nowait(("exit",))
 
     loop.add_reader(conn.fileno(), on_command)
+    # uvloop makes the pipe non-blocking; results are larger than the pipe's buffer, and
+    # Connection.send expects to block until the coordinator has read them.
+    os.set_blocking(conn.fileno(), True)
     conns: list[Conn] = []
     state = PhaseState()
 
@@ -622,43 +633,36 @@ async def _client_main(conn: Connection, url: str) -> None:
         if state.pending == 0 and state.done is not None:
             state.done.set()
 
-    async def read(c: Conn) -> None:
-        try:
-            async for message in c.ws:
-                now = time.monotonic_ns()
-                if isinstance(message, bytes):
-                    message = message.decode(errors="replace")
-                if message == WARMUP:
-                    c.warm = True
-                elif state.recording and message.startswith(state.prefix):
-                    c.records.append((now, message))
-                    c.count += 1
-                    if c.count == state.expected:
-                        finish_one()
-                else:
-                    state.stale += 1
-        except ConnectionClosed:
-            pass
-        finally:
-            c.closed = True
-            c.close_code = c.ws.close_code
-            if state.recording and c.count < state.expected:
-                finish_one()
+    def receiver(c: Conn) -> Callable[[bytes], None]:
+        def on_message(message: bytes) -> None:
+            now = time.monotonic_ns()
+            if message == warmup:
+                c.warm = True
+            elif state.recording and message.startswith(state.prefix):
+                c.records.append((now, message))
+                c.count += 1
+                if c.count == state.expected:
+                    finish_one()
+            else:
+                state.stale += 1
 
-    async def open_one(semaphore: asyncio.Semaphore, errors: dict[str, int], opened_at: list[int], timeout: float) -> None:
+        return on_message
+
+    def on_closed(c: Conn) -> None:
+        c.closed = True
+        c.close_code = c.ws.close_code
+        if state.recording and c.count < state.expected:
+            finish_one()
+
+    async def open_one(
+        semaphore: asyncio.Semaphore, errors: dict[str, int], opened_at: list[int], timeout: float, cookie: str | None
+    ) -> None:
         async with semaphore:
+            c = Conn(None)
             try:
-                ws = await connect(
-                    url,
-                    origin=ORIGIN,
-                    open_timeout=timeout,
-                    close_timeout=2,
-                    ping_interval=None,
-                    compression=None,
-                    max_size=2**20,
-                )
-            except InvalidStatus as exc:
-                key = f"HTTP {exc.response.status_code}"
+                c.ws = await connect(host, port, path, receiver(c), origin=ORIGIN, cookie=cookie, timeout=timeout)
+            except HandshakeError as exc:
+                key = f"HTTP {exc.status}" if exc.status else "HandshakeError"
                 errors[key] = errors.get(key, 0) + 1
                 return
             except Exception as exc:
@@ -666,9 +670,8 @@ async def _client_main(conn: Connection, url: str) -> None:
                 errors[key] = errors.get(key, 0) + 1
                 return
             opened_at.append(time.monotonic_ns())
-            c = Conn(ws)
             conns.append(c)
-            c.task = asyncio.create_task(read(c))
+            c.ws.closed.add_done_callback(lambda _: on_closed(c))
 
     async def report_phase(done: asyncio.Event, stop: asyncio.Event) -> None:
         waiters = {asyncio.create_task(done.wait()), asyncio.create_task(stop.wait())}
@@ -685,12 +688,13 @@ async def _client_main(conn: Connection, url: str) -> None:
         command = await commands.get()
         kind = command[0]
         if kind == "open":
-            count, concurrency, timeout = command[1], command[2], command[3]
+            count, concurrency, timeout, cookies = command[1], command[2], command[3], command[4]
             errors: dict[str, int] = {}
             opened_at: list[int] = []
             semaphore = asyncio.Semaphore(max(1, concurrency))
             started = time.monotonic_ns()
-            await asyncio.gather(*(open_one(semaphore, errors, opened_at, timeout) for _ in range(count)))
+            per_client = [cookies[i % len(cookies)] for i in range(count)] if cookies else [None] * count
+            await asyncio.gather(*(open_one(semaphore, errors, opened_at, timeout, cookie) for cookie in per_client))
             conn.send(("opened", len(opened_at), errors, started, max(opened_at, default=started)))
         elif kind == "warm_reset":
             for c in conns:
@@ -704,7 +708,7 @@ async def _client_main(conn: Connection, url: str) -> None:
             for c in conns:
                 c.records = []
                 c.count = 0
-            state.prefix = f'{{"p":{phase},'
+            state.prefix = f'{{"p":{phase},'.encode()
             state.expected = messages
             state.stale = 0
             state.pending = sum(1 for c in conns if not c.closed)
@@ -731,20 +735,12 @@ async def _client_main(conn: Connection, url: str) -> None:
         elif kind == "close":
             started = time.monotonic()
             live = [c for c in conns if not c.closed]
-            try:
-                await asyncio.wait_for(asyncio.gather(*(c.ws.close() for c in live), return_exceptions=True), command[1])
-            except TimeoutError:
-                for c in live:
-                    with contextlib.suppress(Exception):
-                        c.ws.transport.abort()
-            for c in conns:
-                c.task.cancel()
+            await asyncio.gather(*(c.ws.close(timeout=command[1]) for c in live), return_exceptions=True)
             conns.clear()
             conn.send(("closed", len(live), time.monotonic() - started))
         elif kind == "exit":
             for c in conns:
-                with contextlib.suppress(Exception):
-                    c.ws.transport.abort()
+                c.ws.abort()
             return
 
 
@@ -829,12 +825,15 @@ class ClientPool:
         self.send(*command)
         return self.collect(kind, timeout)
 
-    def open(self, count: int, concurrency: int, timeout: float) -> dict[str, Any]:
-        """Open ``count`` websockets with at most ``concurrency`` handshakes in flight, over all processes."""
+    def open(self, count: int, concurrency: int, timeout: float, cookies: list[str] | None = None) -> dict[str, Any]:
+        """Open ``count`` websockets with at most ``concurrency`` handshakes in flight, over all processes.
+
+        With ``cookies``, the clients send them in turn (``Cookie:`` headers of logged-in users).
+        """
         n = len(self.conns)
         for i, conn in enumerate(self.conns):
             share = count // n + (1 if i < count % n else 0)
-            conn.send(("open", share, max(1, concurrency // n), 30.0))
+            conn.send(("open", share, max(1, concurrency // n), 30.0, cookies[i::n] if cookies else None))
         replies = self.collect("opened", timeout)
         errors: dict[str, int] = {}
         for reply in replies:
@@ -1406,7 +1405,7 @@ def run(args: argparse.Namespace) -> int:
         if info.versions:
             print("  " + " " * 16 + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
     print(
-        f"load generator: {args.procs} client processes (Python {sys.version.split()[0]}, websockets, asyncio), "
+        f"load generator: {args.procs} client processes (Python {sys.version.split()[0]}, bench/wsclient.py on {loop_name()}), "
         f"Origin {ORIGIN}; publisher: a helper process in each peer's environment",
         flush=True,
     )
@@ -1454,7 +1453,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", default=",".join(p.name for p in PEERS), help="comma-separated peers (default: all three)")
     parser.add_argument("--scenarios", default="a,c,d", help="comma-separated among a (with b), c, d (default: all)")
     parser.add_argument("--clients", type=int, help="fan-out clients (default 1,000; quick 300)")
-    parser.add_argument("--rates", help="publish rates in msg/s, comma-separated (default 10,50,200)")
+    parser.add_argument("--rates", help="publish rates in msg/s, comma-separated (default 10,50,100,200)")
     parser.add_argument("--seconds", type=float, help="seconds of publishing per rate (default 4; quick 2)")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for deliveries after publishing (default 30)")
     parser.add_argument("--idle", type=int, help="idle connections (default 10,000; quick 2,000)")
@@ -1477,7 +1476,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seconds = args.seconds or (2.0 if args.quick else 4.0)
     args.idle = args.idle or (2000 if args.quick else 10000)
     args.burst = args.burst or (500 if args.quick else 2000)
-    args.rates = [float(r) for r in (args.rates or "10,50,200").split(",")]
+    args.rates = [float(r) for r in (args.rates or "10,50,100,200").split(",")]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = {s.strip() for s in args.scenarios.split(",")}
     unknown = set(args.peers) - {p.name for p in PEERS}
@@ -1486,6 +1485,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.clients, args.idle, args.burst, args.procs) < 1 or min(args.rates) <= 0:
         parser.error("counts and rates must be positive")
     return args
+
+
+def loop_name() -> str:
+    """The event loop the client processes run on: uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    return f"uvloop {uvloop.__version__}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
