@@ -79,6 +79,9 @@ ENVS = BENCH / ".envs"
 
 FACILITY = "bench"
 WS_PATH = f"/ws/{FACILITY}?subscribe-broadcast"
+#: The logged-in clients also ask for their user's channel, so both ws4redis peers look the user up
+#: (Channels' AuthMiddlewareStack always does).
+WS_PATH_USER = f"/ws/{FACILITY}?subscribe-broadcast&subscribe-user"
 #: Both ws4redis peers check Origin against ALLOWED_HOSTS (ws4redis_uwsgi) or ignore it (0.6); Channels' validator too.
 ORIGIN = "http://127.0.0.1"
 WARMUP = "warmup"
@@ -358,21 +361,23 @@ class EnvInfo:
 class Server(Child):
     """The peer's websocket server: one uWSGI worker (plus its master), or one daphne process."""
 
-    def __init__(self, env: EnvInfo, workdir: Path, redis_port: int, cores: int) -> None:
+    def __init__(self, env: EnvInfo, workdir: Path, redis_port: int, cores: int, db: Path | None = None) -> None:
         self.env = env
+        self.db = db
         self.spec = env.spec
         self.workdir = workdir
         self.redis_port = redis_port
         self.cores = cores
         self.port = free_port()
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{WS_PATH}"
+    def url(self, path: str = WS_PATH) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
 
     def start(self, timeout: float = 60) -> Server:
         bindir = self.env.path / "bin"
         env = clean_env(BENCH_REDIS_PORT=str(self.redis_port), DJANGO_SETTINGS_MODULE=self.spec.settings)
+        if self.db is not None:
+            env["BENCH_DB"] = str(self.db)
         if self.spec.server == "uwsgi":
             # The options of tests/servers.py: one worker, gevent, HTTP straight into the worker.
             cmd = [str(bindir / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets"]
@@ -519,6 +524,47 @@ def publisher_main(kind: str) -> int:
             reply({"first_ns": first, "last_ns": time.monotonic_ns(), "receivers": sorted(r for r in receivers if r is not None)})
         else:
             break
+    return 0
+
+
+def make_sessions_main(count: int) -> int:
+    """``peers.py --make-sessions N`` (in a peer's environment, ``BENCH_DB`` set): users, their sessions, cookies on stdout.
+
+    One password hash for every user (hashing thousands would take minutes);
+    the sessions are what Django's login() stores, so each handshake with one
+    of these cookies costs a session lookup, a user lookup and the check of
+    the session's password hash, as a real logged-in browser does.
+    """
+    from datetime import timedelta
+
+    import django
+
+    django.setup()
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.core.management import call_command
+    from django.utils import timezone
+    from django.utils.crypto import get_random_string
+
+    call_command("migrate", verbosity=0, interactive=False)
+    user_model = get_user_model()
+    password = make_password("bench")
+    user_model.objects.bulk_create([user_model(username=f"user{i}", password=password) for i in range(count)])
+    store, expires = SessionStore(), timezone.now() + timedelta(days=1)
+    sessions, cookies = [], []
+    for user in user_model.objects.order_by("pk"):
+        key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
+        data = {
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        }
+        sessions.append(Session(session_key=key, session_data=store.encode(data), expire_date=expires))
+        cookies.append(f"sessionid={key}")
+    Session.objects.bulk_create(sessions)
+    print(json.dumps(cookies))
     return 0
 
 
@@ -901,11 +947,14 @@ def log_findings(text: str, limit: int = 3) -> list[str]:
 class Stack:
     """redis-server, the peer's server, its publisher and the client pool, for one scenario."""
 
-    def __init__(self, env: EnvInfo, run_dir: Path, clients: int, procs: int) -> None:
+    def __init__(self, env: EnvInfo, run_dir: Path, clients: int, procs: int, users: int = 0) -> None:
         self.env = env
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{env.spec.name}-", dir=run_dir))
         self.clients = clients
         self.procs = procs
+        #: With ``users``, a database of that many logged-in users; ``cookies`` holds their session cookies.
+        self.users = users
+        self.cookies: list[str] = []
         self.redis: RedisProcess | None = None
         self.server: Server | None = None
         self.publisher: Publisher | None = None
@@ -914,10 +963,11 @@ class Stack:
     def __enter__(self) -> Stack:
         try:
             self.redis = RedisProcess(self.workdir).start()
-            self.server = Server(self.env, self.workdir, self.redis.port, uwsgi_cores(self.clients)).start()
+            db = self.make_sessions() if self.users else None
+            self.server = Server(self.env, self.workdir, self.redis.port, uwsgi_cores(self.clients), db).start()
             self.publisher = Publisher(self.env, self.workdir, self.redis.port)
             self.warm_single()
-            self.pool = ClientPool(self.server.url, self.procs)
+            self.pool = ClientPool(self.server.url(WS_PATH_USER if self.users else WS_PATH), self.procs)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -933,13 +983,24 @@ class Stack:
             if child is not None:
                 child.stop()
 
+    def make_sessions(self) -> Path:
+        """A SQLite database with ``users`` users and a session each, in the peer's environment."""
+        db = self.workdir / "bench.sqlite3"
+        env = clean_env(DJANGO_SETTINGS_MODULE=self.env.spec.settings, BENCH_DB=str(db), PYTHONPATH=str(BENCH))
+        cmd = [str(self.env.python), str(Path(__file__).resolve()), "--make-sessions", str(self.users)]
+        done = subprocess.run(cmd, env=env, cwd=self.workdir, capture_output=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"--make-sessions failed: {done.stderr.decode(errors='replace')[-400:]}")
+        self.cookies = json.loads(done.stdout)
+        return db
+
     def warm_single(self, timeout: float = 30) -> None:
         """One websocket, opened and closed, until a broadcast reaches it: the server is ready and warm."""
         from websockets.sync.client import connect
 
         assert self.server is not None and self.publisher is not None
         deadline = time.monotonic() + timeout
-        with connect(self.server.url, origin=ORIGIN, open_timeout=timeout, ping_interval=None, compression=None) as ws:
+        with connect(self.server.url(), origin=ORIGIN, open_timeout=timeout, ping_interval=None, compression=None) as ws:
             while True:
                 self.publisher.call(10, cmd="warmup")
                 try:
@@ -1099,12 +1160,21 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
 
 
 def run_burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """Scenario (d): open a burst of websockets as fast as the client can; handshakes per second and their CPU."""
+    """Scenario (d): open a burst of websockets as fast as the client can; handshakes per second and their CPU.
+
+    Twice: anonymous clients (no cookie), then logged-in clients, each with the
+    session cookie of a different user, so every handshake looks up a session
+    and a user in the database (SQLite, in the server's process).
+    """
+    return {mode: _burst(env, args, run_dir, users) for mode, users in (("anonymous", 0), ("logged in", args.burst))}
+
+
+def _burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path, users: int) -> dict[str, Any]:
     out: dict[str, Any] = {"notes": []}
-    with Stack(env, run_dir, args.burst, args.procs) as stack:
+    with Stack(env, run_dir, args.burst, args.procs, users=users) as stack:
         assert stack.pool is not None
         window = CpuWindow(stack.cpu_groups()).start()
-        opened = stack.pool.open(args.burst, args.burst_concurrency, 120 + args.burst / 20)
+        opened = stack.pool.open(args.burst, args.burst_concurrency, 120 + args.burst / 20, stack.cookies or None)
         time.sleep(0.5)  # work the server does right after a handshake (ws4redis 0.6 subscribes then)
         window.stop()
         time.sleep(1.0)
@@ -1331,40 +1401,49 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
-    base = results.get(BASELINE) if isinstance(results.get(BASELINE), dict) else None
     rows, notes = [], []
-    for name, res in results.items():
-        if not isinstance(res, dict):
-            rows.append([name, str(res), *[""] * 6])
-            continue
-        w: CpuWindow = res["window"]
-        bw: CpuWindow | None = base["window"] if base else None
+    for mode in ("anonymous", "logged in"):
+        base = results.get(BASELINE)
+        base = base.get(mode) if isinstance(base, dict) else None
+        for name, by_mode in results.items():
+            res = by_mode.get(mode) if isinstance(by_mode, dict) else by_mode
+            if not isinstance(res, dict):
+                rows.append([mode, name, str(res), *[""] * 6])
+                continue
+            w: CpuWindow = res["window"]
+            bw: CpuWindow | None = base["window"] if base else None
 
-        def per(seconds: float, opened: int) -> float:
-            return 1e6 * seconds / opened if opened else float("nan")
+            def per(seconds: float, opened: int) -> float:
+                return 1e6 * seconds / opened if opened else float("nan")
 
-        rows.append(
-            [
-                name,
-                f"{res['opened']:,}/{res['requested']:,}",
-                with_ratio(res["rate"], base and base["rate"]),
-                with_ratio(per(w.delta["server"], res["opened"]), bw and per(bw.delta["server"], base["opened"])),
-                fmt_num(per(w.delta["redis"], res["opened"])),
-                f"{res['held']:,}",
-                pct(w.share(w.delta["server"])),
-                loadgen(w),
-            ]
-        )
-        if res["errors"]:
-            notes.append(f"{name}: handshakes failed: {res['errors']}")
-        if res["closed_codes"]:
-            notes.append(f"{name}: closed by the server after the handshake, by close code: {res['closed_codes']}")
-        notes.extend(saturation_notes(name, w, "burst"))
-        notes.extend(f"{name}: {n}" for n in res["notes"])
+            rows.append(
+                [
+                    mode,
+                    name,
+                    f"{res['opened']:,}/{res['requested']:,}",
+                    with_ratio(res["rate"], base and base["rate"]),
+                    with_ratio(per(w.delta["server"], res["opened"]), bw and per(bw.delta["server"], base["opened"])),
+                    fmt_num(per(w.delta["redis"], res["opened"])),
+                    f"{res['held']:,}",
+                    pct(w.share(w.delta["server"])),
+                    loadgen(w),
+                ]
+            )
+            label = f"{name} ({mode})"
+            if res["errors"]:
+                notes.append(f"{label}: handshakes failed: {res['errors']}")
+            if res["closed_codes"]:
+                notes.append(f"{label}: closed by the server after the handshake, by close code: {res['closed_codes']}")
+            notes.extend(saturation_notes(label, w, "burst"))
+            notes.extend(f"{label}: {n}" for n in res["notes"])
+    notes.append(
+        "logged in: a session cookie of a different user per client; sessions and users in SQLite (Django's db sessions)"
+    )
     print_table(
         f"(d) {args.burst:,} connections opened as fast as the client can, {args.burst_concurrency} handshakes in flight "
         "(ratio: peer / ws4redis_uwsgi)",
         [
+            "clients",
             "peer",
             "opened",
             "handshakes/s",
@@ -1469,8 +1548,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rebuild", action="store_true", help="recreate the environments under bench/.envs")
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
     parser.add_argument("--publisher", choices=("redis", "channels"), help=argparse.SUPPRESS)
+    parser.add_argument("--make-sessions", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.publisher:
+    if args.publisher or args.make_sessions:
         return args
     args.clients = args.clients or (300 if args.quick else 1000)
     args.seconds = args.seconds or (2.0 if args.quick else 4.0)
@@ -1504,6 +1584,8 @@ def main() -> int:
     args = parse_args()
     if args.publisher:
         return publisher_main(args.publisher)
+    if args.make_sessions:
+        return make_sessions_main(args.make_sessions)
     atexit.register(stop_all_live)
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -3,6 +3,8 @@
 A minimal consumer: it joins the facility's group when the socket connects
 (``groups``) and forwards every group message of type ``broadcast.message``
 to the socket as it is. The same URL as the ws4redis peers, query ignored.
+Channels' AuthMiddlewareStack loads the session and user of the cookie
+before the consumer runs, as the two ws4redis peers do for ``subscribe-user``.
 """
 
 import os
@@ -13,6 +15,7 @@ import django
 
 django.setup()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
@@ -35,6 +38,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 application = ProtocolTypeRouter(
     {
         # The Origin check, as the two ws4redis peers have one (against ALLOWED_HOSTS).
-        "websocket": AllowedHostsOriginValidator(URLRouter([path("ws/bench", BroadcastConsumer.as_asgi())])),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("ws/bench", BroadcastConsumer.as_asgi())]))),
     }
 )

@@ -1,13 +1,14 @@
-"""Django Channels 4 under daphne, with channels_redis's pub/sub layer: broadcast only, no database."""
+"""Django Channels 4 under daphne, with channels_redis's pub/sub layer: broadcast, and the session and user of the cookie."""
 
 import os
+
+from peersite.bench_db import DATABASES, SESSION_ENGINE  # noqa: F401 - none, or the logged-in scenario's
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
-INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "channels"]
-DATABASES: dict = {}
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "channels"]
 ROOT_URLCONF = "peersite.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 ASGI_APPLICATION = "peersite.asgi_channels.application"

@@ -5,13 +5,13 @@ Served by ``uwsgi --module peersite.wsgi_ws4redis06:application --gevent N``.
 
 import os
 
+from peersite.bench_db import DATABASES, SESSION_ENGINE  # noqa: F401 - none, or the logged-in scenario's
+
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
 INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "ws4redis"]
-DATABASES: dict = {}
-SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 ROOT_URLCONF = "peersite.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 

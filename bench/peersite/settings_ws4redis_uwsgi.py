@@ -5,15 +5,14 @@ Served by ``uwsgi --module ws4redis_uwsgi.wsgi_websocket:application --gevent N`
 
 import os
 
+from peersite.bench_db import DATABASES, SESSION_ENGINE  # noqa: F401 - none, or the logged-in scenario's
+
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
 # The load generator sends ``Origin: http://127.0.0.1``, checked against these.
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
 INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "ws4redis_uwsgi"]
-# Clients send no session cookie, so neither side reads a session: no database needed.
-DATABASES: dict = {}
-SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 ROOT_URLCONF = "peersite.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
