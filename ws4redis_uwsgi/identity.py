@@ -11,8 +11,8 @@ from importlib import import_module
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.contrib import auth
 
+from . import auth_lookup
 from .channels import Identity
 
 
@@ -21,23 +21,29 @@ def load_session_and_user(request: Any) -> None:
 
     This is what Django's session and authentication middleware would do; the
     websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
-    it (for token authentication, say).
+    it (for token authentication, say). The result is Django's, but the
+    lookups take the compiled queries of :mod:`.auth_lookup` where they can.
     """
     engine = import_module(django_settings.SESSION_ENGINE)
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
     request.session = engine.SessionStore(session_key)
-    request.user = auth.get_user(request)
+    if session_key is not None:
+        auth_lookup.load_session(request.session)
+    request.user = auth_lookup.get_user(request)
 
 
-def identity_from_request(request: Any) -> Identity:
-    """The :class:`Identity` (username, group names, session key) of ``request``."""
+def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
+    """The :class:`Identity` (username, group names, session key) of ``request``.
+
+    ``with_groups=False`` skips the groups query when no group channel is involved.
+    """
     username = None
     groups: tuple[str, ...] = ()
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         username = user.get_username()
-        if hasattr(user, "groups"):
-            groups = tuple(sorted(user.groups.values_list("name", flat=True)))
+        if with_groups:
+            groups = auth_lookup.group_names(user)
     session_key = None
     session = getattr(request, "session", None)
     if session is not None:

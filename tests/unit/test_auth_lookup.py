@@ -1,0 +1,194 @@
+"""The compiled session, user and group lookups give what Django's own get_user and ORM give.
+
+Each case builds a real session in the test site's SQLite database, then
+loads it twice: once as Django's middleware would (SessionStore + auth.get_user)
+and once through ws4redis_uwsgi.identity, and compares the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.models import Group, User
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from ws4redis_uwsgi import auth_lookup
+from ws4redis_uwsgi.identity import identity_from_request, load_session_and_user
+
+
+class Request:
+    def __init__(self, session_key: str | None) -> None:
+        self.COOKIES = {settings.SESSION_COOKIE_NAME: session_key} if session_key else {}
+
+
+def login_session(user: User, backend: str = auth_lookup.MODEL_BACKEND, **extra: Any) -> str:
+    store = SessionStore()
+    store[auth.SESSION_KEY] = str(user.pk)
+    store[auth.BACKEND_SESSION_KEY] = backend
+    store[auth.HASH_SESSION_KEY] = user.get_session_auth_hash()
+    for key, value in extra.items():
+        store[key] = value
+    store.save()
+    return store.session_key  # type: ignore[return-value]
+
+
+def with_django(session_key: str | None) -> Request:
+    request = Request(session_key)
+    request.session = SessionStore(session_key)  # type: ignore[attr-defined]
+    request.user = auth.get_user(request)  # type: ignore[attr-defined]
+    return request
+
+
+def refuse(*args: Any) -> None:
+    raise AssertionError("the ORM path was taken")
+
+
+def with_lookup(session_key: str | None, compiled: bool = True) -> Request:
+    """``load_session_and_user``; with ``compiled``, Django's own session load and get_user must not run."""
+    request = Request(session_key)
+    with contextlib.ExitStack() as stack:
+        if compiled:
+            stack.enter_context(mock.patch.object(auth_lookup.auth, "get_user", refuse))
+            stack.enter_context(mock.patch.object(SessionStore, "load", refuse))
+        load_session_and_user(request)
+    return request
+
+
+def fields(user: Any) -> dict[str, Any]:
+    return {f.attname: getattr(user, f.attname) for f in user._meta.concrete_fields} if user.is_authenticated else {}
+
+
+def same(session_key: str | None, compiled: bool = True) -> tuple[Request, Request]:
+    """Load the session with the compiled lookups first, then with Django: both must agree."""
+    ours = with_lookup(session_key, compiled)
+    django = with_django(session_key)
+    assert type(ours.user) is type(django.user)  # type: ignore[attr-defined]
+    assert fields(ours.user) == fields(django.user)  # type: ignore[attr-defined]
+    assert ours.session.session_key == django.session.session_key  # type: ignore[attr-defined]
+    assert dict(ours.session.items()) == dict(django.session.items())  # type: ignore[attr-defined]
+    return ours, django
+
+
+@pytest.fixture
+def user(site_db: None) -> User:
+    user = User.objects.create_user(f"lookup-{User.objects.count()}", password="secret", first_name="Zoë")
+    user.groups.add(*Group.objects.filter(name__in=["staff", "cooks"]))
+    return user
+
+
+def test_logged_in_user_is_read_with_two_queries_and_matches_the_orm(user: User) -> None:
+    key = login_session(user, extra_value=[1, "two"])
+    with CaptureQueriesContext(connection) as queries:
+        ours = with_lookup(key)
+        assert ours.user.pk == user.pk  # type: ignore[attr-defined]
+    assert len(queries) == 2  # the session row, the user row
+    assert ours.user.date_joined == user.date_joined and timezone.is_aware(ours.user.date_joined)  # type: ignore[attr-defined]
+    assert ours.user._state.db == "default" and not ours.user._state.adding  # type: ignore[attr-defined]
+    assert ours.session["extra_value"] == [1, "two"]  # type: ignore[attr-defined]
+    assert fields(ours.user) == fields(User.objects.get(pk=user.pk))  # type: ignore[attr-defined]
+
+
+def test_groups_are_read_only_when_asked(user: User) -> None:
+    request = with_lookup(login_session(user))
+    with CaptureQueriesContext(connection) as queries:
+        assert identity_from_request(request, with_groups=False).groups == ()
+    assert len(queries) == 0
+    with CaptureQueriesContext(connection) as queries:
+        identity = identity_from_request(request)
+    assert len(queries) == 1
+    assert identity.groups == ("cooks", "staff") == tuple(sorted(user.groups.values_list("name", flat=True)))
+    assert identity.username == user.username and identity.session_key == request.session.session_key  # type: ignore[attr-defined]
+
+
+def test_unknown_missing_and_malformed_keys_are_anonymous(site_db: None) -> None:
+    for key in ("x" * 32, "short", None):
+        ours = with_lookup(key)
+        assert not ours.user.is_authenticated and ours.session.session_key is None  # type: ignore[attr-defined]
+
+
+def test_expired_session_is_anonymous_like_django(user: User) -> None:
+    key = login_session(user)
+    SessionStore.get_model_class().objects.filter(session_key=key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    ours, _ = same(key)
+    assert not ours.user.is_authenticated and ours.session.session_key is None  # type: ignore[attr-defined]
+
+
+def test_session_of_an_anonymous_visitor_keeps_its_data(site_db: None) -> None:
+    store = SessionStore()
+    store["cart"] = 3
+    store.save()
+    ours, _ = same(store.session_key)
+    assert not ours.user.is_authenticated and ours.session["cart"] == 3  # type: ignore[attr-defined]
+
+
+def test_inactive_and_deleted_users_are_anonymous(user: User) -> None:
+    key = login_session(user)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    ours, _ = same(key)
+    assert not ours.user.is_authenticated  # type: ignore[attr-defined]
+    key = login_session(user)
+    User.objects.filter(pk=user.pk).delete()
+    ours, _ = same(key)
+    assert not ours.user.is_authenticated  # type: ignore[attr-defined]
+
+
+def test_changed_password_logs_out_and_flushes_the_session_as_django_does(user: User) -> None:
+    key = login_session(user)
+    user.set_password("changed")
+    user.save()
+    ours = with_lookup(key, compiled=False)
+    assert not ours.user.is_authenticated  # type: ignore[attr-defined]
+    # Django's get_user flushed it: the row is gone.
+    assert not SessionStore.get_model_class().objects.filter(session_key=key).exists()
+
+
+@override_settings(SECRET_KEY="rotated-secret", SECRET_KEY_FALLBACKS=["tests-only-not-secret"])
+def test_session_signed_with_a_fallback_secret_is_left_to_django(user: User) -> None:
+    with override_settings(SECRET_KEY="tests-only-not-secret", SECRET_KEY_FALLBACKS=[]):
+        key = login_session(user)
+    ours = with_lookup(key, compiled=False)
+    assert ours.user.pk == user.pk  # type: ignore[attr-defined]
+
+
+@override_settings(AUTHENTICATION_BACKENDS=[auth_lookup.MODEL_BACKEND, "django.contrib.auth.backends.AllowAllUsersModelBackend"])
+def test_other_backends_go_through_django(user: User) -> None:
+    key = login_session(user, backend="django.contrib.auth.backends.AllowAllUsersModelBackend")
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    ours, _ = same(key, compiled=False)
+    assert ours.user.pk == user.pk  # type: ignore[attr-defined]  # that backend lets inactive users in
+
+
+def test_backend_no_longer_configured_is_anonymous(user: User) -> None:
+    key = login_session(user, backend="some.removed.Backend")
+    ours, _ = same(key, compiled=False)
+    assert not ours.user.is_authenticated  # type: ignore[attr-defined]
+
+
+@override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
+def test_other_session_engines_load_as_django_loads_them(user: User) -> None:
+    from django.contrib.sessions.backends.signed_cookies import SessionStore as CookieStore
+
+    store = CookieStore()
+    store[auth.SESSION_KEY] = str(user.pk)
+    store[auth.BACKEND_SESSION_KEY] = auth_lookup.MODEL_BACKEND
+    store[auth.HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    ours = with_lookup(store.session_key, compiled=False)
+    assert ours.user.pk == user.pk  # type: ignore[attr-defined]
+
+
+def test_the_stock_queries_compile(site_db: None) -> None:
+    """The session, user and groups queries of the default set-up all take the compiled path."""
+    for factory in (auth_lookup._session_query, auth_lookup._user_query, auth_lookup._groups_query):
+        query = factory("default")
+        assert query.sql.count("%s") == len(query.params)

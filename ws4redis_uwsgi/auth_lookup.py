@@ -1,0 +1,190 @@
+"""Session, user and group lookups for websocket handshakes, compiled once instead of per query.
+
+A logged-in handshake asks the database three questions: the session row of
+the cookie, the user row the session names, and (for group channels) the
+user's group names. Through the ORM each costs about 150 µs of CPU, nearly
+all of it building and compiling a query that is the same every time; the
+database answers in about 10 µs. A burst of reconnecting browsers after a
+deploy is thousands of these at once, so here Django compiles each query
+once per database alias, with a marker value where the key goes, and later
+handshakes run the compiled SQL on the cursor with their own key. Rows go
+through the same field converters and ``Model.from_db`` the ORM uses, so the
+objects are the ones the ORM would have built.
+
+Only the stock set-up takes this path: Django's ``db`` session engine and
+``ModelBackend``, a user model with an integer primary key and a default
+manager that adds no joins. Anything else, and any session that does not
+verify with the current SECRET_KEY (Django may then rotate or flush it),
+goes through Django's own ``auth.get_user``, so a request always ends with
+the session and user Django would have given it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.contrib import auth
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends import db as db_sessions
+from django.db import connections
+from django.db.models import Model, QuerySet
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+
+logger = logging.getLogger(__name__)
+
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+#: Stands for the key while a query is compiled: a string no session key can be,
+#: an integer inside every backend's AutoField range that Django passes through as is.
+TEXT_MARKER = "\x00ws4redis-marker\x00"
+INT_MARKER = 2_147_483_000
+
+
+class UnsupportedQueryError(Exception):
+    """This query cannot be reused safely; the ORM answers instead."""
+
+
+class CompiledQuery:
+    """One ORM query, compiled once, run again with another value in place of the marker."""
+
+    def __init__(self, queryset: QuerySet, marker: object, instances: bool = False) -> None:
+        self.alias = queryset.db
+        compiler = queryset.query.get_compiler(self.alias)
+        sql, params = compiler.as_sql()
+        at = [i for i, p in enumerate(params) if p == marker and type(p) is type(marker)]
+        if len(at) != 1:
+            raise UnsupportedQueryError(f"the key appears {len(at)} times among the query's parameters")
+        if instances and (
+            not compiler.klass_info or compiler.klass_info.get("related_klass_infos") or compiler.annotation_col_map
+        ):
+            raise UnsupportedQueryError("the default manager joins related models or adds annotations")
+        self.sql, self.params, self.index = sql, list(params), at[0]
+        self.compiler = compiler
+        columns = [select[0] for select in compiler.select[: compiler.col_count]]
+        self.converters = compiler.get_converters(columns)
+        self.model_fields: tuple[int, int, list[str]] | None = None
+        if instances:
+            fields = compiler.klass_info["select_fields"]
+            start, end = fields[0], fields[-1] + 1
+            self.model_fields = (start, end, [s[0].target.attname for s in compiler.select[start:end]])
+
+    def rows(self, value: object) -> list[Sequence[Any]]:
+        params = list(self.params)
+        params[self.index] = value
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(self.sql, params)
+            rows = cursor.fetchall()
+        if self.converters:
+            rows = list(self.compiler.apply_converters(rows, self.converters))
+        return rows
+
+    def instance(self, value: object) -> Model | None:
+        """The one model instance the query finds for ``value``, or None."""
+        assert self.model_fields is not None
+        rows = self.rows(value)
+        if len(rows) != 1:
+            return None
+        start, end, attnames = self.model_fields
+        model: type[Model] = self.compiler.query.model
+        return model.from_db(self.alias, attnames, rows[0][start:end])
+
+
+# Compiled once per process and database alias. The aliases come from the routers,
+# which may depend on nothing but the model here (no instance hints for these reads).
+
+
+@cache
+def _session_query(alias: str) -> CompiledQuery:
+    model = db_sessions.SessionStore.get_model_class()
+    queryset = model.objects.using(alias).filter(session_key=TEXT_MARKER).values_list("session_data", "expire_date")
+    return CompiledQuery(queryset, TEXT_MARKER)
+
+
+@cache
+def _user_query(alias: str) -> CompiledQuery:
+    user_model = auth.get_user_model()
+    if user_model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
+        raise UnsupportedQueryError("the user model's primary key is not an integer")
+    return CompiledQuery(user_model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
+
+
+@cache
+def _groups_query(alias: str) -> CompiledQuery:
+    user = auth.get_user_model()(pk=INT_MARKER)
+    return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
+
+
+def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
+    try:
+        return factory(alias)  # type: ignore[no-any-return]
+    except UnsupportedQueryError as exc:
+        logger.debug("ws4redis_uwsgi: %s lookups go through the ORM: %s", factory.__name__, exc)
+    except Exception:
+        logger.exception("ws4redis_uwsgi: could not compile %s; lookups go through the ORM", factory.__name__)
+    return None
+
+
+def load_session(store: Any) -> bool:
+    """Fill a ``db`` SessionStore from its row, as ``store.load()`` would; False if it cannot here."""
+    if type(store) is not db_sessions.SessionStore:
+        return False
+    query = _compiled(_session_query, store.model.objects.db)
+    if query is None:
+        return False
+    key = store.session_key
+    rows = query.rows(key) if key is not None else []
+    # SessionBase keeps the loaded data in _session_cache (it has since Django 1.4).
+    if rows and rows[0][1] > timezone.now():
+        store._session_cache = store.decode(rows[0][0])  # type: ignore[attr-defined]
+    else:
+        # What SessionStore.load() leaves behind for a missing or expired row.
+        store._session_key = None
+        store._session_cache = {}  # type: ignore[attr-defined]
+    return True
+
+
+def get_user(request: Any) -> Any:
+    """``django.contrib.auth.get_user(request)``, with the user read by a compiled query where it may be."""
+    # Imported here: importing models before django.setup() fails, and this module is imported early.
+    from django.contrib.auth.backends import ModelBackend
+    from django.contrib.auth.models import AnonymousUser
+
+    session = request.session
+    try:
+        user_pk = auth.get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except KeyError:
+        return AnonymousUser()
+    except Exception:
+        return auth.get_user(request)  # an odd value in the session: Django decides
+    if backend_path != MODEL_BACKEND or backend_path not in django_settings.AUTHENTICATION_BACKENDS:
+        return auth.get_user(request)
+    if type(auth.load_backend(backend_path)) is not ModelBackend or not isinstance(user_pk, int):
+        return auth.get_user(request)
+    query = _compiled(_user_query, auth.get_user_model()._default_manager.db)
+    if query is None:
+        return auth.get_user(request)
+    user = query.instance(user_pk)
+    if user is None or not getattr(user, "is_active", True):
+        return AnonymousUser()  # ModelBackend.get_user returns None for both: no session check follows
+    session_hash = session.get(HASH_SESSION_KEY)
+    if not session_hash or not constant_time_compare(session_hash, user.get_session_auth_hash()):  # type: ignore[attr-defined]
+        # Django tries SECRET_KEY_FALLBACKS, then rotates or flushes the session: let it.
+        return auth.get_user(request)
+    return user
+
+
+def group_names(user: Any) -> tuple[str, ...]:
+    """The sorted names of ``user``'s groups (``user.groups``), by a compiled query where it may be."""
+    if not hasattr(user, "groups"):
+        return ()
+    query = None
+    if type(user) is auth.get_user_model() and isinstance(user.pk, int):
+        query = _compiled(_groups_query, user.groups.db)  # type: ignore[attr-defined]
+    if query is None:
+        return tuple(sorted(user.groups.values_list("name", flat=True)))
+    return tuple(sorted(row[0] for row in query.rows(user.pk)))
