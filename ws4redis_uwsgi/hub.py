@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import gevent
 import redis
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -248,6 +248,45 @@ class SubscriptionHub:
                     listener.resync()
 
 
+class BatchedReader:
+    """The GETs of many websockets in one MGET: a burst of handshakes costs a round trip per batch.
+
+    Every websocket reads the stored message of its channels when it opens.
+    Through redis-py that is about 60 µs of CPU per command, a fifth of an
+    anonymous handshake, and a reconnect storm asks thousands at once.
+    Callers queue their keys and wait; one greenlet sends all that is queued
+    as a single MGET and answers each caller, then sends what queued
+    meanwhile (in a burst of 2,000 handshakes on one worker, about half as
+    many MGETs). A lone caller waits no longer than for its own MGET.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._queued: list[tuple[list[str], AsyncResult]] = []
+        self._reader: gevent.Greenlet | None = None
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` (None where unset), as ``client.mget`` returns them; raises what it raises."""
+        result: AsyncResult = AsyncResult()
+        self._queued.append((keys, result))
+        if self._reader is None or self._reader.dead:
+            self._reader = gevent.spawn(self._read)
+        return result.get()  # type: ignore[no-any-return]
+
+    def _read(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
+            try:
+                values = dict(zip(keys, self._client.mget(keys), strict=True))
+            except Exception as exc:
+                for _, result in batch:
+                    result.set_exception(exc)
+                continue
+            for wanted, result in batch:
+                result.set([values[key] for key in wanted])
+
+
 # -- one hub and one command client per process ------------------------------------
 
 _process: dict[str, Any] = {}
@@ -278,6 +317,14 @@ def command_client() -> redis.Redis:
     if "client" not in state:
         state["client"] = make_client(max_connections=COMMAND_POOL_SIZE)
     return state["client"]  # type: ignore[no-any-return]
+
+
+def batched_reader() -> BatchedReader:
+    """This process's :class:`BatchedReader` on :func:`command_client`."""
+    state = _this_process()
+    if "reader" not in state:
+        state["reader"] = BatchedReader(command_client())
+    return state["reader"]  # type: ignore[no-any-return]
 
 
 def new_origin() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from . import envelope, history, hub, settings
-from .channels import ClientRequest, audience_channels
+from .channels import Audience, ClientRequest, audience_channels
 from .identity import identity_from_request
 from .redis_store import RedisStore
 
@@ -70,7 +70,8 @@ class RedisSubscriber(RedisStore):
         facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
         wanted = ClientRequest(tuple(channels))
         prefix = settings.get("WS4REDIS_PREFIX")
-        identity = identity_from_request(request)
+        # The groups query only when a group channel is asked for.
+        identity = identity_from_request(request, with_groups=Audience.GROUP in wanted.subscribe | wanted.publish)
         self._publishers = audience_channels(prefix, facility, wanted.publish, identity)
         self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity))
 
@@ -97,7 +98,12 @@ class RedisSubscriber(RedisStore):
         """The message still persisted for each subscribed channel, not yet handed out."""
         if not self._channels:
             return []
-        found = [envelope.decode(value) for value in self._connection.mget(self._channels) if value]
+        values: list[Any]
+        if self._connection is hub.command_client():
+            values = hub.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
+        else:
+            values = self._connection.mget(self._channels)
+        found = [envelope.decode(value) for value in values if value]
         return [m for m in found if self._is_new(m)]
 
     def missed_since(self, since: str) -> history.Backlog:
