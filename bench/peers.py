@@ -347,6 +347,13 @@ class RedisProcess(Child):
         assert self.proc is not None
         return self.proc.pid
 
+    def clients(self) -> int:
+        """Connections Redis has open now, other than the one asking."""
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            return int(client.info("clients")["connected_clients"]) - 1
+
 
 @dataclass
 class EnvInfo:
@@ -1138,7 +1145,9 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
         warm, live = stack.warm_all(timeout=20)
         time.sleep(1.0)
         rss_after, redis_after, fds_after = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
+        redis_clients = stack.redis.clients()
         out.update(
+            redis_clients=redis_clients,
             requested=args.idle,
             opened=opened["opened"],
             errors=opened["errors"],
@@ -1362,7 +1371,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
     rows, notes = [], []
     for name, res in results.items():
         if not isinstance(res, dict):
-            rows.append([name, str(res), *[""] * 7])
+            rows.append([name, str(res), *[""] * 8])
             continue
         rows.append(
             [
@@ -1372,6 +1381,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"{res['live']:,}",
                 f"{res['rss_before'] / 1024:.1f} -> {res['rss_after'] / 1024:.1f}",
                 with_ratio(res["per_conn"], base and base["per_conn"], 1),
+                f"{res['redis_clients']:,}",
                 fmt_num(res["redis_per_conn"], 1),
                 f"{res['fds_before']:,} -> {res['fds_after']:,}",
                 fmt_num(res["open_s"], 1),
@@ -1382,6 +1392,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
         if res["closed_codes"]:
             notes.append(f"{name}: closed by the server after the handshake, by close code: {res['closed_codes']}")
         notes.extend(f"{name}: {n}" for n in res["notes"])
+    notes.append("redis conns: connections Redis holds with the websockets open, the publisher's included")
     print_table(
         f"(c) {args.idle:,} idle connections (ratio: peer / ws4redis_uwsgi)",
         [
@@ -1391,6 +1402,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
             "got a broadcast",
             "server RSS MiB",
             "KiB/conn",
+            "redis conns",
             "redis KiB/conn",
             "server fds",
             "open s",
