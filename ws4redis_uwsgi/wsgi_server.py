@@ -130,18 +130,25 @@ class WebsocketWSGIServer:
             self.active_connections -= 1
             subscriber.release()
             raise
+        self.run_websocket(websocket, subscriber, environ.get("PATH_INFO", ""))
+        return []
+
+    def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
+        """Serve an upgraded websocket until it ends, then release it (its connection slot, channels, socket)."""
         try:
             self.serve(websocket, subscriber)
         except WebSocketError:
             pass  # the client went away
         except Exception:
-            logger.exception("websocket on %s failed", environ.get("PATH_INFO"))
+            logger.exception("websocket on %s failed", path)
             websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
         finally:
-            self.active_connections -= 1
-            subscriber.release()
-            websocket.close(CloseCode.NORMAL_CLOSURE)
-        return []
+            self.end_websocket(websocket, subscriber)
+
+    def end_websocket(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        self.active_connections -= 1
+        subscriber.release()
+        websocket.close(CloseCode.NORMAL_CLOSURE)
 
     def max_connections(self) -> int | None:
         """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
@@ -196,29 +203,40 @@ class WebsocketWSGIServer:
         subscriber.notify = waiter.wake
         self._waiters.add(waiter)
         try:
-            if subscriber.resume:
-                self.send_backlog(websocket, subscriber, subscriber.resume)
-            elif subscriber.resume == "":
-                for message in subscriber.persisted_messages():
-                    self.send_message(websocket, subscriber, message)
-            else:
-                subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
-            self.enable_fast_path(websocket, subscriber, waiter)
+            self.start_websocket(websocket, subscriber, waiter)
             while not websocket.closed and not self.stopping:
                 waiter.wait(self.poll_interval)
-                self.receive_all(websocket, subscriber, inbound)
-                if subscriber.resync_needed:
-                    subscriber.resync_needed = False
-                    if subscriber.last_id:  # without an id yet there is nothing to resume from
-                        self.send_backlog(websocket, subscriber, subscriber.last_id)
-                self.send_all(websocket, subscriber)
+                self.step(websocket, subscriber, inbound)
             if self.stopping:
                 websocket.close(CloseCode.SERVICE_RESTART, "server restart")
         finally:
             self._waiters.discard(waiter)
             waiter.close()
 
-    def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Waiter) -> None:
+    def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
+        """What a websocket gets first (history or persisted messages); then the hub may write to it directly.
+
+        ``waiter`` is anything with a ``wake()`` that makes the loop take its next :meth:`step`.
+        """
+        if subscriber.resume:
+            self.send_backlog(websocket, subscriber, subscriber.resume)
+        elif subscriber.resume == "":
+            for message in subscriber.persisted_messages():
+                self.send_message(websocket, subscriber, message)
+        else:
+            subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+        self.enable_fast_path(websocket, subscriber, waiter)
+
+    def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> None:
+        """One turn of the loop: read what the client sent, catch up after a re-subscription, write what waits."""
+        self.receive_all(websocket, subscriber, inbound)
+        if subscriber.resync_needed:
+            subscriber.resync_needed = False
+            if subscriber.last_id:  # without an id yet there is nothing to resume from
+                self.send_backlog(websocket, subscriber, subscriber.last_id)
+        self.send_all(websocket, subscriber)
+
+    def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
         """Let the hub write frames straight to adapters that can take them (``try_write``)."""
         try_write = getattr(websocket, "try_write", None)
         if try_write is None:
