@@ -1,10 +1,16 @@
-"""The uWSGI adapter: websockets through uWSGI's own websocket API, under gevent.
+"""The uWSGI adapter: websockets under uWSGI with gevent.
 
-uWSGI performs the handshake, parses frames and answers pings; this module
-only calls ``uwsgi.websocket_handshake``, ``uwsgi.websocket_recv_nb``,
-``uwsgi.websocket_send`` / ``websocket_send_binary`` and
-``uwsgi.connection_fd``. uWSGI's Python API has no call for a close frame,
-so :meth:`uWSGIWebsocket.close` writes one itself.
+uWSGI performs the handshake (``uwsgi.websocket_handshake``). After that a
+websocket normally leaves its uWSGI request (:mod:`ws4redis_uwsgi.detached`):
+it keeps a duplicate of the client socket, is framed and pinged by this
+package with uWSGI's rules and options, and is served from event-loop
+callbacks, so an idle websocket holds no async core, request buffers or
+greenlet. On sockets whose state uWSGI keeps (TLS, HTTP keep-alive) or with
+:attr:`uWSGIWebsocketServer.detach` False, it stays inside its request and
+goes through uWSGI's websocket API (:class:`uWSGIWebsocket`:
+``uwsgi.websocket_recv_nb``, ``uwsgi.websocket_send`` /
+``websocket_send_binary``, ``uwsgi.connection_fd``); uWSGI's Python API has
+no call for a close frame, so :meth:`uWSGIWebsocket.close` writes one itself.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ if uwsgi is not None and not gevent.monkey.is_module_patched("socket"):
     gevent.monkey.patch_all()
 
 import errno
+import logging
 import os
 import signal
 import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.socket
@@ -38,12 +45,48 @@ from . import settings
 from .close_codes import CloseCode, close_frame
 from .envelope import is_utf8
 from .exceptions import HandshakeError, WebSocketError
-from .wsgi_server import StartResponse, WebsocketWSGIServer
+from .wsgi_server import StartResponse, Websocket, WebsocketWSGIServer
+
+if TYPE_CHECKING:
+    from .detached import DetachedSession
+    from .subscriber import RedisSubscriber
+
+logger = logging.getLogger("ws4redis_uwsgi")
 
 #: Seconds a closing websocket waits for the client to close its side.
 CLOSE_LINGER = 2.0
 #: Seconds the rest of a directly written frame may take before the client counts as gone.
 PENDING_WRITE_TIMEOUT = 10.0
+#: uWSGI options whose sockets keep state a detached websocket would lose: TLS
+#: (the socket carries ciphertext) and HTTP keep-alive (uWSGI reads the next
+#: request from the socket after the response).
+KEEPS_THE_SOCKET = ("http11-socket", "https-socket", "ssl-socket", "suwsgi-socket")
+
+
+def _nothing() -> None:
+    pass
+
+
+def uwsgi_option(*names: str) -> str | None:
+    """The value of the first of ``names`` (aliases of one option) given to uWSGI, the last if repeated."""
+    options = getattr(uwsgi, "opt", None) or {}
+    for name in names:
+        value = options.get(name)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if value is not None:
+            return str(value)
+    return None
+
+
+def uwsgi_number(default: float, *names: str) -> float:
+    value = uwsgi_option(*names)
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default
 
 
 class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
@@ -58,13 +101,15 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
     greenlets only where they wait, so these checks cannot be overtaken).
     """
 
+    __slots__ = ("_busy", "_fd", "_pending", "closed", "direct", "wake")
+
     def __init__(self, direct: bool = True) -> None:
         self._fd: int = uwsgi.connection_fd()
         self.closed = False
         #: Whether raw writes to the socket are safe (not for TLS sockets uWSGI encrypts).
         self.direct = direct
         #: Wakes this websocket's greenlet; set by the server.
-        self.wake: Callable[[], None] = lambda: None
+        self.wake: Callable[[], None] = _nothing
         self._pending = b""  # the rest of a frame a direct write could not finish
         self._busy = False  # inside a uwsgi.* call that may write
         limit_send_buffer(self._fd, settings.get("WS4REDIS_SEND_BUFFER"))
@@ -219,9 +264,26 @@ def abort_on_close(fd: int) -> None:
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4redis used
-    """The websocket vassal's WSGI application under uWSGI with ``--gevent``."""
+    """The websocket vassal's WSGI application under uWSGI with ``--gevent``.
+
+    After the handshake a websocket leaves its uWSGI request
+    (:mod:`ws4redis_uwsgi.detached`): the request, its core and its buffers
+    are free for the next handshake, and an idle websocket costs about 2 KiB
+    instead of about 30. Not on sockets whose state uWSGI keeps (TLS, HTTP
+    keep-alive: :data:`KEEPS_THE_SOCKET`), nor when :attr:`detach` is False;
+    those websockets are served inside their request, as before.
+    """
+
+    #: Whether websockets leave their uWSGI request after the handshake.
+    detach = True
 
     _watching_pid: int | None = None
+    _keepalive_pid: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The detached websockets this process serves.
+        self.sessions: set[DetachedSession] = set()
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
@@ -229,13 +291,39 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         uWSGI tells a worker to finish gracefully with SIGHUP (reload) and
         SIGTERM; its gevent loop then waits for running requests, which for
         websockets would be forever. gevent allows several handlers per signal,
-        so uWSGI's own still runs.
+        so uWSGI's own still runs. Detached websockets are no requests, so
+        uWSGI does not wait for them: ``uwsgi.atexit``, which the gevent loop
+        calls before the worker exits, closes them and waits until they are.
         """
         if self._watching_pid == os.getpid():
             return
         self._watching_pid = os.getpid()
         for signum in (signal.SIGHUP, signal.SIGTERM):
             gevent.signal_handler(signum, self.shutdown)
+        previous = getattr(uwsgi, "atexit", None)
+
+        def atexit() -> None:
+            try:
+                self.close_detached()
+            finally:
+                if previous is not None:
+                    previous()
+
+        uwsgi.atexit = atexit
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        for session in tuple(self.sessions):
+            session.wake()
+
+    def close_detached(self, timeout: float = 1.0 + CLOSE_LINGER + 0.5) -> None:
+        """Close every detached websocket with 1012 and wait up to ``timeout`` seconds until they are."""
+        if not self.sessions:
+            return
+        self.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.sessions and time.monotonic() < deadline:
+            gevent.sleep(0.02)
 
     def max_connections(self) -> int | None:
         """By default a few async cores fewer than the worker has.
@@ -250,6 +338,13 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         cores = int(uwsgi.cores)
         return max(1, cores - max(1, cores // 50))
 
+    def can_detach(self, environ: dict[str, Any]) -> bool:
+        """Whether this request's websocket may leave the request after the handshake."""
+        if not self.detach or environ.get("wsgi.url_scheme") == "https":
+            return False
+        options = getattr(uwsgi, "opt", None) or {}
+        return not any(name in options for name in KEEPS_THE_SOCKET)
+
     def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> uWSGIWebsocket:
         if uwsgi is None:
             raise RuntimeError("uWSGIWebsocketServer runs only inside uWSGI")
@@ -258,5 +353,39 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""))
         except OSError as exc:
             raise HandshakeError(f"uWSGI refused the handshake: {exc}") from None
+        if self.can_detach(environ):
+            from .detached import DetachedWebsocket
+
+            fd = uwsgi.connection_fd()
+            limit_send_buffer(fd, settings.get("WS4REDIS_SEND_BUFFER"))
+            max_size = int(uwsgi_number(1024, "websocket-max-size", "websockets-max-size") * 1024)
+            return DetachedWebsocket(os.dup(fd), max_size)
         # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
         return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https")
+
+    def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
+        from .detached import DetachedSession, DetachedWebsocket
+
+        if not isinstance(websocket, DetachedWebsocket):
+            super().run_websocket(websocket, subscriber, path)
+            return
+        self._start_keepalive()
+        # Returns once the first messages are sent; uWSGI then ends the request.
+        DetachedSession(self, websocket, subscriber, path, self.sessions).start()
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive_pid != os.getpid():
+            self._keepalive_pid = os.getpid()
+            gevent.spawn(self._keepalive)
+
+    def _keepalive(self) -> None:
+        """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering."""
+        ping_freq = uwsgi_number(30, "websocket-ping-freq", "websockets-ping-freq")
+        pong_tolerance = uwsgi_number(3, "websocket-pong-tolerance", "websockets-pong-tolerance")
+        while True:
+            gevent.sleep(self.poll_interval)
+            now = time.monotonic()
+            for session in tuple(self.sessions):
+                if not session.websocket.keep_alive(now, ping_freq, pong_tolerance):
+                    logger.info("websocket on %s: no pong within %g seconds, closing", session.path, pong_tolerance)
+                    session.wake()

@@ -1,0 +1,362 @@
+"""Websockets that outlive their uWSGI request: what an idle websocket costs is its own state only.
+
+A uWSGI request that stays open for a websocket's lifetime keeps, per
+websocket: its async core (a ``struct wsgi_request`` of about 4 KiB, cleared
+and so touched on use), the HTTP parser's ``buffer-size`` buffer, a page for
+the response headers, a page for uWSGI's websocket reader, and the request's
+greenlet, whose C stack slice (about 3.5 KiB) and Python frame chunk (a 4 KiB
+page at least) are kept while it waits: about 30 KiB per idle websocket.
+
+After the handshake none of that is needed. :class:`DetachedWebsocket` takes
+a duplicate of the client socket's descriptor and the request ends at once:
+uWSGI closes its own descriptor (the connection stays open on the
+duplicate), frees the request's buffers and reuses the core and the greenlet
+for the next handshake. The websocket is then framed here (RFC 6455: masked
+client frames, fragments, ping, pong, close) with uWSGI's rules and options
+(``websocket-max-size``, ``websocket-ping-freq``, ``websocket-pong-tolerance``),
+and :class:`DetachedSession` serves it from event-loop callbacks: an io
+watcher on the socket and the hub's wake-ups start a short greenlet that
+takes one turn of the server's loop (:meth:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer.step`)
+and ends. An idle websocket holds a few small Python objects and the kernel's
+socket, about 2 KiB of the worker's memory.
+
+uWSGI keeps a worker alive on reload only while requests run, so the server
+closes its detached websockets (1012) from ``uwsgi.atexit`` and waits for
+them there (see :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocketServer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from .close_codes import CloseCode
+from .envelope import is_utf8
+from .exceptions import WebSocketError
+from .frames import server_frame
+from .protocol import InboundPolicy
+from .uwsgi_runserver import uWSGIWebsocket
+
+if TYPE_CHECKING:
+    from .subscriber import RedisSubscriber
+    from .wsgi_server import WebsocketWSGIServer
+
+logger = logging.getLogger("ws4redis_uwsgi")
+
+#: uWSGI's defaults for ``websocket-max-size`` (KiB), ``websocket-ping-freq`` and ``websocket-pong-tolerance`` (s).
+DEFAULT_MAX_SIZE = 1024 * 1024
+DEFAULT_PING_FREQ = 30.0
+DEFAULT_PONG_TOLERANCE = 3.0
+#: Seconds a send may wait for a client that reads nothing (uWSGI's socket timeout under ``--gevent``).
+SEND_TIMEOUT = 30.0
+#: Seconds the answer to a client's close frame may take.
+CLOSE_TIMEOUT = 1.0
+READ_SIZE = 65536
+
+_PING = b"\x89\x00"
+_CLOSE, _PING_OPCODE, _PONG = 0x8, 0x9, 0xA
+
+
+def _nothing() -> None:
+    pass
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """``data`` XOR the repeated 4-byte ``mask`` (RFC 6455, section 5.3)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class DetachedWebsocket(uWSGIWebsocket):
+    """One websocket on its own descriptor of the client socket, framed here, not by uWSGI.
+
+    Same interface and write rules as :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`
+    (its :meth:`try_write`, :meth:`flush` and :meth:`close` are reused); reading follows
+    what uWSGI's reader does: pings are answered, a close frame or the end of the
+    connection ends the websocket, unknown control frames are ignored, and a message
+    larger than ``max_size`` is refused (with 1009 where uWSGI just dropped the connection).
+    """
+
+    __slots__ = ("_dead", "_inbuf", "_last_ping", "_last_pong", "_parts", "_parts_size", "max_size")
+
+    def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        # Not uWSGIWebsocket.__init__: the descriptor is ours, not the request's.
+        self._fd = fd
+        self.closed = False
+        self.direct = True
+        self.wake = _nothing
+        self._pending = b""
+        self._busy = False
+        self.max_size = max_size
+        self._inbuf = b""  # bytes read, not yet parsed into a frame
+        self._parts: list[bytes] | None = None  # the fragments of an unfinished message
+        self._parts_size = 0
+        self._last_ping = 0.0
+        self._last_pong = 0.0
+        self._dead = False  # set by keep_alive(): the client did not answer a ping
+
+    def receive(self) -> bytes | None:
+        """The next message the client sent, or ``None`` when none is complete; never waits."""
+        if self.closed:
+            raise WebSocketError("websocket is closed")
+        if self._dead:
+            raise WebSocketError("no answer to ping")
+        self._finish_pending()
+        while not self.closed:
+            frame = self._next_frame()
+            if frame is None:
+                if not self._fill():
+                    return None
+                continue
+            opcode, fin, payload = frame
+            if opcode >= _CLOSE:
+                self._control(opcode, payload)
+            elif opcode == 0:
+                if self._parts is None:
+                    raise WebSocketError("continuation frame without a message")
+                self._parts.append(payload)
+                if fin:
+                    message = b"".join(self._parts)
+                    self._parts, self._parts_size = None, 0
+                    return message
+            elif fin:
+                self._parts, self._parts_size = None, 0
+                return payload
+            else:
+                self._parts, self._parts_size = [payload], len(payload)
+        return None
+
+    def send(self, message: bytes | str, binary: bool | None = None) -> None:
+        if self.closed:
+            raise WebSocketError("websocket is closed")
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+            binary = bool(binary)
+        elif binary is None:
+            binary = not is_utf8(message)
+        self._send_frame(server_frame(message, binary))
+
+    def keep_alive(self, now: float, ping_freq: float, pong_tolerance: float) -> bool:
+        """uWSGI's ping rule, called every few seconds: ping the client, and False once it failed to answer.
+
+        The first call pings; a ping goes out ``ping_freq`` seconds after the
+        previous one was answered; a ping unanswered for more than
+        ``pong_tolerance`` seconds means the client is gone.
+        """
+        if self.closed or self._dead:
+            return True
+        if self._last_ping and self._last_pong < self._last_ping:
+            if now - self._last_ping > pong_tolerance:
+                self._dead = True
+                return False
+            return True
+        if not self._last_ping or now - self._last_ping >= ping_freq:
+            if self.try_write(_PING):
+                self._last_ping = now
+        return True
+
+    def dispose(self) -> None:
+        """Close this websocket's descriptor; after :meth:`close`, once nothing waits on it any more."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        """Read what the socket holds; False when nothing waits. The end of the connection raises."""
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            raise WebSocketError("websocket closed by the client") from None
+        if not data:
+            raise WebSocketError("websocket closed by the client")
+        self._inbuf = self._inbuf + data if self._inbuf else data
+        return True
+
+    def _next_frame(self) -> tuple[int, bool, bytes] | None:
+        """Take one complete frame (opcode, final, unmasked payload) from the read bytes; None until one is there."""
+        buf = self._inbuf
+        n = len(buf)
+        if n < 2:
+            return None
+        length = buf[1] & 0x7F
+        pos = 2
+        if length == 126:
+            if n < 4:
+                return None
+            length, pos = int.from_bytes(buf[2:4], "big"), 4
+        elif length == 127:
+            if n < 10:
+                return None
+            length, pos = int.from_bytes(buf[2:10], "big"), 10
+        opcode = buf[0] & 0x0F
+        if opcode >= _CLOSE and length > 125:
+            raise WebSocketError("control frame longer than 125 bytes")
+        if length + (self._parts_size if opcode == 0 else 0) > self.max_size:
+            self._too_big()
+            return None
+        masked = buf[1] & 0x80
+        end = pos + (4 if masked else 0) + length
+        if n < end:
+            return None
+        payload = buf[end - length : end]
+        if masked:
+            payload = unmask(payload, buf[pos : pos + 4])
+        self._inbuf = buf[end:] if end < n else b""
+        return opcode, bool(buf[0] & 0x80), payload
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == _CLOSE:
+            # Answer with the client's code (none when it sent none); the connection then ends.
+            try:
+                self._send_frame(bytes((0x80 | _CLOSE, min(len(payload), 2))) + payload[:2], timeout=CLOSE_TIMEOUT)
+            finally:
+                self.closed = True
+            raise WebSocketError("websocket closed by the client")
+        if opcode == _PING_OPCODE:
+            self._send_frame(bytes((0x80 | _PONG, len(payload))) + payload)
+        elif opcode == _PONG:
+            self._last_pong = time.monotonic()
+
+    def _too_big(self) -> None:
+        logger.warning("closing websocket (%d, %s)", CloseCode.MESSAGE_TOO_BIG, "message too big")
+        self._inbuf, self._parts, self._parts_size = b"", None, 0
+        self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+    def _send_frame(self, frame: bytes, timeout: float = SEND_TIMEOUT) -> None:
+        self._finish_pending()
+        self._busy = True
+        try:
+            self._write_all(frame, timeout=timeout)
+        except OSError:
+            raise WebSocketError("websocket closed while sending") from None
+        finally:
+            self._busy = False
+
+
+# The states of a DetachedSession.
+_IDLE, _RUNNING, _AGAIN, _DONE = range(4)
+
+
+class DetachedSession:
+    """Serves one detached websocket without a greenlet of its own while it is idle.
+
+    The socket's io watcher, the hub (through ``subscriber.notify``) and the
+    server's shutdown call :meth:`wake`; a wake-up starts a greenlet that
+    takes turns of the server's loop until nothing new arrived during one,
+    then ends. At most one such greenlet runs per websocket. Errors end the
+    websocket as :meth:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer.run_websocket` does.
+    """
+
+    __slots__ = ("_inbound", "_sessions", "_state", "_watcher", "path", "server", "subscriber", "websocket")
+
+    def __init__(
+        self,
+        server: WebsocketWSGIServer,
+        websocket: DetachedWebsocket,
+        subscriber: RedisSubscriber,
+        path: str,
+        sessions: set[DetachedSession],
+    ) -> None:
+        self.server = server
+        self.websocket = websocket
+        self.subscriber = subscriber
+        self.path = path
+        self._sessions = sessions  # the server's live sessions, this one among them until it ends
+        # Made at the first turn: a token bucket starts full, so later is the same as now.
+        self._inbound: InboundPolicy | None = None
+        self._watcher: Any = None
+        self._state = _RUNNING
+
+    def start(self) -> None:
+        """In the request's greenlet: send what the websocket gets first, then leave it to the event loop."""
+        self._sessions.add(self)
+        self.subscriber.notify = self.wake
+        if not self._guard(self.server.start_websocket, self.websocket, self.subscriber, self):
+            self._finish()
+            return
+        self._watcher = gevent.get_hub().loop.io(self.websocket.get_file_descriptor(), 1)
+        self._watcher.start(self._on_readable)
+        if self._state == _AGAIN or self.server.stopping:  # woken while starting
+            self._state = _RUNNING
+            gevent.spawn(self._run)
+        else:
+            self._state = _IDLE
+
+    def wake(self) -> None:
+        """Have the loop take a turn soon (from any greenlet or callback)."""
+        if self._state == _IDLE:
+            self._state = _RUNNING
+            gevent.spawn(self._run)
+        elif self._state == _RUNNING:
+            self._state = _AGAIN
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        if self._state != _IDLE:
+            # Readable until read: pause the watcher until the running turn is over.
+            self._watcher.stop()
+        self.wake()
+
+    def _guard(self, function: Any, *args: Any) -> bool:
+        """Run ``function``; False when the websocket must end (run_websocket's rules for errors)."""
+        try:
+            function(*args)
+        except WebSocketError:
+            return False  # the client went away
+        except Exception:
+            logger.exception("websocket on %s failed", self.path)
+            self.websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
+            return False
+        return True
+
+    def _turn(self) -> None:
+        if self._inbound is None:
+            self._inbound = InboundPolicy.from_settings(time.monotonic())
+        self.server.step(self.websocket, self.subscriber, self._inbound)
+
+    def _run(self) -> None:
+        server, websocket = self.server, self.websocket
+        finished = True
+        try:
+            while not websocket.closed and not server.stopping:
+                self._state = _RUNNING
+                if not self._guard(self._turn):
+                    return
+                if self._state == _RUNNING and not websocket.closed and not server.stopping:
+                    self._state = _IDLE  # nothing arrived during the turn
+                    if not self._watcher.active:
+                        self._watcher.start(self._on_readable)
+                    finished = False
+                    return
+            if server.stopping:
+                self._guard(websocket.close, CloseCode.SERVICE_RESTART, "server restart")
+        finally:
+            if finished:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._state = _DONE
+        self._sessions.discard(self)
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+        try:
+            self.server.end_websocket(self.websocket, self.subscriber)
+        finally:
+            self.websocket.dispose()
