@@ -11,9 +11,10 @@ After the handshake none of that is needed. :class:`DetachedWebsocket` takes
 a duplicate of the client socket's descriptor and the request ends at once:
 uWSGI closes its own descriptor (the connection stays open on the
 duplicate), frees the request's buffers and reuses the core and the greenlet
-for the next handshake. The websocket is then framed here (RFC 6455: masked
-client frames, fragments, ping, pong, close) with uWSGI's rules and options
-(``websocket-max-size``, ``websocket-ping-freq``, ``websocket-pong-tolerance``),
+for the next handshake. The websocket is then served here with uWSGI's rules
+and options (``websocket-max-size``, ``websocket-ping-freq``,
+``websocket-pong-tolerance``): wsproto's frame layer parses what the client
+sends, strictly (RFC 6455), and the server's frames are written as before;
 and :class:`DetachedSession` serves it from event-loop callbacks: an io
 watcher on the socket and the hub's wake-ups start a short greenlet that
 takes one turn of the server's loop (:meth:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer.step`)
@@ -30,9 +31,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from .close_codes import CloseCode
 from .envelope import is_utf8
@@ -58,33 +60,30 @@ CLOSE_TIMEOUT = 1.0
 READ_SIZE = 65536
 
 _PING = b"\x89\x00"
-_CLOSE, _PING_OPCODE, _PONG = 0x8, 0x9, 0xA
+#: The close reasons sent when the client breaks RFC 6455, by wsproto's close code.
+_VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8"}
 
 
 def _nothing() -> None:
     pass
 
 
-def unmask(data: bytes, mask: bytes) -> bytes:
-    """``data`` XOR the repeated 4-byte ``mask`` (RFC 6455, section 5.3)."""
-    n = len(data)
-    if not n:
-        return b""
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
 class DetachedWebsocket(uWSGIWebsocket):
     """One websocket on its own descriptor of the client socket, framed here, not by uWSGI.
 
     Same interface and write rules as :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`
-    (its :meth:`try_write`, :meth:`flush` and :meth:`close` are reused); reading follows
-    what uWSGI's reader does: pings are answered, a close frame or the end of the
-    connection ends the websocket, unknown control frames are ignored, and a message
-    larger than ``max_size`` is refused (with 1009 where uWSGI just dropped the connection).
+    (its :meth:`try_write`, :meth:`flush` and :meth:`close` are reused). What the client
+    sends is parsed by wsproto's frame layer (:class:`wsproto.frame_protocol.FrameProtocol`),
+    made on the first bytes the client sends and dropped again whenever it holds nothing
+    (between frames), so an idle websocket does not keep one. Pings are answered, pongs
+    recorded, a close frame or the end of the connection ends the websocket, a message
+    larger than ``max_size`` is refused with 1009 (where uWSGI just dropped the
+    connection), and anything RFC 6455 says must fail the connection (an unmasked frame,
+    a reserved bit, an unknown opcode, a broken fragmented message, invalid UTF-8 in a
+    text message, ...) closes it with the code wsproto gives (1002, 1007).
     """
 
-    __slots__ = ("_dead", "_inbuf", "_last_ping", "_last_pong", "_parts", "_parts_size", "max_size")
+    __slots__ = ("_dead", "_last_ping", "_last_pong", "_parts", "_parts_size", "_protocol", "max_size")
 
     def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         # Not uWSGIWebsocket.__init__: the descriptor is ours, not the request's.
@@ -95,8 +94,8 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._pending = b""
         self._busy = False
         self.max_size = max_size
-        self._inbuf = b""  # bytes read, not yet parsed into a frame
-        self._parts: list[bytes] | None = None  # the fragments of an unfinished message
+        self._protocol: FrameProtocol | None = None  # only while the client's bytes are being parsed
+        self._parts: list[bytes] | None = None  # the parts of an unfinished message
         self._parts_size = 0
         self._last_ping = 0.0
         self._last_pong = 0.0
@@ -110,27 +109,12 @@ class DetachedWebsocket(uWSGIWebsocket):
             raise WebSocketError("no answer to ping")
         self._finish_pending()
         while not self.closed:
-            frame = self._next_frame()
-            if frame is None:
-                if not self._fill():
-                    return None
-                continue
-            opcode, fin, payload = frame
-            if opcode >= _CLOSE:
-                self._control(opcode, payload)
-            elif opcode == 0:
-                if self._parts is None:
-                    raise WebSocketError("continuation frame without a message")
-                self._parts.append(payload)
-                if fin:
-                    message = b"".join(self._parts)
-                    self._parts, self._parts_size = None, 0
+            if self._protocol is not None:
+                message = self._next_message(self._protocol)
+                if message is not None or self.closed:
                     return message
-            elif fin:
-                self._parts, self._parts_size = None, 0
-                return payload
-            else:
-                self._parts, self._parts_size = [payload], len(payload)
+            if not self._fill():
+                return None
         return None
 
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
@@ -164,6 +148,7 @@ class DetachedWebsocket(uWSGIWebsocket):
 
     def dispose(self) -> None:
         """Close this websocket's descriptor; after :meth:`close`, once nothing waits on it any more."""
+        self._reset()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             try:
@@ -174,7 +159,7 @@ class DetachedWebsocket(uWSGIWebsocket):
     # -- inside ------------------------------------------------------------------------
 
     def _fill(self) -> bool:
-        """Read what the socket holds; False when nothing waits. The end of the connection raises."""
+        """Hand what the socket holds to the frame parser; False when nothing waits. The end of the connection raises."""
         try:
             data = os.read(self._fd, READ_SIZE)
         except BlockingIOError:
@@ -183,58 +168,113 @@ class DetachedWebsocket(uWSGIWebsocket):
             raise WebSocketError("websocket closed by the client") from None
         if not data:
             raise WebSocketError("websocket closed by the client")
-        self._inbuf = self._inbuf + data if self._inbuf else data
+        if self._protocol is None:
+            self._protocol = FrameProtocol(client=False, extensions=[])
+        self._protocol.receive_bytes(data)
         return True
 
-    def _next_frame(self) -> tuple[int, bool, bytes] | None:
-        """Take one complete frame (opcode, final, unmasked payload) from the read bytes; None until one is there."""
-        buf = self._inbuf
-        n = len(buf)
-        if n < 2:
-            return None
-        length = buf[1] & 0x7F
-        pos = 2
-        if length == 126:
-            if n < 4:
-                return None
-            length, pos = int.from_bytes(buf[2:4], "big"), 4
-        elif length == 127:
-            if n < 10:
-                return None
-            length, pos = int.from_bytes(buf[2:10], "big"), 10
-        opcode = buf[0] & 0x0F
-        if opcode >= _CLOSE and length > 125:
-            raise WebSocketError("control frame longer than 125 bytes")
-        if length + (self._parts_size if opcode == 0 else 0) > self.max_size:
+    def _next_message(self, protocol: FrameProtocol) -> bytes | None:
+        """Act on the frames parsed so far; the first message they complete, if any."""
+        try:
+            for frame in protocol.received_frames():
+                # Data frames come out as they arrive, in parts, continuations with their
+                # message's opcode and a text message's parts decoded; control frames whole.
+                payload = frame.payload
+                if isinstance(payload, tuple):  # a close frame: (code, reason)
+                    self._answer_close(protocol, payload[0])
+                elif isinstance(payload, str):
+                    message = self._add_part(payload.encode("utf-8"), frame.message_finished)
+                    if message is not None or self.closed:
+                        return message
+                elif frame.opcode is Opcode.PING:
+                    self._send_frame(bytes(protocol.pong(payload)))
+                elif frame.opcode is Opcode.PONG:
+                    self._last_pong = time.monotonic()
+                else:
+                    message = self._add_part(payload, frame.message_finished)
+                    if message is not None or self.closed:
+                        return message
+        except ParseFailed as exc:
+            self._violation(exc)
+        self._release_at_rest(protocol)
+        return None
+
+    def _add_part(self, part: bytes, finished: bool) -> bytes | None:
+        """Keep a part of a message; the message once ``finished``. Past ``max_size`` the websocket closes (1009)."""
+        size = self._parts_size + len(part)
+        if size > self.max_size:
             self._too_big()
             return None
-        masked = buf[1] & 0x80
-        end = pos + (4 if masked else 0) + length
-        if n < end:
+        if not finished:
+            if self._parts is None:
+                self._parts = []
+            self._parts.append(part)
+            self._parts_size = size
             return None
-        payload = buf[end - length : end]
-        if masked:
-            payload = unmask(payload, buf[pos : pos + 4])
-        self._inbuf = buf[end:] if end < n else b""
-        return opcode, bool(buf[0] & 0x80), payload
+        if self._parts is not None:
+            self._parts.append(part)
+            part = b"".join(self._parts)
+            self._parts, self._parts_size = None, 0
+        if self._protocol is not None:
+            self._release_at_rest(self._protocol)
+        return part
 
-    def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == _CLOSE:
-            # Answer with the client's code (none when it sent none); the connection then ends.
-            try:
-                self._send_frame(bytes((0x80 | _CLOSE, min(len(payload), 2))) + payload[:2], timeout=CLOSE_TIMEOUT)
-            finally:
-                self.closed = True
-            raise WebSocketError("websocket closed by the client")
-        if opcode == _PING_OPCODE:
-            self._send_frame(bytes((0x80 | _PONG, len(payload))) + payload)
-        elif opcode == _PONG:
-            self._last_pong = time.monotonic()
+    def _release_at_rest(self, protocol: FrameProtocol) -> None:
+        """Drop the parser while it holds nothing: no message under way, no frame begun, no bytes unread.
+
+        wsproto has no public call for that; should its decoder state ever
+        look different, the parser is kept (correct, only larger).
+        """
+        if self._parts is not None or self._protocol is not protocol:
+            return
+        try:
+            decoder = protocol._frame_decoder
+            at_rest = decoder.header is None and len(decoder.buffer) == 0
+        except AttributeError:
+            return
+        if at_rest:
+            self._drop_parser()
+
+    def _drop_parser(self) -> None:
+        """Forget the parser and free it now.
+
+        A FrameProtocol holds the generator that parses for it, and that
+        generator holds it: a reference cycle that only the garbage collector
+        would free, so that a thousand clients answering a ping at once would
+        leave a thousand parsers waiting for it. Closing the generator breaks
+        the cycle.
+        """
+        protocol, self._protocol = self._protocol, None
+        parse_more = getattr(protocol, "_parse_more", None)
+        if parse_more is not None:
+            parse_more.close()
+
+    def _answer_close(self, protocol: FrameProtocol, code: int) -> None:
+        """Answer the client's close frame with its code (none when it sent none); the connection then ends."""
+        try:
+            self._send_frame(bytes(protocol.close(code)), timeout=CLOSE_TIMEOUT)
+        finally:
+            self.closed = True
+            self._reset()
+        raise WebSocketError("websocket closed by the client")
+
+    def _violation(self, exc: ParseFailed) -> None:
+        """The client broke RFC 6455: close with wsproto's code, and end the websocket."""
+        reason = _VIOLATIONS.get(exc.code, "protocol error")
+        logger.warning("closing websocket (%d, %s): %s", exc.code, reason, exc)
+        self._reset()
+        # CloseCode lists the codes the server picks itself; this one is wsproto's.
+        self.close(cast(CloseCode, exc.code), reason)
+        raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
     def _too_big(self) -> None:
         logger.warning("closing websocket (%d, %s)", CloseCode.MESSAGE_TOO_BIG, "message too big")
-        self._inbuf, self._parts, self._parts_size = b"", None, 0
+        self._reset()
         self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+    def _reset(self) -> None:
+        self._drop_parser()
+        self._parts, self._parts_size = None, 0
 
     def _send_frame(self, frame: bytes, timeout: float = SEND_TIMEOUT) -> None:
         self._finish_pending()

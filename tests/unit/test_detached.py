@@ -1,15 +1,18 @@
-"""The detached uWSGI websocket's own framing (ws4redis_uwsgi.detached) against a wsproto client over a socket pair.
+"""The detached uWSGI websocket (ws4redis_uwsgi.detached) against a wsproto client over a socket pair.
 
 Under uWSGI these websockets leave their request after the handshake, so
-reading, pings and closing are done here instead of by uWSGI; the
-integration tests run them under a real uWSGI worker.
+reading (wsproto's frame layer, strict RFC 6455), pings and closing are done
+here instead of by uWSGI; the integration tests run them under a real uWSGI
+worker.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +20,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ws4redis_uwsgi.close_codes import CloseCode
-from ws4redis_uwsgi.detached import DetachedWebsocket, unmask
+from ws4redis_uwsgi.detached import DetachedWebsocket
 from ws4redis_uwsgi.exceptions import WebSocketError
 
 
@@ -64,14 +67,6 @@ def receive_soon(websocket: DetachedWebsocket, timeout: float = 2.0) -> bytes:
     raise AssertionError("no message")
 
 
-def test_unmask_is_rfc_6455_masking():
-    mask = b"\x01\x02\x03\x04"
-    data = bytes(range(11))
-    assert unmask(data, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-    assert unmask(unmask(data, mask), mask) == data
-    assert unmask(b"", mask) == b""
-
-
 def test_nothing_waiting_gives_none(pair):
     websocket, _ = pair
     assert websocket.receive() is None
@@ -96,12 +91,6 @@ def test_a_frame_split_across_reads_arrives_whole(pair):
     assert receive_soon(websocket) == b"split in three"
 
 
-def test_unmasked_client_frames_are_read_as_uwsgi_reads_them(pair):
-    websocket, client = pair
-    client.sock.sendall(b"\x81\x05hello")
-    assert receive_soon(websocket) == b"hello"
-
-
 def test_a_fragmented_message_arrives_whole_with_a_ping_in_between(pair):
     websocket, client = pair
     client.send(TextMessage(data="one ", message_finished=False), Ping(payload=b"hi"))
@@ -111,20 +100,157 @@ def test_a_fragmented_message_arrives_whole_with_a_ping_in_between(pair):
     assert receive_soon(websocket) == b"one two"
 
 
-def test_a_continuation_without_a_message_ends_the_websocket(pair):
+def test_a_character_split_between_fragments_arrives_whole(pair):
     websocket, client = pair
-    client.sock.sendall(b"\x80\x01x")
+    text = "grü".encode()
+    client.sock.sendall(masked(0x01, text[:-1]) + masked(0x80, text[-1:] + b"!"))
+    assert receive_soon(websocket) == "grü!".encode()
+
+
+def test_a_ping_is_answered_with_its_payload(pair):
+    websocket, client = pair
+    client.send(Ping(payload=b"are you there"), Ping(payload=b""))
+    assert receive_soon_or_none(websocket) is None
+    assert client.events(2) == [Pong(payload=b"are you there"), Pong(payload=b"")]
+    assert not websocket.closed
+
+
+def masked(first_byte: int, payload: bytes) -> bytes:
+    """A client frame with any first byte (FIN, RSV bits, opcode), masked as a client's must be."""
+    frame = bytearray(Connection(ConnectionType.CLIENT).send(BytesMessage(data=payload)))
+    frame[0] = first_byte
+    return bytes(frame)
+
+
+def refused_with(websocket: DetachedWebsocket, client: Client, data: bytes, before: tuple = ()) -> int:
+    """Send ``data``: the close code the websocket sends when it gives up on the client (after the events ``before``)."""
+    client.sock.sendall(data)
+    client.sock.shutdown(socket.SHUT_WR)  # close() need not wait for the client's end
+    deadline = time.monotonic() + 2
     with pytest.raises(WebSocketError):
-        receive_soon(websocket)
+        while time.monotonic() < deadline:
+            assert websocket.receive() is None
+            time.sleep(0.002)
+    assert websocket.closed  # closed by the server, not just ended by the client's shutdown
+    events = client.events()
+    while not isinstance(events[-1], CloseConnection):
+        events += client.events()
+    assert events[:-1] == list(before)
+    close = events[-1]
+    # The server's reason: the client's wsproto would report a close frame it found broken as a 1002 of its own.
+    assert close.reason == REASONS[close.code]
+    return close.code
 
 
-def test_a_message_over_the_limit_closes_with_1009_before_it_is_read(pair):
+REASONS = {CloseCode.PROTOCOL_ERROR: "protocol error", 1007: "invalid UTF-8", CloseCode.MESSAGE_TOO_BIG: "message too big"}
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(b"\x81\x05hello", CloseCode.PROTOCOL_ERROR, id="unmasked frame"),
+        pytest.param(masked(0x81 | 0x40, b"rsv1"), CloseCode.PROTOCOL_ERROR, id="rsv1 set"),
+        pytest.param(masked(0x81 | 0x10, b"rsv3"), CloseCode.PROTOCOL_ERROR, id="rsv3 set"),
+        pytest.param(masked(0x83, b"?"), CloseCode.PROTOCOL_ERROR, id="unknown opcode"),
+        pytest.param(masked(0x80, b"x"), CloseCode.PROTOCOL_ERROR, id="continuation without a message"),
+        pytest.param(
+            masked(0x01, b"one ") + masked(0x81, b"two"), CloseCode.PROTOCOL_ERROR, id="new message in a fragmented one"
+        ),
+        pytest.param(masked(0x09, b"ping"), CloseCode.PROTOCOL_ERROR, id="fragmented ping"),
+        pytest.param(masked(0x88, (999).to_bytes(2, "big")), CloseCode.PROTOCOL_ERROR, id="close with an invalid code"),
+        pytest.param(masked(0x81, b"ok \xff"), 1007, id="invalid utf-8 text"),
+        # No final fragment follows: the text must be checked as it arrives.
+        pytest.param(masked(0x01, b"gr\xc3("), 1007, id="invalid utf-8 in a first fragment"),
+    ],
+)
+def test_what_rfc_6455_forbids_closes_with_the_code_wsproto_gives(pair, data, code):
     websocket, client = pair
-    client.send(TextMessage(data="x" * 600, message_finished=False), TextMessage(data="y" * 600))
+    assert refused_with(websocket, client, data) == code
+
+
+def test_a_message_before_a_violation_still_arrives(pair):
+    websocket, client = pair
+    client.sock.sendall(client.connection.send(TextMessage(data="fine")) + b"\x81\x03bad")
+    assert receive_soon(websocket) == b"fine"
+    assert refused_with(websocket, client, b"") == CloseCode.PROTOCOL_ERROR
+
+
+def test_a_violation_ends_only_its_own_websocket(pair):
+    websocket, client = pair
+    other_server_sock, other_client_sock = socket.socketpair()
+    other_server_sock.setblocking(False)
+    other_client_sock.settimeout(5)
+    other, other_client = DetachedWebsocket(other_server_sock.detach(), max_size=1000), Client(other_client_sock)
+    try:
+        other_client.send(TextMessage(data="one ", message_finished=False))
+        assert receive_soon_or_none(other) is None
+        assert refused_with(websocket, client, b"\x81\x05hello") == CloseCode.PROTOCOL_ERROR
+        other_client.send(Ping(payload=b"p"), TextMessage(data="two"))
+        assert receive_soon(other) == b"one two"
+        assert other_client.events() == [Pong(payload=b"p")]
+        assert not other.closed
+    finally:
+        other.dispose()
+        other_client_sock.close()
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Memory freed at once, not by the garbage collector."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_the_parser_is_made_on_the_first_bytes_and_freed_between_frames(pair, no_gc):
+    """An idle websocket holds no wsproto parser, also after the client sent something (a pong every 30 s)."""
+    websocket, client = pair
+    assert websocket._protocol is None
     assert websocket.receive() is None
-    assert websocket.closed
-    (event,) = client.events()
-    assert isinstance(event, CloseConnection) and event.code == CloseCode.MESSAGE_TOO_BIG
+    assert websocket._protocol is None
+    frame = client.connection.send(TextMessage(data="in two reads"))
+    client.sock.sendall(frame[:4])
+    assert receive_soon_or_none(websocket) is None
+    parser = weakref.ref(websocket._protocol)  # a frame begun
+    client.sock.sendall(frame[4:])
+    assert receive_soon(websocket) == b"in two reads"
+    assert websocket._protocol is None
+    assert parser() is None
+    client.send(TextMessage(data="one ", message_finished=False))
+    assert receive_soon_or_none(websocket) is None
+    assert websocket._protocol is not None  # a message under way
+    client.send(TextMessage(data="two"), Pong(payload=b""))
+    assert receive_soon(websocket) == b"one two"
+    parser = weakref.ref(websocket._protocol)  # the pong is not parsed yet
+    assert websocket.receive() is None
+    assert websocket._protocol is None
+    assert parser() is None
+    client.sock.sendall(frame[:4])
+    assert receive_soon_or_none(websocket) is None
+    parser = weakref.ref(websocket._protocol)
+    websocket.dispose()  # the client went away in the middle of a frame
+    assert parser() is None
+
+
+def test_a_message_of_max_size_in_fragments_arrives(pair):
+    websocket, client = pair
+    client.send(BytesMessage(data=b"a" * 400, message_finished=False), BytesMessage(data=b"b" * 600))
+    assert receive_soon(websocket) == b"a" * 400 + b"b" * 600
+    assert not websocket.closed
+
+
+def test_a_message_over_the_limit_in_fragments_closes_with_1009(pair):
+    websocket, client = pair
+    client.send(TextMessage(data="x" * 600, message_finished=False), Ping(payload=b""), TextMessage(data="y" * 401))
+    assert refused_with(websocket, client, b"", before=(Pong(payload=b""),)) == CloseCode.MESSAGE_TOO_BIG
+
+
+def test_a_frame_over_the_limit_closes_with_1009_before_it_all_arrived(pair):
+    websocket, client = pair
+    frame = client.connection.send(BytesMessage(data=b"z" * 100_000))
+    # A header for 100 kB, then a bit more than the limit: the rest never comes.
+    assert refused_with(websocket, client, frame[:1200]) == CloseCode.MESSAGE_TOO_BIG
 
 
 @pytest.mark.parametrize(
