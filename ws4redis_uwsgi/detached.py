@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
@@ -263,8 +263,8 @@ class DetachedWebsocket(uWSGIWebsocket):
         reason = _VIOLATIONS.get(exc.code, "protocol error")
         logger.warning("closing websocket (%d, %s): %s", exc.code, reason, exc)
         self._reset()
-        # CloseCode lists the codes the server picks itself; this one is wsproto's.
-        self.close(cast(CloseCode, exc.code), reason)
+        code = CloseCode(exc.code) if exc.code in CloseCode._value2member_map_ else CloseCode.PROTOCOL_ERROR
+        self.close(code, reason)
         raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
     def _too_big(self) -> None:
