@@ -1,8 +1,11 @@
-"""The settings of ws4redis_uwsgi, read from Django settings on every access.
+"""The settings of ws4redis_uwsgi, read from Django settings when first used.
 
-Reading lazily means ``override_settings`` in tests and late configuration
-both work: ``settings.WS4REDIS_EXPIRE`` is looked up when it is used, not
-when this module is imported. Validation lives in :mod:`ws4redis_uwsgi.checks`.
+Reading lazily means late configuration works: ``settings.WS4REDIS_EXPIRE``
+is looked up when it is used, not when this module is imported. Values are
+then kept, because a handshake reads a dozen of them and an unset setting
+costs Django an exception each time; Django's ``setting_changed`` signal
+(sent by ``override_settings`` and the test tools) empties the cache, so
+overrides in tests apply at once. Validation lives in :mod:`ws4redis_uwsgi.checks`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
@@ -37,17 +41,35 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_values: dict[str, Any] = {}
+_callables: dict[str, Callable[..., Any] | None] = {}
+
+
+def _forget(**kwargs: Any) -> None:
+    _values.clear()
+    _callables.clear()
+
+
+setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.settings")
+
+
 def get(name: str) -> Any:
     """The current value of setting ``name``, or its default."""
-    return getattr(django_settings, name, DEFAULTS[name])
+    try:
+        return _values[name]
+    except KeyError:
+        value = _values[name] = getattr(django_settings, name, DEFAULTS[name])
+        return value
 
 
 def get_callable(name: str) -> Callable[..., Any] | None:
     """A setting that holds a callable or the dotted path of one."""
-    value = get(name)
-    if isinstance(value, str):
-        return import_string(value)  # type: ignore[no-any-return]
-    return value  # type: ignore[no-any-return]
+    try:
+        return _callables[name]
+    except KeyError:
+        value = get(name)
+        found = _callables[name] = import_string(value) if isinstance(value, str) else value
+        return found
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 import pytest
 from django.conf import settings as django_settings
 from django.core.checks import Error
+from django.core.signals import setting_changed
 from django.test import override_settings
 
 from ws4redis_uwsgi import settings
@@ -26,7 +27,31 @@ def test_an_unset_setting_has_its_default(name):
     with override_settings():
         if hasattr(django_settings, name):
             delattr(django_settings, name)
+        # Values are cached until Django signals a change, as override_settings does on
+        # entry and exit; deleting a setting sends nothing, so say it here.
+        setting_changed.send(sender=None, setting=name, value=None, enter=True)
         assert getattr(settings, name) == settings.DEFAULTS[name]
+    setting_changed.send(sender=None, setting=name, value=None, enter=False)
+    assert getattr(settings, name) == getattr(django_settings, name, settings.DEFAULTS[name])
+
+
+def test_values_are_read_once_until_django_signals_a_change(monkeypatch):
+    reads = []
+    real = type(django_settings).__getattr__
+
+    def counting(self, name):
+        reads.append(name)
+        return real(self, name)
+
+    assert settings.get("WS4REDIS_MAX_CHANNELS") == 100
+    monkeypatch.setattr(type(django_settings), "__getattr__", counting)
+    django_settings.__dict__.pop("WS4REDIS_MAX_CHANNELS", None)
+    for _ in range(3):
+        assert settings.get("WS4REDIS_MAX_CHANNELS") == 100
+    assert reads == []
+    with override_settings(WS4REDIS_MAX_CHANNELS=7):
+        assert settings.get("WS4REDIS_MAX_CHANNELS") == 7
+    assert settings.get("WS4REDIS_MAX_CHANNELS") == 100
 
 
 def test_the_defaults_are_those_of_the_readme():
