@@ -14,6 +14,7 @@ with plain values.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ class ClientRequest:
         return frozenset(Audience(c.split("-", 1)[1]) for c in self.channels if c.startswith("publish-"))
 
 
+@functools.lru_cache(maxsize=256)  # a handshake parses its query three times; pages mostly share theirs
 def parse_query(query_string: str) -> ClientRequest:
     """Parse ``subscribe-*``, ``publish-*``, ``echo`` and ``resume`` from a query string.
 

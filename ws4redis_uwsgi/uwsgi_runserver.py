@@ -28,7 +28,9 @@ if uwsgi is not None and not gevent.monkey.is_module_patched("socket"):
     # before Django is imported below.
     gevent.monkey.patch_all()
 
+import _socket
 import errno
+import functools
 import logging
 import os
 import signal
@@ -230,13 +232,22 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
                 return
 
 
+def _on_fd(fd: int, action: Callable[[_socket.socket], object]) -> None:
+    """Apply ``action`` to ``fd`` through a plain C-level socket object, then let go of it.
+
+    Not a gevent socket (its creation sets up watchers), and no dup() and
+    close(): uWSGI or the websocket owns the descriptor and closes it.
+    """
+    sock = _socket.socket(fileno=fd)
+    try:
+        action(sock)
+    finally:
+        sock.detach()
+
+
 def shutdown_write(fd: int) -> None:
     """Send FIN on ``fd`` without closing it (uWSGI owns and closes the descriptor)."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    finally:
-        sock.close()
+    _on_fd(fd, lambda sock: sock.shutdown(socket.SHUT_WR))
 
 
 def limit_send_buffer(fd: int, size: int | None) -> None:
@@ -247,20 +258,12 @@ def limit_send_buffer(fd: int, size: int | None) -> None:
     it would never count as slow) and hold megabytes per stalled socket.
     """
     if size:
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        finally:
-            sock.close()
+        _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size))
 
 
 def abort_on_close(fd: int) -> None:
     """Make the coming close of ``fd`` a reset that drops unsent data (SO_LINGER 0)."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    finally:
-        sock.close()
+    _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4redis used
@@ -358,10 +361,14 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
 
             fd = uwsgi.connection_fd()
             limit_send_buffer(fd, settings.get("WS4REDIS_SEND_BUFFER"))
-            max_size = int(uwsgi_number(1024, "websocket-max-size", "websockets-max-size") * 1024)
-            return DetachedWebsocket(os.dup(fd), max_size)
+            return DetachedWebsocket(os.dup(fd), self._max_size())
         # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
         return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https")
+
+    @functools.cache  # noqa: B019 - one server per process, and uWSGI's options never change
+    def _max_size(self) -> int:
+        """uWSGI's ``websocket-max-size`` (KiB, default 1024) in bytes, for websockets framed here."""
+        return int(uwsgi_number(1024, "websocket-max-size", "websockets-max-size") * 1024)
 
     def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
         from .detached import DetachedSession, DetachedWebsocket

@@ -20,7 +20,6 @@ import redis
 from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
-from django.utils.module_loading import import_string
 
 from . import settings
 from .channels import facility_from_path, parse_query, restrict
@@ -87,7 +86,7 @@ class WebsocketWSGIServer:
 
     @property
     def Subscriber(self) -> type[RedisSubscriber]:  # noqa: N802 - the name ws4redis used
-        return import_string(settings.get("WS4REDIS_SUBSCRIBER"))  # type: ignore[no-any-return]
+        return settings.get_callable("WS4REDIS_SUBSCRIBER")  # type: ignore[return-value]
 
     def assure_protocol_requirements(self, environ: dict[str, Any]) -> None:
         check_upgrade_request(environ)
