@@ -83,7 +83,7 @@ class DetachedWebsocket(uWSGIWebsocket):
     text message, ...) closes it with the code wsproto gives (1002, 1007).
     """
 
-    __slots__ = ("_dead", "_last_ping", "_last_pong", "_parts", "_parts_size", "_protocol", "max_size")
+    __slots__ = ("_awaiting_pong", "_dead", "_last_ping", "_parts", "_parts_size", "_protocol", "max_size")
 
     def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         # Not uWSGIWebsocket.__init__: the descriptor is ours, not the request's.
@@ -97,8 +97,10 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._protocol: FrameProtocol | None = None  # only while the client's bytes are being parsed
         self._parts: list[bytes] | None = None  # the parts of an unfinished message
         self._parts_size = 0
-        self._last_ping = 0.0
-        self._last_pong = 0.0
+        # As uWSGI: the first ping ping_freq after the handshake, so a reconnect
+        # storm is not pinged (and does not answer) all at once a moment later.
+        self._last_ping = time.monotonic()
+        self._awaiting_pong = False
         self._dead = False  # set by keep_alive(): the client did not answer a ping
 
     def receive(self) -> bytes | None:
@@ -130,20 +132,20 @@ class DetachedWebsocket(uWSGIWebsocket):
     def keep_alive(self, now: float, ping_freq: float, pong_tolerance: float) -> bool:
         """uWSGI's ping rule, called every few seconds: ping the client, and False once it failed to answer.
 
-        The first call pings; a ping goes out ``ping_freq`` seconds after the
-        previous one was answered; a ping unanswered for more than
-        ``pong_tolerance`` seconds means the client is gone.
+        A ping goes out ``ping_freq`` seconds after the handshake and after
+        each previous ping; a ping unanswered for more than ``pong_tolerance``
+        seconds means the client is gone.
         """
         if self.closed or self._dead:
             return True
-        if self._last_ping and self._last_pong < self._last_ping:
+        if self._awaiting_pong:
             if now - self._last_ping > pong_tolerance:
                 self._dead = True
                 return False
             return True
-        if not self._last_ping or now - self._last_ping >= ping_freq:
-            if self.try_write(_PING):
-                self._last_ping = now
+        if now - self._last_ping >= ping_freq and self.try_write(_PING):
+            self._last_ping = now
+            self._awaiting_pong = True
         return True
 
     def dispose(self) -> None:
@@ -189,7 +191,7 @@ class DetachedWebsocket(uWSGIWebsocket):
                 elif frame.opcode is Opcode.PING:
                     self._send_frame(bytes(protocol.pong(payload)))
                 elif frame.opcode is Opcode.PONG:
-                    self._last_pong = time.monotonic()
+                    self._awaiting_pong = False
                 else:
                     message = self._add_part(payload, frame.message_finished)
                     if message is not None or self.closed:
