@@ -150,7 +150,6 @@ def load_session(store: Any) -> bool:
 def get_user(request: Any) -> Any:
     """``django.contrib.auth.get_user(request)``, with the user read by a compiled query where it may be."""
     # Imported here: importing models before django.setup() fails, and this module is imported early.
-    from django.contrib.auth.backends import ModelBackend
     from django.contrib.auth.models import AnonymousUser
 
     session = request.session
@@ -163,7 +162,8 @@ def get_user(request: Any) -> Any:
         return auth.get_user(request)  # an odd value in the session: Django decides
     if backend_path != MODEL_BACKEND or backend_path not in django_settings.AUTHENTICATION_BACKENDS:
         return auth.get_user(request)
-    if type(auth.load_backend(backend_path)) is not ModelBackend or not isinstance(user_pk, int):
+    # The path names ModelBackend itself (not a subclass), so that is what auth.load_backend would load.
+    if not isinstance(user_pk, int):
         return auth.get_user(request)
     query = _compiled(_user_query, auth.get_user_model()._default_manager.db)
     if query is None:
