@@ -37,7 +37,7 @@ import gevent
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from .close_codes import CloseCode
-from .envelope import is_utf8
+from .envelope import outgoing
 from .exceptions import WebSocketError
 from .frames import server_frame
 from .protocol import InboundPolicy
@@ -122,11 +122,7 @@ class DetachedWebsocket(uWSGIWebsocket):
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
         if self.closed:
             raise WebSocketError("websocket is closed")
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-            binary = bool(binary)
-        elif binary is None:
-            binary = not is_utf8(message)
+        message, binary = outgoing(message, binary)
         self._send_frame(server_frame(message, binary))
 
     def keep_alive(self, now: float, ping_freq: float, pong_tolerance: float) -> bool:

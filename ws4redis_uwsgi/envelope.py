@@ -79,6 +79,17 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
+def outgoing(message: bytes | str, binary: bool | None = None) -> tuple[bytes, bool]:
+    """The payload of a message a websocket sends, and whether it goes as a binary frame.
+
+    ``str`` is text unless ``binary`` says otherwise; ``bytes`` are text when
+    they are UTF-8 and ``binary`` is None, as ws4redis sent them.
+    """
+    if isinstance(message, str):
+        return message.encode("utf-8"), bool(binary)
+    return message, (not is_utf8(message)) if binary is None else binary
+
+
 def encode_parts(payload: bytes, *, binary: bool = False, origin: str | None = None) -> tuple[bytes, bytes]:
     """The wrapped message around a yet unknown id: ``head + id + tail``.
 

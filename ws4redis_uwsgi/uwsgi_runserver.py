@@ -45,7 +45,7 @@ import gevent.socket
 
 from . import settings
 from .close_codes import CloseCode, close_frame
-from .envelope import is_utf8
+from .envelope import outgoing
 from .exceptions import HandshakeError, WebSocketError
 from .wsgi_server import StartResponse, Websocket, WebsocketWSGIServer
 
@@ -161,11 +161,7 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
         if self.closed:
             raise WebSocketError("websocket is closed")
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-            binary = bool(binary)
-        elif binary is None:
-            binary = not is_utf8(message)
+        message, binary = outgoing(message, binary)
         self._finish_pending()
         self._busy = True
         try:

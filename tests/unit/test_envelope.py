@@ -2,7 +2,7 @@
 
 import pytest
 
-from ws4redis_uwsgi.envelope import MAGIC, BusMessage, decode, encode, is_utf8
+from ws4redis_uwsgi.envelope import MAGIC, BusMessage, decode, encode, is_utf8, outgoing
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,18 @@ def test_magic_without_a_valid_header_is_taken_raw():
 )
 def test_is_utf8(data, expected):
     assert is_utf8(data) is expected
+
+
+@pytest.mark.parametrize(
+    ("message", "binary", "expected"),
+    [
+        ("héllo", None, ("héllo".encode(), False)),
+        ("héllo", True, ("héllo".encode(), True)),
+        (b"plain", None, (b"plain", False)),
+        (b"\xff\x00", None, (b"\xff\x00", True)),
+        (b"plain", True, (b"plain", True)),
+        (b"\xff\x00", False, (b"\xff\x00", False)),
+    ],
+)
+def test_outgoing_payload_and_frame_kind(message, binary, expected):
+    assert outgoing(message, binary) == expected
