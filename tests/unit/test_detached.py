@@ -19,29 +19,10 @@ import pytest
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
+from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.close_codes import CloseCode
 from ws4redis_uwsgi.detached import DetachedWebsocket
 from ws4redis_uwsgi.exceptions import WebSocketError
-
-
-class Client:
-    """The browser's end: a wsproto client connection (masking its frames) on one end of a socket pair."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.connection = Connection(ConnectionType.CLIENT)
-
-    def send(self, *events) -> None:
-        self.sock.sendall(b"".join(self.connection.send(event) for event in events))
-
-    def events(self, count: int = 1) -> list:
-        """At least ``count`` events the server sent."""
-        received: list = []
-        while len(received) < count:
-            data = self.sock.recv(65536)
-            self.connection.receive_data(data or None)
-            received.extend(self.connection.events())
-        return received
 
 
 @pytest.fixture
@@ -54,17 +35,6 @@ def pair() -> Iterator[tuple[DetachedWebsocket, Client]]:
     yield websocket, Client(client_sock)
     websocket.dispose()
     client_sock.close()
-
-
-def receive_soon(websocket: DetachedWebsocket, timeout: float = 2.0) -> bytes:
-    """receive() until a message is complete."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = websocket.receive()
-        if message is not None:
-            return message
-        time.sleep(0.002)
-    raise AssertionError("no message")
 
 
 def test_nothing_waiting_gives_none(pair):
