@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test unit lint bench bench-peers clean
+.PHONY: venv demo test unit lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
@@ -32,11 +32,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check ws4redis_uwsgi tests bench deploy
 	$(VENV)/bin/mypy
 
-bench: venv
-	$(PY) bench/fanout.py
-
 ## ws4redis_uwsgi against ws4redis 0.6 and Channels 4 (environments built once under bench/.envs).
-bench-peers: venv
+bench: venv
 	$(PY) bench/peers.py
 
 clean:

@@ -44,7 +44,9 @@ Usage (from the repository root)::
                           [--scenarios a,c,d] [--rebuild] [--keep]
 
 A peer that cannot be installed or started is reported as such in the tables;
-every server this starts is stopped at the end, also on Ctrl-C.
+every server this starts is stopped at the end, also on Ctrl-C. The exit
+status is 1 when ws4redis_uwsgi failed a scenario or lost, repeated or
+reordered a message.
 """
 
 from __future__ import annotations
@@ -932,7 +934,7 @@ def percentile(sorted_values: list[int], p: float) -> float:
 
 
 def uwsgi_cores(clients: int) -> int:
-    """Async cores for ``clients`` websockets and ws4redis_uwsgi's reserve (as bench/fanout.py)."""
+    """Async cores for ``clients`` websockets and ws4redis_uwsgi's reserve of 2% (for its 503)."""
     return clients + 100 + clients // 40
 
 
@@ -1503,6 +1505,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = Path(tempfile.mkdtemp(prefix="ws4redis-peers-"))
     keep = args.keep
+    problems: list[str] = []  # what makes the exit status 1: ws4redis_uwsgi failing or losing messages
     scenarios: list[tuple[str, Callable[..., dict[str, Any]], Callable[..., None]]] = [
         ("a", run_fanout, table_fanout),
         ("c", run_idle, table_idle),
@@ -1526,6 +1529,7 @@ def run(args: argparse.Namespace) -> int:
                     keep = True
                     results[info.spec.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
             table(results, args)
+            problems.extend(baseline_problems(key, results.get(BASELINE)))
     finally:
         stop_all_live()
         if keep:
@@ -1533,7 +1537,25 @@ def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
-    return 0
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
+
+
+def baseline_problems(scenario: str, result: Any) -> list[str]:
+    """Why ws4redis_uwsgi's run of a scenario counts as failed: an error, or a message lost or repeated."""
+    if result is None:
+        return []
+    if not isinstance(result, dict):
+        return [f"({scenario}) {BASELINE}: {result}"]
+    problems = []
+    for rate, phase in result.get("phases", {}).items():
+        if phase["lost"] or phase["duplicates"] or phase["out_of_order"]:
+            problems.append(
+                f"(a) {BASELINE} at {rate:g} msg/s: {phase['lost']} lost, {phase['duplicates']} repeated, "
+                f"{phase['out_of_order']} out of order"
+            )
+    return problems
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
