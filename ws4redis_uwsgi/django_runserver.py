@@ -313,15 +313,6 @@ class WsprotoWebsocketServer(WebsocketWSGIServer):
         sock = environ[SOCKET_KEY]
         return WsprotoWebsocket(sock, received=read_buffered(sock, environ[RFILE_KEY]))
 
-    def close_all(self, timeout: float = 3.0) -> None:
-        """Close every websocket with 1012 (service restart) and give the loops ``timeout`` seconds to finish."""
-        if not self.active_connections:
-            return
-        self.shutdown()
-        deadline = time.monotonic() + timeout
-        while self.active_connections and time.monotonic() < deadline:
-            gevent.sleep(0.02)
-
 
 def read_buffered(sock: Any, rfile: Any) -> bytes:
     """Bytes the HTTP parser read past the request, which belong to the websocket.

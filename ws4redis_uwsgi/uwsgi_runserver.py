@@ -303,7 +303,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
 
         def atexit() -> None:
             try:
-                self.close_detached()
+                # Detached websockets are no requests: uWSGI did not wait for them.
+                self.close_all(timeout=1.0 + CLOSE_LINGER + 0.5)
             finally:
                 if previous is not None:
                     previous()
@@ -314,15 +315,6 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         super().shutdown()
         for session in tuple(self.sessions):
             session.wake()
-
-    def close_detached(self, timeout: float = 1.0 + CLOSE_LINGER + 0.5) -> None:
-        """Close every detached websocket with 1012 and wait up to ``timeout`` seconds until they are."""
-        if not self.sessions:
-            return
-        self.shutdown()
-        deadline = time.monotonic() + timeout
-        while self.sessions and time.monotonic() < deadline:
-            gevent.sleep(0.02)
 
     def max_connections(self) -> int | None:
         """By default a few async cores fewer than the worker has.

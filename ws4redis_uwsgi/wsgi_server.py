@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import django
+import gevent
 import redis
 from django.apps import apps
 from django.core.exceptions import PermissionDenied
@@ -251,6 +252,15 @@ class WebsocketWSGIServer:
         self.stopping = True
         for waiter in tuple(self._waiters):
             waiter.wake()
+
+    def close_all(self, timeout: float = 3.0) -> None:
+        """:meth:`shutdown`, then give the websockets ``timeout`` seconds to finish closing."""
+        if not self.active_connections:
+            return
+        self.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.active_connections and time.monotonic() < deadline:
+            gevent.sleep(0.02)
 
     def send_message(self, websocket: Websocket, subscriber: RedisSubscriber, message: BusMessage) -> None:
         """One message to the client; a resuming client gets it behind its id."""
