@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends import db as db_sessions
+from django.core.signals import setting_changed
 from django.db import connections
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -93,18 +93,16 @@ class CompiledQuery:
         return model.from_db(self.alias, attnames, rows[0][start:end])
 
 
-# Compiled once per process and database alias. The aliases come from the routers,
-# which may depend on nothing but the model here (no instance hints for these reads).
+# Compiled once per process, database alias and user model (see _compiled). The aliases
+# come from the routers, which may depend on nothing but the model here (no instance hints).
 
 
-@cache
 def _session_query(alias: str) -> CompiledQuery:
     model = db_sessions.SessionStore.get_model_class()
     queryset = model.objects.using(alias).filter(session_key=TEXT_MARKER).values_list("session_data", "expire_date")
     return CompiledQuery(queryset, TEXT_MARKER)
 
 
-@cache
 def _user_query(alias: str) -> CompiledQuery:
     user_model = auth.get_user_model()
     if user_model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
@@ -112,20 +110,37 @@ def _user_query(alias: str) -> CompiledQuery:
     return CompiledQuery(user_model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
 
 
-@cache
 def _groups_query(alias: str) -> CompiledQuery:
     user = auth.get_user_model()(pk=INT_MARKER)
     return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
 
 
+_queries: dict[tuple[Any, str, Any], CompiledQuery | None] = {}
+
+
+def _forget(**kwargs: Any) -> None:
+    _queries.clear()  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
+
+
+setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.auth_lookup")
+
+
 def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
+    """``factory(alias)``, made once; None (and the ORM) from then on if it cannot be, logged once."""
+    key = (factory, alias, auth.get_user_model())
     try:
-        return factory(alias)  # type: ignore[no-any-return]
+        return _queries[key]
+    except KeyError:
+        pass
+    query = None
+    try:
+        query = factory(alias)
     except UnsupportedQueryError as exc:
-        logger.debug("ws4redis_uwsgi: %s lookups go through the ORM: %s", factory.__name__, exc)
+        logger.info("ws4redis_uwsgi: %s lookups go through the ORM: %s", factory.__name__, exc)
     except Exception:
         logger.exception("ws4redis_uwsgi: could not compile %s; lookups go through the ORM", factory.__name__)
-    return None
+    _queries[key] = query
+    return query
 
 
 def load_session(store: Any) -> bool:

@@ -192,3 +192,26 @@ def test_the_stock_queries_compile(site_db: None) -> None:
     for factory in (auth_lookup._session_query, auth_lookup._user_query, auth_lookup._groups_query):
         query = factory("default")
         assert query.sql.count("%s") == len(query.params)
+
+
+def test_a_query_that_cannot_be_compiled_is_tried_once_then_the_orm_answers(user, monkeypatch, caplog) -> None:
+    calls = []
+
+    def broken(alias: str) -> None:
+        calls.append(alias)
+        raise RuntimeError("cannot compile")
+
+    monkeypatch.setattr(auth_lookup, "_user_query", broken)
+    key = login_session(user)
+    for _ in range(3):
+        ours, _ = same(key, compiled=False)
+        assert ours.user.pk == user.pk  # type: ignore[attr-defined]
+    assert calls == ["default"]
+    assert caplog.text.count("could not compile") == 1
+
+
+def test_compiled_queries_follow_the_user_model_and_settings_changes(site_db: None) -> None:
+    first = auth_lookup._compiled(auth_lookup._user_query, "default")
+    assert auth_lookup._compiled(auth_lookup._user_query, "default") is first
+    with override_settings(DEBUG=False):  # any setting_changed: compile again
+        assert auth_lookup._compiled(auth_lookup._user_query, "default") is not first
