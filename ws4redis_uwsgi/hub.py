@@ -37,6 +37,8 @@ logger = logging.getLogger("ws4redis_uwsgi.hub")
 COMMAND_POOL_SIZE = 8
 #: Messages the hub hands out before it lets the websockets run.
 DRAIN_BATCH = 64
+#: Seconds a handshake waits for the batched read of its stored messages at most.
+READ_TIMEOUT = 30.0
 
 
 class Listener(Protocol):
@@ -271,6 +273,11 @@ class BatchedReader:
         self._queued.append((keys, result))
         if self._reader is None or self._reader.dead:
             self._reader = gevent.spawn(self._read)
+        # The client's socket timeout ends a stuck MGET long before this; the bound
+        # is for a reader greenlet that was killed and so never answers.
+        result.wait(READ_TIMEOUT)
+        if not result.ready():
+            raise redis.TimeoutError(f"no answer to MGET within {READ_TIMEOUT:g} s")
         return result.get()  # type: ignore[no-any-return]
 
     def _read(self) -> None:

@@ -44,3 +44,13 @@ def test_a_failed_mget_raises_in_every_waiting_caller() -> None:
     jobs = [gevent.spawn(dead.mget, [f"k{i}"]) for i in range(3)]
     gevent.joinall(jobs, timeout=10)
     assert all(isinstance(job.exception, redis.ConnectionError) for job in jobs)
+
+
+def test_a_reader_that_never_answers_ends_the_wait_with_a_timeout(monkeypatch) -> None:
+    import ws4redis_uwsgi.hub as hub
+
+    monkeypatch.setattr(hub, "READ_TIMEOUT", 0.2)
+    reader = BatchedReader(redis.Redis(port=free_port()))
+    reader._read = lambda: gevent.sleep(10)  # type: ignore[method-assign]  # as if stuck or killed
+    with pytest.raises(redis.TimeoutError):
+        reader.mget(["k"])
