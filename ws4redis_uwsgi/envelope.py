@@ -83,11 +83,12 @@ def outgoing(message: bytes | str, binary: bool | None = None) -> tuple[bytes, b
     """The payload of a message a websocket sends, and whether it goes as a binary frame.
 
     ``str`` is text unless ``binary`` says otherwise; ``bytes`` are text when
-    they are UTF-8 and ``binary`` is None, as ws4redis sent them.
+    they are UTF-8, as ws4redis sent them, unless ``binary`` is true. Bytes
+    that are not UTF-8 always go binary: a text frame must be UTF-8.
     """
     if isinstance(message, str):
         return message.encode("utf-8"), bool(binary)
-    return message, (not is_utf8(message)) if binary is None else binary
+    return message, bool(binary) or not is_utf8(message)
 
 
 def encode_parts(payload: bytes, *, binary: bool = False, origin: str | None = None) -> tuple[bytes, bytes]:

@@ -103,7 +103,7 @@ def test_is_utf8(data, expected):
         (b"plain", None, (b"plain", False)),
         (b"\xff\x00", None, (b"\xff\x00", True)),
         (b"plain", True, (b"plain", True)),
-        (b"\xff\x00", False, (b"\xff\x00", False)),
+        (b"\xff\x00", False, (b"\xff\x00", True)),  # a text frame must be UTF-8
     ],
 )
 def test_outgoing_payload_and_frame_kind(message, binary, expected):
