@@ -16,9 +16,10 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
-from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
+from tests.unit.websocket_contract import *  # noqa: F403 - the tests every adapter passes
 from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.close_codes import CloseCode
 from ws4redis_uwsgi.detached import DetachedWebsocket
@@ -35,11 +36,6 @@ def pair() -> Iterator[tuple[DetachedWebsocket, Client]]:
     yield websocket, Client(client_sock)
     websocket.dispose()
     client_sock.close()
-
-
-def test_nothing_waiting_gives_none(pair):
-    websocket, _ = pair
-    assert websocket.receive() is None
 
 
 def test_text_and_binary_arrive_as_bytes_in_order(pair):
@@ -221,42 +217,6 @@ def test_a_frame_over_the_limit_closes_with_1009_before_it_all_arrived(pair):
     frame = client.connection.send(BytesMessage(data=b"z" * 100_000))
     # A header for 100 kB, then a bit more than the limit: the rest never comes.
     assert refused_with(websocket, client, frame[:1200]) == CloseCode.MESSAGE_TOO_BIG
-
-
-@pytest.mark.parametrize(
-    ("message", "binary", "expected"),
-    [
-        ("text", None, TextMessage(data="text")),
-        ("text", True, BytesMessage(data=b"text")),
-        (b"utf-8 bytes", None, TextMessage(data="utf-8 bytes")),
-        (b"utf-8 bytes", True, BytesMessage(data=b"utf-8 bytes")),
-        (b"\xff\xfe", None, BytesMessage(data=b"\xff\xfe")),
-        ("x" * 70000, None, TextMessage(data="x" * 70000)),  # a 64-bit length
-    ],
-)
-def test_send_picks_text_or_binary_as_uwsgi_does(pair, message, binary, expected):
-    websocket, client = pair
-    websocket.send(message, binary=binary)
-    received = client.events()
-    while not received[-1].message_finished:
-        received += client.events()
-    assert {type(event) for event in received} == {type(expected)}
-    assert expected.data == received[0].data[:0].join(event.data for event in received)
-
-
-def test_a_client_close_is_answered_with_its_code_and_ends_receiving(pair):
-    websocket, client = pair
-    client.send(TextMessage(data="last words"), CloseConnection(code=1001, reason="leaving"))
-    assert receive_soon(websocket) == b"last words"
-    with pytest.raises(WebSocketError):
-        receive_soon(websocket)
-    (answer,) = client.events()
-    assert answer.code == 1001
-    assert client.connection.state is ConnectionState.CLOSED
-    websocket.close()  # the server's own close after the loop sends nothing more
-    client.sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        client.sock.recv(1)
 
 
 def test_the_end_of_the_connection_ends_receiving(pair):

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 from django.test import override_settings
-from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
+from tests.unit.websocket_contract import *  # noqa: F403 - the tests every adapter passes
 from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.checks import check_runserver
 from ws4redis_uwsgi.close_codes import CloseCode
@@ -28,11 +28,6 @@ def pair() -> Iterator[tuple[WsprotoWebsocket, Client]]:
     yield websocket, Client(client_sock)
     server_sock.close()
     client_sock.close()
-
-
-def test_nothing_waiting_gives_none(pair):
-    websocket, _ = pair
-    assert websocket.receive() is None
 
 
 def test_text_arrives_as_utf8_bytes_and_binary_as_bytes(pair):
@@ -56,40 +51,6 @@ def test_a_ping_is_answered(pair):
     client.send(Ping(payload=b"hi"))
     assert websocket.receive() is None
     assert client.events() == [Pong(payload=b"hi")]
-
-
-@pytest.mark.parametrize(
-    ("message", "binary", "expected"),
-    [
-        ("text", None, TextMessage(data="text")),
-        ("text", True, BytesMessage(data=b"text")),
-        (b"utf-8 bytes", None, TextMessage(data="utf-8 bytes")),
-        (b"utf-8 bytes", True, BytesMessage(data=b"utf-8 bytes")),
-        (b"\xff\xfe", None, BytesMessage(data=b"\xff\xfe")),
-        (b"\xff\xfe", False, BytesMessage(data=b"\xff\xfe")),  # a text frame must be UTF-8
-    ],
-)
-def test_send_picks_text_or_binary_as_uwsgi_does(pair, message, binary, expected):
-    websocket, client = pair
-    websocket.send(message, binary=binary)
-    (event,) = client.events()
-    assert type(event) is type(expected)
-    assert event.data == expected.data
-
-
-def test_a_client_close_is_answered_with_its_code_and_ends_receiving(pair):
-    websocket, client = pair
-    client.send(TextMessage(data="last words"), CloseConnection(code=1001, reason="leaving"))
-    assert receive_soon(websocket) == b"last words"
-    with pytest.raises(WebSocketError):
-        receive_soon(websocket)
-    (answer,) = client.events()
-    assert answer.code == 1001
-    assert client.connection.state is ConnectionState.CLOSED
-    websocket.close()  # the server's own close after the loop sends nothing more
-    client.sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        client.sock.recv(10)
 
 
 def test_the_server_closes_with_code_and_reason(pair):
