@@ -64,10 +64,6 @@ _PING = b"\x89\x00"
 _VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8"}
 
 
-def _nothing() -> None:
-    pass
-
-
 class DetachedWebsocket(uWSGIWebsocket):
     """One websocket on its own descriptor of the client socket, framed here, not by uWSGI.
 
@@ -86,13 +82,8 @@ class DetachedWebsocket(uWSGIWebsocket):
     __slots__ = ("_awaiting_pong", "_dead", "_last_ping", "_parts", "_parts_size", "_protocol", "max_size")
 
     def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        # Not uWSGIWebsocket.__init__: the descriptor is ours, not the request's.
-        self._fd = fd
-        self.closed = False
-        self.direct = True
-        self.wake = _nothing
-        self._pending = b""
-        self._busy = False
+        # The descriptor is ours, not the request's: uWSGI closes its own when the request ends.
+        super().__init__(direct=True, fd=fd)
         self.max_size = max_size
         self._protocol: FrameProtocol | None = None  # only while the client's bytes are being parsed
         self._parts: list[bytes] | None = None  # the parts of an unfinished message

@@ -105,8 +105,9 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
 
     __slots__ = ("_busy", "_fd", "_pending", "closed", "direct", "wake")
 
-    def __init__(self, direct: bool = True) -> None:
-        self._fd: int = uwsgi.connection_fd()
+    def __init__(self, direct: bool = True, fd: int | None = None) -> None:
+        #: The client socket: the request's own, or a descriptor of a detached websocket.
+        self._fd: int = uwsgi.connection_fd() if fd is None else fd
         self.closed = False
         #: Whether raw writes to the socket are safe (not for TLS sockets uWSGI encrypts).
         self.direct = direct
@@ -331,10 +332,13 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
 
     def can_detach(self, environ: dict[str, Any]) -> bool:
         """Whether this request's websocket may leave the request after the handshake."""
-        if not self.detach or environ.get("wsgi.url_scheme") == "https":
-            return False
+        return self.detach and environ.get("wsgi.url_scheme") != "https" and not self._sockets_keep_state()
+
+    @functools.cache  # noqa: B019 - one server per process, and uWSGI's options never change
+    def _sockets_keep_state(self) -> bool:
+        """Whether uWSGI was given a socket option of :data:`KEEPS_THE_SOCKET`."""
         options = getattr(uwsgi, "opt", None) or {}
-        return not any(name in options for name in KEEPS_THE_SOCKET)
+        return any(name in options for name in KEEPS_THE_SOCKET)
 
     def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> uWSGIWebsocket:
         if uwsgi is None:
@@ -347,9 +351,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         if self.can_detach(environ):
             from .detached import DetachedWebsocket
 
-            fd = uwsgi.connection_fd()
-            limit_send_buffer(fd, settings.get("WS4REDIS_SEND_BUFFER"))
-            return DetachedWebsocket(os.dup(fd), self._max_size())
+            return DetachedWebsocket(os.dup(uwsgi.connection_fd()), self._max_size())
         # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
         return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https")
 
