@@ -28,6 +28,7 @@ them there (see :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocketServer`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -38,10 +39,10 @@ from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFail
 
 from .close_codes import CloseCode
 from .envelope import outgoing
-from .exceptions import WebSocketError
-from .frames import server_frame
+from .exceptions import SlowConsumerError, WebSocketError
+from .frames import MessageSizeLimit, server_frame
 from .protocol import InboundPolicy
-from .uwsgi_runserver import uWSGIWebsocket
+from .uwsgi_runserver import abort_on_close, uWSGIWebsocket
 
 if TYPE_CHECKING:
     from .subscriber import RedisSubscriber
@@ -58,10 +59,12 @@ SEND_TIMEOUT = 30.0
 #: Seconds the answer to a client's close frame may take.
 CLOSE_TIMEOUT = 1.0
 READ_SIZE = 65536
+#: Frames one call to ``receive`` acts on at most (pings, pongs, parts of messages).
+FRAMES_PER_CALL = 64
 
 _PING = b"\x89\x00"
-#: The close reasons sent when the client breaks RFC 6455, by wsproto's close code.
-_VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8"}
+#: The close reasons sent when the client breaks RFC 6455 or a limit, by wsproto's close code.
+_VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8", CloseReason.MESSAGE_TOO_BIG: "message too big"}
 
 
 class DetachedWebsocket(uWSGIWebsocket):
@@ -73,13 +76,27 @@ class DetachedWebsocket(uWSGIWebsocket):
     made on the first bytes the client sends and dropped again whenever it holds nothing
     (between frames), so an idle websocket does not keep one. Pings are answered, pongs
     recorded, a close frame or the end of the connection ends the websocket, a message
-    larger than ``max_size`` is refused with 1009 (where uWSGI just dropped the
-    connection), and anything RFC 6455 says must fail the connection (an unmasked frame,
-    a reserved bit, an unknown opcode, a broken fragmented message, invalid UTF-8 in a
-    text message, ...) closes it with the code wsproto gives (1002, 1007).
+    whose frame headers announce more than ``max_size`` is refused with 1009 before its
+    payload is read (where uWSGI just dropped the connection), and anything RFC 6455 says
+    must fail the connection (an unmasked frame, a reserved bit, an unknown opcode, a
+    broken fragmented message, invalid UTF-8 in a text message, ...) closes it with the
+    code wsproto gives (1002, 1007). Pings and pongs count against the client's rate
+    limit (:attr:`inbound`, set by the loop), as its messages do. One :meth:`receive`
+    reads the socket at most once, so a client that sends without pause cannot keep
+    the worker to itself.
     """
 
-    __slots__ = ("_awaiting_pong", "_dead", "_last_ping", "_parts", "_parts_size", "_protocol", "max_size")
+    __slots__ = (
+        "_awaiting_pong",
+        "_dead",
+        "_last_ping",
+        "_more",
+        "_parts",
+        "_parts_size",
+        "_protocol",
+        "inbound",
+        "max_size",
+    )
 
     def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         # The descriptor is ours, not the request's: uWSGI closes its own when the request ends.
@@ -93,22 +110,28 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._last_ping = time.monotonic()
         self._awaiting_pong = False
         self._dead = False  # set by keep_alive(): the client did not answer a ping
+        self._more = False  # frames left in the parser for the next receive()
+        #: The client's limits; pings and pongs are counted against its rate.
+        self.inbound: InboundPolicy | None = None
 
     def receive(self) -> bytes | None:
-        """The next message the client sent, or ``None`` when none is complete; never waits."""
+        """The next message the client sent, or ``None`` when none is complete; never waits.
+
+        Reads the socket once at most: a client that sent more is read on the
+        next call (the socket stays readable, so its loop takes another turn).
+        """
         if self.closed:
             raise WebSocketError("websocket is closed")
         if self._dead:
             raise WebSocketError("no answer to ping")
         self._finish_pending()
-        while not self.closed:
-            if self._protocol is not None:
-                message = self._next_message(self._protocol)
-                if message is not None or self.closed:
-                    return message
-            if not self._fill():
-                return None
-        return None
+        if self._protocol is not None:
+            message = self._next_message(self._protocol)
+            if message is not None or self.closed:
+                return message
+        if not self._fill() or self._protocol is None:
+            return None
+        return self._next_message(self._protocol)
 
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
         if self.closed:
@@ -158,35 +181,62 @@ class DetachedWebsocket(uWSGIWebsocket):
         if not data:
             raise WebSocketError("websocket closed by the client")
         if self._protocol is None:
-            self._protocol = FrameProtocol(client=False, extensions=[])
+            self._protocol = FrameProtocol(client=False, extensions=[MessageSizeLimit(self.max_size)])
         self._protocol.receive_bytes(data)
         return True
 
     def _next_message(self, protocol: FrameProtocol) -> bytes | None:
-        """Act on the frames parsed so far; the first message they complete, if any."""
+        """Act on the frames parsed so far; the first message they complete, if any.
+
+        At most :data:`FRAMES_PER_CALL` frames per call: the rest stays in the
+        parser, :attr:`pending` says so, and the loop takes another turn later.
+        The pongs of the pings handled go out in one write.
+        """
+        self._more = False
+        pongs: list[bytes] = []
         try:
-            for frame in protocol.received_frames():
-                # Data frames come out as they arrive, in parts, continuations with their
-                # message's opcode and a text message's parts decoded; control frames whole.
-                payload = frame.payload
-                if isinstance(payload, tuple):  # a close frame: (code, reason)
-                    self._answer_close(protocol, payload[0])
-                elif isinstance(payload, str):
-                    message = self._add_part(payload.encode("utf-8"), frame.message_finished)
-                    if message is not None or self.closed:
-                        return message
-                elif frame.opcode is Opcode.PING:
-                    self._send_frame(bytes(protocol.pong(payload)))
-                elif frame.opcode is Opcode.PONG:
-                    self._awaiting_pong = False
+            for handled, frame in enumerate(protocol.received_frames(), start=1):
+                if frame.opcode is Opcode.PING and isinstance(frame.payload, bytes):
+                    if not self._allow_frame():
+                        return None
+                    pongs.append(bytes(protocol.pong(frame.payload)))
                 else:
-                    message = self._add_part(payload, frame.message_finished)
-                    if message is not None or self.closed:
-                        return message
+                    if pongs:  # answered before anything that comes after them, a close included
+                        self._send_pongs(pongs)
+                    # Data frames come out as they arrive, in parts, continuations with their
+                    # message's opcode and a text message's parts decoded; control frames whole.
+                    payload = frame.payload
+                    if isinstance(payload, tuple):  # a close frame: (code, reason)
+                        self._answer_close(protocol, payload[0])
+                    elif frame.opcode is Opcode.PONG:
+                        if not self._allow_frame():
+                            return None
+                        self._awaiting_pong = False
+                    else:
+                        part = payload.encode("utf-8") if isinstance(payload, str) else payload
+                        message = self._add_part(part, frame.message_finished)
+                        if message is not None or self.closed:
+                            return message
+                if handled >= FRAMES_PER_CALL:
+                    self._more = True
+                    return None
         except ParseFailed as exc:
+            self._send_pongs(pongs)
             self._violation(exc)
+        finally:
+            self._send_pongs(pongs)
         self._release_at_rest(protocol)
         return None
+
+    def _send_pongs(self, pongs: list[bytes]) -> None:
+        if pongs and not self.closed:
+            self._send_frame(b"".join(pongs))
+        pongs.clear()
+
+    @property
+    def pending(self) -> bool:
+        """Whether the parser holds frames a call to :meth:`receive` left for the next one."""
+        return self._more
 
     def _add_part(self, part: bytes, finished: bool) -> bytes | None:
         """Keep a part of a message; the message once ``finished``. Past ``max_size`` the websocket closes (1009)."""
@@ -256,6 +306,16 @@ class DetachedWebsocket(uWSGIWebsocket):
         self.close(code, reason)
         raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
+    def _allow_frame(self) -> bool:
+        """Count a ping or pong against the client's rate; past it close with 1008 (False)."""
+        inbound = self.inbound
+        if inbound is None or inbound.allow_frame(time.monotonic()):
+            return True
+        logger.warning("closing websocket (%d, %s)", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        self._reset()
+        self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        return False
+
     def _too_big(self) -> None:
         logger.warning("closing websocket (%d, %s)", CloseCode.MESSAGE_TOO_BIG, "message too big")
         self._reset()
@@ -270,7 +330,13 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._busy = True
         try:
             self._write_all(frame, timeout=timeout)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ETIMEDOUT:
+                # Part of a frame may be out: nothing else can follow it. Reset the connection.
+                self.closed = True
+                self._reset()
+                abort_on_close(self._fd)
+                raise SlowConsumerError(f"the client took no frame within {timeout:g} s") from None
             raise WebSocketError("websocket closed while sending") from None
         finally:
             self._busy = False
@@ -311,19 +377,28 @@ class DetachedSession:
         self._state = _RUNNING
 
     def start(self) -> None:
-        """In the request's greenlet: send what the websocket gets first, then leave it to the event loop."""
+        """In the request's greenlet: send what the websocket gets first, then leave it to the event loop.
+
+        Whatever happens here (the client gone, Redis away, an error), the
+        websocket either is left to the event loop or ends in :meth:`_finish`.
+        """
         self._sessions.add(self)
         self.subscriber.notify = self.wake
-        if not self._guard(self.server.start_websocket, self.websocket, self.subscriber, self):
-            self._finish()
-            return
-        self._watcher = gevent.get_hub().loop.io(self.websocket.get_file_descriptor(), 1)
-        self._watcher.start(self._on_readable)
-        if self._state == _AGAIN or self.server.stopping:  # woken while starting
-            self._state = _RUNNING
-            gevent.spawn(self._run)
-        else:
-            self._state = _IDLE
+        handed_over = False
+        try:
+            if not self._guard(self.server.start_websocket, self.websocket, self.subscriber, self):
+                return
+            self._watcher = gevent.get_hub().loop.io(self.websocket.get_file_descriptor(), 1)
+            self._watcher.start(self._on_readable)
+            if self._state == _AGAIN or self.server.stopping:  # woken while starting
+                self._state = _RUNNING
+                gevent.spawn(self._run)
+            else:
+                self._state = _IDLE
+            handed_over = True
+        finally:
+            if not handed_over:
+                self._finish()
 
     def wake(self) -> None:
         """Have the loop take a turn soon (from any greenlet or callback)."""
@@ -355,8 +430,9 @@ class DetachedSession:
 
     def _turn(self) -> None:
         if self._inbound is None:
-            self._inbound = InboundPolicy.from_settings(time.monotonic())
-        self.server.step(self.websocket, self.subscriber, self._inbound)
+            self._inbound = self.websocket.inbound = InboundPolicy.from_settings(time.monotonic())
+        if self.server.step(self.websocket, self.subscriber, self._inbound):
+            self._state = _AGAIN  # the client sent more than one turn takes
 
     def _run(self) -> None:
         server, websocket = self.server, self.websocket
@@ -372,6 +448,8 @@ class DetachedSession:
                         self._watcher.start(self._on_readable)
                     finished = False
                     return
+                # Another turn is due: let the other websockets and the hub have theirs first.
+                gevent.sleep(0)
             if server.stopping:
                 self._guard(websocket.close, CloseCode.SERVICE_RESTART, "server restart")
         finally:
@@ -379,13 +457,16 @@ class DetachedSession:
                 self._finish()
 
     def _finish(self) -> None:
+        """End the websocket: its slot, channels, watcher and descriptor; once, whatever happened before."""
+        if self._state == _DONE:
+            return
         self._state = _DONE
         self._sessions.discard(self)
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
-            self._watcher = None
         try:
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher.close()
+                self._watcher = None
             self.server.end_websocket(self.websocket, self.subscriber)
         finally:
             self.websocket.dispose()

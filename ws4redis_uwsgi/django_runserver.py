@@ -76,6 +76,8 @@ from . import settings
 from .close_codes import CloseCode
 from .devserver import RFILE_KEY, SOCKET_KEY
 from .exceptions import HandshakeError, WebSocketError
+from .frames import MessageSizeLimit
+from .protocol import InboundPolicy
 from .wsgi_server import StartResponse, Waiter, Websocket, WebsocketWSGIServer
 
 logger = logging.getLogger("ws4redis_uwsgi")
@@ -83,19 +85,23 @@ logger = logging.getLogger("ws4redis_uwsgi")
 #: Seconds a close frame may take to go out, and to wait for the client's close frame.
 CLOSE_TIMEOUT = 1.0
 CLOSE_LINGER = 2.0
+#: The close reasons sent when wsproto fails the connection, by close code.
+_VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 
 
 class WsprotoWebsocket:
     """One websocket on a client socket, framed by wsproto.
 
     The interface of :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`:
-    :meth:`receive` never blocks and answers pings; :meth:`send` picks text
-    or binary frames the same way, except that bytes that are not UTF-8 always
-    go out as a binary frame (a text frame must be UTF-8).
+    :meth:`receive` never blocks, reads the socket once at most, and answers
+    pings (counted against the client's rate, :attr:`inbound`, as on uWSGI);
+    :meth:`send` picks text or binary frames the same way. A message whose
+    frame headers announce more than ``WS4REDIS_MAX_MESSAGE_SIZE`` (or
+    :attr:`max_message_size`, the smaller) closes the websocket with 1009
+    before it is held in memory.
     """
 
-    #: Largest message a client may send, as uWSGI's default ``websocket-max-size``;
-    #: a larger one closes the websocket with 1009 before it is held in memory.
+    #: Largest message a client may send, as uWSGI's default ``websocket-max-size``.
     max_message_size = 1024 * 1024
     #: Seconds without a byte from the client before it is pinged; as long again
     #: without an answer and it counts as gone.
@@ -107,7 +113,11 @@ class WsprotoWebsocket:
     def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
         self._sock = sock
         self._fd = sock.fileno()
-        self._connection = Connection(ConnectionType.SERVER)
+        limit = settings.get("WS4REDIS_MAX_MESSAGE_SIZE")
+        self.max_message_size = min(self.max_message_size, limit) if limit is not None else self.max_message_size
+        self._connection = Connection(ConnectionType.SERVER, extensions=[MessageSizeLimit(self.max_message_size)])
+        #: The client's limits, set by the loop; pings count against its rate.
+        self.inbound: InboundPolicy | None = None
         self._messages: deque[bytes] = deque()
         self._parts: list[bytes] = []
         self._size = 0
@@ -134,11 +144,10 @@ class WsprotoWebsocket:
         """
         if self.closed:
             raise WebSocketError("websocket is closed")
-        while not self._messages and not self._peer_closed and not self.closed:
-            data = self._read()
-            if data is None:
-                break
-            self._feed(data)
+        if not self._messages and not self._peer_closed:
+            data = self._read()  # once: a client that sends without pause gets another turn later
+            if data is not None:
+                self._feed(data)
         if self._messages:
             return self._messages.popleft()
         if self._peer_closed:
@@ -224,6 +233,10 @@ class WsprotoWebsocket:
                     self._messages.append(b"".join(self._parts))
                     self._parts, self._size = [], 0
             elif isinstance(event, Ping):
+                if self.inbound is not None and not self.inbound.allow_frame(time.monotonic()):
+                    logger.warning("closing websocket (%d, rate limit exceeded)", CloseCode.POLICY_VIOLATION)
+                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    return
                 self._write(self._connection.send(event.response()))
             elif isinstance(event, CloseConnection):
                 if self._connection.state is ConnectionState.REMOTE_CLOSING:
@@ -232,7 +245,7 @@ class WsprotoWebsocket:
                     self._peer_closed = True
                 elif self._connection.state is ConnectionState.OPEN:
                     # wsproto found a broken frame (bad opcode, invalid UTF-8, ...): give up on the stream.
-                    reason = "invalid UTF-8" if event.code == 1007 else "protocol error"
+                    reason = _VIOLATIONS.get(event.code, "protocol error")
                     logger.warning("closing websocket (%d, %s)", event.code, reason)
                     self.close(event.code, reason)
                 else:

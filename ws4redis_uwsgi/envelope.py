@@ -15,9 +15,15 @@ A wrapped message is ``MAGIC + flags + b"|" + origin + b"|" + id + b"\\n" + payl
 format starts with; a raw payload that does start with ``MAGIC`` is wrapped
 too, so decoding is never ambiguous for messages sent by this package. Other
 programs may still PUBLISH raw bytes: they arrive as they are, without an id.
+Bytes that start with ``MAGIC`` but are not a well-formed wrapped message
+(another program imitating the wrapping) are refused: :func:`decode` raises
+:class:`MalformedMessageError`, and the receiving side drops them with a log line.
 
 Message ids are Redis stream ids, ``"<milliseconds>-<sequence>"``, assigned
-from one counter per Redis, so they grow with every publish on every channel.
+from one counter per Redis, so they grow with every publish on every channel
+and follow Redis's clock. An id far ahead of that clock
+(:func:`plausible_id`) did not come from the publish script: trusting it would
+make every later message look old to the clients that saw it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ from .frames import server_frame
 MAGIC = b"\x00ws4r\x00"
 
 _ID = re.compile(r"(\d{1,15})-(\d{1,15})")
+_ID_BYTES = re.compile(rb"\d{1,15}-\d{1,15}")
+#: An origin field: visible ASCII without '|' (see :func:`encode_parts`).
+_ORIGIN = re.compile(rb"[\x21-\x7b\x7d\x7e]{0,128}")
+
+#: How far (ms) an id may be ahead of Redis's clock and still come from the publish
+#: script; the script, too, stops trusting a counter further ahead than this.
+MAX_ID_AHEAD_MS = 60_000
+
+
+class MalformedMessageError(ValueError):
+    """Bytes on the bus that imitate this package's wrapping without being a wrapped message."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,11 @@ class BusMessage:
     def frame_with_id(self) -> bytes:
         """The websocket frame for a resuming client: the id, a newline, the payload."""
         return server_frame((self.id or "").encode("ascii") + b"\n" + self.payload, self.binary)
+
+
+def plausible_id(order: tuple[int, int], redis_now_ms: int) -> bool:
+    """False for an id too far ahead of Redis's clock (``redis_now_ms``) to come from the publish script."""
+    return order[0] <= redis_now_ms + MAX_ID_AHEAD_MS
 
 
 def parse_id(message_id: str) -> tuple[int, int]:
@@ -117,15 +139,25 @@ def decode(data: bytes | str) -> BusMessage:
     Bytes that are not valid UTF-8 always become a binary message, since a
     text frame must carry UTF-8. (``str`` only comes from a client made with
     ``decode_responses=True``.)
+
+    :raises MalformedMessageError: ``data`` starts with ``MAGIC`` but is not a
+        message this package wrapped (bad flags, origin or id).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if data.startswith(MAGIC):
-        header, sep, payload = data[len(MAGIC) :].partition(b"\n")
-        fields = header.split(b"|")
-        if sep and len(fields) in (2, 3):
-            flags, origin = fields[0], fields[1]
-            message_id = fields[2].decode("ascii", "replace") if len(fields) == 3 else ""
-            binary = b"b" in flags or not is_utf8(payload)
-            return BusMessage(payload, binary, origin.decode("ascii", "replace") or None, message_id or None)
-    return BusMessage(data, not is_utf8(data))
+    if not data.startswith(MAGIC):
+        return BusMessage(data, not is_utf8(data))
+    header, sep, payload = data[len(MAGIC) :].partition(b"\n")
+    fields = header.split(b"|")
+    if not sep or len(fields) not in (2, 3):
+        raise MalformedMessageError("wrapped message without its header")
+    flags, origin = fields[0], fields[1]
+    message_id = fields[2] if len(fields) == 3 else b""
+    if flags not in (b"", b"b"):
+        raise MalformedMessageError("unknown flags in a wrapped message")
+    if not _ORIGIN.fullmatch(origin):
+        raise MalformedMessageError("malformed origin in a wrapped message")
+    if message_id and not _ID_BYTES.fullmatch(message_id):
+        raise MalformedMessageError("malformed id in a wrapped message")
+    binary = flags == b"b" or not is_utf8(payload)
+    return BusMessage(payload, binary, origin.decode("ascii") or None, message_id.decode("ascii") or None)

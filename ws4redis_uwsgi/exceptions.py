@@ -1,7 +1,8 @@
 """Exceptions of ws4redis_uwsgi, named as in ws4redis.
 
 WebSocketError            the websocket is closed or broken
-└── FrameTooLargeException
+├── FrameTooLargeException
+└── SlowConsumerError     the client did not take a frame in time; the connection is reset
 HandshakeError            a request cannot be upgraded (HTTP 400)
 └── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
 """
@@ -13,6 +14,10 @@ class WebSocketError(Exception):
 
 class FrameTooLargeException(WebSocketError):  # noqa: N818 - the name ws4redis used
     """Raised when a received frame exceeds the configured size limit."""
+
+
+class SlowConsumerError(WebSocketError):
+    """Raised when a client did not take a frame within the send timeout; its connection is reset."""
 
 
 class HandshakeError(Exception):

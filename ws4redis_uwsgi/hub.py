@@ -6,7 +6,13 @@ listeners, unsubscribes when the last one leaves, and hands every message to
 the listeners of its channel in-process. It waits on file descriptors
 through gevent's event loop (epoll), never ``select()``, so it works past
 fd 1024. When Redis goes away it reconnects with jittered exponential
-backoff and re-subscribes; the websockets stay open meanwhile.
+backoff and re-subscribes; the websockets stay open meanwhile, and each one
+whose channels were down (or that opened meanwhile) is told to catch up from
+history once its subscriptions are back (``Listener.resync``).
+
+Per-channel state (listeners, confirmations, pending catch-ups) exists only
+for channels with listeners, so nothing grows with channels that were left,
+whether Redis was up or down when they were.
 
 This module is the gevent adapter of the bus; the decisions about what a
 message is live in :mod:`ws4redis_uwsgi.envelope`.
@@ -30,6 +36,7 @@ from redis.retry import Retry
 
 from . import envelope
 from .connection import make_client
+from .protocol import loggable
 
 logger = logging.getLogger("ws4redis_uwsgi.hub")
 
@@ -39,6 +46,10 @@ COMMAND_POOL_SIZE = 8
 DRAIN_BATCH = 64
 #: Seconds a handshake waits for the batched read of its stored messages at most.
 READ_TIMEOUT = 30.0
+#: Seconds between two log lines about messages the hub dropped (a flood logs a count).
+DROP_LOG_INTERVAL = 10.0
+#: Backlog bytes (history read for resuming clients) a worker holds at once, about.
+BACKLOG_BUDGET = 16 * 1024 * 1024
 
 
 class Listener(Protocol):
@@ -100,18 +111,27 @@ class SubscriptionHub:
         self._listeners: dict[str, set[Listener]] = {}
         self._subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
         self._confirmed: dict[str, Event] = {}  # set once Redis confirmed the subscription
+        # Channels whose listeners must catch up from history once they are subscribed
+        # again: they had listeners when the connection was lost, or got them meanwhile.
+        self._resync: set[str] = set()
         self._waiter = FdWaiter()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = min_backoff
         #: How many times the subscription connection was lost; for tests and metrics.
         self.disconnects = 0
         self.connected = False
+        #: Redis's clock minus this process's (seconds), measured at every connection.
+        self.clock_offset = 0.0
+        self._dropped = 0
+        self._dropped_logged = 0.0
 
     # -- the API websockets use -------------------------------------------------
 
     def add(self, listener: Listener, channels: Iterable[str]) -> None:
         for channel in channels:
             self._listeners.setdefault(channel, set()).add(listener)
+            if self.disconnects and not self.connected:
+                self._resync.add(channel)  # opened while Redis is away: catch up once it is back
         self._ensure_running()
         self._waiter.wake()
 
@@ -122,16 +142,44 @@ class SubscriptionHub:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[channel]
+                    self._resync.discard(channel)
+                    if channel not in self._subscribed:
+                        # Subscribed channels lose theirs when _sync unsubscribes them.
+                        self._confirmed.pop(channel, None)
         self._waiter.wake()
 
     def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
-        """Wait until Redis confirmed the subscription of every channel; False on timeout."""
+        """Wait until Redis confirmed the subscription of every channel; False on timeout.
+
+        On timeout the listeners of the channels not yet confirmed are told to
+        catch up (``resync``) once they are: what is published meanwhile is in history.
+        """
         deadline = time.monotonic() + timeout
+        channels = list(channels)
         for channel in channels:
+            if channel not in self._listeners:
+                return False  # only listeners wait, and this one left
             event = self._confirmed.setdefault(channel, Event())
             if not event.wait(max(0.0, deadline - time.monotonic())):
+                self._resync.update(c for c in channels if c in self._listeners and not self.confirmed([c]))
                 return False
         return True
+
+    def confirmed(self, channels: Iterable[str]) -> bool:
+        """Whether Redis confirmed the subscription of every one of ``channels`` on the current connection."""
+        for channel in channels:
+            event = self._confirmed.get(channel)
+            if event is None or not event.is_set():
+                return False
+        return True
+
+    def redis_now_ms(self) -> int:
+        """Redis's clock now, in ms, as measured at the last connection: what new message ids are near."""
+        return int((time.time() + self.clock_offset) * 1000)
+
+    def channel_state_size(self) -> int:
+        """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
+        return len(self._listeners) + len(self._subscribed) + len(self._confirmed) + len(self._resync)
 
     # -- the subscription loop --------------------------------------------------
 
@@ -146,7 +194,9 @@ class SubscriptionHub:
                 if not self._listeners:
                     self._waiter.wait(None)
                     continue
-                pubsub = self._client_factory().pubsub()
+                client = self._client_factory()
+                self._measure_clock(client)
+                pubsub = client.pubsub()  # on the connection TIME just used
                 self._serve(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self.disconnects += 1
@@ -159,10 +209,20 @@ class SubscriptionHub:
             gevent.sleep(self._backoff * random.uniform(0.5, 1.0))
             self._backoff = min(self._backoff * 2, self.max_backoff)
 
+    def _measure_clock(self, client: redis.Redis) -> None:
+        """Redis's clock against this process's: message ids follow Redis's, and new websockets start from it."""
+        before = time.time()
+        seconds, microseconds = client.time()
+        after = time.time()
+        self.clock_offset = seconds + microseconds / 1e6 - (before + after) / 2
+
     def _on_disconnect(self, pubsub: Any) -> None:
         self.connected = False
         self._waiter.unwatch()
         self._subscribed.clear()
+        self._resync.update(self._listeners)
+        for channel in [c for c in self._confirmed if c not in self._listeners]:
+            del self._confirmed[channel]
         for event in self._confirmed.values():
             event.clear()
         if pubsub is not None:
@@ -239,15 +299,38 @@ class SubscriptionHub:
         if kind == "message":
             listeners = self._listeners.get(channel)  # type: ignore[arg-type]
             if listeners:
-                bus_message = envelope.decode(message["data"])
+                try:
+                    bus_message = envelope.decode(message["data"])
+                except envelope.MalformedMessageError as exc:
+                    self._drop(channel, str(exc))
+                    return
+                order = bus_message.order
+                if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
+                    # Trusted, it would make every later message look old to the clients that got it.
+                    self._drop(channel, f"id {bus_message.id} far ahead of Redis's clock")
+                    return
                 for listener in tuple(listeners):
                     listener.deliver(bus_message)
-        elif kind == "subscribe" and channel in self._subscribed:
+        elif kind == "subscribe" and channel in self._subscribed and channel in self._listeners:
             self._confirmed.setdefault(channel, Event()).set()  # type: ignore[arg-type]
-            if self.disconnects:
+            if channel in self._resync:
                 # Messages may have gone by while the subscription was down.
-                for listener in tuple(self._listeners.get(channel, ())):  # type: ignore[arg-type]
+                self._resync.discard(channel)  # type: ignore[arg-type]
+                for listener in tuple(self._listeners[channel]):  # type: ignore[index]
                     listener.resync()
+
+    def _drop(self, channel: Any, reason: str) -> None:
+        """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= DROP_LOG_INTERVAL:
+            logger.warning(
+                "dropped %d message(s) on the bus that this package did not publish; the last on %s: %s",
+                self._dropped,
+                loggable(channel),
+                reason,
+            )
+            self._dropped, self._dropped_logged = 0, now
 
 
 class BatchedReader:
@@ -294,6 +377,51 @@ class BatchedReader:
                 result.set([values[key] for key in wanted])
 
 
+class BacklogBudgetError(Exception):
+    """The worker holds as much backlog as it may, and none was freed in time."""
+
+
+class BacklogBudget:
+    """Bounds the history bytes the websockets of one worker hold at once.
+
+    Every resuming websocket reads its backlog a page at a time and holds the
+    page while it writes it to a client that may be slow. A page is reserved
+    here before it is read (at the size a page aims at) and the reservation is
+    corrected to its real size once read; while the worker holds ``limit``
+    bytes, further reads wait until a page was written or its websocket gave
+    up. The total can exceed ``limit`` only by pages larger than aimed at and
+    by reads in flight (at most the command pool's connections).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._freed = Event()
+
+    def reserve(self, nbytes: int, timeout: float) -> None:
+        """Count ``nbytes`` as held, waiting up to ``timeout`` seconds for room.
+
+        :raises BacklogBudgetError: no room within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while self.held and self.held + nbytes > self.limit:
+            self._freed.clear()
+            if not self._freed.wait(max(0.0, deadline - time.monotonic())):
+                raise BacklogBudgetError(f"{self.held} bytes of backlog held by this worker")
+        self.held += nbytes
+
+    def resize(self, old: int, new: int) -> int:
+        """A reservation of ``old`` bytes now holds ``new``; returns ``new``."""
+        self.held += new - old
+        if new < old:
+            self._freed.set()
+        return new
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._freed.set()
+
+
 # -- one hub and one command client per process ------------------------------------
 
 _process: dict[str, Any] = {}
@@ -332,6 +460,14 @@ def batched_reader() -> BatchedReader:
     if "reader" not in state:
         state["reader"] = BatchedReader(command_client())
     return state["reader"]  # type: ignore[no-any-return]
+
+
+def backlog_budget() -> BacklogBudget:
+    """This process's :class:`BacklogBudget`."""
+    state = _this_process()
+    if "budget" not in state:
+        state["budget"] = BacklogBudget(BACKLOG_BUDGET)
+    return state["budget"]  # type: ignore[no-any-return]
 
 
 def new_origin() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -38,6 +39,9 @@ def check_upgrade_request(environ: Mapping[str, Any]) -> None:
         raise UpgradeRequiredError("websocket upgrade required")
     if environ.get("REQUEST_METHOD", "GET") != "GET":
         raise HandshakeError("websocket upgrade must use GET")
+    if environ.get("SERVER_PROTOCOL", "HTTP/1.1").upper() in ("HTTP/1.0", "HTTP/0.9"):
+        # RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 request at least.
+        raise HandshakeError("websocket upgrade needs HTTP/1.1")
     if "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
         raise HandshakeError("Connection header lacks 'upgrade'")
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != WEBSOCKET_VERSION:
@@ -105,7 +109,7 @@ class TokenBucket:
 
 
 class Verdict(Enum):
-    """What to do with one message a client sent; closing verdicts carry (code, reason)."""
+    """What to do with one frame a client sent; closing verdicts carry (code, reason)."""
 
     PUBLISH = "publish"
     HEARTBEAT = "heartbeat"
@@ -115,7 +119,13 @@ class Verdict(Enum):
 
 @dataclass
 class InboundPolicy:
-    """The limits on what one client sends: size, rate, and the heartbeat that is exempt."""
+    """The limits on what one client sends: size and rate, and which message is the heartbeat.
+
+    The rate counts every frame the server has to act on: messages (published),
+    heartbeats (answered) and pings and pongs (a ping is answered too). A
+    client that floods any of them is closed with 1008, so no frame kind lets
+    one client keep the worker busy.
+    """
 
     heartbeat: str | None = None
     max_size: int | None = None
@@ -133,13 +143,33 @@ class InboundPolicy:
         )
 
     def judge(self, message: bytes, now: float) -> Verdict:
+        """The verdict on one complete message (text or binary) the client sent at ``now``."""
         if self.max_size is not None and len(message) > self.max_size:
             return Verdict.TOO_BIG
+        if not self.allow_frame(now):
+            return Verdict.TOO_FAST
         if is_heartbeat(message, self.heartbeat):
             return Verdict.HEARTBEAT
-        if self.bucket is not None and not self.bucket.take(now):
-            return Verdict.TOO_FAST
         return Verdict.PUBLISH
+
+    def allow_frame(self, now: float) -> bool:
+        """Count one frame (a message, a ping or a pong) at ``now``; False once the client sends too fast."""
+        return self.bucket is None or self.bucket.take(now)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def loggable(text: object, limit: int = 200) -> str:
+    """``text`` from a request, safe for one log line: control characters escaped, cut at ``limit``.
+
+    A path such as ``/ws/x%0A2026-01-01 ... CRITICAL ...`` must not start a
+    forged line in the log.
+    """
+    value = str(text)
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
 
 
 #: Sent to a resuming client whose missed messages are no longer all in history.

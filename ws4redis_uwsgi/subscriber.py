@@ -53,7 +53,12 @@ class RedisSubscriber(RedisStore):
         self.resume: str | None = None
         #: The id (as a comparable pair) of the newest message handed out, to drop repeats.
         self.last_order: tuple[int, int] | None = None
-        #: Set by the hub after it re-subscribed: fetch what went by meanwhile.
+        #: Redis's clock (ms) when this websocket arrived: a catch-up from history
+        #: before it handed out anything starts here (see :attr:`position`).
+        self.arrived_ms = self._hub.redis_now_ms()
+        #: Set when this websocket owes a catch-up from history: by the hub after it
+        #: subscribed again, or when Redis could not be read as the websocket opened.
+        #: Live messages queue behind it (no fast path) until it is done.
         self.resync_needed = False
         #: True while history is read for this websocket: live messages must queue behind it.
         self.backfilling = False
@@ -96,7 +101,10 @@ class RedisSubscriber(RedisStore):
             websocket.send(message.payload, binary=message.binary)
 
     def persisted_messages(self) -> list[envelope.BusMessage]:
-        """The message still persisted for each subscribed channel, not yet handed out."""
+        """The message still persisted for each subscribed channel, not yet handed out.
+
+        :raises redis.RedisError: when Redis cannot be read.
+        """
         if not self._channels:
             return []
         values: list[Any]
@@ -104,24 +112,64 @@ class RedisSubscriber(RedisStore):
             values = hub.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
         else:
             values = self._connection.mget(self._channels)
-        found = [envelope.decode(value) for value in values if value]
-        return [m for m in found if self._is_new(m)]
+        found = []
+        for channel, value in zip(self._channels, values, strict=True):
+            if value:
+                try:
+                    found.append(envelope.decode(value))
+                except envelope.MalformedMessageError as exc:
+                    logger.warning("stored message of %s skipped: %s", channel, exc)
+        return self.new_messages(found)
 
-    def missed_since(self, since: str) -> history.Backlog:
-        """What was published on this websocket's channels after message id ``since``, not yet handed out."""
-        backlog = history.missed_since(self._connection, self._channels, since)
-        return history.Backlog(tuple(m for m in backlog.messages if self._is_new(m)), backlog.gap)
+    def read_backlog(self, since: str) -> history.BacklogReader:
+        """A reader of what was published on this websocket's channels after message id ``since``.
+
+        Pass its pages through :meth:`new_messages`.
+        """
+        return history.BacklogReader(self._connection, self._channels, since)
+
+    def new_messages(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
+        """Those of ``messages`` (in id order) not yet handed out and with a trustworthy id; records the newest."""
+        return [m for m in messages if self._is_new(m)]
 
     @property
     def last_id(self) -> str | None:
         return f"{self.last_order[0]}-{self.last_order[1]}" if self.last_order else None
 
+    @property
+    def position(self) -> str:
+        """The id after which this websocket has been handed every message: where a catch-up from history starts.
+
+        The last id handed out; before any, the id it resumed from; else the
+        moment it arrived (ids follow Redis's clock), so that a websocket that
+        opened while Redis was away gets what was published once it was back.
+        """
+        if self.last_order is not None:
+            return f"{self.last_order[0]}-{self.last_order[1]}"
+        if self.resume:
+            return self.resume
+        return f"{self.arrived_ms}-0"
+
+    def trusts(self, message_id: str) -> bool:
+        """Whether ``message_id`` (a client's ``resume``) could have been given out by this Redis: not far in the future."""
+        return envelope.plausible_id(envelope.parse_id(message_id), self._hub.redis_now_ms())
+
+    def subscribed(self) -> bool:
+        """Whether Redis confirmed every subscription of this websocket on the hub's current connection."""
+        return self._hub.confirmed(self._channels)
+
     def _is_new(self, message: envelope.BusMessage) -> bool:
-        """False for a message with an id at or below the last one handed out; records the new id."""
+        """False for a message with an id at or below the last one handed out, or far ahead of Redis's clock.
+
+        Records the id of a new one.
+        """
         order = message.order
         if order is None:
             return True
         if self.last_order is not None and order <= self.last_order:
+            return False
+        if not envelope.plausible_id(order, self._hub.redis_now_ms()):
+            logger.warning("message with id %s dropped: far ahead of Redis's clock", message.id)
             return False
         self.last_order = order
         return True
@@ -169,7 +217,7 @@ class RedisSubscriber(RedisStore):
         return None
 
     def resync(self) -> None:
-        """Called by the hub once it subscribed again after losing Redis."""
+        """Called by the hub once it subscribed again after losing Redis: catch up from history."""
         self.resync_needed = True
         self.notify()
 

@@ -33,6 +33,7 @@ import errno
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -46,7 +47,7 @@ import gevent.socket
 from . import settings
 from .close_codes import CloseCode, close_frame
 from .envelope import outgoing
-from .exceptions import HandshakeError, WebSocketError
+from .exceptions import HandshakeError, ServerBusyError, WebSocketError
 from .wsgi_server import StartResponse, Websocket, WebsocketWSGIServer
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame with ``code``, then wait briefly for the client to close its side.
 
-        uWSGI closes the socket when the request ends; bytes from the client
+        Never raises for a client that is gone. uWSGI closes the socket when the request ends; bytes from the client
         still unread then (a pong, its close frame) would make the kernel
         send a reset, and the client would lose frames it had not read yet.
         """
@@ -195,12 +196,12 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
             self._write_all(frame, timeout=1.0)
             shutdown_write(self._fd)
         except OSError as exc:
+            # The client is gone, whatever the errno (EPIPE, ECONNRESET, ENOTCONN
+            # after its reset, ...): nothing more to say to it.
             if exc.errno == errno.ETIMEDOUT:
                 # The client reads nothing; whatever waits in the kernel for it
                 # would still trickle out after the close: reset instead.
                 abort_on_close(self._fd)
-            elif exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
-                raise
             return
         self._discard_until_eof(timeout=CLOSE_LINGER)
 
@@ -212,7 +213,7 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
                 try:
                     gevent.socket.wait_write(self._fd, timeout=timeout)
                 except gevent.socket.timeout:
-                    raise OSError(errno.ETIMEDOUT, "close frame not written") from None
+                    raise OSError(errno.ETIMEDOUT, "the client took nothing within the timeout") from None
 
     def _discard_until_eof(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -242,6 +243,31 @@ def _on_fd(fd: int, action: Callable[[_socket.socket], object]) -> None:
         sock.detach()
 
 
+#: Descriptors a worker needs besides its clients' sockets: Redis and database
+#: connections, logs, the listening socket, the event loop's.
+FD_RESERVE = 64
+
+
+def check_descriptors(cores: int) -> None:
+    """Warn when uWSGI's ``max-fd`` cannot serve ``cores`` websockets.
+
+    Each websocket holds a descriptor, and a handshake in progress two (the
+    request's socket and the duplicate the websocket keeps). Past the limit a
+    handshake is refused with 503 instead of being dropped, but the operator
+    should size ``max-fd`` so that it does not happen.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * cores + FD_RESERVE
+    if soft < needed:
+        logger.warning(
+            "max-fd is %d, but %d async cores can need %d descriptors: handshakes past it are refused with 503; "
+            "raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
+            soft,
+            cores,
+            needed,
+        )
+
+
 def shutdown_write(fd: int) -> None:
     """Send FIN on ``fd`` without closing it (uWSGI owns and closes the descriptor)."""
     _on_fd(fd, lambda sock: sock.shutdown(socket.SHUT_WR))
@@ -260,7 +286,10 @@ def limit_send_buffer(fd: int, size: int | None) -> None:
 
 def abort_on_close(fd: int) -> None:
     """Make the coming close of ``fd`` a reset that drops unsent data (SO_LINGER 0)."""
-    _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
+    try:
+        _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
+    except OSError:
+        pass  # already closed
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4redis used
@@ -284,6 +313,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         super().__init__(*args, **kwargs)
         #: The detached websockets this process serves.
         self.sessions: set[DetachedSession] = set()
+        if uwsgi is not None:
+            check_descriptors(int(uwsgi.cores))
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
@@ -344,21 +375,45 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         if uwsgi is None:
             raise RuntimeError("uWSGIWebsocketServer runs only inside uWSGI")
         self._watch_reload()
+        fd = self._descriptor_for(environ)  # before the 101, so that a refusal is still possible
         try:
             uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""))
         except OSError as exc:
+            if fd is not None:
+                os.close(fd)
             raise HandshakeError(f"uWSGI refused the handshake: {exc}") from None
-        if self.can_detach(environ):
+        if fd is not None:
             from .detached import DetachedWebsocket
 
-            return DetachedWebsocket(os.dup(uwsgi.connection_fd()), self._max_size())
+            return DetachedWebsocket(fd, self._max_size())
         # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
         return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https")
 
+    def _descriptor_for(self, environ: dict[str, Any]) -> int | None:
+        """The descriptor a detached websocket keeps (a duplicate of the request's), or None when it stays in its request.
+
+        :raises ServerBusyError: the worker has no descriptor left (EMFILE): 503, not a 101 and a drop.
+        """
+        if not self.can_detach(environ):
+            return None
+        try:
+            return os.dup(uwsgi.connection_fd())
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise ServerBusyError("no file descriptor left, retry later") from None
+            raise
+
     @functools.cache  # noqa: B019 - one server per process, and uWSGI's options never change
     def _max_size(self) -> int:
-        """uWSGI's ``websocket-max-size`` (KiB, default 1024) in bytes, for websockets framed here."""
-        return int(uwsgi_number(1024, "websocket-max-size", "websockets-max-size") * 1024)
+        """The largest message a client may send to websockets framed here, in bytes.
+
+        ``WS4REDIS_MAX_MESSAGE_SIZE`` or uWSGI's ``websocket-max-size`` (KiB,
+        default 1024), the smaller: the frame parser refuses a message with
+        1009 as soon as its frame headers announce more, before it is held.
+        """
+        uwsgi_limit = int(uwsgi_number(1024, "websocket-max-size", "websockets-max-size") * 1024)
+        limit = settings.get("WS4REDIS_MAX_MESSAGE_SIZE")
+        return min(uwsgi_limit, limit) if limit is not None else uwsgi_limit
 
     def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
         from .detached import DetachedSession, DetachedWebsocket

@@ -22,18 +22,26 @@ from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 
-from . import settings
+from . import history, settings
 from .channels import facility_from_path, parse_query, restrict
 from .close_codes import CloseCode
 from .db_workers import get_workers
 from .envelope import BusMessage
-from .exceptions import HandshakeError, ServerBusyError, TooManyChannelsError, WebSocketError
+from .exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError, WebSocketError
+from .hub import BacklogBudgetError, backlog_budget
 from .identity import load_session_and_user
-from .protocol import GAP_NOTICE, InboundPolicy, Verdict, check_origin, check_upgrade_request, with_id
+from .protocol import GAP_NOTICE, InboundPolicy, Verdict, check_origin, check_upgrade_request, loggable, with_id
 from .redis_store import RedisMessage
 from .subscriber import RedisSubscriber
 
 logger = logging.getLogger("ws4redis_uwsgi")
+
+#: Messages from one client handled in one turn of its loop; then the other websockets get theirs.
+MAX_MESSAGES_PER_TURN = 32
+#: Seconds before a catch-up from history that Redis refused is tried again.
+BACKLOG_RETRY = 1.0
+#: Seconds a catch-up waits for the worker's backlog budget before the client is asked to come back (1013).
+BACKLOG_WAIT = 10.0
 
 StartResponse = Callable[..., Any]
 
@@ -118,17 +126,21 @@ class WebsocketWSGIServer:
         except HandshakeError as exc:
             return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
         except Exception:
-            logger.exception("websocket request on %s failed before the upgrade", environ.get("PATH_INFO"))
+            logger.exception("websocket request on %s failed before the upgrade", loggable(environ.get("PATH_INFO")))
             return self.refuse(start_response, "500 Internal Server Error", "server error", environ)
-        self.active_connections += 1
         try:
             # Completing the handshake only once Redis confirmed the subscriptions
             # means a page may rely on every message published after ``onopen``.
-            subscriber.wait_subscribed()
+            # Without Redis the handshake completes anyway, and the websocket
+            # catches up from history once the hub subscribed.
+            if not subscriber.wait_subscribed():
+                subscriber.resync_needed = True
             websocket = self.upgrade_websocket(environ, start_response)
-        except BaseException:
+        except BaseException as exc:
             self.active_connections -= 1
             subscriber.release()
+            if isinstance(exc, HandshakeError):  # refused before anything was written
+                return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
             raise
         self.run_websocket(websocket, subscriber, environ.get("PATH_INFO", ""))
         return []
@@ -140,22 +152,28 @@ class WebsocketWSGIServer:
         except WebSocketError:
             pass  # the client went away
         except Exception:
-            logger.exception("websocket on %s failed", path)
+            logger.exception("websocket on %s failed", loggable(path))
             websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
         finally:
             self.end_websocket(websocket, subscriber)
 
     def end_websocket(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """Give back the websocket's connection slot, channels and socket; once per websocket, whatever happened.
+
+        Adapters' ``close`` never raises for a client that is gone, whatever the errno.
+        """
         self.active_connections -= 1
-        subscriber.release()
-        websocket.close(CloseCode.NORMAL_CLOSURE)
+        try:
+            subscriber.release()
+        finally:
+            websocket.close(CloseCode.NORMAL_CLOSURE)
 
     def max_connections(self) -> int | None:
         """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
         return settings.get("WS4REDIS_MAX_CONNECTIONS")
 
     def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
-        """Everything before the upgrade: validate, authenticate, agree on channels."""
+        """Everything before the upgrade: validate, take a connection slot, authenticate, agree on channels."""
         facility_from_path(environ.get("PATH_INFO", ""), settings.get("WEBSOCKET_URL"))
         self.assure_protocol_requirements(environ)
         check_origin(
@@ -166,9 +184,16 @@ class WebsocketWSGIServer:
         limit = self.max_connections()
         if limit is not None and self.active_connections >= limit:
             raise ServerBusyError("too many connections, retry later")
-        # Session, user, groups and the hooks may query the database: that runs on
-        # the worker's few database greenlets, which keep their connections.
-        return get_workers().run(self.subscribe_request, WSGIRequest(environ))
+        # The slot is taken now: handshakes waiting for the database or Redis count
+        # too, or a burst would pass the check all at once.
+        self.active_connections += 1
+        try:
+            # Session, user, groups and the hooks may query the database: that runs on
+            # the worker's few database greenlets, which keep their connections.
+            return get_workers().run(self.subscribe_request, WSGIRequest(environ))
+        except BaseException:
+            self.active_connections -= 1
+            raise
 
     def subscribe_request(self, request: WSGIRequest) -> RedisSubscriber:
         """Authenticate ``request``, agree on its channels and subscribe; may use the database."""
@@ -191,7 +216,7 @@ class WebsocketWSGIServer:
         environ: dict[str, Any],
         headers: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
-        logger.info("websocket refused (%s, %s): %s", status, reason, environ.get("PATH_INFO"))
+        logger.info("websocket refused (%s, %s): %s", status, reason, loggable(environ.get("PATH_INFO")))
         body = f"{status}: {reason}\n".encode()
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(headers or [])])
         return [body]
@@ -199,6 +224,8 @@ class WebsocketWSGIServer:
     def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
         """The loop of one websocket, until the client leaves, is closed, or the server stops."""
         inbound = InboundPolicy.from_settings(time.monotonic())
+        if hasattr(websocket, "inbound"):
+            websocket.inbound = inbound  # adapters that see pings and pongs count them too
         waiter = self.make_waiter(websocket)
         subscriber.notify = waiter.wake
         self._waiters.add(waiter)
@@ -206,7 +233,9 @@ class WebsocketWSGIServer:
             self.start_websocket(websocket, subscriber, waiter)
             while not websocket.closed and not self.stopping:
                 waiter.wait(self.poll_interval)
-                self.step(websocket, subscriber, inbound)
+                if self.step(websocket, subscriber, inbound):
+                    waiter.wake()  # more waits: another turn, once the other websockets had theirs
+                    gevent.sleep(0)
             if self.stopping:
                 websocket.close(CloseCode.SERVICE_RESTART, "server restart")
         finally:
@@ -214,27 +243,57 @@ class WebsocketWSGIServer:
             waiter.close()
 
     def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
-        """What a websocket gets first (history or persisted messages); then the hub may write to it directly.
+        """What a websocket gets first (persisted messages); then the hub may write to it directly.
 
+        A resuming websocket's backlog is owed instead (``resync_needed``) and
+        sent by the loop's first :meth:`step`, a page at a time, so the
+        handshake does not wait for it. When Redis cannot be read now, the
+        websocket opens anyway and catches up from history once it can.
         ``waiter`` is anything with a ``wake()`` that makes the loop take its next :meth:`step`.
         """
+        if subscriber.resume and not subscriber.trusts(subscriber.resume):
+            # Never given out by this Redis: resuming from it would silence every later message.
+            logger.warning("websocket resumed from %s, far ahead of Redis's clock: told of a gap", loggable(subscriber.resume))
+            websocket.send(GAP_NOTICE, binary=False)
+            subscriber.resume = ""
         if subscriber.resume:
-            self.send_backlog(websocket, subscriber, subscriber.resume)
-        elif subscriber.resume == "":
-            for message in subscriber.persisted_messages():
-                self.send_message(websocket, subscriber, message)
+            subscriber.resync_needed = True
         else:
-            subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+            try:
+                if subscriber.resume == "":
+                    for message in subscriber.persisted_messages():
+                        self.send_message(websocket, subscriber, message)
+                else:
+                    subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+            except redis.RedisError as exc:
+                logger.warning("stored messages not available for a new websocket (%s): it catches up from history", exc)
+                subscriber.resync_needed = True
         self.enable_fast_path(websocket, subscriber, waiter)
-
-    def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> None:
-        """One turn of the loop: read what the client sent, catch up after a re-subscription, write what waits."""
-        self.receive_all(websocket, subscriber, inbound)
         if subscriber.resync_needed:
-            subscriber.resync_needed = False
-            if subscriber.last_id:  # without an id yet there is nothing to resume from
-                self.send_backlog(websocket, subscriber, subscriber.last_id)
+            waiter.wake()
+
+    def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
+        """One turn of the loop: read what the client sent, catch up from history when owed, write what waits.
+
+        :returns: True when the client sent more than one turn handles: take another turn soon.
+        """
+        more = self.receive_all(websocket, subscriber, inbound)
+        # A catch-up waits until Redis confirmed the subscriptions: what is published
+        # from then on arrives live, behind the backlog.
+        if subscriber.resync_needed and not websocket.closed and subscriber.subscribed():
+            self.catch_up(websocket, subscriber)
         self.send_all(websocket, subscriber)
+        return more
+
+    def catch_up(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """Send what was published after the websocket's :attr:`~RedisSubscriber.position`; retried while Redis refuses."""
+        subscriber.resync_needed = False
+        try:
+            self.send_backlog(websocket, subscriber, subscriber.position)
+        except redis.RedisError as exc:
+            logger.warning("history not available for a websocket (%s); trying again in %g s", exc, BACKLOG_RETRY)
+            subscriber.resync_needed = True
+            gevent.spawn_later(BACKLOG_RETRY, subscriber.notify)
 
     def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
         """Let the hub write frames straight to adapters that can take them (``try_write``)."""
@@ -268,32 +327,63 @@ class WebsocketWSGIServer:
         websocket.send(payload, binary=message.binary)
 
     def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
-        """What the client missed after message id ``since``, or the notice that history lost some of it.
+        """What the client missed after message id ``since`` (preceded by ``!gap`` when history lost some of it).
 
         While the history is read, live messages wait in the inbox (no fast
-        path), so that nothing newer overtakes what is being recovered.
+        path), so that nothing newer overtakes what is being recovered. It is
+        read and sent a page at a time, within the worker's backlog budget: a
+        client that does not take its backlog holds one page, and is cut off
+        after the send timeout.
+
+        :raises redis.RedisError: when Redis cannot be read; what was sent stays sent.
         """
         subscriber.backfilling = True
         try:
             self._send_backlog(websocket, subscriber, since)
+        except BacklogBudgetError as exc:
+            logger.warning("closing a websocket that waited too long for its backlog (%s)", exc)
+            websocket.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+        except SlowConsumerError:
+            logger.warning("closing a websocket that did not take its backlog in time")
+            raise
         finally:
             subscriber.backfilling = False
 
     def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
-        try:
-            backlog = subscriber.missed_since(since)
-        except redis.RedisError as exc:
-            logger.warning("history not available for a resuming websocket: %s", exc)
-            return
-        if backlog.gap:
-            logger.info("websocket resumed after %s, older than the history", since)
-            if subscriber.resume is not None:
-                websocket.send(GAP_NOTICE, binary=False)
-        for message in backlog.messages:
-            self.send_message(websocket, subscriber, message)
+        reader = subscriber.read_backlog(since)
+        budget = backlog_budget()
+        first = True
+        while not websocket.closed:
+            budget.reserve(history.PAGE_BYTES, BACKLOG_WAIT)
+            held = history.PAGE_BYTES
+            try:
+                page = reader.next_page()
+                held = budget.resize(held, page.nbytes if page is not None else 0)
+                if first:
+                    first = False
+                    if reader.gap:
+                        logger.info("websocket resumed after %s, older than the history", since)
+                        if subscriber.resume is not None:
+                            websocket.send(GAP_NOTICE, binary=False)
+                if page is None:
+                    return
+                for message in subscriber.new_messages(page.messages):
+                    self.send_message(websocket, subscriber, message)
+            finally:
+                budget.release(held)
 
-    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> None:
-        while not websocket.closed and (message := websocket.receive()) is not None:
+    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
+        """Act on what the client sent, :data:`MAX_MESSAGES_PER_TURN` messages at most.
+
+        :returns: True when it stopped at that bound: more may wait.
+        """
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            if websocket.closed:
+                return False
+            message = websocket.receive()
+            if message is None:
+                # Adapters that bound their work per call say whether they left frames unread.
+                return bool(getattr(websocket, "pending", False)) and not websocket.closed
             verdict = inbound.judge(message, time.monotonic())
             if verdict is Verdict.HEARTBEAT:
                 websocket.send(message, binary=False)
@@ -306,6 +396,7 @@ class WebsocketWSGIServer:
                 code, reason = verdict.value
                 logger.warning("closing websocket (%d, %s)", code, reason)
                 websocket.close(code, reason)
+        return True
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
         # Once a client fell too far behind, what still waits is not worth sending.

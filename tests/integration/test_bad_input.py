@@ -83,6 +83,12 @@ def test_post_upgrade_is_refused(uwsgi_server):
     assert raw_request(uwsgi_server, request).split(b" ")[1] == b"400"
 
 
+def test_http_1_0_upgrade_is_refused(uwsgi_server):
+    """RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 request at least."""
+    request = upgrade_request().replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    assert raw_request(uwsgi_server, request).split(b" ")[1] == b"400"
+
+
 @pytest.mark.parametrize(
     "path", ["/ws/a:b", "/ws/a*", "/ws/a%3Fb", "/ws/a%5Bb", "/ws/a%0Ab", "/ws/a%00b", "/ws/%C3%28", "/ws/%FF"]
 )

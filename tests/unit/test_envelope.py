@@ -2,7 +2,17 @@
 
 import pytest
 
-from ws4redis_uwsgi.envelope import MAGIC, BusMessage, decode, encode, is_utf8, outgoing
+from ws4redis_uwsgi.envelope import (
+    MAGIC,
+    MAX_ID_AHEAD_MS,
+    BusMessage,
+    MalformedMessageError,
+    decode,
+    encode,
+    is_utf8,
+    outgoing,
+    plausible_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,10 +92,33 @@ def test_an_origin_with_a_bar_or_newline_is_refused(origin):
         encode(b"payload", origin=origin)
 
 
-def test_magic_without_a_valid_header_is_taken_raw():
-    # Not something this package writes: no newline, or no '|' before the newline.
-    for data in (MAGIC + b"no header", MAGIC + b"b-origin\npayload"):
-        assert decode(data) == BusMessage(data, not is_utf8(data), None)
+@pytest.mark.parametrize(
+    "data",
+    [
+        MAGIC + b"no header",  # no newline
+        MAGIC + b"b-origin\npayload",  # no '|' before the newline
+        MAGIC + b"x|o|1-1\npayload",  # unknown flags
+        MAGIC + b"||999999999999999999-0\npayload",  # an id longer than any stream id
+        MAGIC + b"||abc\npayload",  # not an id
+        MAGIC + b"||1-\xff\npayload",
+        MAGIC + b"|or igin|1-1\npayload",  # an origin this package never writes
+        MAGIC + b"|||\npayload",
+    ],
+)
+def test_bytes_imitating_the_wrapping_are_refused(data):
+    """Another program's raw publish that starts like a wrapped message but is none reaches nobody."""
+    with pytest.raises(MalformedMessageError):
+        decode(data)
+
+
+def test_a_forged_id_within_the_format_decodes_and_is_judged_by_plausibility():
+    message = decode(MAGIC + b"||999999999999999-0\nFORGED")
+    assert message.order == (999999999999999, 0)
+    now = 1_700_000_000_000
+    assert not plausible_id(message.order, now)
+    assert plausible_id((now, 5), now)
+    assert plausible_id((now + MAX_ID_AHEAD_MS, 0), now)  # clocks of two hosts may differ a little
+    assert not plausible_id((now + MAX_ID_AHEAD_MS + 1, 0), now)
 
 
 @pytest.mark.parametrize(

@@ -65,14 +65,23 @@ def test_token_bucket_allows_the_burst_then_the_rate():
 
 
 def test_inbound_policy_verdicts():
-    policy = InboundPolicy(heartbeat="hb", max_size=10, bucket=TokenBucket(1, 1, 0.0))
+    policy = InboundPolicy(heartbeat="hb", max_size=10, bucket=TokenBucket(1, 2, 0.0))
     assert policy.judge(b"x" * 11, 0.0) is Verdict.TOO_BIG
     assert policy.judge(b"hb", 0.0) is Verdict.HEARTBEAT
     assert policy.judge(b"hello", 0.0) is Verdict.PUBLISH
-    assert policy.judge(b"hb", 0.0) is Verdict.HEARTBEAT  # heartbeats are never rate limited
     assert policy.judge(b"again", 0.0) is Verdict.TOO_FAST
+    assert policy.judge(b"hb", 1.0) is Verdict.HEARTBEAT  # a token back after a second
+    assert policy.judge(b"hb", 1.0) is Verdict.TOO_FAST  # heartbeats count against the rate too
     assert Verdict.TOO_BIG.value == (CloseCode.MESSAGE_TOO_BIG, "message too big")
     assert Verdict.TOO_FAST.value[0] == CloseCode.POLICY_VIOLATION == 1008
+
+
+def test_pings_and_pongs_share_the_rate_with_messages():
+    policy = InboundPolicy(heartbeat=None, max_size=None, bucket=TokenBucket(1, 3, 0.0))
+    assert policy.allow_frame(0.0) and policy.allow_frame(0.0)
+    assert policy.judge(b"hello", 0.0) is Verdict.PUBLISH
+    assert not policy.allow_frame(0.0)
+    assert InboundPolicy(bucket=None).allow_frame(0.0)  # no rate limit set: nothing counted
 
 
 def test_inbound_policy_from_settings():

@@ -6,7 +6,7 @@ import pytest
 
 from ws4redis_uwsgi.close_codes import CloseCode, close_frame
 from ws4redis_uwsgi.exceptions import HandshakeError, UpgradeRequiredError
-from ws4redis_uwsgi.protocol import WEBSOCKET_VERSION, check_upgrade_request, is_heartbeat
+from ws4redis_uwsgi.protocol import WEBSOCKET_VERSION, check_upgrade_request, is_heartbeat, loggable
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()  # 16 bytes, as RFC 6455 asks
 
@@ -36,6 +36,8 @@ def environ(**changes):
         {"HTTP_SEC_WEBSOCKET_KEY": f" {KEY} "},
         {"HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="},  # the key of RFC 6455 section 1.3
         {"REQUEST_METHOD": None},  # GET is assumed
+        {"SERVER_PROTOCOL": "HTTP/1.1"},
+        {"SERVER_PROTOCOL": "HTTP/2.0"},
     ],
 )
 def test_a_valid_upgrade_request_passes(changes):
@@ -63,6 +65,7 @@ def test_a_valid_upgrade_request_passes(changes):
         ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"short").decode()}, HandshakeError, "400 Bad Request"),
         ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"x" * 17).decode()}, HandshakeError, "400 Bad Request"),
         ({"HTTP_SEC_WEBSOCKET_KEY": "ключ"}, HandshakeError, "400 Bad Request"),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, HandshakeError, "400 Bad Request"),  # RFC 6455 4.1: HTTP/1.1 at least
     ],
 )
 def test_broken_upgrade_requests_are_refused_with_the_right_status(changes, error, status):
@@ -81,6 +84,7 @@ def test_broken_upgrade_requests_are_refused_with_the_right_status(changes, erro
         ({"HTTP_CONNECTION": "close"}, "Connection header lacks 'upgrade'"),
         ({"HTTP_SEC_WEBSOCKET_VERSION": "12"}, "unsupported websocket version"),
         ({"HTTP_SEC_WEBSOCKET_KEY": "AAAA"}, "invalid Sec-WebSocket-Key"),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, "websocket upgrade needs HTTP/1.1"),
     ],
 )
 def test_refusal_reasons(changes, reason):
@@ -170,3 +174,26 @@ def test_a_truncated_reason_stays_valid_utf8(reason):
     text = frame[4:].decode("utf-8")
     assert reason.startswith(text)
     assert len(frame[4:]) > 123 - 4  # only the split character is dropped
+
+
+@pytest.mark.parametrize(
+    ("text", "logged"),
+    [
+        ("/ws/chat", "/ws/chat"),
+        (
+            "/ws/x\n2026-01-01 00:00:00,000 CRITICAL ws4redis_uwsgi: FORGED",
+            "/ws/x\\n2026-01-01 00:00:00,000 CRITICAL ws4redis_uwsgi: FORGED",
+        ),
+        ("/ws/a\rb\x00c\x1b[31m", "/ws/a\\rb\\x00c\\x1b[31m"),
+        ("/ws/\u2028next", "/ws/\\u2028next"),
+        ("/ws/grüße", "/ws/grüße"),
+        (None, "None"),
+    ],
+)
+def test_request_data_in_log_lines_cannot_start_a_line(text, logged):
+    assert loggable(text) == logged
+    assert "\n" not in loggable(text) and "\r" not in loggable(text)
+
+
+def test_long_request_data_is_cut_in_log_lines():
+    assert loggable("x" * 1000) == "x" * 200 + "..."
