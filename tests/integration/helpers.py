@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -47,3 +50,50 @@ def wait_subscribed(redis_client, channel: str, count: int = 1) -> None:
     wait_for(
         lambda: dict(redis_client.pubsub_numsub(channel)).get(channel.encode(), 0) >= count, 10, f"subscription to {channel}"
     )
+
+
+def raw_websocket(server, path: str, rcvbuf: int | None = None, timeout: float = 5.0) -> socket.socket:
+    """A websocket handshake by hand, for clients that misbehave (answer no ping, flood, never read).
+
+    ``rcvbuf`` sets a small receive buffer before connecting, as a client that reads slowly has.
+    """
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout * TIMING)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {SITE_ORIGIN}\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        data = sock.recv(4096)
+        if not data:
+            break
+        response += data
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def close_code_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
+    """Read what the server sends until its close frame; the close code, or None if the connection ended without one."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection
+
+    connection = Connection(ConnectionType.CLIENT)
+    sock.settimeout(timeout * TIMING)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return None
+        connection.receive_data(data or None)
+        for event in connection.events():
+            if isinstance(event, CloseConnection):
+                return int(event.code)
+        if not data:
+            return None

@@ -9,10 +9,7 @@ request as before.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import signal
-import socket
 import time
 
 import psutil
@@ -20,7 +17,7 @@ import pytest
 from websockets.asyncio.client import connect as aconnect
 
 from tests.conftest import SITE_ENV
-from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
+from tests.integration.helpers import SITE_ORIGIN, client, facility, raw_websocket, recv
 from tests.servers import TIMING, UwsgiServer
 from ws4redis_uwsgi.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -65,23 +62,6 @@ def test_an_idle_websocket_costs_the_worker_less_than_10_kb(redis_server, site_d
         server.stop()
     per_connection = (after - before) / count
     assert per_connection < 10_000, f"{per_connection:.0f} bytes per idle websocket"
-
-
-def raw_websocket(server: UwsgiServer, path: str) -> socket.socket:
-    """A websocket handshake by hand, for a client that answers no ping."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5 * TIMING)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {SITE_ORIGIN}\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(4096)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 @pytest.mark.timeout(90)

@@ -45,8 +45,12 @@ WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
 WS4REDIS_PROCESS_REQUEST = "tests.testsite.hooks.process_request"
 WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
-WS4REDIS_RATE_LIMIT = (20, 60)
+# Tests that probe limits start their own worker with these changed through the environment.
+WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
+WS4REDIS_MAX_CONNECTIONS = (
+    int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
+)
 
 LOGGING = {
     "version": 1,

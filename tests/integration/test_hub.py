@@ -1,0 +1,86 @@
+"""The worker's subscription hub against a real redis-server that goes away and comes back, in this process."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.servers import RedisServer, wait_for
+from ws4redis_uwsgi.hub import SubscriptionHub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.resyncs = 0
+
+    def deliver(self, message) -> None:
+        self.messages.append(message.payload)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+
+def run_gevent_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the hub's greenlet run while waiting for ``condition``."""
+    wait_for(lambda: gevent.sleep(0.01) or condition(), timeout, what)
+
+
+@pytest.fixture
+def redis_and_hub(tmp_path):
+    server = RedisServer(workdir=tmp_path).start()
+    hub = SubscriptionHub(
+        lambda: redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)),
+        min_backoff=0.01,
+        max_backoff=0.05,
+    )
+    yield server, hub
+    if hub._greenlet is not None:
+        hub._greenlet.kill()
+    server.stop()
+
+
+def test_channels_left_during_an_outage_leave_no_state(redis_and_hub):
+    server, hub = redis_and_hub
+    staying = Listener()
+    hub.add(staying, ["stays"])
+    assert hub.wait_subscribed(["stays"], 5)
+    empty = hub.channel_state_size()  # "stays": a listener set, a subscription, a confirmation
+    server.kill()
+    run_gevent_until(lambda: not hub.connected, what="the hub to notice")
+    for i in range(200):
+        visitor = Listener()
+        hub.add(visitor, [f"visit:{i}"])
+        assert not hub.wait_subscribed([f"visit:{i}"], 0.001)  # Redis is down: the handshake goes on without
+        hub.remove(visitor, [f"visit:{i}"])
+    assert hub.channel_state_size() <= empty + 1  # "stays" may wait for its catch-up, nothing for the visitors
+    server.start()
+    run_gevent_until(lambda: hub.confirmed(["stays"]), what="the subscription after the restart")
+    assert hub.channel_state_size() == empty
+    assert staying.resyncs == 1  # told once to catch up with what went by
+
+
+def test_a_listener_that_arrives_during_an_outage_is_told_to_catch_up(redis_and_hub):
+    server, hub = redis_and_hub
+    first = Listener()
+    hub.add(first, ["a"])
+    assert hub.wait_subscribed(["a"], 5)
+    server.kill()
+    run_gevent_until(lambda: not hub.connected, what="the hub to notice")
+    late = Listener()
+    hub.add(late, ["b"])
+    server.start()
+    run_gevent_until(lambda: hub.confirmed(["a", "b"]), what="the subscriptions after the restart")
+    assert (first.resyncs, late.resyncs) == (1, 1)
+    newcomer = Listener()  # Redis is up: a new listener has nothing to catch up with
+    hub.add(newcomer, ["c"])
+    assert hub.wait_subscribed(["c"], 5)
+    run_gevent_until(lambda: True)
+    assert newcomer.resyncs == 0
+    redis.Redis.from_url(server.url).publish("c", b"hello")
+    run_gevent_until(lambda: newcomer.messages == [b"hello"], what="the message")
