@@ -154,6 +154,9 @@ class UwsgiServer:
                 "--http-websockets",
                 "--gevent",
                 str(self.cores),
+                # As in uwsgi.ini.example (after --gevent, which raises it to 30): drop a client silent for 1 s.
+                "--socket-timeout",
+                "1",
                 "--master",
                 "--workers",
                 "1",
