@@ -38,6 +38,12 @@ def recv(ws: ClientConnection) -> str | bytes:
     return ws.recv(timeout=RECV_TIMEOUT)
 
 
+def split(frame: str) -> tuple[str, str]:
+    """A resuming client's frame as (id, payload)."""
+    header, _, payload = frame.partition("\n")
+    return header, payload
+
+
 def facility() -> str:
     """A facility no other test uses, so persisted messages never leak between tests."""
     return "f" + uuid.uuid4().hex[:10]

@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     facility,
     raw_websocket,
     recv,
+    split,
     wait_subscribed,
 )
 from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
@@ -40,11 +41,6 @@ from ws4redis_uwsgi.publisher import RedisPublisher
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-
-
-def split(frame: str) -> tuple[str, str]:
-    header, _, payload = frame.partition("\n")
-    return header, payload
 
 
 def worker(server: UwsgiServer) -> psutil.Process:

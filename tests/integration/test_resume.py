@@ -19,16 +19,11 @@ from django.test import override_settings
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
+from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
 from tests.servers import TIMING, wait_for
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
-
-
-def split(frame: str) -> tuple[str, str]:
-    header, _, payload = frame.partition("\n")
-    return header, payload
 
 
 @pytest.mark.timeout(60)
