@@ -127,8 +127,8 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._finish_pending()
         if self._protocol is not None:
             message = self._next_message(self._protocol)
-            if message is not None or self.closed:
-                return message
+            if message is not None or self.closed or self._more:
+                return message  # with frames left over, read no more until they are done
         if not self._fill() or self._protocol is None:
             return None
         return self._next_message(self._protocol)

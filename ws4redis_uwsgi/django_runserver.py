@@ -85,6 +85,8 @@ logger = logging.getLogger("ws4redis_uwsgi")
 #: Seconds a close frame may take to go out, and to wait for the client's close frame.
 CLOSE_TIMEOUT = 1.0
 CLOSE_LINGER = 2.0
+#: Bytes read while waiting for the client's close frame; past them the connection is simply closed.
+CLOSE_LINGER_BYTES = 65536
 #: The close reasons sent when wsproto fails the connection, by close code.
 _VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 
@@ -270,6 +272,7 @@ class WsprotoWebsocket:
         client, having our close frame and end of stream, closes.
         """
         deadline = time.monotonic() + timeout
+        discarded = 0
         while True:
             for _ in self._connection.events():
                 pass
@@ -285,6 +288,9 @@ class WsprotoWebsocket:
             elif not data:
                 return
             else:
+                discarded += len(data)
+                if discarded > CLOSE_LINGER_BYTES:
+                    return  # a client that floods after the close frame is not waited for
                 self._connection.receive_data(data)
 
 

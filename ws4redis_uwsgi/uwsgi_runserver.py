@@ -58,6 +58,8 @@ logger = logging.getLogger("ws4redis_uwsgi")
 
 #: Seconds a closing websocket waits for the client to close its side.
 CLOSE_LINGER = 2.0
+#: Bytes a closing websocket reads and drops while it waits; a client that sends more is reset.
+CLOSE_LINGER_BYTES = 65536
 #: Seconds the rest of a directly written frame may take before the client counts as gone.
 PENDING_WRITE_TIMEOUT = 10.0
 #: uWSGI options whose sockets keep state a detached websocket would lose: TLS
@@ -216,10 +218,22 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
                     raise OSError(errno.ETIMEDOUT, "the client took nothing within the timeout") from None
 
     def _discard_until_eof(self, timeout: float) -> None:
+        """Read and drop what the client still sends, until it closes its side or ``timeout`` passed.
+
+        A client that goes on sending after the close frame (a flood) is reset
+        after :data:`CLOSE_LINGER_BYTES`: reading it for the whole linger
+        would keep the worker from everything else.
+        """
         deadline = time.monotonic() + timeout
+        discarded = 0
         while (remaining := deadline - time.monotonic()) > 0:
             try:
-                if not os.read(self._fd, 65536):
+                data = os.read(self._fd, 65536)
+                if not data:
+                    return
+                discarded += len(data)
+                if discarded > CLOSE_LINGER_BYTES:
+                    abort_on_close(self._fd)
                     return
             except BlockingIOError:
                 try:
