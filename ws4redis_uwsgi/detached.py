@@ -198,6 +198,8 @@ class DetachedWebsocket(uWSGIWebsocket):
             for handled, frame in enumerate(protocol.received_frames(), start=1):
                 if frame.opcode is Opcode.PING and isinstance(frame.payload, bytes):
                     if not self._allow_frame():
+                        self._send_pongs(pongs)  # the pings within the rate are answered
+                        self._too_fast()
                         return None
                     pongs.append(bytes(protocol.pong(frame.payload)))
                 else:
@@ -210,6 +212,7 @@ class DetachedWebsocket(uWSGIWebsocket):
                         self._answer_close(protocol, payload[0])
                     elif frame.opcode is Opcode.PONG:
                         if not self._allow_frame():
+                            self._too_fast()
                             return None
                         self._awaiting_pong = False
                     else:
@@ -307,14 +310,14 @@ class DetachedWebsocket(uWSGIWebsocket):
         raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
     def _allow_frame(self) -> bool:
-        """Count a ping or pong against the client's rate; past it close with 1008 (False)."""
+        """Count a ping or pong against the client's rate; False past it."""
         inbound = self.inbound
-        if inbound is None or inbound.allow_frame(time.monotonic()):
-            return True
+        return inbound is None or inbound.allow_frame(time.monotonic())
+
+    def _too_fast(self) -> None:
         logger.warning("closing websocket (%d, %s)", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         self._reset()
         self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-        return False
 
     def _too_big(self) -> None:
         logger.warning("closing websocket (%d, %s)", CloseCode.MESSAGE_TOO_BIG, "message too big")

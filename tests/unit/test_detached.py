@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import struct
 import time
 import weakref
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from tests.unit.websocket_contract import *  # noqa: F403 - the tests every adapter passes
 from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.close_codes import CloseCode
-from ws4redis_uwsgi.detached import DetachedWebsocket
-from ws4redis_uwsgi.exceptions import WebSocketError
+from ws4redis_uwsgi.detached import FRAMES_PER_CALL, DetachedWebsocket
+from ws4redis_uwsgi.exceptions import SlowConsumerError, WebSocketError
+from ws4redis_uwsgi.protocol import InboundPolicy, TokenBucket
 
 
 @pytest.fixture
@@ -270,3 +272,51 @@ def receive_soon_or_none(websocket: DetachedWebsocket) -> bytes | None:
     """receive() after the client's frames had time to arrive."""
     time.sleep(0.05)
     return websocket.receive()
+
+
+def test_pings_count_against_the_rate_and_a_flood_is_closed_with_1008(pair):
+    websocket, client = pair
+    websocket.inbound = InboundPolicy(bucket=TokenBucket(rate=1, burst=3, now=time.monotonic()))
+    client.send(*(Ping(payload=b"") for _ in range(10)))
+    REASONS[CloseCode.POLICY_VIOLATION] = "rate limit exceeded"
+    try:
+        assert refused_with(websocket, client, b"", before=(Pong(payload=b""),) * 3) == CloseCode.POLICY_VIOLATION
+    finally:
+        del REASONS[CloseCode.POLICY_VIOLATION]
+
+
+def test_one_receive_acts_on_a_bounded_number_of_frames_and_says_more_waits(pair):
+    websocket, client = pair
+    client.send(*(Ping(payload=b"") for _ in range(FRAMES_PER_CALL * 3)), TextMessage(data="after the pings"))
+    time.sleep(0.05)  # everything has arrived
+    assert websocket.receive() is None
+    assert websocket.pending  # frames are left for the next call
+    assert client.events(FRAMES_PER_CALL) == [Pong(payload=b"")] * FRAMES_PER_CALL  # answered in one write
+    assert receive_soon(websocket) == b"after the pings"
+    assert not websocket.pending
+
+
+def test_a_client_that_takes_no_frame_within_the_timeout_is_reset_as_a_slow_consumer(pair):
+    websocket, client = pair
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with pytest.raises(SlowConsumerError):
+        for _ in range(1000):
+            websocket._send_frame(b"\x82\x7e\xff\xff" + b"x" * 0xFFFF, timeout=0.2)
+    assert websocket.closed
+
+
+def test_closing_a_connection_the_client_reset_raises_nothing():
+    """ENOTCONN, EPIPE, ECONNRESET: whatever the errno, a client that is gone needs no close frame."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    browser = socket.create_connection(listener.getsockname())
+    server_side, _ = listener.accept()
+    server_side.setblocking(False)
+    websocket = DetachedWebsocket(os.dup(server_side.fileno()))
+    server_side.close()
+    browser.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    browser.close()  # a reset
+    time.sleep(0.05)
+    websocket.close(CloseCode.NORMAL_CLOSURE)
+    assert websocket.closed
+    websocket.dispose()
+    listener.close()
