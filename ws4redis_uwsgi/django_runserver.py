@@ -86,7 +86,7 @@ logger = logging.getLogger("ws4redis_uwsgi")
 CLOSE_TIMEOUT = 1.0
 CLOSE_LINGER = 2.0
 #: Bytes read while waiting for the client's close frame; past them the connection is simply closed.
-CLOSE_LINGER_BYTES = 65536
+CLOSE_LINGER_BYTES = 4 * 1024 * 1024
 #: The close reasons sent when wsproto fails the connection, by close code.
 _VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 
@@ -292,6 +292,7 @@ class WsprotoWebsocket:
                 if discarded > CLOSE_LINGER_BYTES:
                     return  # a client that floods after the close frame is not waited for
                 self._connection.receive_data(data)
+                gevent.sleep(0)  # the other websockets first
 
 
 class NoSocketError(HandshakeError):

@@ -59,7 +59,7 @@ logger = logging.getLogger("ws4redis_uwsgi")
 #: Seconds a closing websocket waits for the client to close its side.
 CLOSE_LINGER = 2.0
 #: Bytes a closing websocket reads and drops while it waits; a client that sends more is reset.
-CLOSE_LINGER_BYTES = 65536
+CLOSE_LINGER_BYTES = 4 * 1024 * 1024
 #: Seconds the rest of a directly written frame may take before the client counts as gone.
 PENDING_WRITE_TIMEOUT = 10.0
 #: uWSGI options whose sockets keep state a detached websocket would lose: TLS
@@ -220,9 +220,11 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
     def _discard_until_eof(self, timeout: float) -> None:
         """Read and drop what the client still sends, until it closes its side or ``timeout`` passed.
 
-        A client that goes on sending after the close frame (a flood) is reset
-        after :data:`CLOSE_LINGER_BYTES`: reading it for the whole linger
-        would keep the worker from everything else.
+        Reading on while the client still sends (the rest of a message that was
+        too big, say) lets it read the close frame: closing with unread bytes
+        would reset the connection and could lose it. Each read lets the other
+        websockets run first, and a client that sends more than
+        :data:`CLOSE_LINGER_BYTES` (a flood) is reset.
         """
         deadline = time.monotonic() + timeout
         discarded = 0
@@ -235,6 +237,7 @@ class uWSGIWebsocket:  # noqa: N801 - the name ws4redis used
                 if discarded > CLOSE_LINGER_BYTES:
                     abort_on_close(self._fd)
                     return
+                gevent.sleep(0)
             except BlockingIOError:
                 try:
                     gevent.socket.wait_read(self._fd, timeout=remaining)
