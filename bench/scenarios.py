@@ -1,0 +1,181 @@
+"""The scenarios: what each does to one peer and what it measures (the tables are in report.py).
+
+(a) broadcast fan-out to N clients at increasing publish rates: deliveries/s,
+    lost deliveries, p50/p99 publish-to-receive latency;
+(b) server CPU per delivered message, same phases (utime+stime from
+    ``/proc`` of the server's processes only; Redis shown apart);
+(c) many idle connections: server RSS per connection; ws4redis 0.6 waits in
+    ``select()`` with two descriptors per socket (its own Redis connection),
+    so it keeps only the sockets whose descriptors stay below 1024: the table
+    records how many it held;
+(d) a burst of connections opened as fast as the client can: handshakes/s and
+    server CPU per handshake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+from loadgen import IDLE_TIMEOUT
+from processes import CpuWindow, proc_rss_kib
+from systems import EnvInfo, Stack
+
+
+def percentile(sorted_values: list[int], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return float(sorted_values[min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))])
+
+
+def run_fanout(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Scenario (a)/(b): the clients stay; one phase per publish rate."""
+    out: dict[str, Any] = {"phases": {}, "notes": []}
+    with Stack(env, run_dir, args.clients, args.procs) as stack:
+        assert stack.pool is not None and stack.publisher is not None
+        opened = stack.pool.open(args.clients, args.concurrency, 120 + args.clients / 20)
+        time.sleep(1.0)
+        warm, live = stack.warm_all()
+        out["opened"], out["held"] = opened["opened"], live
+        if opened["errors"]:
+            out["notes"].append(f"handshakes failed: {opened['errors']}")
+        if warm < live:
+            out["notes"].append(f"only {warm} of {live} open clients received the warm-up broadcast")
+        for phase, rate in enumerate(args.rates, start=1):
+            messages = max(10, round(rate * args.seconds))
+            live, _ = stack.pool.status()
+            stack.pool.ask("expecting", "expect", phase, messages)
+            window = CpuWindow(stack.cpu_groups()).start()
+            publish_timeout = messages / rate + 60
+            sent = stack.publisher.call(publish_timeout, cmd="run", phase=phase, messages=messages, rate=rate)
+            progress = [0] * len(stack.pool.conns)
+            last_change = [time.monotonic()]
+
+            def on_reply(
+                index: int, reply: tuple, progress: list[int] = progress, last_change: list[float] = last_change
+            ) -> None:
+                if reply[0] == "progress" and reply[1] != progress[index]:
+                    progress[index] = reply[1]
+                    last_change[0] = time.monotonic()
+
+            cutoff = time.monotonic() + args.drain
+            timed_out = False
+            while True:
+                try:
+                    stack.pool.collect("done", 1.0, on_reply)
+                    break
+                except TimeoutError:
+                    if time.monotonic() - last_change[0] >= IDLE_TIMEOUT or time.monotonic() > cutoff:
+                        timed_out = True
+                        stack.pool.send("stop")
+                        stack.pool.collect("done", 30, on_reply)
+                        break
+            window.stop()
+            results = [r[1] for r in stack.pool.ask("results", "results", timeout=120)]
+            latencies: list[int] = []
+            for result in results:
+                chunk = array("q")
+                chunk.frombytes(result["latencies"])
+                latencies.extend(chunk)
+            latencies.sort()
+            received = sum(r["received"] for r in results)
+            expected = live * messages
+            last_receive = max(r["last_receive_ns"] for r in results)
+            span = (last_receive - sent["first_ns"]) / 1e9 if received else float("nan")
+            closed: dict[str, int] = {}
+            for result in results:
+                for key, value in result["closed"].items():
+                    closed[key] = closed.get(key, 0) + value
+            out["phases"][rate] = {
+                "clients": live,
+                "messages": messages,
+                "expected": expected,
+                "received": received,
+                "lost": expected - received,
+                "duplicates": sum(r["duplicates"] for r in results),
+                "out_of_order": sum(r["out_of_order"] for r in results),
+                "stale": sum(r["stale"] for r in results),
+                "rate": received / span if received else 0.0,
+                "p50": percentile(latencies, 50) / 1e6,
+                "p99": percentile(latencies, 99) / 1e6,
+                "max": percentile(latencies, 100) / 1e6,
+                "publish_s": (sent["last_ns"] - sent["first_ns"]) / 1e9,
+                "receivers": sent["receivers"],
+                "timed_out": timed_out,
+                "closed": closed,
+                "window": window,
+            }
+        out["notes"].extend(stack.findings())
+    return out
+
+
+def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Scenario (c): many idle websockets; memory per connection, and how many the server keeps."""
+    out: dict[str, Any] = {"notes": []}
+    with Stack(env, run_dir, args.idle, args.procs) as stack:
+        assert stack.pool is not None and stack.server is not None and stack.redis is not None
+        rss_before, redis_before, fds_before = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
+        opened = stack.pool.open(args.idle, args.concurrency, 120 + args.idle / 20)
+        time.sleep(2.0)
+        held, codes = stack.pool.status()
+        warm, live = stack.warm_all(timeout=20)
+        time.sleep(1.0)
+        rss_after, redis_after, fds_after = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
+        redis_clients = stack.redis.clients()
+        out.update(
+            redis_clients=redis_clients,
+            requested=args.idle,
+            opened=opened["opened"],
+            errors=opened["errors"],
+            open_s=opened["seconds"],
+            held=held,
+            closed_codes=codes,
+            live=warm,
+            rss_before=rss_before,
+            rss_after=rss_after,
+            per_conn=(rss_after - rss_before) / held if held else float("nan"),
+            redis_per_conn=(redis_after - redis_before) / held if held else float("nan"),
+            fds_before=fds_before,
+            fds_after=fds_after,
+        )
+        if live != held:
+            out["notes"].append(f"{held - live} more closed while the harness checked the others with a broadcast")
+        out["notes"].extend(stack.findings())
+    return out
+
+
+def run_burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Scenario (d): open a burst of websockets as fast as the client can; handshakes per second and their CPU.
+
+    Twice: anonymous clients (no cookie), then logged-in clients, each with the
+    session cookie of a different user, so every handshake looks up a session
+    and a user in the database (SQLite, in the server's process).
+    """
+    return {mode: _burst(env, args, run_dir, users) for mode, users in (("anonymous", 0), ("logged in", args.burst))}
+
+
+def _burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path, users: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"notes": []}
+    with Stack(env, run_dir, args.burst, args.procs, users=users) as stack:
+        assert stack.pool is not None
+        window = CpuWindow(stack.cpu_groups()).start()
+        opened = stack.pool.open(args.burst, args.burst_concurrency, 120 + args.burst / 20, stack.cookies or None)
+        time.sleep(0.5)  # work the server does right after a handshake (ws4redis 0.6 subscribes then)
+        window.stop()
+        time.sleep(1.0)
+        held, codes = stack.pool.status()
+        out.update(
+            requested=args.burst,
+            opened=opened["opened"],
+            errors=opened["errors"],
+            seconds=opened["seconds"],
+            rate=opened["opened"] / opened["seconds"] if opened["opened"] else 0.0,
+            held=held,
+            closed_codes=codes,
+            window=window,
+        )
+        out["notes"].extend(stack.findings())
+    return out
