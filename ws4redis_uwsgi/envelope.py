@@ -59,11 +59,6 @@ class BusMessage:
     origin: str | None = None
     id: str | None = None
 
-    @property
-    def is_text(self) -> bool:
-        """True when the message goes out as a text frame."""
-        return not self.binary
-
     @cached_property
     def order(self) -> tuple[int, int] | None:
         """The id as a comparable value, or None for a message without id."""
@@ -76,8 +71,13 @@ class BusMessage:
 
     @cached_property
     def frame_with_id(self) -> bytes:
-        """The websocket frame for a resuming client: the id, a newline, the payload."""
-        return server_frame((self.id or "").encode("ascii") + b"\n" + self.payload, self.binary)
+        """The websocket frame for a resuming client (:func:`with_id`), built once however many receive it."""
+        return server_frame(with_id(self.id, self.payload), self.binary)
+
+
+def with_id(message_id: str | None, payload: bytes) -> bytes:
+    """A message as a resuming client receives it: its id, a newline, the payload (the id is empty for raw publishes)."""
+    return (message_id or "").encode("ascii") + b"\n" + payload
 
 
 def plausible_id(order: tuple[int, int], redis_now_ms: int) -> bool:

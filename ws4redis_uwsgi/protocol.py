@@ -171,11 +171,3 @@ def loggable(text: object, limit: int = 200) -> str:
         value = value[:limit] + "..."
     return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
 
-
-#: Sent to a resuming client whose missed messages are no longer all in history.
-GAP_NOTICE = b"!gap\n"
-
-
-def with_id(message_id: str | None, payload: bytes) -> bytes:
-    """A message as a resuming client receives it: its id, a newline, the payload."""
-    return (message_id or "").encode("ascii") + b"\n" + payload

@@ -30,7 +30,8 @@ from .envelope import BusMessage
 from .exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError, WebSocketError
 from .hub import BacklogBudgetError, backlog_budget
 from .identity import load_session_and_user
-from .protocol import GAP_NOTICE, InboundPolicy, Verdict, check_origin, check_upgrade_request, loggable, with_id
+from .outbox import GAP_NOTICE, Opening
+from .protocol import InboundPolicy, Verdict, check_origin, check_upgrade_request, loggable
 from .redis_store import RedisMessage
 from .subscriber import RedisSubscriber
 
@@ -133,8 +134,7 @@ class WebsocketWSGIServer:
             # means a page may rely on every message published after ``onopen``.
             # Without Redis the handshake completes anyway, and the websocket
             # catches up from history once the hub subscribed.
-            if not subscriber.wait_subscribed():
-                subscriber.resync_needed = True
+            subscriber.wait_subscribed()
             websocket = self.upgrade_websocket(environ, start_response)
         except BaseException as exc:
             self.active_connections -= 1
@@ -200,8 +200,7 @@ class WebsocketWSGIServer:
         self.process_request(request)
         channels, echo = self.process_subscriptions(request)
         subscriber = self.Subscriber(self._redis_connection)
-        subscriber.echo = echo
-        subscriber.resume = parse_query(request.META.get("QUERY_STRING", "")).resume
+        subscriber.configure(echo=echo, resume=parse_query(request.META.get("QUERY_STRING", "")).resume)
         subscriber.set_pubsub_channels(request, channels)
         if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
             subscriber.release()
@@ -243,33 +242,32 @@ class WebsocketWSGIServer:
             waiter.close()
 
     def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
-        """What a websocket gets first (persisted messages); then the hub may write to it directly.
+        """What a websocket gets first (stored messages, or ``!gap``); then the hub may write to it directly.
 
-        A resuming websocket's backlog is owed instead (``resync_needed``) and
-        sent by the loop's first :meth:`step`, a page at a time, so the
-        handshake does not wait for it. When Redis cannot be read now, the
-        websocket opens anyway and catches up from history once it can.
-        ``waiter`` is anything with a ``wake()`` that makes the loop take its next :meth:`step`.
+        A resuming websocket's backlog is owed instead and sent by the loop's
+        first :meth:`step`, a page at a time, so the handshake does not wait
+        for it. When Redis cannot be read now, the websocket opens anyway and
+        catches up from history once it can. ``waiter`` is anything with a
+        ``wake()`` that makes the loop take its next :meth:`step`.
         """
-        if subscriber.resume and not subscriber.trusts(subscriber.resume):
+        outbox = subscriber.outbox
+        opening = outbox.opening(subscriber.redis_now_ms())
+        if opening is Opening.GAP:
             # Never given out by this Redis: resuming from it would silence every later message.
-            logger.warning("websocket resumed from %s, far ahead of Redis's clock: told of a gap", loggable(subscriber.resume))
+            logger.warning("websocket resumed from an id far ahead of Redis's clock: told of a gap")
             websocket.send(GAP_NOTICE, binary=False)
-            subscriber.resume = ""
-        if subscriber.resume:
-            subscriber.resync_needed = True
-        else:
+        if opening is not Opening.BACKLOG:
             try:
-                if subscriber.resume == "":
+                if outbox.with_ids:
                     for message in subscriber.persisted_messages():
                         self.send_message(websocket, subscriber, message)
                 else:
                     subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
             except redis.RedisError as exc:
                 logger.warning("stored messages not available for a new websocket (%s): it catches up from history", exc)
-                subscriber.resync_needed = True
+                outbox.owe_catch_up()
         self.enable_fast_path(websocket, subscriber, waiter)
-        if subscriber.resync_needed:
+        if outbox.catch_up_owed:
             waiter.wake()
 
     def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
@@ -280,31 +278,33 @@ class WebsocketWSGIServer:
         more = self.receive_all(websocket, subscriber, inbound)
         # A catch-up waits until Redis confirmed the subscriptions: what is published
         # from then on arrives live, behind the backlog.
-        if subscriber.resync_needed and not websocket.closed and subscriber.subscribed():
+        if subscriber.outbox.catch_up_owed and not websocket.closed and subscriber.subscribed():
             self.catch_up(websocket, subscriber)
         self.send_all(websocket, subscriber)
         return more
 
     def catch_up(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        """Send what was published after the websocket's :attr:`~RedisSubscriber.position`; retried while Redis refuses."""
-        subscriber.resync_needed = False
+        """Send what was published after the websocket's position (see :class:`Outbox`); retried while Redis refuses."""
+        outbox = subscriber.outbox
+        complete = False
         try:
-            self.send_backlog(websocket, subscriber, subscriber.position)
+            self.send_backlog(websocket, subscriber, outbox.begin_catch_up())
+            complete = True
         except redis.RedisError as exc:
             logger.warning("history not available for a websocket (%s); trying again in %g s", exc, BACKLOG_RETRY)
-            subscriber.resync_needed = True
             gevent.spawn_later(BACKLOG_RETRY, subscriber.notify)
+        finally:
+            outbox.end_catch_up(complete)
 
     def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
-        """Let the hub write frames straight to adapters that can take them (``try_write``)."""
+        """Let the hub write frames straight to adapters that can take them (``try_write``).
+
+        A direct write the socket took only in part wakes the loop (``waiter``), which writes the rest.
+        """
         try_write = getattr(websocket, "try_write", None)
-        if try_write is None:
-            return
-        websocket.wake = waiter.wake  # type: ignore[attr-defined]
-        if subscriber.resume is None:
-            subscriber.fast_send = lambda message: try_write(message.frame)
-        else:
-            subscriber.fast_send = lambda message: try_write(message.frame_with_id)
+        if try_write is not None:
+            websocket.wake = waiter.wake  # type: ignore[attr-defined]
+            subscriber.enable_fast_path(try_write)
 
     def shutdown(self) -> None:
         """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
@@ -322,22 +322,19 @@ class WebsocketWSGIServer:
             gevent.sleep(0.02)
 
     def send_message(self, websocket: Websocket, subscriber: RedisSubscriber, message: BusMessage) -> None:
-        """One message to the client; a resuming client gets it behind its id."""
-        payload = with_id(message.id, message.payload) if subscriber.resume is not None else message.payload
-        websocket.send(payload, binary=message.binary)
+        """One message to the client, framed as its outbox says (behind its id for a resuming client)."""
+        websocket.send(subscriber.outbox.payload(message), binary=message.binary)
 
     def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
         """What the client missed after message id ``since`` (preceded by ``!gap`` when history lost some of it).
 
-        While the history is read, live messages wait in the inbox (no fast
-        path), so that nothing newer overtakes what is being recovered. It is
-        read and sent a page at a time, within the worker's backlog budget: a
-        client that does not take its backlog holds one page, and is cut off
-        after the send timeout.
+        Live messages wait meanwhile (the outbox's catch-up gate). The
+        backlog is read and sent a page at a time, within the worker's
+        backlog budget: a client that does not take its backlog holds one
+        page, and is cut off after the send timeout.
 
         :raises redis.RedisError: when Redis cannot be read; what was sent stays sent.
         """
-        subscriber.backfilling = True
         try:
             self._send_backlog(websocket, subscriber, since)
         except BacklogBudgetError as exc:
@@ -346,8 +343,6 @@ class WebsocketWSGIServer:
         except SlowConsumerError:
             logger.warning("closing a websocket that did not take its backlog in time")
             raise
-        finally:
-            subscriber.backfilling = False
 
     def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
         reader = subscriber.read_backlog(since)
@@ -361,13 +356,14 @@ class WebsocketWSGIServer:
                 held = budget.resize(held, page.nbytes if page is not None else 0)
                 if first:
                     first = False
+                    notice = subscriber.outbox.gap_notice() if reader.gap else None
                     if reader.gap:
                         logger.info("websocket resumed after %s, older than the history", since)
-                        if subscriber.resume is not None:
-                            websocket.send(GAP_NOTICE, binary=False)
+                    if notice is not None:
+                        websocket.send(notice, binary=False)
                 if page is None:
                     return
-                for message in subscriber.new_messages(page.messages):
+                for message in subscriber.fresh(page.messages):
                     self.send_message(websocket, subscriber, message)
             finally:
                 budget.release(held)
@@ -399,9 +395,10 @@ class WebsocketWSGIServer:
         return True
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        # Once a client fell too far behind, what still waits is not worth sending.
-        while not websocket.closed and not subscriber.overflowed and (outgoing := subscriber.parse_response()) is not None:
-            self.send_message(websocket, subscriber, outgoing)
-        if subscriber.overflowed and not websocket.closed:
-            logger.warning("closing a websocket that fell %d messages behind", subscriber.max_pending)
+        """Write what waits; once the client fell too far behind, close it instead (what waits is not worth sending)."""
+        outbox = subscriber.outbox
+        while not websocket.closed and (message := outbox.next()) is not None:
+            self.send_message(websocket, subscriber, message)
+        if outbox.overflowed and not websocket.closed:
+            logger.warning("closing a websocket that fell %d messages behind", outbox.max_pending)
             websocket.close(CloseCode.SLOW_CONSUMER, "too slow")

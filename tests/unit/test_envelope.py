@@ -32,7 +32,7 @@ def test_raw_payload_travels_unchanged_and_non_utf8_becomes_binary(payload, bina
     data = encode(payload)
     assert data == payload  # other programs may PUBLISH/GET the same bytes
     assert decode(data) == BusMessage(payload, binary, None)
-    assert decode(data).is_text is not binary
+    assert decode(data).binary is binary
 
 
 def test_bytes_from_another_program_decode_as_they_are():
@@ -47,7 +47,7 @@ def test_binary_true_forces_a_binary_frame(payload):
     message = decode(data)
     assert message.payload == payload
     assert message.binary is True
-    assert message.is_text is False
+    assert message.binary is True
     assert message.origin is None
 
 

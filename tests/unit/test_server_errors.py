@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.test import RequestFactory
 
 from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.subscriber import RedisSubscriber
 from ws4redis_uwsgi.wsgi_server import WebsocketWSGIServer
 
 
@@ -31,27 +32,19 @@ class RecordingWebsocket:
             self.close_calls.append((int(code), reason))
 
 
-class FailingSubscriber:
-    """Subscribes to nothing and fails while sending the persisted messages."""
+class FailingSubscriber(RedisSubscriber):
+    """A site's WS4REDIS_SUBSCRIBER that subscribes to nothing and fails while sending the persisted messages."""
 
-    echo = False
-    resume = None
-    channels: tuple[str, ...] = ()
     released = False
-
-    def __init__(self, connection=None) -> None:
-        pass
 
     def set_pubsub_channels(self, request, channels) -> None:
         pass
-
-    def wait_subscribed(self, timeout: float = 0) -> bool:
-        return True
 
     def send_persisted_messages(self, websocket) -> None:
         raise RuntimeError("database password is hunter2")
 
     def release(self) -> None:
+        super().release()
         FailingSubscriber.released = True
 
 
