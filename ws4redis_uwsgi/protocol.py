@@ -170,4 +170,3 @@ def loggable(text: object, limit: int = 200) -> str:
     if len(value) > limit:
         value = value[:limit] + "..."
     return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), value)
-
