@@ -30,6 +30,15 @@ import django  # noqa: E402
 django.setup()
 
 
+@pytest.fixture(autouse=True)
+def fresh_process_state() -> Iterator[None]:
+    """Each test starts without the package's per-process resources (hub, clients, workers) of the one before."""
+    yield
+    from ws4redis_uwsgi import process
+
+    process.reset()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(_REDIS_PORT, _WORKDIR).start()

@@ -35,6 +35,8 @@ from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
+from . import process
+
 logger = logging.getLogger(__name__)
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -115,11 +117,11 @@ def _groups_query(alias: str) -> CompiledQuery:
     return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
 
 
-_queries: dict[tuple[Any, str, Any], CompiledQuery | None] = {}
+_QUERIES = "compiled auth queries"
 
 
 def _forget(**kwargs: Any) -> None:
-    _queries.clear()  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
+    process.forget(_QUERIES)  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
 
 
 setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.auth_lookup")
@@ -127,9 +129,10 @@ setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.auth_lookup")
 
 def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
     """``factory(alias)``, made once; None (and the ORM) from then on if it cannot be, logged once."""
+    queries: dict[tuple[Any, str, Any], CompiledQuery | None] = process.resource(_QUERIES, dict)
     key = (factory, alias, auth.get_user_model())
     try:
-        return _queries[key]
+        return queries[key]
     except KeyError:
         pass
     query = None
@@ -139,7 +142,7 @@ def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
         logger.info("ws4redis_uwsgi: %s lookups go through the ORM: %s", factory.__name__, exc)
     except Exception:
         logger.exception("ws4redis_uwsgi: could not compile %s; lookups go through the ORM", factory.__name__)
-    _queries[key] = query
+    queries[key] = query
     return query
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from . import settings
+from . import process, settings
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -76,9 +76,6 @@ def make_client(value: Any = None, *, max_connections: int | None = None, **over
     return redis.Redis(connection_pool=blocking)
 
 
-_clients: dict[str, redis.Redis] = {}
-
-
 def get_client() -> redis.Redis:
     """The process-wide client for the current setting, shared by publishers.
 
@@ -87,7 +84,4 @@ def get_client() -> redis.Redis:
     """
     value = settings.get("WS4REDIS_CONNECTION")
     key = repr(sorted(value.items())) if isinstance(value, dict) else str(value)
-    client = _clients.get(key)
-    if client is None:
-        client = _clients[key] = make_client(value)
-    return client
+    return process.resource(f"publisher client {key}", lambda: make_client(value))

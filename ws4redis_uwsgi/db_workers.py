@@ -10,7 +10,6 @@ process and keeps them open between handshakes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +18,8 @@ from django.db import Error as DatabaseError
 from django.db import connections
 from gevent.event import AsyncResult
 from gevent.queue import Queue
+
+from . import process
 
 T = TypeVar("T")
 
@@ -60,13 +61,6 @@ class DatabaseWorkers:
                 result.set(value)
 
 
-_process: dict[str, Any] = {}
-
-
 def get_workers() -> DatabaseWorkers:
     """This process's workers (uWSGI forks after import: never share them with a parent)."""
-    if _process.get("pid") != os.getpid():
-        _process.clear()
-        _process["pid"] = os.getpid()
-        _process["workers"] = DatabaseWorkers()
-    return _process["workers"]  # type: ignore[no-any-return]
+    return process.resource("database workers", DatabaseWorkers)

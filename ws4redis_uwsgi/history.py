@@ -15,6 +15,7 @@ it is told that the gap cannot be recovered. Settings:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -131,20 +132,20 @@ def id_key() -> str:
     return f"{prefix_string(settings.get('WS4REDIS_PREFIX'))}ws4redis:last-id"
 
 
-# One registered script per client; the client is kept alive with it so its id stays unique.
-_scripts: dict[int, tuple[redis.Redis, Any]] = {}
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
 def publish(client: redis.Redis, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> tuple[str, int]:
     """Publish one wrapped message with a new id; returns (id, receivers)."""
-    if id(client) not in _scripts:
-        _scripts[id(client)] = (client, client.register_script(_PUBLISH))
-    script = _scripts[id(client)][1]
     keys = [id_key(), *channels, *(stream_key(c) for c in channels), *(trimmed_key(c) for c in channels)]
     max_length = int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0)
     max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
-    args = [head, tail, int(expire or 0), max_length, max_age_ms, envelope.MAX_ID_AHEAD_MS]
-    message_id, receivers, repaired = script(keys=keys, args=args)
+    args: list[bytes | int] = [head, tail, int(expire or 0), max_length, max_age_ms, envelope.MAX_ID_AHEAD_MS]
+    try:
+        reply = client.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:  # a new or restarted Redis: it learns the script once
+        reply = client.eval(_PUBLISH, len(keys), *keys, *args)
+    message_id, receivers, repaired = reply
     message_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
     if repaired:
         logger.warning(

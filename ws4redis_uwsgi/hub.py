@@ -34,7 +34,7 @@ from gevent.event import AsyncResult, Event
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import envelope
+from . import envelope, process
 from .connection import make_client
 from .protocol import loggable
 
@@ -180,6 +180,13 @@ class SubscriptionHub:
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
         return len(self._listeners) + len(self._subscribed) + len(self._confirmed) + len(self._resync)
+
+    def close(self) -> None:
+        """Stop the subscription loop (its connection closes with it); for a process that forgets its hub."""
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+        self._waiter.unwatch()
 
     # -- the subscription loop --------------------------------------------------
 
@@ -422,56 +429,41 @@ class BacklogBudget:
         self._freed.set()
 
 
-# -- one hub and one command client per process ------------------------------------
-
-_process: dict[str, Any] = {}
-
-
-def _this_process() -> dict[str, Any]:
-    # uWSGI forks workers after importing the app: anything made before the
-    # fork (connections, greenlets) must not be shared with the children.
-    if _process.get("pid") != os.getpid():
-        _process.clear()
-        _process["pid"] = os.getpid()
-        _process["token"] = uuid.uuid4().hex[:12]
-        _process["counter"] = 0
-    return _process
+# -- one hub and one command client per process (see ws4redis_uwsgi.process) ---------
 
 
 def get_hub() -> SubscriptionHub:
     """This process's hub, created on first use."""
-    state = _this_process()
-    if "hub" not in state:
-        state["hub"] = SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0)))
-    return state["hub"]  # type: ignore[no-any-return]
+    return process.resource("hub", lambda: SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0))))
 
 
 def command_client() -> redis.Redis:
     """This process's client for GET and PUBLISH, with a bounded pool."""
-    state = _this_process()
-    if "client" not in state:
-        state["client"] = make_client(max_connections=COMMAND_POOL_SIZE)
-    return state["client"]  # type: ignore[no-any-return]
+    return process.resource("command client", lambda: make_client(max_connections=COMMAND_POOL_SIZE))
 
 
 def batched_reader() -> BatchedReader:
     """This process's :class:`BatchedReader` on :func:`command_client`."""
-    state = _this_process()
-    if "reader" not in state:
-        state["reader"] = BatchedReader(command_client())
-    return state["reader"]  # type: ignore[no-any-return]
+    return process.resource("batched reader", lambda: BatchedReader(command_client()))
 
 
 def backlog_budget() -> BacklogBudget:
     """This process's :class:`BacklogBudget`."""
-    state = _this_process()
-    if "budget" not in state:
-        state["budget"] = BacklogBudget(BACKLOG_BUDGET)
-    return state["budget"]  # type: ignore[no-any-return]
+    return process.resource("backlog budget", lambda: BacklogBudget(BACKLOG_BUDGET))
+
+
+class _Origins:
+    """Identifiers unique to one websocket among all workers: this process's random token and a counter."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:12]
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"{self.token}.{self.count}"
 
 
 def new_origin() -> str:
     """An identifier unique to one websocket connection among all workers."""
-    state = _this_process()
-    state["counter"] += 1
-    return f"{state['token']}.{state['counter']}"
+    return process.resource("origins", _Origins).next()
