@@ -246,6 +246,10 @@ class ClientPool:
         context = multiprocessing.get_context("spawn")  # children without the coordinator's state
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
+        #: Replies received but not yet returned by collect(), per process and kind, oldest first: a reply
+        #: that arrives in a call that then times out, or while the pool waits for another kind, stays here
+        #: until a collect() of its kind takes it.
+        self.unclaimed: list[dict[str, list[tuple]]] = []
         for _ in range(procs):
             parent, child = context.Pipe()
             proc = context.Process(target=client_process, args=(child, url), daemon=True)
@@ -253,6 +257,7 @@ class ClientPool:
             child.close()
             self.conns.append(parent)
             self.procs.append(proc)
+            self.unclaimed.append({})
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -261,29 +266,45 @@ class ClientPool:
         for conn in self.conns:
             conn.send(command)
 
-    def collect(self, kind: str, timeout: float, on_other: Callable[[int, tuple], None] | None = None) -> list[tuple]:
-        """One ``kind`` reply from every process; other replies go to ``on_other``."""
-        replies: dict[int, tuple] = {}
+    def collect(self, kind: str, timeout: float, on_progress: Callable[[int, tuple], None] | None = None) -> list[tuple]:
+        """One ``kind`` reply from every process, in process order.
+
+        No reply is lost, whatever the timing: the replies are kept in ``unclaimed`` until a call for
+        their kind returns them, so a call that times out (``TimeoutError``) keeps those that came, and
+        the next call only waits for the others. ``progress`` reports are not replies: they go to
+        ``on_progress`` (or nowhere) as they come.
+        """
         deadline = time.monotonic() + timeout
-        while len(replies) < len(self.conns):
+        while missing := [i for i, unclaimed in enumerate(self.unclaimed) if not unclaimed.get(kind)]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f}s")
-            for ready in wait([c for i, c in enumerate(self.conns) if i not in replies], min(remaining, 0.5)):
+                raise TimeoutError(f"client processes {missing} of {len(self.conns)} did not report {kind!r} within {timeout:g}s")
+            for ready in wait([self.conns[i] for i in missing], min(remaining, 0.5)):
                 index = self.conns.index(ready)  # type: ignore[arg-type]
                 try:
-                    reply = ready.recv()  # type: ignore[union-attr]
+                    reply: tuple = self.conns[index].recv()
                 except EOFError:
                     raise RuntimeError(f"client process {index} died (exit code {self.procs[index].exitcode})") from None
-                if reply[0] == kind:
-                    replies[index] = reply
-                elif on_other is not None:
-                    on_other(index, reply)
-        return [replies[i] for i in range(len(self.conns))]
+                if reply[0] == "progress":
+                    if on_progress is not None:
+                        on_progress(index, reply)
+                else:
+                    self.unclaimed[index].setdefault(reply[0], []).append(reply)
+        return [unclaimed[kind].pop(0) for unclaimed in self.unclaimed]
 
     def ask(self, kind: str, *command: Any, timeout: float = 30) -> list[tuple]:
+        """Send ``command`` to every process and collect its ``kind`` replies.
+
+        Unclaimed ``kind`` replies, of an earlier command, are dropped first (``forget``).
+        """
+        self.forget(kind)
         self.send(*command)
         return self.collect(kind, timeout)
+
+    def forget(self, kind: str) -> None:
+        """Drop the unclaimed ``kind`` replies: they answered a command whose collect() gave up."""
+        for unclaimed in self.unclaimed:
+            unclaimed.pop(kind, None)
 
     def open(self, count: int, concurrency: int, timeout: float, cookies: list[str] | None = None) -> dict[str, Any]:
         """Open ``count`` websockets with at most ``concurrency`` handshakes in flight, over all processes.
@@ -291,6 +312,7 @@ class ClientPool:
         With ``cookies``, the clients send them in turn (``Cookie:`` headers of logged-in users).
         """
         n = len(self.conns)
+        self.forget("opened")
         for i, conn in enumerate(self.conns):
             share = count // n + (1 if i < count % n else 0)
             conn.send(("open", share, max(1, concurrency // n), 30.0, cookies[i::n] if cookies else None))
@@ -313,8 +335,7 @@ class ClientPool:
         return sum(r[1] for r in replies), codes
 
     def close_all(self, timeout: float = 30) -> None:
-        self.send("close", timeout)
-        self.collect("closed", timeout + 30)
+        self.ask("closed", "close", timeout, timeout=timeout + 30)
 
     def stop(self) -> None:
         for conn in self.conns:

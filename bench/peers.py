@@ -45,7 +45,7 @@ from loadgen import ORIGIN, loop_name
 from processes import stop_all_live
 from report import table_burst, table_fanout, table_idle
 from scenarios import run_burst, run_fanout, run_idle
-from systems import BASELINE, PEERS, EnvInfo, build_env, make_sessions_main, publisher_main
+from systems import BASELINE, PEERS, EnvInfo, Failure, build_env, make_sessions_main, publisher_main
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 except Exception as exc:
                     keep = True
-                    results[info.spec.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                    results[info.spec.name] = Failure.of("failed", exc)
             table(results, args)
             problems.extend(baseline_problems(key, results.get(BASELINE)))
     finally:
@@ -159,18 +159,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.publisher or args.make_sessions:
         return args
-    args.clients = args.clients or (300 if args.quick else 1000)
-    args.seconds = args.seconds or (2.0 if args.quick else 4.0)
-    args.idle = args.idle or (2000 if args.quick else 10000)
-    args.burst = args.burst or (500 if args.quick else 2000)
-    args.rates = [float(r) for r in (args.rates or "10,50,100,200").split(",")]
+    # None is "not given"; a 0 given is refused below, not replaced by the default.
+    if args.clients is None:
+        args.clients = 300 if args.quick else 1000
+    if args.seconds is None:
+        args.seconds = 2.0 if args.quick else 4.0
+    if args.idle is None:
+        args.idle = 2000 if args.quick else 10000
+    if args.burst is None:
+        args.burst = 500 if args.quick else 2000
+    try:
+        args.rates = [float(r) for r in (args.rates if args.rates is not None else "10,50,100,200").split(",")]
+    except ValueError:
+        parser.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = {s.strip() for s in args.scenarios.split(",")}
     unknown = set(args.peers) - {p.name for p in PEERS}
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
-    if min(args.clients, args.idle, args.burst, args.procs) < 1 or min(args.rates) <= 0:
-        parser.error("counts and rates must be positive")
+    positive = [
+        ("--clients", args.clients),
+        ("--idle", args.idle),
+        ("--burst", args.burst),
+        ("--procs", args.procs),
+        ("--concurrency", args.concurrency),
+        ("--burst-concurrency", args.burst_concurrency),
+        ("--seconds", args.seconds),
+        *(("--rates", rate) for rate in args.rates),
+    ]
+    wrong = [f"{option} {value:g}" for option, value in positive if not value > 0]  # not > 0: NaN too
+    if wrong:
+        parser.error(f"counts, rates and seconds must be positive: {', '.join(wrong)}")
+    if not args.drain >= 0:
+        parser.error(f"--drain must not be negative: {args.drain:g}")
     return args
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from loadgen import IDLE_TIMEOUT
 from processes import CpuWindow
-from systems import BASELINE
+from systems import BASELINE, Failure
 
 
 def fmt_num(value: float, digits: int = 0) -> str:
@@ -58,6 +58,14 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], notes: li
     sys.stdout.flush()
 
 
+def failure_cell(name: str, res: Any, notes: list[str]) -> str:
+    """The short cell of a peer without figures; its full error goes into ``notes``, once."""
+    note = f"{name}: {res}"
+    if note not in notes:
+        notes.append(note)
+    return res.cell() if isinstance(res, Failure) else str(res)
+
+
 def client_shares(window: CpuWindow) -> list[float]:
     return [window.share(v) for k, v in sorted(window.delta.items()) if k.startswith("client")]
 
@@ -90,8 +98,12 @@ def table_fanout(results: dict[str, Any], args: argparse.Namespace) -> None:
         b = base["phases"].get(rate) if base else None
         for name, res in results.items():
             if not isinstance(res, dict):
-                rows_a.append([f"{rate:g}", name, str(res), *[""] * 7])
-                rows_b.append([f"{rate:g}", name, str(res), *[""] * 5])
+                cell = failure_cell(name, res, notes_a)
+                rows_a.append([f"{rate:g}", name, cell, *[""] * 7])
+                rows_b.append([f"{rate:g}", name, cell, *[""] * 5])
+                see_a = f"{name}: no figures, the error is below table (a)"
+                if see_a not in notes_b:
+                    notes_b.append(see_a)
                 continue
             p = res["phases"].get(rate)
             if p is None:
@@ -184,17 +196,18 @@ def table_fanout(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
     base = results.get(BASELINE) if isinstance(results.get(BASELINE), dict) else None
-    rows, notes = [], []
+    rows: list[list[str]] = []
+    notes: list[str] = []
     for name, res in results.items():
         if not isinstance(res, dict):
-            rows.append([name, str(res), *[""] * 8])
+            rows.append([name, failure_cell(name, res, notes), *[""] * 8])
             continue
         rows.append(
             [
                 name,
                 f"{res['opened']:,}/{res['requested']:,}",
                 f"{res['held']:,}",
-                f"{res['live']:,}",
+                f"{res['got_broadcast']:,}",
                 f"{res['rss_before'] / 1024:.1f} -> {res['rss_after'] / 1024:.1f}",
                 with_ratio(res["per_conn"], base and base["per_conn"], 1),
                 f"{res['redis_clients']:,}",
@@ -229,14 +242,15 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
-    rows, notes = [], []
+    rows: list[list[str]] = []
+    notes: list[str] = []
     for mode in ("anonymous", "logged in"):
         base = results.get(BASELINE)
         base = base.get(mode) if isinstance(base, dict) else None
         for name, by_mode in results.items():
             res = by_mode.get(mode) if isinstance(by_mode, dict) else by_mode
             if not isinstance(res, dict):
-                rows.append([mode, name, str(res), *[""] * 6])
+                rows.append([mode, name, failure_cell(name, res, notes), *[""] * 6])
                 continue
             w: CpuWindow = res["window"]
             bw: CpuWindow | None = base["window"] if base else None

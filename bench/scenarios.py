@@ -47,6 +47,7 @@ def run_fanout(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[st
         for phase, rate in enumerate(args.rates, start=1):
             messages = max(10, round(rate * args.seconds))
             live, _ = stack.pool.status()
+            stack.pool.forget("done")
             stack.pool.ask("expecting", "expect", phase, messages)
             window = CpuWindow(stack.cpu_groups()).start()
             publish_timeout = messages / rate + 60
@@ -54,24 +55,25 @@ def run_fanout(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[st
             progress = [0] * len(stack.pool.conns)
             last_change = [time.monotonic()]
 
-            def on_reply(
+            def on_progress(
                 index: int, reply: tuple, progress: list[int] = progress, last_change: list[float] = last_change
             ) -> None:
-                if reply[0] == "progress" and reply[1] != progress[index]:
+                if reply[1] != progress[index]:
                     progress[index] = reply[1]
                     last_change[0] = time.monotonic()
 
             cutoff = time.monotonic() + args.drain
             timed_out = False
             while True:
+                # A "done" that comes in a call that times out stays in the pool for the next call.
                 try:
-                    stack.pool.collect("done", 1.0, on_reply)
+                    stack.pool.collect("done", 1.0, on_progress)
                     break
                 except TimeoutError:
                     if time.monotonic() - last_change[0] >= IDLE_TIMEOUT or time.monotonic() > cutoff:
                         timed_out = True
                         stack.pool.send("stop")
-                        stack.pool.collect("done", 30, on_reply)
+                        stack.pool.collect("done", 30, on_progress)
                         break
             window.stop()
             results = [r[1] for r in stack.pool.ask("results", "results", timeout=120)]
@@ -121,7 +123,7 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
         opened = stack.pool.open(args.idle, args.concurrency, 120 + args.idle / 20)
         time.sleep(2.0)
         held, codes = stack.pool.status()
-        warm, live = stack.warm_all(timeout=20)
+        got_broadcast, still_open = stack.warm_all(timeout=20)
         time.sleep(1.0)
         rss_after, redis_after, fds_after = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
         redis_clients = stack.redis.clients()
@@ -133,7 +135,7 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
             open_s=opened["seconds"],
             held=held,
             closed_codes=codes,
-            live=warm,
+            got_broadcast=got_broadcast,
             rss_before=rss_before,
             rss_after=rss_after,
             per_conn=(rss_after - rss_before) / held if held else float("nan"),
@@ -141,8 +143,8 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
             fds_before=fds_before,
             fds_after=fds_after,
         )
-        if live != held:
-            out["notes"].append(f"{held - live} more closed while the harness checked the others with a broadcast")
+        if still_open != held:
+            out["notes"].append(f"{held - still_open} more closed while the harness checked the others with a broadcast")
         out["notes"].extend(stack.findings())
     return out
 

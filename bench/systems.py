@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from loadgen import ORIGIN, WARMUP, ClientPool
 from processes import Child, clean_env, descendants, free_port, port_open, proc_fds, proc_rss_kib, tail, wait_until
@@ -138,13 +138,42 @@ class RedisProcess(Child):
             return int(client.info("clients")["connected_clients"]) - 1
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a peer has no figures: what went wrong ("failed", "not installed") and the exception.
+
+    ``str()`` is the full text (a note below the table, the exit status's reason); ``cell()`` the
+    short form for the table's cell, so a long message does not widen the table.
+    """
+
+    what: str
+    error: str  # the exception's type
+    message: str
+
+    #: How much of the message a table cell shows.
+    CELL_CHARS: ClassVar[int] = 40
+
+    @classmethod
+    def of(cls, what: str, exc: BaseException) -> Failure:
+        return cls(what, type(exc).__name__, str(exc))
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.error}: {self.message}"
+
+    def cell(self) -> str:
+        message = " ".join(self.message.split())  # no line breaks in a cell
+        if len(message) > self.CELL_CHARS:
+            message = message[: self.CELL_CHARS].rstrip() + "..."
+        return f"{self.what}: {self.error}: {message}"
+
+
 @dataclass
 class EnvInfo:
     spec: PeerSpec
     path: Path
     python: Path
     versions: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
+    error: Failure | None = None
     built: bool = False
 
 
@@ -256,7 +285,7 @@ def build_env(spec: PeerSpec, rebuild: bool, log: Callable[[str], None]) -> EnvI
         if not exe.exists():
             raise RuntimeError(f"{exe.name} is missing from {path}")
     except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as exc:
-        info.error = f"not installed: {exc}"
+        info.error = Failure.of("not installed", exc)
     return info
 
 
