@@ -104,8 +104,8 @@ def main() -> int:
     import redis
     from django.core.management import call_command
 
-    from ws4redis_uwsgi import history
-    from ws4redis_uwsgi.envelope import encode_parts
+    from ws4redis_uwsgi.bus import history
+    from ws4redis_uwsgi.core.envelope import encode_parts
 
     call_command("migrate", verbosity=0)
     server = UwsgiServer(env, cores=args.clients + 200, log_path=workdir / "uwsgi.log").start()

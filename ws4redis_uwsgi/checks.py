@@ -9,7 +9,7 @@ from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
 from . import settings
-from .connection import connection_problems
+from .bus.connection import connection_problems
 
 _HEARTBEAT = re.compile(r"[\w .:-]{1,64}")
 

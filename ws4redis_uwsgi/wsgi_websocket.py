@@ -13,6 +13,6 @@ import django  # noqa: E402
 
 django.setup(set_prefix=False)
 
-from ws4redis_uwsgi.uwsgi_runserver import uWSGIWebsocketServer  # noqa: E402
+from ws4redis_uwsgi.server.uwsgi import uWSGIWebsocketServer  # noqa: E402
 
 application = uWSGIWebsocketServer()

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.helpers import client, facility, recv
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

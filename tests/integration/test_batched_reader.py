@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from tests.servers import free_port
-from ws4redis_uwsgi.hub import BatchedReader
+from ws4redis_uwsgi.bus.batched_reader import BatchedReader
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +47,9 @@ def test_a_failed_mget_raises_in_every_waiting_caller() -> None:
 
 
 def test_a_reader_that_never_answers_ends_the_wait_with_a_timeout(monkeypatch) -> None:
-    import ws4redis_uwsgi.hub as hub
+    import ws4redis_uwsgi.bus.batched_reader as batched_reader
 
-    monkeypatch.setattr(hub, "READ_TIMEOUT", 0.2)
+    monkeypatch.setattr(batched_reader, "READ_TIMEOUT", 0.2)
     reader = BatchedReader(redis.Redis(port=free_port()))
     reader._read = lambda: gevent.sleep(10)  # type: ignore[method-assign]  # as if stuck or killed
     with pytest.raises(redis.TimeoutError):

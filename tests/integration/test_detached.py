@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect as aconnect
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, client, facility, raw_websocket, recv
 from tests.servers import TIMING, UwsgiServer
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration

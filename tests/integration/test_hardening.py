@@ -34,8 +34,8 @@ from tests.integration.helpers import (
     wait_subscribed,
 )
 from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
-from ws4redis_uwsgi.close_codes import CloseCode, close_frame
-from ws4redis_uwsgi.envelope import MAGIC, parse_id
+from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame
+from ws4redis_uwsgi.core.envelope import MAGIC, parse_id
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from tests.integration.helpers import facility
-from ws4redis_uwsgi import history
+from ws4redis_uwsgi.bus import history
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -9,7 +9,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.servers import RedisServer, wait_for
-from ws4redis_uwsgi.hub import SubscriptionHub
+from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

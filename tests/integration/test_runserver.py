@@ -25,7 +25,7 @@ from wsproto.events import TextMessage
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import client, facility, recv
 from tests.servers import REPO, free_port, port_open, wait_for
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
 from tests.servers import TIMING, UwsgiServer, wait_for
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -213,7 +213,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(redis_server, site_d
 @pytest.mark.timeout(90)
 def test_a_burst_of_logged_in_handshakes_uses_a_few_database_connections(uwsgi_server, login):
     """Sessions, users and groups are loaded on a few long-lived greenlets, not one connection per websocket."""
-    from ws4redis_uwsgi.db_workers import POOL_SIZE
+    from ws4redis_uwsgi.server.db_workers import POOL_SIZE
 
     cookie = login("mary")
     fac = facility()

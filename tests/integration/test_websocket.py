@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.integration.helpers import client, facility, recv
-from ws4redis_uwsgi import envelope
+from ws4redis_uwsgi.core import envelope
 from ws4redis_uwsgi.publisher import RedisPublisher
 from ws4redis_uwsgi.redis_store import SELF
 

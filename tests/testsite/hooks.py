@@ -18,7 +18,7 @@ def process_request(request):
     """WS4REDIS_PROCESS_REQUEST: token authentication for non-browser clients, else the session cookie."""
     from django.contrib.auth.models import AnonymousUser, User
 
-    from ws4redis_uwsgi.identity import load_session_and_user
+    from ws4redis_uwsgi.django.identity import load_session_and_user
 
     token = request.GET.get("token")
     if token is None:

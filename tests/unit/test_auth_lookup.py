@@ -22,8 +22,8 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from ws4redis_uwsgi import auth_lookup
-from ws4redis_uwsgi.identity import identity_from_request, load_session_and_user
+from ws4redis_uwsgi.django import auth_lookup
+from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
 
 
 class Request:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ws4redis_uwsgi.channels import (
+from ws4redis_uwsgi.core.channels import (
     MAX_FACILITY_LENGTH,
     Audience,
     ClientRequest,

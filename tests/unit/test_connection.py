@@ -4,7 +4,7 @@ import pytest
 import redis
 from django.test import override_settings
 
-from ws4redis_uwsgi.connection import DEFAULT_TIMEOUTS, URL_SCHEMES, connection_problems, make_client
+from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, URL_SCHEMES, connection_problems, make_client
 
 
 @pytest.mark.parametrize(

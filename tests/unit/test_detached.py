@@ -22,10 +22,10 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 from tests.unit.websocket_contract import *  # noqa: F403 - the tests every adapter passes
 from tests.wsproto_client import Client, receive_soon
-from ws4redis_uwsgi.close_codes import CloseCode
-from ws4redis_uwsgi.detached import FRAMES_PER_CALL, DetachedWebsocket
+from ws4redis_uwsgi.core.close_codes import CloseCode
+from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket
 from ws4redis_uwsgi.exceptions import SlowConsumerError, WebSocketError
-from ws4redis_uwsgi.protocol import InboundPolicy, TokenBucket
+from ws4redis_uwsgi.server.detached import FRAMES_PER_CALL, DetachedWebsocket
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from wsproto.frame_protocol import CloseReason
 from tests.unit.websocket_contract import *  # noqa: F403 - the tests every adapter passes
 from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.checks import check_runserver
-from ws4redis_uwsgi.close_codes import CloseCode
-from ws4redis_uwsgi.django_runserver import WsprotoWebsocket, WsprotoWebsocketServer, application
+from ws4redis_uwsgi.core.close_codes import CloseCode
+from ws4redis_uwsgi.django_runserver import application
 from ws4redis_uwsgi.exceptions import WebSocketError
+from ws4redis_uwsgi.server.development import WsprotoWebsocket, WsprotoWebsocketServer
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ws4redis_uwsgi.envelope import (
+from ws4redis_uwsgi.core.envelope import (
     MAGIC,
     MAX_ID_AHEAD_MS,
     BusMessage,

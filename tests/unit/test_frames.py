@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from ws4redis_uwsgi.envelope import BusMessage
-from ws4redis_uwsgi.frames import server_frame
+from ws4redis_uwsgi.core.envelope import BusMessage
+from ws4redis_uwsgi.core.frames import server_frame
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,11 @@ import pytest
 from django.test import override_settings
 
 from ws4redis_uwsgi import settings
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
+from ws4redis_uwsgi.core.handshake import check_origin, origin_host
+from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket, Verdict
 from ws4redis_uwsgi.exceptions import OriginError
-from ws4redis_uwsgi.protocol import InboundPolicy, TokenBucket, Verdict, check_origin, origin_host
+from ws4redis_uwsgi.server.limits import inbound_policy
 
 
 @pytest.mark.parametrize(
@@ -84,10 +86,10 @@ def test_pings_and_pongs_share_the_rate_with_messages():
     assert InboundPolicy(bucket=None).allow_frame(0.0)  # no rate limit set: nothing counted
 
 
-def test_inbound_policy_from_settings():
+def test_inbound_policy_follows_the_settings():
     with override_settings(WS4REDIS_RATE_LIMIT=None, WS4REDIS_MAX_MESSAGE_SIZE=None, WS4REDIS_HEARTBEAT=None):
-        policy = InboundPolicy.from_settings()
+        policy = inbound_policy(now=0.0)
         assert policy.judge(b"x" * 10_000_000, 0.0) is Verdict.PUBLISH
     with override_settings(WS4REDIS_RATE_LIMIT=(5, 7)):
-        policy = InboundPolicy.from_settings(now=1.0)
+        policy = inbound_policy(now=1.0)
         assert policy.bucket is not None and (policy.bucket.rate, policy.bucket.burst) == (5, 7)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ws4redis_uwsgi.envelope import MAX_ID_AHEAD_MS, BusMessage
-from ws4redis_uwsgi.frames import server_frame
-from ws4redis_uwsgi.outbox import GAP_NOTICE, Opening, Outbox
+from ws4redis_uwsgi.core.envelope import MAX_ID_AHEAD_MS, BusMessage
+from ws4redis_uwsgi.core.frames import server_frame
+from ws4redis_uwsgi.core.outbox import GAP_NOTICE, Opening, Outbox
 
 NOW = 1_700_000_000_000
 

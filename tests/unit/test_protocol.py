@@ -4,9 +4,11 @@ import base64
 
 import pytest
 
-from ws4redis_uwsgi.close_codes import CloseCode, close_frame
+from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame
+from ws4redis_uwsgi.core.handshake import WEBSOCKET_VERSION, check_upgrade_request
+from ws4redis_uwsgi.core.inbound import is_heartbeat
+from ws4redis_uwsgi.core.text import loggable
 from ws4redis_uwsgi.exceptions import HandshakeError, UpgradeRequiredError
-from ws4redis_uwsgi.protocol import WEBSOCKET_VERSION, check_upgrade_request, is_heartbeat, loggable
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()  # 16 bytes, as RFC 6455 asks
 

@@ -3,7 +3,7 @@
 import pytest
 from django.test import override_settings
 
-from ws4redis_uwsgi.redis_store import SELF, RedisMessage, RedisStore, _names
+from ws4redis_uwsgi.bus.store import SELF, RedisMessage, RedisStore, _names
 
 # -- RedisMessage ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.test import RequestFactory
 
-from ws4redis_uwsgi.close_codes import CloseCode
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.subscriber import RedisSubscriber
 from ws4redis_uwsgi.wsgi_server import WebsocketWSGIServer
 

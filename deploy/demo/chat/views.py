@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from ws4redis_uwsgi.connection import get_client
+from ws4redis_uwsgi.bus.connection import get_client
 from ws4redis_uwsgi.publisher import RedisPublisher
 from ws4redis_uwsgi.redis_store import SELF
 

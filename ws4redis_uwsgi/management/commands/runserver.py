@@ -26,7 +26,7 @@ from django.core.management.commands.runserver import Command as RunserverComman
 from django.utils import autoreload
 from gevent import monkey
 
-from ws4redis_uwsgi import devserver
+from ws4redis_uwsgi.server import devserver
 
 #: Runs a program with gevent's patching done before it imports anything.
 LAUNCHER = Path(__file__).resolve().parents[2] / "gevent_launcher.py"

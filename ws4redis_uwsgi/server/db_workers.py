@@ -19,7 +19,7 @@ from django.db import connections
 from gevent.event import AsyncResult
 from gevent.queue import Queue
 
-from . import process
+from .. import process
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from . import process
+from .. import process
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _forget(**kwargs: Any) -> None:
     process.forget(_QUERIES)  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
 
 
-setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.auth_lookup")
+setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.auth_lookup")
 
 
 def _compiled(factory: Any, alias: str) -> CompiledQuery | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from . import process, settings
+from .. import process, settings
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import redis
 
-from . import envelope, settings
-from .channels import prefix_string
+from .. import settings
+from ..core import envelope
+from ..core.channels import prefix_string
 
 logger = logging.getLogger("ws4redis_uwsgi")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
+from ..core.channels import Identity
 from . import auth_lookup
-from .channels import Identity
 
 
 def load_session_and_user(request: Any) -> None:

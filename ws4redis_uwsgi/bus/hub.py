@@ -24,32 +24,22 @@ import logging
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import gevent
 import redis
-from gevent.event import AsyncResult, Event
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from gevent.event import Event
 
-from . import envelope, process
-from .connection import make_client
-from .protocol import loggable
+from ..core import envelope
+from ..core.text import loggable
 
-logger = logging.getLogger("ws4redis_uwsgi.hub")
+logger = logging.getLogger("ws4redis_uwsgi.bus.hub")
 
-#: Commands (GET, PUBLISH) from all websockets of a worker share this many connections.
-COMMAND_POOL_SIZE = 8
 #: Messages the hub hands out before it lets the websockets run.
 DRAIN_BATCH = 64
-#: Seconds a handshake waits for the batched read of its stored messages at most.
-READ_TIMEOUT = 30.0
 #: Seconds between two log lines about messages the hub dropped (a flood logs a count).
 DROP_LOG_INTERVAL = 10.0
-#: Backlog bytes (history read for resuming clients) a worker holds at once, about.
-BACKLOG_BUDGET = 16 * 1024 * 1024
 
 
 class Listener(Protocol):
@@ -338,132 +328,3 @@ class SubscriptionHub:
                 reason,
             )
             self._dropped, self._dropped_logged = 0, now
-
-
-class BatchedReader:
-    """The GETs of many websockets in one MGET: a burst of handshakes costs a round trip per batch.
-
-    Every websocket reads the stored message of its channels when it opens.
-    Through redis-py that is about 60 µs of CPU per command, a fifth of an
-    anonymous handshake, and a reconnect storm asks thousands at once.
-    Callers queue their keys and wait; one greenlet sends all that is queued
-    as a single MGET and answers each caller, then sends what queued
-    meanwhile (in a burst of 2,000 handshakes on one worker, about half as
-    many MGETs). A lone caller waits no longer than for its own MGET.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self._queued: list[tuple[list[str], AsyncResult]] = []
-        self._reader: gevent.Greenlet | None = None
-
-    def mget(self, keys: list[str]) -> list[bytes | None]:
-        """The values of ``keys`` (None where unset), as ``client.mget`` returns them; raises what it raises."""
-        result: AsyncResult = AsyncResult()
-        self._queued.append((keys, result))
-        if self._reader is None or self._reader.dead:
-            self._reader = gevent.spawn(self._read)
-        # The client's socket timeout ends a stuck MGET long before this; the bound
-        # is for a reader greenlet that was killed and so never answers.
-        result.wait(READ_TIMEOUT)
-        if not result.ready():
-            raise redis.TimeoutError(f"no answer to MGET within {READ_TIMEOUT:g} s")
-        return result.get()  # type: ignore[no-any-return]
-
-    def _read(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
-            keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
-            try:
-                values = dict(zip(keys, self._client.mget(keys), strict=True))
-            except Exception as exc:
-                for _, result in batch:
-                    result.set_exception(exc)
-                continue
-            for wanted, result in batch:
-                result.set([values[key] for key in wanted])
-
-
-class BacklogBudgetError(Exception):
-    """The worker holds as much backlog as it may, and none was freed in time."""
-
-
-class BacklogBudget:
-    """Bounds the history bytes the websockets of one worker hold at once.
-
-    Every resuming websocket reads its backlog a page at a time and holds the
-    page while it writes it to a client that may be slow. A page is reserved
-    here before it is read (at the size a page aims at) and the reservation is
-    corrected to its real size once read; while the worker holds ``limit``
-    bytes, further reads wait until a page was written or its websocket gave
-    up. The total can exceed ``limit`` only by pages larger than aimed at and
-    by reads in flight (at most the command pool's connections).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._freed = Event()
-
-    def reserve(self, nbytes: int, timeout: float) -> None:
-        """Count ``nbytes`` as held, waiting up to ``timeout`` seconds for room.
-
-        :raises BacklogBudgetError: no room within ``timeout``.
-        """
-        deadline = time.monotonic() + timeout
-        while self.held and self.held + nbytes > self.limit:
-            self._freed.clear()
-            if not self._freed.wait(max(0.0, deadline - time.monotonic())):
-                raise BacklogBudgetError(f"{self.held} bytes of backlog held by this worker")
-        self.held += nbytes
-
-    def resize(self, old: int, new: int) -> int:
-        """A reservation of ``old`` bytes now holds ``new``; returns ``new``."""
-        self.held += new - old
-        if new < old:
-            self._freed.set()
-        return new
-
-    def release(self, nbytes: int) -> None:
-        self.held -= nbytes
-        self._freed.set()
-
-
-# -- one hub and one command client per process (see ws4redis_uwsgi.process) ---------
-
-
-def get_hub() -> SubscriptionHub:
-    """This process's hub, created on first use."""
-    return process.resource("hub", lambda: SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0))))
-
-
-def command_client() -> redis.Redis:
-    """This process's client for GET and PUBLISH, with a bounded pool."""
-    return process.resource("command client", lambda: make_client(max_connections=COMMAND_POOL_SIZE))
-
-
-def batched_reader() -> BatchedReader:
-    """This process's :class:`BatchedReader` on :func:`command_client`."""
-    return process.resource("batched reader", lambda: BatchedReader(command_client()))
-
-
-def backlog_budget() -> BacklogBudget:
-    """This process's :class:`BacklogBudget`."""
-    return process.resource("backlog budget", lambda: BacklogBudget(BACKLOG_BUDGET))
-
-
-class _Origins:
-    """Identifiers unique to one websocket among all workers: this process's random token and a counter."""
-
-    def __init__(self) -> None:
-        self.token = uuid.uuid4().hex[:12]
-        self.count = 0
-
-    def next(self) -> str:
-        self.count += 1
-        return f"{self.token}.{self.count}"
-
-
-def new_origin() -> str:
-    """An identifier unique to one websocket connection among all workers."""
-    return process.resource("origins", _Origins).next()

@@ -37,16 +37,17 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-from .close_codes import CloseCode
-from .envelope import outgoing
-from .exceptions import SlowConsumerError, WebSocketError
-from .frames import MessageSizeLimit, server_frame
-from .protocol import InboundPolicy
-from .uwsgi_runserver import abort_on_close, uWSGIWebsocket
+from ..core.close_codes import CloseCode
+from ..core.envelope import outgoing
+from ..core.exceptions import SlowConsumerError, WebSocketError
+from ..core.frames import MessageSizeLimit, server_frame
+from ..core.inbound import InboundPolicy
+from .limits import inbound_policy
+from .uwsgi import abort_on_close, uWSGIWebsocket
 
 if TYPE_CHECKING:
-    from .subscriber import RedisSubscriber
-    from .wsgi_server import WebsocketWSGIServer
+    from ..bus.subscriber import RedisSubscriber
+    from .loop import WebsocketWSGIServer
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -433,7 +434,7 @@ class DetachedSession:
 
     def _turn(self) -> None:
         if self._inbound is None:
-            self._inbound = self.websocket.inbound = InboundPolicy.from_settings(time.monotonic())
+            self._inbound = self.websocket.inbound = inbound_policy(time.monotonic())
         if self.server.step(self.websocket, self.subscriber, self._inbound):
             self._state = _AGAIN  # the client sent more than one turn takes
 

@@ -1,0 +1,58 @@
+"""This process's Redis resources: the hub, the command client, the batched reader, the backlog budget, origins.
+
+Each is made on first use in the process that uses it (see :mod:`ws4redis_uwsgi.process`).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import process
+from .batched_reader import BatchedReader
+from .budget import BACKLOG_BUDGET, BacklogBudget
+from .connection import make_client
+from .hub import SubscriptionHub
+
+#: Commands (GET, PUBLISH, XRANGE) from all websockets of a worker share this many connections.
+COMMAND_POOL_SIZE = 8
+
+
+def get_hub() -> SubscriptionHub:
+    """This process's hub, created on first use."""
+    return process.resource("hub", lambda: SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0))))
+
+
+def command_client() -> redis.Redis:
+    """This process's client for GET and PUBLISH, with a bounded pool."""
+    return process.resource("command client", lambda: make_client(max_connections=COMMAND_POOL_SIZE))
+
+
+def batched_reader() -> BatchedReader:
+    """This process's :class:`BatchedReader` on :func:`command_client`."""
+    return process.resource("batched reader", lambda: BatchedReader(command_client()))
+
+
+def backlog_budget() -> BacklogBudget:
+    """This process's :class:`BacklogBudget`."""
+    return process.resource("backlog budget", lambda: BacklogBudget(BACKLOG_BUDGET))
+
+
+class _Origins:
+    """Identifiers unique to one websocket among all workers: this process's random token and a counter."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:12]
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"{self.token}.{self.count}"
+
+
+def new_origin() -> str:
+    """An identifier unique to one websocket connection among all workers."""
+    return process.resource("origins", _Origins).next()

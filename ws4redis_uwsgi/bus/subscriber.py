@@ -1,0 +1,199 @@
+"""The per-websocket subscriber, as ``ws4redis.subscriber.RedisSubscriber``.
+
+Unlike ws4redis, a subscriber holds no Redis connection of its own: it
+registers with the worker's :class:`~ws4redis_uwsgi.hub.SubscriptionHub`, and
+its :class:`~ws4redis_uwsgi.outbox.Outbox` decides what the websocket gets. Replace it with
+``WS4REDIS_SUBSCRIBER`` to add channels: override
+:meth:`RedisSubscriber.set_pubsub_channels` and call :meth:`subscribe`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from .. import settings
+from ..core import envelope
+from ..core.channels import Audience, ClientRequest, audience_channels
+from ..core.outbox import Outbox
+from ..django.identity import identity_from_request
+from . import history, resources
+from .store import RedisStore
+
+logger = logging.getLogger("ws4redis_uwsgi.bus.subscriber")
+
+#: How long a handshake waits for Redis to confirm the new subscriptions
+#: before it completes anyway (Redis may be down; the hub subscribes later).
+SUBSCRIBE_TIMEOUT = 3.0
+
+
+class RedisSubscriber(RedisStore):
+    """Subscribes one websocket to its channels and lets it publish to its own.
+
+    What the websocket is owed, and in which order, is its :attr:`outbox`'s
+    business; the subscriber feeds it (live messages from the hub, stored
+    messages, history pages) and wakes the websocket's loop.
+    """
+
+    subscription_channels = ["subscribe-session", "subscribe-group", "subscribe-user", "subscribe-broadcast"]
+    publish_channels = ["publish-session", "publish-group", "publish-user", "publish-broadcast"]
+
+    def __init__(self, connection: redis.Redis | None = None) -> None:
+        super().__init__(connection if connection is not None else resources.command_client())
+        self._hub = resources.get_hub()
+        self._channels: list[str] = []
+        self._origin = resources.new_origin()
+        #: The delivery state of this websocket; :meth:`configure` sets it up for the client's query.
+        self.outbox = self._new_outbox(echo=False, resume=None)
+        #: Called when a message waits; the server sets it to wake its loop.
+        self.notify: Callable[[], None] = _nothing
+        # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
+        self._write_now: Callable[[bytes], bool] | None = None
+
+    def configure(self, *, echo: bool, resume: str | None) -> None:
+        """What the client asked for: its own messages back (``echo``), message ids and a position (``resume``).
+
+        ``resume`` is None for a plain ws4redis client, ``""`` for ids from now on, or the id to resume after.
+        """
+        self.outbox = self._new_outbox(echo=echo, resume=resume)
+
+    def _new_outbox(self, *, echo: bool, resume: str | None) -> Outbox:
+        return Outbox(
+            origin=self._origin,
+            echo=echo,
+            with_ids=resume is not None,
+            resume_from=resume or None,
+            max_pending=settings.get("WS4REDIS_MAX_PENDING_MESSAGES"),
+            arrived_ms=self._hub.redis_now_ms(),
+        )
+
+    def enable_fast_path(self, write: Callable[[bytes], bool]) -> None:
+        """Let the hub write live messages straight to the socket (``write`` returns False when it cannot at once)."""
+        self._write_now = write
+
+    def set_pubsub_channels(self, request: Any, channels: Iterable[str]) -> None:
+        """Subscribe to, and publish on, the channels the client asked for.
+
+        ``channels`` holds the query parameters that were agreed, such as
+        ``'subscribe-broadcast'`` or ``'publish-user'``; the facility is the
+        request path below ``WEBSOCKET_URL``.
+        """
+        facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
+        wanted = ClientRequest(tuple(channels))
+        prefix = settings.get("WS4REDIS_PREFIX")
+        # The groups query only when a group channel is asked for.
+        identity = identity_from_request(request, with_groups=Audience.GROUP in wanted.subscribe | wanted.publish)
+        self._publishers = audience_channels(prefix, facility, wanted.publish, identity)
+        self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity))
+
+    def subscribe(self, *channels: str) -> None:
+        """Add channels to this websocket's subscriptions."""
+        new = [c for c in channels if c not in self._channels]
+        self._channels.extend(new)
+        self._hub.add(self, new)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self._channels)
+
+    def wait_subscribed(self, timeout: float = SUBSCRIBE_TIMEOUT) -> bool:
+        """Wait until Redis confirmed every subscription, so nothing published later is missed.
+
+        On timeout (Redis away) the websocket opens anyway and owes a catch-up
+        from history, which the hub asks for once the subscriptions are back.
+        """
+        if self._hub.wait_subscribed(self._channels, timeout):
+            return True
+        self.outbox.owe_catch_up()
+        return False
+
+    def subscribed(self) -> bool:
+        """Whether Redis confirmed every subscription of this websocket on the hub's current connection."""
+        return self._hub.confirmed(self._channels)
+
+    def redis_now_ms(self) -> int:
+        return self._hub.redis_now_ms()
+
+    def send_persisted_messages(self, websocket: Any) -> None:
+        """Send the message still persisted for each subscribed channel."""
+        for message in self.persisted_messages():
+            websocket.send(message.payload, binary=message.binary)
+
+    def persisted_messages(self) -> list[envelope.BusMessage]:
+        """The message still persisted for each subscribed channel, not yet handed out.
+
+        :raises redis.RedisError: when Redis cannot be read.
+        """
+        if not self._channels:
+            return []
+        values: list[Any]
+        if self._connection is resources.command_client():
+            values = resources.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
+        else:
+            values = self._connection.mget(self._channels)
+        found = []
+        for channel, value in zip(self._channels, values, strict=True):
+            if value:
+                try:
+                    found.append(envelope.decode(value))
+                except envelope.MalformedMessageError as exc:
+                    logger.warning("stored message of %s skipped: %s", channel, exc)
+        return self.outbox.fresh(self.trusted(found))
+
+    def read_backlog(self, since: str) -> history.BacklogReader:
+        """A reader of what was published on this websocket's channels after message id ``since``.
+
+        Pass its pages through :meth:`fresh`.
+        """
+        return history.BacklogReader(self._connection, self._channels, since)
+
+    def fresh(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
+        """Those of ``messages`` (from history, in id order) this websocket is owed; recorded as handed out."""
+        return self.outbox.fresh(self.trusted(messages))
+
+    def trusted(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
+        """Those of stored ``messages`` whose id this Redis can have given out; the others are logged and dropped."""
+        now_ms = self._hub.redis_now_ms()
+        kept = []
+        for message in messages:
+            if message.order is not None and not envelope.plausible_id(message.order, now_ms):
+                logger.warning("message with id %s dropped: far ahead of Redis's clock", message.id)
+            else:
+                kept.append(message)
+        return kept
+
+    def get_file_descriptor(self) -> int | None:
+        """``None``: the worker's hub owns the Redis socket, not this subscriber."""
+        return None
+
+    def deliver(self, message: envelope.BusMessage) -> None:
+        """Called by the hub for every message on one of this websocket's channels.
+
+        The outbox writes it straight to the socket when nothing waits before
+        it (one write of a frame built once per process, no wake-up of the
+        websocket's loop); otherwise it waits and the loop is woken.
+        """
+        if not self.outbox.take_live(message, self._write_now):
+            self.notify()
+
+    def parse_response(self) -> envelope.BusMessage | None:
+        """The next message to send to the websocket, or ``None`` when none waits (repeats skipped by id)."""
+        return self.outbox.next()
+
+    def resync(self) -> None:
+        """Called by the hub once it subscribed again after losing Redis: catch up from history."""
+        self.outbox.owe_catch_up()
+        self.notify()
+
+    def release(self) -> None:
+        """Leave all channels; called when the websocket closes."""
+        self._hub.remove(self, self._channels)
+        self._channels = []
+        self.outbox.clear()
+
+
+def _nothing() -> None:
+    pass

@@ -1,0 +1,409 @@
+"""The websocket loop, independent of the server that runs it.
+
+:class:`WebsocketWSGIServer` is a WSGI application: it validates the
+upgrade request, loads the session and user, agrees on channels, upgrades
+(through the adapter's :meth:`~WebsocketWSGIServer.upgrade_websocket`) and
+then loops: wait until the socket is readable or the hub delivered a
+message, read everything the client sent, write everything waiting.
+Adapters (uWSGI, the development server) only move bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import django
+import gevent
+import redis
+from django.apps import apps
+from django.core.exceptions import PermissionDenied
+from django.core.handlers.wsgi import WSGIRequest
+
+from .. import settings
+from ..bus import history
+from ..bus.budget import BacklogBudgetError
+from ..bus.resources import backlog_budget
+from ..bus.store import RedisMessage
+from ..bus.subscriber import RedisSubscriber
+from ..core.channels import facility_from_path, parse_query, restrict
+from ..core.close_codes import CloseCode
+from ..core.envelope import BusMessage
+from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError, WebSocketError
+from ..core.handshake import check_origin, check_upgrade_request
+from ..core.inbound import InboundPolicy, Verdict
+from ..core.outbox import GAP_NOTICE, Opening
+from ..core.text import loggable
+from ..django.identity import load_session_and_user
+from .db_workers import get_workers
+from .limits import inbound_policy
+
+logger = logging.getLogger("ws4redis_uwsgi")
+
+#: Messages from one client handled in one turn of its loop; then the other websockets get theirs.
+MAX_MESSAGES_PER_TURN = 32
+#: Seconds before a catch-up from history that Redis refused is tried again.
+BACKLOG_RETRY = 1.0
+#: Seconds a catch-up waits for the worker's backlog budget before the client is asked to come back (1013).
+BACKLOG_WAIT = 10.0
+
+StartResponse = Callable[..., Any]
+
+
+class Websocket(Protocol):
+    """What the loop needs from an adapter's websocket."""
+
+    closed: bool
+
+    def get_file_descriptor(self) -> int: ...
+    def receive(self) -> bytes | None: ...  # never blocks; None when nothing waits
+    def send(self, message: bytes, binary: bool | None = None) -> None: ...
+    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None: ...
+
+
+class Waiter(Protocol):
+    def wait(self, timeout: float | None) -> bool: ...
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class WebsocketWSGIServer:
+    """Serves websockets on ``WEBSOCKET_URL``; subclass and implement the adapter methods."""
+
+    #: Longest the loop sleeps without looking at the socket, so the adapter
+    #: can answer or send pings and notice dead peers.
+    poll_interval = 5.0
+
+    def __init__(self, redis_connection: redis.Redis | None = None) -> None:
+        self._redis_connection = redis_connection
+        #: Websockets this process serves now; compared with max_connections().
+        self.active_connections = 0
+        #: Set by shutdown(): every loop closes its websocket with 1012.
+        self.stopping = False
+        self._waiters: set[Waiter] = set()
+        if not apps.ready:
+            # ws4redis sites' own wsgi_websocket.py never called django.setup().
+            django.setup(set_prefix=False)
+
+    # -- adapter methods ------------------------------------------------------------
+
+    def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> Websocket:
+        raise NotImplementedError
+
+    def make_waiter(self, websocket: Websocket) -> Waiter:
+        from ..bus.hub import FdWaiter
+
+        return FdWaiter(websocket.get_file_descriptor())
+
+    # -- decisions, overridable as in ws4redis ------------------------------------------
+
+    @property
+    def Subscriber(self) -> type[RedisSubscriber]:  # noqa: N802 - the name ws4redis used
+        return settings.get_callable("WS4REDIS_SUBSCRIBER")  # type: ignore[return-value]
+
+    def assure_protocol_requirements(self, environ: dict[str, Any]) -> None:
+        check_upgrade_request(environ)
+
+    def process_request(self, request: WSGIRequest) -> None:
+        """Attach session and user; ``WS4REDIS_PROCESS_REQUEST`` replaces this."""
+        custom = settings.get_callable("WS4REDIS_PROCESS_REQUEST")
+        (custom or load_session_and_user)(request)
+
+    def process_subscriptions(self, request: WSGIRequest) -> tuple[list[str], bool]:
+        """The channel parameters agreed for this request, and whether to echo.
+
+        :raises PermissionDenied: from ``WS4REDIS_ALLOWED_CHANNELS``.
+        """
+        wanted = parse_query(request.META.get("QUERY_STRING", ""))
+        allowed = settings.get_callable("WS4REDIS_ALLOWED_CHANNELS")
+        if allowed is not None:
+            wanted = restrict(wanted, allowed(request, list(wanted.channels)))
+        return list(wanted.channels), wanted.echo
+
+    # -- the WSGI application --------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            subscriber = self.open_subscription(environ)
+        except PermissionDenied:
+            return self.refuse(start_response, "403 Forbidden", "channels not allowed", environ)
+        except HandshakeError as exc:
+            return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
+        except Exception:
+            logger.exception("websocket request on %s failed before the upgrade", loggable(environ.get("PATH_INFO")))
+            return self.refuse(start_response, "500 Internal Server Error", "server error", environ)
+        try:
+            # Completing the handshake only once Redis confirmed the subscriptions
+            # means a page may rely on every message published after ``onopen``.
+            # Without Redis the handshake completes anyway, and the websocket
+            # catches up from history once the hub subscribed.
+            subscriber.wait_subscribed()
+            websocket = self.upgrade_websocket(environ, start_response)
+        except BaseException as exc:
+            self.active_connections -= 1
+            subscriber.release()
+            if isinstance(exc, HandshakeError):  # refused before anything was written
+                return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
+            raise
+        self.run_websocket(websocket, subscriber, environ.get("PATH_INFO", ""))
+        return []
+
+    def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
+        """Serve an upgraded websocket until it ends, then release it (its connection slot, channels, socket)."""
+        try:
+            self.serve(websocket, subscriber)
+        except WebSocketError:
+            pass  # the client went away
+        except Exception:
+            logger.exception("websocket on %s failed", loggable(path))
+            websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
+        finally:
+            self.end_websocket(websocket, subscriber)
+
+    def end_websocket(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """Give back the websocket's connection slot, channels and socket; once per websocket, whatever happened.
+
+        Adapters' ``close`` never raises for a client that is gone, whatever the errno.
+        """
+        self.active_connections -= 1
+        try:
+            subscriber.release()
+        finally:
+            websocket.close(CloseCode.NORMAL_CLOSURE)
+
+    def max_connections(self) -> int | None:
+        """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
+        return settings.get("WS4REDIS_MAX_CONNECTIONS")
+
+    def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
+        """Everything before the upgrade: validate, take a connection slot, authenticate, agree on channels."""
+        facility_from_path(environ.get("PATH_INFO", ""), settings.get("WEBSOCKET_URL"))
+        self.assure_protocol_requirements(environ)
+        check_origin(
+            environ.get("HTTP_ORIGIN"),
+            settings.allowed_origins(),
+            allow_missing=settings.get("WS4REDIS_ALLOW_MISSING_ORIGIN"),
+        )
+        limit = self.max_connections()
+        if limit is not None and self.active_connections >= limit:
+            raise ServerBusyError("too many connections, retry later")
+        # The slot is taken now: handshakes waiting for the database or Redis count
+        # too, or a burst would pass the check all at once.
+        self.active_connections += 1
+        try:
+            # Session, user, groups and the hooks may query the database: that runs on
+            # the worker's few database greenlets, which keep their connections.
+            return get_workers().run(self.subscribe_request, WSGIRequest(environ))
+        except BaseException:
+            self.active_connections -= 1
+            raise
+
+    def subscribe_request(self, request: WSGIRequest) -> RedisSubscriber:
+        """Authenticate ``request``, agree on its channels and subscribe; may use the database."""
+        self.process_request(request)
+        channels, echo = self.process_subscriptions(request)
+        subscriber = self.Subscriber(self._redis_connection)
+        subscriber.configure(echo=echo, resume=parse_query(request.META.get("QUERY_STRING", "")).resume)
+        subscriber.set_pubsub_channels(request, channels)
+        if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
+            subscriber.release()
+            raise TooManyChannelsError("too many channels")
+        return subscriber
+
+    def refuse(
+        self,
+        start_response: StartResponse,
+        status: str,
+        reason: str,
+        environ: dict[str, Any],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> list[bytes]:
+        logger.info("websocket refused (%s, %s): %s", status, reason, loggable(environ.get("PATH_INFO")))
+        body = f"{status}: {reason}\n".encode()
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(headers or [])])
+        return [body]
+
+    def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """The loop of one websocket, until the client leaves, is closed, or the server stops."""
+        inbound = inbound_policy(time.monotonic())
+        if hasattr(websocket, "inbound"):
+            websocket.inbound = inbound  # adapters that see pings and pongs count them too
+        waiter = self.make_waiter(websocket)
+        subscriber.notify = waiter.wake
+        self._waiters.add(waiter)
+        try:
+            self.start_websocket(websocket, subscriber, waiter)
+            while not websocket.closed and not self.stopping:
+                waiter.wait(self.poll_interval)
+                if self.step(websocket, subscriber, inbound):
+                    waiter.wake()  # more waits: another turn, once the other websockets had theirs
+                    gevent.sleep(0)
+            if self.stopping:
+                websocket.close(CloseCode.SERVICE_RESTART, "server restart")
+        finally:
+            self._waiters.discard(waiter)
+            waiter.close()
+
+    def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
+        """What a websocket gets first (stored messages, or ``!gap``); then the hub may write to it directly.
+
+        A resuming websocket's backlog is owed instead and sent by the loop's
+        first :meth:`step`, a page at a time, so the handshake does not wait
+        for it. When Redis cannot be read now, the websocket opens anyway and
+        catches up from history once it can. ``waiter`` is anything with a
+        ``wake()`` that makes the loop take its next :meth:`step`.
+        """
+        outbox = subscriber.outbox
+        opening = outbox.opening(subscriber.redis_now_ms())
+        if opening is Opening.GAP:
+            # Never given out by this Redis: resuming from it would silence every later message.
+            logger.warning("websocket resumed from an id far ahead of Redis's clock: told of a gap")
+            websocket.send(GAP_NOTICE, binary=False)
+        if opening is not Opening.BACKLOG:
+            try:
+                if outbox.with_ids:
+                    for message in subscriber.persisted_messages():
+                        self.send_message(websocket, subscriber, message)
+                else:
+                    subscriber.send_persisted_messages(websocket)  # as ws4redis did; a subclass may override it
+            except redis.RedisError as exc:
+                logger.warning("stored messages not available for a new websocket (%s): it catches up from history", exc)
+                outbox.owe_catch_up()
+        self.enable_fast_path(websocket, subscriber, waiter)
+        if outbox.catch_up_owed:
+            waiter.wake()
+
+    def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
+        """One turn of the loop: read what the client sent, catch up from history when owed, write what waits.
+
+        :returns: True when the client sent more than one turn handles: take another turn soon.
+        """
+        more = self.receive_all(websocket, subscriber, inbound)
+        # A catch-up waits until Redis confirmed the subscriptions: what is published
+        # from then on arrives live, behind the backlog.
+        if subscriber.outbox.catch_up_owed and not websocket.closed and subscriber.subscribed():
+            self.catch_up(websocket, subscriber)
+        self.send_all(websocket, subscriber)
+        return more
+
+    def catch_up(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """Send what was published after the websocket's position (see :class:`Outbox`); retried while Redis refuses."""
+        outbox = subscriber.outbox
+        complete = False
+        try:
+            self.send_backlog(websocket, subscriber, outbox.begin_catch_up())
+            complete = True
+        except redis.RedisError as exc:
+            logger.warning("history not available for a websocket (%s); trying again in %g s", exc, BACKLOG_RETRY)
+            gevent.spawn_later(BACKLOG_RETRY, subscriber.notify)
+        finally:
+            outbox.end_catch_up(complete)
+
+    def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
+        """Let the hub write frames straight to adapters that can take them (``try_write``).
+
+        A direct write the socket took only in part wakes the loop (``waiter``), which writes the rest.
+        """
+        try_write = getattr(websocket, "try_write", None)
+        if try_write is not None:
+            websocket.wake = waiter.wake  # type: ignore[attr-defined]
+            subscriber.enable_fast_path(try_write)
+
+    def shutdown(self) -> None:
+        """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
+        self.stopping = True
+        for waiter in tuple(self._waiters):
+            waiter.wake()
+
+    def close_all(self, timeout: float = 3.0) -> None:
+        """:meth:`shutdown`, then give the websockets ``timeout`` seconds to finish closing."""
+        if not self.active_connections:
+            return
+        self.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.active_connections and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+
+    def send_message(self, websocket: Websocket, subscriber: RedisSubscriber, message: BusMessage) -> None:
+        """One message to the client, framed as its outbox says (behind its id for a resuming client)."""
+        websocket.send(subscriber.outbox.payload(message), binary=message.binary)
+
+    def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
+        """What the client missed after message id ``since`` (preceded by ``!gap`` when history lost some of it).
+
+        Live messages wait meanwhile (the outbox's catch-up gate). The
+        backlog is read and sent a page at a time, within the worker's
+        backlog budget: a client that does not take its backlog holds one
+        page, and is cut off after the send timeout.
+
+        :raises redis.RedisError: when Redis cannot be read; what was sent stays sent.
+        """
+        try:
+            self._send_backlog(websocket, subscriber, since)
+        except BacklogBudgetError as exc:
+            logger.warning("closing a websocket that waited too long for its backlog (%s)", exc)
+            websocket.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+        except SlowConsumerError:
+            logger.warning("closing a websocket that did not take its backlog in time")
+            raise
+
+    def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
+        reader = subscriber.read_backlog(since)
+        budget = backlog_budget()
+        first = True
+        while not websocket.closed:
+            budget.reserve(history.PAGE_BYTES, BACKLOG_WAIT)
+            held = history.PAGE_BYTES
+            try:
+                page = reader.next_page()
+                held = budget.resize(held, page.nbytes if page is not None else 0)
+                if first:
+                    first = False
+                    notice = subscriber.outbox.gap_notice() if reader.gap else None
+                    if reader.gap:
+                        logger.info("websocket resumed after %s, older than the history", since)
+                    if notice is not None:
+                        websocket.send(notice, binary=False)
+                if page is None:
+                    return
+                for message in subscriber.fresh(page.messages):
+                    self.send_message(websocket, subscriber, message)
+            finally:
+                budget.release(held)
+
+    def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
+        """Act on what the client sent, :data:`MAX_MESSAGES_PER_TURN` messages at most.
+
+        :returns: True when it stopped at that bound: more may wait.
+        """
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            if websocket.closed:
+                return False
+            message = websocket.receive()
+            if message is None:
+                # Adapters that bound their work per call say whether they left frames unread.
+                return bool(getattr(websocket, "pending", False)) and not websocket.closed
+            verdict = inbound.judge(message, time.monotonic())
+            if verdict is Verdict.HEARTBEAT:
+                websocket.send(message, binary=False)
+            elif verdict is Verdict.PUBLISH:
+                try:
+                    subscriber.publish_message(RedisMessage(message))
+                except redis.RedisError as exc:
+                    logger.warning("message from websocket not published: %s", exc)
+            else:
+                code, reason = verdict.value
+                logger.warning("closing websocket (%d, %s)", code, reason)
+                websocket.close(code, reason)
+        return True
+
+    def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """Write what waits; once the client fell too far behind, close it instead (what waits is not worth sending)."""
+        outbox = subscriber.outbox
+        while not websocket.closed and (message := outbox.next()) is not None:
+            self.send_message(websocket, subscriber, message)
+        if outbox.overflowed and not websocket.closed:
+            logger.warning("closing a websocket that fell %d messages behind", outbox.max_pending)
+            websocket.close(CloseCode.SLOW_CONSUMER, "too slow")
