@@ -31,6 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff check ws4redis_uwsgi tests bench deploy
 	$(VENV)/bin/ruff format --check ws4redis_uwsgi tests bench deploy
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 ## ws4redis_uwsgi against ws4redis 0.6 and Channels 4 (environments built once under bench/.envs).
 bench: venv

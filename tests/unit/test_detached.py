@@ -25,7 +25,8 @@ from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket
 from ws4redis_uwsgi.exceptions import SlowConsumerError, WebSocketError
-from ws4redis_uwsgi.server.detached import FRAMES_PER_CALL, DetachedWebsocket
+from ws4redis_uwsgi.server.detached import DetachedWebsocket
+from ws4redis_uwsgi.server.limits import FRAMES_PER_CALL
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import time
@@ -67,7 +68,7 @@ def test_the_server_closes_with_code_and_reason(pair):
 
 def test_a_message_over_the_limit_closes_with_1009(pair):
     websocket, client = pair
-    websocket.max_message_size = 1000
+    websocket.limits = dataclasses.replace(websocket.limits, max_message_size=1000)
     client.send(BytesMessage(data=b"x" * 600, message_finished=False), BytesMessage(data=b"x" * 600))
     client.send(CloseConnection(code=1000))
     assert websocket.receive() is None
@@ -76,8 +77,9 @@ def test_a_message_over_the_limit_closes_with_1009(pair):
     assert event.code == CloseCode.MESSAGE_TOO_BIG
 
 
-def test_the_default_limit_is_1_mib():
-    assert WsprotoWebsocket.max_message_size == 1024 * 1024
+def test_the_limit_is_ws4redis_max_message_size_as_under_uwsgi(pair):
+    websocket, _ = pair
+    assert websocket.limits.max_message_size == 64 * 1024  # the default; uWSGI's 1 MiB is larger
 
 
 def test_invalid_utf8_in_a_text_frame_closes_with_1007(pair):
@@ -100,7 +102,7 @@ def test_a_vanished_client_raises(pair):
 
 def test_a_silent_client_is_pinged_then_dropped(pair):
     websocket, client = pair
-    websocket.ping_interval = 0.05
+    websocket.limits = dataclasses.replace(websocket.limits, ping_freq=0.05, pong_tolerance=0.05)  # uWSGI's rule, faster
     time.sleep(0.06)
     assert websocket.receive() is None
     assert isinstance(client.events()[0], Ping)

@@ -31,6 +31,12 @@ class RecordingWebsocket:
             self.closed = True
             self.close_calls.append((int(code), reason))
 
+    def dispose(self) -> None:
+        pass
+
+    def direct_writer(self, wake):
+        return None
+
 
 class FailingSubscriber(RedisSubscriber):
     """A site's WS4REDIS_SUBSCRIBER that subscribes to nothing and fails while sending the persisted messages."""

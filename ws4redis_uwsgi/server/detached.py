@@ -28,10 +28,10 @@ them there (see :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocketServer`).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -42,37 +42,27 @@ from ..core.envelope import outgoing
 from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.frames import MessageSizeLimit, server_frame
 from ..core.inbound import InboundPolicy
-from .limits import inbound_policy
-from .uwsgi import abort_on_close, uWSGIWebsocket
+from ..core.keepalive import KeepAlive, keep_alive
+from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, SEND_TIMEOUT, UWSGI_MAX_SIZE_KIB
+from .session import Session, Turn
+from .sockets import RawSocket
 
 if TYPE_CHECKING:
     from ..bus.subscriber import RedisSubscriber
-    from .loop import WebsocketWSGIServer
+    from .adapter import LoopServer
 
 logger = logging.getLogger("ws4redis_uwsgi")
-
-#: uWSGI's defaults for ``websocket-max-size`` (KiB), ``websocket-ping-freq`` and ``websocket-pong-tolerance`` (s).
-DEFAULT_MAX_SIZE = 1024 * 1024
-DEFAULT_PING_FREQ = 30.0
-DEFAULT_PONG_TOLERANCE = 3.0
-#: Seconds a send may wait for a client that reads nothing (uWSGI's socket timeout under ``--gevent``).
-SEND_TIMEOUT = 30.0
-#: Seconds the answer to a client's close frame may take.
-CLOSE_TIMEOUT = 1.0
-READ_SIZE = 65536
-#: Frames one call to ``receive`` acts on at most (pings, pongs, parts of messages).
-FRAMES_PER_CALL = 64
 
 _PING = b"\x89\x00"
 #: The close reasons sent when the client breaks RFC 6455 or a limit, by wsproto's close code.
 _VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8", CloseReason.MESSAGE_TOO_BIG: "message too big"}
 
 
-class DetachedWebsocket(uWSGIWebsocket):
+class DetachedWebsocket(RawSocket):
     """One websocket on its own descriptor of the client socket, framed here, not by uWSGI.
 
-    Same interface and write rules as :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`
-    (its :meth:`try_write`, :meth:`flush` and :meth:`close` are reused). What the client
+    Written to and closed by the socket layer (:class:`~ws4redis_uwsgi.server.sockets.RawSocket`,
+    as websockets that stay in their request are). What the client
     sends is parsed by wsproto's frame layer (:class:`wsproto.frame_protocol.FrameProtocol`),
     made on the first bytes the client sends and dropped again whenever it holds nothing
     (between frames), so an idle websocket does not keep one. Pings are answered, pongs
@@ -99,9 +89,9 @@ class DetachedWebsocket(uWSGIWebsocket):
         "max_size",
     )
 
-    def __init__(self, fd: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, fd: int, max_size: int = UWSGI_MAX_SIZE_KIB * 1024, send_buffer: int | None = None) -> None:
         # The descriptor is ours, not the request's: uWSGI closes its own when the request ends.
-        super().__init__(direct=True, fd=fd)
+        super().__init__(fd, send_buffer)
         self.max_size = max_size
         self._protocol: FrameProtocol | None = None  # only while the client's bytes are being parsed
         self._parts: list[bytes] | None = None  # the parts of an unfinished message
@@ -141,20 +131,17 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._send_frame(server_frame(message, binary))
 
     def keep_alive(self, now: float, ping_freq: float, pong_tolerance: float) -> bool:
-        """uWSGI's ping rule, called every few seconds: ping the client, and False once it failed to answer.
+        """uWSGI's ping rule (:mod:`~ws4redis_uwsgi.core.keepalive`), called every few seconds.
 
-        A ping goes out ``ping_freq`` seconds after the handshake and after
-        each previous ping; a ping unanswered for more than ``pong_tolerance``
-        seconds means the client is gone.
+        :returns: False once the client failed to answer a ping.
         """
         if self.closed or self._dead:
             return True
-        if self._awaiting_pong:
-            if now - self._last_ping > pong_tolerance:
-                self._dead = True
-                return False
-            return True
-        if now - self._last_ping >= ping_freq and self.try_write(_PING):
+        action = keep_alive(now, self._last_ping, self._awaiting_pong, ping_freq, pong_tolerance)
+        if action is KeepAlive.GONE:
+            self._dead = True
+            return False
+        if action is KeepAlive.PING and self.try_write(_PING):
             self._last_ping = now
             self._awaiting_pong = True
         return True
@@ -330,55 +317,45 @@ class DetachedWebsocket(uWSGIWebsocket):
         self._parts, self._parts_size = None, 0
 
     def _send_frame(self, frame: bytes, timeout: float = SEND_TIMEOUT) -> None:
-        self._finish_pending()
-        self._busy = True
         try:
-            self._write_all(frame, timeout=timeout)
-        except OSError as exc:
-            if exc.errno == errno.ETIMEDOUT:
-                # Part of a frame may be out: nothing else can follow it. Reset the connection.
-                self.closed = True
-                self._reset()
-                abort_on_close(self._fd)
-                raise SlowConsumerError(f"the client took no frame within {timeout:g} s") from None
-            raise WebSocketError("websocket closed while sending") from None
-        finally:
-            self._busy = False
+            self.send_frame(frame, timeout)
+        except SlowConsumerError:
+            self._reset()
+            raise
 
 
-# The states of a DetachedSession.
-_IDLE, _RUNNING, _AGAIN, _DONE = range(4)
+class _State(Enum):
+    """Where a detached websocket's loop is."""
+
+    IDLE = "idle"  # no greenlet: the event loop or the hub wakes it
+    RUNNING = "running"  # a greenlet takes a turn
+    AGAIN = "again"  # woken during the turn (or the client sent more than a turn takes): another turn follows
+    DONE = "done"  # ended
 
 
-class DetachedSession:
+class DetachedSession(Session):
     """Serves one detached websocket without a greenlet of its own while it is idle.
 
     The socket's io watcher, the hub (through ``subscriber.notify``) and the
     server's shutdown call :meth:`wake`; a wake-up starts a greenlet that
-    takes turns of the server's loop until nothing new arrived during one,
-    then ends. At most one such greenlet runs per websocket. Errors end the
-    websocket as :meth:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer.run_websocket` does.
+    takes turns (:meth:`Session.turn`) until nothing new arrived during one,
+    then ends. At most one such greenlet runs per websocket.
     """
 
-    __slots__ = ("_inbound", "_sessions", "_state", "_watcher", "path", "server", "subscriber", "websocket")
+    __slots__ = ("_sessions", "_state", "_watcher")
 
     def __init__(
         self,
-        server: WebsocketWSGIServer,
+        server: LoopServer,
         websocket: DetachedWebsocket,
         subscriber: RedisSubscriber,
         path: str,
         sessions: set[DetachedSession],
     ) -> None:
-        self.server = server
-        self.websocket = websocket
-        self.subscriber = subscriber
-        self.path = path
+        super().__init__(server, websocket, subscriber, path)
         self._sessions = sessions  # the server's live sessions, this one among them until it ends
-        # Made at the first turn: a token bucket starts full, so later is the same as now.
-        self._inbound: InboundPolicy | None = None
         self._watcher: Any = None
-        self._state = _RUNNING
+        self._state = _State.RUNNING
 
     def start(self) -> None:
         """In the request's greenlet: send what the websocket gets first, then leave it to the event loop.
@@ -390,15 +367,15 @@ class DetachedSession:
         self.subscriber.notify = self.wake
         handed_over = False
         try:
-            if not self._guard(self.server.start_websocket, self.websocket, self.subscriber, self):
+            if not self.open(self):
                 return
             self._watcher = gevent.get_hub().loop.io(self.websocket.get_file_descriptor(), 1)
             self._watcher.start(self._on_readable)
-            if self._state == _AGAIN or self.server.stopping:  # woken while starting
-                self._state = _RUNNING
+            if self._state is _State.AGAIN or self.server.stopping:  # woken while starting
+                self._state = _State.RUNNING
                 gevent.spawn(self._run)
             else:
-                self._state = _IDLE
+                self._state = _State.IDLE
             handed_over = True
         finally:
             if not handed_over:
@@ -406,71 +383,53 @@ class DetachedSession:
 
     def wake(self) -> None:
         """Have the loop take a turn soon (from any greenlet or callback)."""
-        if self._state == _IDLE:
-            self._state = _RUNNING
+        if self._state is _State.IDLE:
+            self._state = _State.RUNNING
             gevent.spawn(self._run)
-        elif self._state == _RUNNING:
-            self._state = _AGAIN
+        elif self._state is _State.RUNNING:
+            self._state = _State.AGAIN
 
     # -- inside ------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        if self._state != _IDLE:
+        if self._state is not _State.IDLE:
             # Readable until read: pause the watcher until the running turn is over.
             self._watcher.stop()
         self.wake()
 
-    def _guard(self, function: Any, *args: Any) -> bool:
-        """Run ``function``; False when the websocket must end (run_websocket's rules for errors)."""
-        try:
-            function(*args)
-        except WebSocketError:
-            return False  # the client went away
-        except Exception:
-            logger.exception("websocket on %s failed", self.path)
-            self.websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
-            return False
-        return True
-
-    def _turn(self) -> None:
-        if self._inbound is None:
-            self._inbound = self.websocket.inbound = inbound_policy(time.monotonic())
-        if self.server.step(self.websocket, self.subscriber, self._inbound):
-            self._state = _AGAIN  # the client sent more than one turn takes
-
     def _run(self) -> None:
-        server, websocket = self.server, self.websocket
         finished = True
         try:
-            while not websocket.closed and not server.stopping:
-                self._state = _RUNNING
-                if not self._guard(self._turn):
+            while self.live:
+                self._state = _State.RUNNING
+                turn = self.turn()
+                if turn is Turn.END:
                     return
-                if self._state == _RUNNING and not websocket.closed and not server.stopping:
-                    self._state = _IDLE  # nothing arrived during the turn
+                if turn is Turn.MORE:
+                    self._state = _State.AGAIN
+                if self._state is _State.RUNNING and self.live:
+                    self._state = _State.IDLE  # nothing arrived during the turn
                     if not self._watcher.active:
                         self._watcher.start(self._on_readable)
                     finished = False
                     return
                 # Another turn is due: let the other websockets and the hub have theirs first.
                 gevent.sleep(0)
-            if server.stopping:
-                self._guard(websocket.close, CloseCode.SERVICE_RESTART, "server restart")
+            self.close_if_stopping()
         finally:
             if finished:
                 self._finish()
 
     def _finish(self) -> None:
         """End the websocket: its slot, channels, watcher and descriptor; once, whatever happened before."""
-        if self._state == _DONE:
+        if self._state is _State.DONE:
             return
-        self._state = _DONE
+        self._state = _State.DONE
         self._sessions.discard(self)
         try:
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher.close()
                 self._watcher = None
-            self.server.end_websocket(self.websocket, self.subscriber)
         finally:
-            self.websocket.dispose()
+            self.end()

@@ -69,7 +69,7 @@ import gevent
 import gevent.socket
 from django.core.wsgi import get_wsgi_application
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from .. import settings
@@ -77,16 +77,14 @@ from ..core.close_codes import CloseCode
 from ..core.exceptions import HandshakeError, WebSocketError
 from ..core.frames import MessageSizeLimit
 from ..core.inbound import InboundPolicy
+from ..core.keepalive import KeepAlive, keep_alive
+from .adapter import StartResponse, Waiter, Websocket
 from .devserver import RFILE_KEY, SOCKET_KEY
-from .loop import StartResponse, Waiter, Websocket, WebsocketWSGIServer
+from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, READ_SIZE, SEND_TIMEOUT, websocket_limits
+from .loop import WebsocketWSGIServer
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
-#: Seconds a close frame may take to go out, and to wait for the client's close frame.
-CLOSE_TIMEOUT = 1.0
-CLOSE_LINGER = 2.0
-#: Bytes read while waiting for the client's close frame; past them the connection is simply closed.
-CLOSE_LINGER_BYTES = 4 * 1024 * 1024
 #: The close reasons sent when wsproto fails the connection, by close code.
 _VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 
@@ -97,42 +95,45 @@ class WsprotoWebsocket:
     The interface of :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`:
     :meth:`receive` never blocks, reads the socket once at most, and answers
     pings (counted against the client's rate, :attr:`inbound`, as on uWSGI);
-    :meth:`send` picks text or binary frames the same way. A message whose
-    frame headers announce more than ``WS4REDIS_MAX_MESSAGE_SIZE`` (or
-    :attr:`max_message_size`, the smaller) closes the websocket with 1009
-    before it is held in memory.
+    :meth:`send` picks text or binary frames the same way. The limits, the
+    keep-alive rule and the close timeouts are those of websockets under
+    uWSGI (:mod:`~ws4redis_uwsgi.server.limits`, uWSGI's defaults for its
+    options): a message whose frame headers announce more than
+    ``WS4REDIS_MAX_MESSAGE_SIZE`` closes the websocket with 1009 before it is
+    held in memory, a ping goes out every 30 s and one unanswered for 3 s
+    ends the websocket. Only the writing differs: the development server
+    writes through gevent's socket object (it has no direct writes from the
+    hub, which only the uWSGI worker's fast path needs).
     """
-
-    #: Largest message a client may send, as uWSGI's default ``websocket-max-size``.
-    max_message_size = 1024 * 1024
-    #: Seconds without a byte from the client before it is pinged; as long again
-    #: without an answer and it counts as gone.
-    ping_interval = 30.0
-    #: Seconds a send may wait for a client that reads nothing.
-    send_timeout = 10.0
-    read_size = 65536
 
     def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
         self._sock = sock
         self._fd = sock.fileno()
-        limit = settings.get("WS4REDIS_MAX_MESSAGE_SIZE")
-        self.max_message_size = min(self.max_message_size, limit) if limit is not None else self.max_message_size
-        self._connection = Connection(ConnectionType.SERVER, extensions=[MessageSizeLimit(self.max_message_size)])
+        self.limits = websocket_limits()
+        self._connection = Connection(ConnectionType.SERVER, extensions=[MessageSizeLimit(self.limits.max_message_size)])
         #: The client's limits, set by the loop; pings count against its rate.
         self.inbound: InboundPolicy | None = None
         self._messages: deque[bytes] = deque()
         self._parts: list[bytes] = []
         self._size = 0
         self._peer_closed = False
-        self._last_heard = time.monotonic()
-        self._pinged = False
+        # As uWSGI: the first ping ping_freq after the handshake.
+        self._last_ping = time.monotonic()
+        self._awaiting_pong = False
         self.closed = False
-        sock.settimeout(self.send_timeout)
+        sock.settimeout(SEND_TIMEOUT)
         if received:
             self._feed(received)
 
     def get_file_descriptor(self) -> int:
         return self._fd
+
+    def direct_writer(self, wake: Any) -> None:
+        """None: frames go through wsproto and gevent's socket, never straight from the hub."""
+        return None
+
+    def dispose(self) -> None:
+        """Nothing: gevent's request handler closes the socket when the request ends."""
 
     @property
     def pending(self) -> bool:
@@ -204,7 +205,7 @@ class WsprotoWebsocket:
     def _read(self) -> bytes | None:
         """What the socket holds now (``b''`` when the client is gone), ``None`` when nothing waits."""
         try:
-            return os.read(self._fd, self.read_size)
+            return os.read(self._fd, READ_SIZE)
         except BlockingIOError:
             return None
         except OSError:
@@ -218,15 +219,12 @@ class WsprotoWebsocket:
 
     def _feed(self, data: bytes) -> None:
         """Hand received bytes (``b''``: the connection ended) to wsproto and act on its events."""
-        if data:
-            self._last_heard = time.monotonic()
-            self._pinged = False
         self._connection.receive_data(data or None)
         for event in self._connection.events():
             if isinstance(event, Message):
                 chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
                 self._size += len(chunk)
-                if self._size > self.max_message_size:
+                if self._size > self.limits.max_message_size:
                     logger.warning("closing websocket (%d, message too big)", CloseCode.MESSAGE_TOO_BIG)
                     self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
                     return
@@ -234,12 +232,15 @@ class WsprotoWebsocket:
                 if event.message_finished:
                     self._messages.append(b"".join(self._parts))
                     self._parts, self._size = [], 0
-            elif isinstance(event, Ping):
+            elif isinstance(event, (Ping, Pong)):
                 if self.inbound is not None and not self.inbound.allow_frame(time.monotonic()):
                     logger.warning("closing websocket (%d, rate limit exceeded)", CloseCode.POLICY_VIOLATION)
                     self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                     return
-                self._write(self._connection.send(event.response()))
+                if isinstance(event, Ping):
+                    self._write(self._connection.send(event.response()))
+                else:
+                    self._awaiting_pong = False
             elif isinstance(event, CloseConnection):
                 if self._connection.state is ConnectionState.REMOTE_CLOSING:
                     # The client closes: answer with its code, as uWSGI does.
@@ -255,14 +256,13 @@ class WsprotoWebsocket:
                 return
 
     def _keep_alive(self) -> None:
-        silent = time.monotonic() - self._last_heard
-        if silent < self.ping_interval:
-            return
-        if not self._pinged:
-            self._pinged = True
-            self._write(self._connection.send(Ping()))
-        elif silent >= 2 * self.ping_interval:
+        now = time.monotonic()
+        action = keep_alive(now, self._last_ping, self._awaiting_pong, self.limits.ping_freq, self.limits.pong_tolerance)
+        if action is KeepAlive.GONE:
             raise WebSocketError("no answer to ping")
+        if action is KeepAlive.PING:
+            self._last_ping, self._awaiting_pong = now, True
+            self._write(self._connection.send(Ping()))
 
     def _await_close(self, timeout: float) -> None:
         """Read until the client's close frame or the end of the connection, at most ``timeout`` seconds.
@@ -319,7 +319,7 @@ class WsprotoWebsocketServer(WebsocketWSGIServer):
             waiter.wake()  # frames that came with the request: the socket will not signal them again
         return waiter
 
-    def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> WsprotoWebsocket:
+    def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> Websocket:
         key = environ["HTTP_SEC_WEBSOCKET_KEY"].strip().encode("ascii")
         write = start_response(
             "101 Switching Protocols",

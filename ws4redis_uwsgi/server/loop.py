@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any
 
 import django
 import gevent
@@ -31,42 +31,18 @@ from ..bus.subscriber import RedisSubscriber
 from ..core.channels import facility_from_path, parse_query, restrict
 from ..core.close_codes import CloseCode
 from ..core.envelope import BusMessage
-from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError, WebSocketError
+from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
 from ..core.handshake import check_origin, check_upgrade_request
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.outbox import GAP_NOTICE, Opening
 from ..core.text import loggable
 from ..django.identity import load_session_and_user
+from .adapter import StartResponse, Waiter, Websocket
 from .db_workers import get_workers
-from .limits import inbound_policy
+from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
+from .session import Session, Turn
 
 logger = logging.getLogger("ws4redis_uwsgi")
-
-#: Messages from one client handled in one turn of its loop; then the other websockets get theirs.
-MAX_MESSAGES_PER_TURN = 32
-#: Seconds before a catch-up from history that Redis refused is tried again.
-BACKLOG_RETRY = 1.0
-#: Seconds a catch-up waits for the worker's backlog budget before the client is asked to come back (1013).
-BACKLOG_WAIT = 10.0
-
-StartResponse = Callable[..., Any]
-
-
-class Websocket(Protocol):
-    """What the loop needs from an adapter's websocket."""
-
-    closed: bool
-
-    def get_file_descriptor(self) -> int: ...
-    def receive(self) -> bytes | None: ...  # never blocks; None when nothing waits
-    def send(self, message: bytes, binary: bool | None = None) -> None: ...
-    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None: ...
-
-
-class Waiter(Protocol):
-    def wait(self, timeout: float | None) -> bool: ...
-    def wake(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class WebsocketWSGIServer:
@@ -151,16 +127,31 @@ class WebsocketWSGIServer:
         return []
 
     def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
-        """Serve an upgraded websocket until it ends, then release it (its connection slot, channels, socket)."""
+        """Serve an upgraded websocket in this greenlet until it ends, then release it (connection slot, channels, socket).
+
+        The greenlet waits until the socket is readable, the hub has something
+        for the websocket, or :attr:`poll_interval` passed, and takes a turn
+        (:class:`~ws4redis_uwsgi.server.session.Session`).
+        """
+        session = Session(self, websocket, subscriber, path)
+        waiter = self.make_waiter(websocket)
+        subscriber.notify = waiter.wake
+        self._waiters.add(waiter)
         try:
-            self.serve(websocket, subscriber)
-        except WebSocketError:
-            pass  # the client went away
-        except Exception:
-            logger.exception("websocket on %s failed", loggable(path))
-            websocket.close(CloseCode.INTERNAL_ERROR)  # never the exception text
+            if session.open(waiter):
+                while session.live:
+                    waiter.wait(self.poll_interval)
+                    turn = session.turn()
+                    if turn is Turn.END:
+                        break
+                    if turn is Turn.MORE:
+                        waiter.wake()  # another turn, once the other websockets had theirs
+                        gevent.sleep(0)
+                session.close_if_stopping()
         finally:
-            self.end_websocket(websocket, subscriber)
+            self._waiters.discard(waiter)
+            waiter.close()
+            session.end()
 
     def end_websocket(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
         """Give back the websocket's connection slot, channels and socket; once per websocket, whatever happened.
@@ -225,27 +216,6 @@ class WebsocketWSGIServer:
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(headers or [])])
         return [body]
 
-    def serve(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
-        """The loop of one websocket, until the client leaves, is closed, or the server stops."""
-        inbound = inbound_policy(time.monotonic())
-        if hasattr(websocket, "inbound"):
-            websocket.inbound = inbound  # adapters that see pings and pongs count them too
-        waiter = self.make_waiter(websocket)
-        subscriber.notify = waiter.wake
-        self._waiters.add(waiter)
-        try:
-            self.start_websocket(websocket, subscriber, waiter)
-            while not websocket.closed and not self.stopping:
-                waiter.wait(self.poll_interval)
-                if self.step(websocket, subscriber, inbound):
-                    waiter.wake()  # more waits: another turn, once the other websockets had theirs
-                    gevent.sleep(0)
-            if self.stopping:
-                websocket.close(CloseCode.SERVICE_RESTART, "server restart")
-        finally:
-            self._waiters.discard(waiter)
-            waiter.close()
-
     def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
         """What a websocket gets first (stored messages, or ``!gap``); then the hub may write to it directly.
 
@@ -302,14 +272,13 @@ class WebsocketWSGIServer:
             outbox.end_catch_up(complete)
 
     def enable_fast_path(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None:
-        """Let the hub write frames straight to adapters that can take them (``try_write``).
+        """Let the hub write frames straight to adapters that can take them (``direct_writer``).
 
         A direct write the socket took only in part wakes the loop (``waiter``), which writes the rest.
         """
-        try_write = getattr(websocket, "try_write", None)
-        if try_write is not None:
-            websocket.wake = waiter.wake  # type: ignore[attr-defined]
-            subscriber.enable_fast_path(try_write)
+        write = websocket.direct_writer(waiter.wake)
+        if write is not None:
+            subscriber.enable_fast_path(write)
 
     def shutdown(self) -> None:
         """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
@@ -374,11 +343,11 @@ class WebsocketWSGIServer:
                 budget.release(held)
 
     def receive_all(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool:
-        """Act on what the client sent, :data:`MAX_MESSAGES_PER_TURN` messages at most.
+        """Act on what the client sent, :data:`~ws4redis_uwsgi.server.limits.MESSAGES_PER_TURN` messages at most.
 
         :returns: True when it stopped at that bound: more may wait.
         """
-        for _ in range(MAX_MESSAGES_PER_TURN):
+        for _ in range(MESSAGES_PER_TURN):
             if websocket.closed:
                 return False
             message = websocket.receive()

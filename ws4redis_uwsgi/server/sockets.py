@@ -1,0 +1,212 @@
+"""A websocket's client socket by its descriptor: direct writes, writes that wait, closing with linger.
+
+Both kinds of uWSGI websockets write here: the ones that stay in their uWSGI
+request (:class:`~ws4redis_uwsgi.server.uwsgi.uWSGIWebsocket`) and the ones
+that leave it (:class:`~ws4redis_uwsgi.server.detached.DetachedWebsocket`).
+The hub writes a frame it built once for all clients straight to each socket
+(:meth:`RawSocket.try_write`); the websocket's own greenlet writes what must
+wait, and closes. A client that is gone, by whatever errno, needs no close
+frame: closing never raises for it.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import gevent
+import gevent.socket
+
+from ..core.close_codes import CloseCode, close_frame
+from ..core.exceptions import SlowConsumerError, WebSocketError
+from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, PENDING_WRITE_TIMEOUT
+
+
+def _nothing() -> None:
+    pass
+
+
+class RawSocket:
+    """One websocket's socket, by descriptor, and the rules for writing to it.
+
+    Two ways out never interleave: a direct write (:meth:`try_write`, from
+    any greenlet) happens only while no other write of this websocket is
+    under way (:attr:`_busy`) and nothing of an earlier frame is left
+    (:attr:`_pending`); every other write first finishes what a direct write
+    left. gevent switches greenlets only where they wait, so these checks
+    cannot be overtaken.
+    """
+
+    __slots__ = ("_busy", "_fd", "_pending", "closed", "wake")
+
+    def __init__(self, fd: int, send_buffer: int | None = None) -> None:
+        self._fd = fd
+        self.closed = False
+        #: Wakes this websocket's loop when a direct write left part of a frame; set by direct_writer().
+        self.wake: Callable[[], None] = _nothing
+        self._pending = b""  # the rest of a frame a direct write could not finish
+        self._busy = False  # inside a write (or an uwsgi.* call that may write)
+        limit_send_buffer(fd, send_buffer)
+
+    def get_file_descriptor(self) -> int:
+        return self._fd
+
+    def direct_writer(self, wake: Callable[[], None]) -> Callable[[bytes], bool] | None:
+        """What the hub may call to write a whole frame at once (:meth:`try_write`); ``wake`` finishes a partial one."""
+        self.wake = wake
+        return self.try_write
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write a complete frame now, from any greenlet; False when that is not possible without waiting."""
+        if self.closed or self._busy or self._pending:
+            return False
+        try:
+            written = os.write(self._fd, frame)
+        except OSError:  # would block, or broken: the websocket's own greenlet takes over
+            return False
+        if written < len(frame):
+            self._pending = frame[written:]
+            self.wake()
+        return True
+
+    def send_frame(self, frame: bytes, timeout: float) -> None:
+        """Write ``frame`` whole, waiting up to ``timeout`` seconds for the client to take it.
+
+        :raises SlowConsumerError: nothing could be written within ``timeout``; the connection is reset.
+        :raises WebSocketError: the client is gone.
+        """
+        self._finish_pending()
+        self._busy = True
+        try:
+            self._write_all(frame, timeout=timeout)
+        except OSError as exc:
+            if exc.errno == errno.ETIMEDOUT:
+                # Part of a frame may be out: nothing else can follow it. Reset the connection.
+                self.closed = True
+                abort_on_close(self._fd)
+                raise SlowConsumerError(f"the client took no frame within {timeout:g} s") from None
+            raise WebSocketError("websocket closed while sending") from None
+        finally:
+            self._busy = False
+
+    def _finish_pending(self) -> None:
+        if self._pending:
+            self._busy = True
+            try:
+                self._write_all(self._pending, timeout=PENDING_WRITE_TIMEOUT)
+            except OSError:
+                raise WebSocketError("websocket closed while sending") from None
+            finally:
+                self._pending = b""
+                self._busy = False
+
+    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Send a close frame with ``code``, then wait briefly for the client to close its side.
+
+        Never raises for a client that is gone. The descriptor is closed later
+        (by uWSGI when the request ends, or by :meth:`dispose`); bytes from
+        the client still unread then (a pong, its close frame) would make the
+        kernel send a reset, and the client would lose frames it had not read
+        yet.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        frame = self._pending + close_frame(code, reason)
+        self._pending = b""
+        try:
+            self._write_all(frame, timeout=CLOSE_TIMEOUT)
+            shutdown_write(self._fd)
+        except OSError as exc:
+            # The client is gone, whatever the errno (EPIPE, ECONNRESET, ENOTCONN
+            # after its reset, ...): nothing more to say to it.
+            if exc.errno == errno.ETIMEDOUT:
+                # The client reads nothing; whatever waits in the kernel for it
+                # would still trickle out after the close: reset instead.
+                abort_on_close(self._fd)
+            return
+        self._discard_until_eof(timeout=CLOSE_LINGER)
+
+    def dispose(self) -> None:
+        """Close a descriptor this websocket owns; nothing for one its uWSGI request owns."""
+
+    def _write_all(self, data: bytes, timeout: float) -> None:
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except BlockingIOError:
+                try:
+                    gevent.socket.wait_write(self._fd, timeout=timeout)
+                except gevent.socket.timeout:
+                    raise OSError(errno.ETIMEDOUT, "the client took nothing within the timeout") from None
+
+    def _discard_until_eof(self, timeout: float) -> None:
+        """Read and drop what the client still sends, until it closes its side or ``timeout`` passed.
+
+        Reading on while the client still sends (the rest of a message that was
+        too big, say) lets it read the close frame: closing with unread bytes
+        would reset the connection and could lose it. Each read lets the other
+        websockets run first, and a client that sends more than
+        :data:`~ws4redis_uwsgi.server.limits.CLOSE_LINGER_BYTES` (a flood) is reset.
+        """
+        deadline = time.monotonic() + timeout
+        discarded = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                data = os.read(self._fd, 65536)
+                if not data:
+                    return
+                discarded += len(data)
+                if discarded > CLOSE_LINGER_BYTES:
+                    abort_on_close(self._fd)
+                    return
+                gevent.sleep(0)
+            except BlockingIOError:
+                try:
+                    gevent.socket.wait_read(self._fd, timeout=remaining)
+                except gevent.socket.timeout:
+                    return
+            except OSError:
+                return
+
+
+def _on_fd(fd: int, action: Callable[[_socket.socket], object]) -> None:
+    """Apply ``action`` to ``fd`` through a plain C-level socket object, then let go of it.
+
+    Not a gevent socket (its creation sets up watchers), and no dup() and
+    close(): uWSGI or the websocket owns the descriptor and closes it.
+    """
+    sock = _socket.socket(fileno=fd)
+    try:
+        action(sock)
+    finally:
+        sock.detach()
+
+
+def shutdown_write(fd: int) -> None:
+    """Send FIN on ``fd`` without closing it (uWSGI or the websocket owns the descriptor)."""
+    _on_fd(fd, lambda sock: sock.shutdown(socket.SHUT_WR))
+
+
+def limit_send_buffer(fd: int, size: int | None) -> None:
+    """Cap the kernel's send buffer of one websocket.
+
+    Linux grows a socket's send buffer up to megabytes; for a client that
+    stopped reading, that would hide the backlog from the bounded inbox (so
+    it would never count as slow) and hold megabytes per stalled socket.
+    """
+    if size:
+        _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size))
+
+
+def abort_on_close(fd: int) -> None:
+    """Make the coming close of ``fd`` a reset that drops unsent data (SO_LINGER 0)."""
+    try:
+        _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
+    except OSError:
+        pass  # already closed
