@@ -6,7 +6,7 @@
     python /path/to/ws4redis_uwsgi/gevent_launcher.py -m django runserver ...
 
 ws4redis_uwsgi's ``runserver`` command starts its serving process through
-this file (see :mod:`ws4redis_uwsgi.django_runserver`). Patching after
+this file (see :mod:`ws4redis_uwsgi.server.development`). Patching after
 Django was imported is not enough: objects made at import time, such as the
 ``threading.local`` that holds Django's database connections, would stay
 per OS thread and be shared by every request the server runs concurrently.

@@ -14,12 +14,12 @@ class BatchedReader:
     """The GETs of many websockets in one MGET: a burst of handshakes costs a round trip per batch.
 
     Every websocket reads the stored message of its channels when it opens.
-    Through redis-py that is about 60 µs of CPU per command, a fifth of an
-    anonymous handshake, and a reconnect storm asks thousands at once.
+    Through redis-py each command costs tens of microseconds of CPU, a large
+    share of an anonymous handshake, and a reconnect storm asks thousands at once.
     Callers queue their keys and wait; one greenlet sends all that is queued
     as a single MGET and answers each caller, then sends what queued
-    meanwhile (in a burst of 2,000 handshakes on one worker, about half as
-    many MGETs). A lone caller waits no longer than for its own MGET.
+    meanwhile (a burst of handshakes on one worker sends far fewer MGETs
+    than handshakes). A lone caller waits no longer than for its own MGET.
     """
 
     def __init__(self, client: redis.Redis) -> None:

@@ -15,7 +15,7 @@ for channels with listeners, so nothing grows with channels that were left,
 whether Redis was up or down when they were.
 
 This module is the gevent adapter of the bus; the decisions about what a
-message is live in :mod:`ws4redis_uwsgi.envelope`.
+message is live in :mod:`ws4redis_uwsgi.core.envelope`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class RedisPublisher(RedisStore):
 
     ``RedisPublisher(facility='chat', broadcast=True)`` reaches everyone;
     ``users``, ``groups`` and ``sessions`` name recipients and may contain
-    :data:`~ws4redis_uwsgi.redis_store.SELF` (with ``request``) for the
+    :data:`~ws4redis_uwsgi.bus.store.SELF` (with ``request``) for the
     requesting user's own name, groups or session.
     """
 

@@ -1,8 +1,8 @@
 """The per-websocket subscriber, as ``ws4redis.subscriber.RedisSubscriber``.
 
 Unlike ws4redis, a subscriber holds no Redis connection of its own: it
-registers with the worker's :class:`~ws4redis_uwsgi.hub.SubscriptionHub`, and
-its :class:`~ws4redis_uwsgi.outbox.Outbox` decides what the websocket gets. Replace it with
+registers with the worker's :class:`~ws4redis_uwsgi.bus.hub.SubscriptionHub`, and
+its :class:`~ws4redis_uwsgi.core.outbox.Outbox` decides what the websocket gets. Replace it with
 ``WS4REDIS_SUBSCRIBER`` to add channels: override
 :meth:`RedisSubscriber.set_pubsub_channels` and call :meth:`subscribe`.
 """

@@ -8,7 +8,7 @@ it carries something the bytes cannot say; then it is wrapped:
   sender out when it did not ask for ``echo`` (decided by identity, never by
   comparing text);
 * an id: its place in the channel's history, so a client that reconnects can
-  ask for exactly what it missed (see :mod:`ws4redis_uwsgi.history`).
+  ask for exactly what it missed (see :mod:`ws4redis_uwsgi.bus.history`).
 
 A wrapped message is ``MAGIC + flags + b"|" + origin + b"|" + id + b"\\n" + payload``.
 ``MAGIC`` starts with a NUL byte, which no text message and hardly any binary

@@ -1,7 +1,7 @@
 """Exceptions of ws4redis_uwsgi, named as in ws4redis.
 
 WebSocketError            the websocket is closed or broken
-├── FrameTooLargeException
+├── FrameTooLargeException  ws4redis's name, never raised (oversized messages close with 1009)
 └── SlowConsumerError     the client did not take a frame in time; the connection is reset
 HandshakeError            a request cannot be upgraded (HTTP 400)
 └── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
@@ -13,7 +13,11 @@ class WebSocketError(Exception):
 
 
 class FrameTooLargeException(WebSocketError):  # noqa: N818 - the name ws4redis used
-    """Raised when a received frame exceeds the configured size limit."""
+    """ws4redis's name, kept so that code catching it still imports; never raised.
+
+    An oversized message closes its websocket with 1009 instead (see
+    :class:`~ws4redis_uwsgi.core.frames.MessageSizeLimit`).
+    """
 
 
 class SlowConsumerError(WebSocketError):

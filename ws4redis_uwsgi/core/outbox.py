@@ -16,7 +16,7 @@ back). :class:`Outbox` decides, for one websocket:
 * **the catch-up gate**: while a catch-up from history is owed or under way,
   live messages wait behind it, so nothing newer overtakes what is recovered;
 * **framing**: a resuming client gets every message as ``<id>\\n<payload>``
-  (:func:`~ws4redis_uwsgi.envelope.with_id`), a plain ws4redis client the
+  (:func:`~ws4redis_uwsgi.core.envelope.with_id`), a plain ws4redis client the
   payload alone; ``!gap`` only for the former.
 
 The hub, the subscriber and the websocket loop only feed it and drain it;

@@ -2,9 +2,9 @@
 
 A logged-in handshake asks the database three questions: the session row of
 the cookie, the user row the session names, and (for group channels) the
-user's group names. Through the ORM each costs about 150 µs of CPU, nearly
-all of it building and compiling a query that is the same every time; the
-database answers in about 10 µs. A burst of reconnecting browsers after a
+user's group names. Through the ORM nearly all the CPU each one costs goes
+into building and compiling a query that is the same every time, many times
+what the database takes to answer it. A burst of reconnecting browsers after a
 deploy is thousands of these at once, so here Django compiles each query
 once per database alias, with a marker value where the key goes, and later
 handshakes run the compiled SQL on the cursor with their own key. Rows go

@@ -17,13 +17,13 @@ and options (``websocket-max-size``, ``websocket-ping-freq``,
 sends, strictly (RFC 6455), and the server's frames are written as before;
 and :class:`DetachedSession` serves it from event-loop callbacks: an io
 watcher on the socket and the hub's wake-ups start a short greenlet that
-takes one turn of the server's loop (:meth:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer.step`)
+takes one turn of the server's loop (:meth:`~ws4redis_uwsgi.server.loop.WebsocketWSGIServer.step`)
 and ends. An idle websocket holds a few small Python objects and the kernel's
 socket, about 2 KiB of the worker's memory.
 
 uWSGI keeps a worker alive on reload only while requests run, so the server
 closes its detached websockets (1012) from ``uwsgi.atexit`` and waits for
-them there (see :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocketServer`).
+them there (see :class:`~ws4redis_uwsgi.server.uwsgi.uWSGIWebsocketServer`).
 """
 
 from __future__ import annotations

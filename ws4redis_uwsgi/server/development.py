@@ -14,7 +14,7 @@ Not for production: there the websocket loop runs under uWSGI
 Design
 ------
 
-The websocket loop (:class:`~ws4redis_uwsgi.wsgi_server.WebsocketWSGIServer`)
+The websocket loop (:class:`~ws4redis_uwsgi.server.loop.WebsocketWSGIServer`)
 and the per-process Redis hub are gevent code: one greenlet per websocket,
 one subscription greenlet, waits on file descriptors through gevent's loop.
 Django's own ``runserver`` is wsgiref with one OS thread per request and no
@@ -27,7 +27,7 @@ is made what production is, a gevent-patched process:
   daphne and django-channels do; list ``ws4redis_uwsgi`` above those apps in
   ``INSTALLED_APPS``). It serves the same WSGI application with
   ``gevent.pywsgi`` instead of wsgiref
-  (:class:`~ws4redis_uwsgi.devserver.GeventWSGIServer`), so every request,
+  (:class:`~ws4redis_uwsgi.server.devserver.GeventWSGIServer`), so every request,
   page or websocket, is a greenlet.
 * gevent must patch the standard library before Django is imported, as
   :mod:`ws4redis_uwsgi.wsgi_websocket` does under uWSGI: patched later, the
@@ -74,6 +74,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from .. import settings
 from ..core.close_codes import CloseCode
+from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, WebSocketError
 from ..core.frames import MessageSizeLimit
 from ..core.inbound import InboundPolicy
@@ -92,7 +93,7 @@ _VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 class WsprotoWebsocket:
     """One websocket on a client socket, framed by wsproto.
 
-    The interface of :class:`~ws4redis_uwsgi.uwsgi_runserver.uWSGIWebsocket`:
+    The interface of :class:`~ws4redis_uwsgi.server.uwsgi.uWSGIWebsocket`:
     :meth:`receive` never blocks, reads the socket once at most, and answers
     pings (counted against the client's rate, :attr:`inbound`, as on uWSGI);
     :meth:`send` picks text or binary frames the same way. The limits, the
@@ -162,16 +163,8 @@ class WsprotoWebsocket:
     def send(self, message: bytes | str, binary: bool | None = None) -> None:
         if self.closed:
             raise WebSocketError("websocket is closed")
-        event: Message[Any]
-        if isinstance(message, str):
-            event = BytesMessage(data=message.encode("utf-8")) if binary else TextMessage(data=message)
-        else:
-            event = BytesMessage(data=bytes(message))
-            if not binary:
-                try:
-                    event = TextMessage(data=bytes(message).decode("utf-8"))
-                except UnicodeDecodeError:
-                    pass
+        payload, binary = outgoing(message, binary)  # the one rule for text and binary frames
+        event: Message[Any] = BytesMessage(data=payload) if binary else TextMessage(data=payload.decode("utf-8"))
         try:
             data = self._connection.send(event)
         except LocalProtocolError:

@@ -5,7 +5,7 @@ Django's own ``runserver`` machinery as its ``server_cls``; everything else
 (system checks, the banner, autoreload, error messages) stays Django's. Each
 connection is served in a greenlet by :class:`RequestHandler`, which puts the
 client socket into the WSGI environ so that
-:mod:`ws4redis_uwsgi.django_runserver` can speak the websocket protocol on it
+:mod:`ws4redis_uwsgi.server.development` can speak the websocket protocol on it
 after the upgrade. Importing this module has no side effects; serving needs
 a gevent-patched process.
 """

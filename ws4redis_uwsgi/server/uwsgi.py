@@ -1,7 +1,7 @@
 """The uWSGI adapter: websockets under uWSGI with gevent.
 
 uWSGI performs the handshake (``uwsgi.websocket_handshake``). After that a
-websocket normally leaves its uWSGI request (:mod:`ws4redis_uwsgi.detached`):
+websocket normally leaves its uWSGI request (:mod:`ws4redis_uwsgi.server.detached`):
 it keeps a duplicate of the client socket, is framed and pinged by this
 package with uWSGI's rules and options, and is served from event-loop
 callbacks, so an idle websocket holds no async core, request buffers or
@@ -133,7 +133,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
     """The websocket vassal's WSGI application under uWSGI with ``--gevent``.
 
     After the handshake a websocket leaves its uWSGI request
-    (:mod:`ws4redis_uwsgi.detached`): the request, its core and its buffers
+    (:mod:`ws4redis_uwsgi.server.detached`): the request, its core and its buffers
     are free for the next handshake, and an idle websocket costs about 2 KiB
     instead of about 30. Not on sockets whose state uWSGI keeps (TLS, HTTP
     keep-alive: :data:`KEEPS_THE_SOCKET`), nor when :attr:`detach` is False;

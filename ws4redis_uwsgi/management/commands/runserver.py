@@ -3,7 +3,7 @@
 Takes the place of Django's ``runserver`` (and of ``django.contrib.staticfiles``',
 whose options and static file serving it keeps) when ``ws4redis_uwsgi`` is
 listed above ``django.contrib.staticfiles`` in ``INSTALLED_APPS``. The
-design is described in :mod:`ws4redis_uwsgi.django_runserver`.
+design is described in :mod:`ws4redis_uwsgi.server.development`.
 """
 
 from __future__ import annotations
