@@ -4,7 +4,10 @@ WebSocketError            the websocket is closed or broken
 ├── FrameTooLargeException  ws4redis's name, never raised (oversized messages close with 1009)
 └── SlowConsumerError     the client did not take a frame in time; the connection is reset
 HandshakeError            a request cannot be upgraded (HTTP 400)
-└── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
+├── UpgradeRequiredError  not a websocket upgrade request (HTTP 426)
+├── OriginError           a foreign or missing Origin (HTTP 403)
+├── TooManyChannelsError  more channels than WS4REDIS_MAX_CHANNELS (HTTP 403)
+└── ServerBusyError       no connection slot or file descriptor left (HTTP 503, Retry-After)
 """
 
 
