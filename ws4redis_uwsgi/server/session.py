@@ -69,13 +69,10 @@ class Session:
             self.inbound = inbound_policy(time.monotonic())
             if hasattr(self.websocket, "inbound"):
                 self.websocket.inbound = self.inbound  # adapters that see pings and pongs count them too
-        more = False
-
-        def step() -> None:
-            nonlocal more
-            more = self.server.step(self.websocket, self.subscriber, self.inbound)  # type: ignore[arg-type]
-
-        if not self._guard(step):
+        try:
+            more = self.server.step(self.websocket, self.subscriber, self.inbound)
+        except Exception as exc:
+            self._fail(exc)
             return Turn.END
         return Turn.MORE if more else Turn.DONE
 
@@ -95,18 +92,22 @@ class Session:
             self.websocket.dispose()
 
     def _guard(self, function: Any, *args: Any) -> bool:
-        """Run ``function``; False when the websocket must end. The one error policy of every websocket:
+        """Run ``function``; False when the websocket must end (see :meth:`_fail`)."""
+        try:
+            function(*args)
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        return True
 
-        the client going away is no error; anything else is logged with its
+    def _fail(self, exc: Exception) -> None:
+        """The one error policy of every websocket.
+
+        The client going away is no error; anything else is logged with its
         traceback and closes the websocket with 1011, never with the text of
         the exception.
         """
-        try:
-            function(*args)
-        except WebSocketError:
-            return False
-        except Exception:
-            logger.exception("websocket on %s failed", loggable(self.path))
-            self.websocket.close(CloseCode.INTERNAL_ERROR)
-            return False
-        return True
+        if isinstance(exc, WebSocketError):
+            return
+        logger.error("websocket on %s failed", loggable(self.path), exc_info=exc)
+        self.websocket.close(CloseCode.INTERNAL_ERROR)
