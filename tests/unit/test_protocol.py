@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame
+from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame, violation
 from ws4redis_uwsgi.core.handshake import WEBSOCKET_VERSION, check_upgrade_request
 from ws4redis_uwsgi.core.inbound import is_heartbeat
 from ws4redis_uwsgi.core.text import loggable
@@ -199,3 +199,16 @@ def test_request_data_in_log_lines_cannot_start_a_line(text, logged):
 
 def test_long_request_data_is_cut_in_log_lines():
     assert loggable("x" * 1000) == "x" * 200 + "..."
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (1002, (CloseCode.PROTOCOL_ERROR, "protocol error")),
+        (1007, (CloseCode.INVALID_PAYLOAD, "invalid UTF-8")),
+        (1009, (CloseCode.MESSAGE_TOO_BIG, "message too big")),
+        (3999, (CloseCode.PROTOCOL_ERROR, "protocol error")),  # a code the server does not send
+    ],
+)
+def test_a_violation_closes_with_its_code_and_one_reason_for_every_adapter(code, expected):
+    assert violation(code) == expected

@@ -24,6 +24,16 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4000
 
 
+#: The reasons sent with the codes wsproto gives when a client breaks RFC 6455 or a limit.
+_VIOLATION_REASONS = {CloseCode.INVALID_PAYLOAD: "invalid UTF-8", CloseCode.MESSAGE_TOO_BIG: "message too big"}
+
+
+def violation(code: int) -> tuple[CloseCode, str]:
+    """The close code and reason for a client's violation that wsproto reported with ``code``."""
+    known = CloseCode(code) if code in CloseCode._value2member_map_ else CloseCode.PROTOCOL_ERROR
+    return known, _VIOLATION_REASONS.get(known, "protocol error")
+
+
 def close_frame(code: CloseCode, reason: str = "") -> bytes:
     """Build an unmasked server close frame carrying ``code`` and a short ``reason``.
 

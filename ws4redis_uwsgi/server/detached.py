@@ -35,13 +35,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from ..core.close_codes import CloseCode
+from ..core.close_codes import violation
 from ..core.envelope import outgoing
 from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.frames import MessageSizeLimit, server_frame
-from ..core.inbound import InboundPolicy
+from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
 from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, SEND_TIMEOUT, UWSGI_MAX_SIZE_KIB
 from .session import Session, Turn
@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ws4redis_uwsgi")
 
 _PING = b"\x89\x00"
-#: The close reasons sent when the client breaks RFC 6455 or a limit, by wsproto's close code.
-_VIOLATIONS = {CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid UTF-8", CloseReason.MESSAGE_TOO_BIG: "message too big"}
 
 
 class DetachedWebsocket(RawSocket):
@@ -187,7 +185,7 @@ class DetachedWebsocket(RawSocket):
                 if frame.opcode is Opcode.PING and isinstance(frame.payload, bytes):
                     if not self._allow_frame():
                         self._send_pongs(pongs)  # the pings within the rate are answered
-                        self._too_fast()
+                        self._refuse(Verdict.TOO_FAST)
                         return None
                     pongs.append(bytes(protocol.pong(frame.payload)))
                 else:
@@ -200,7 +198,7 @@ class DetachedWebsocket(RawSocket):
                         self._answer_close(protocol, payload[0])
                     elif frame.opcode is Opcode.PONG:
                         if not self._allow_frame():
-                            self._too_fast()
+                            self._refuse(Verdict.TOO_FAST)
                             return None
                         self._awaiting_pong = False
                     else:
@@ -233,7 +231,7 @@ class DetachedWebsocket(RawSocket):
         """Keep a part of a message; the message once ``finished``. Past ``max_size`` the websocket closes (1009)."""
         size = self._parts_size + len(part)
         if size > self.max_size:
-            self._too_big()
+            self._refuse(Verdict.TOO_BIG)
             return None
         if not finished:
             if self._parts is None:
@@ -290,10 +288,9 @@ class DetachedWebsocket(RawSocket):
 
     def _violation(self, exc: ParseFailed) -> None:
         """The client broke RFC 6455: close with wsproto's code, and end the websocket."""
-        reason = _VIOLATIONS.get(exc.code, "protocol error")
-        logger.warning("closing websocket (%d, %s): %s", exc.code, reason, exc)
+        code, reason = violation(exc.code)
+        logger.warning("closing websocket (%d, %s): %s", code, reason, exc)
         self._reset()
-        code = CloseCode(exc.code) if exc.code in CloseCode._value2member_map_ else CloseCode.PROTOCOL_ERROR
         self.close(code, reason)
         raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
@@ -302,15 +299,12 @@ class DetachedWebsocket(RawSocket):
         inbound = self.inbound
         return inbound is None or inbound.allow_frame(time.monotonic())
 
-    def _too_fast(self) -> None:
-        logger.warning("closing websocket (%d, %s)", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+    def _refuse(self, verdict: Verdict) -> None:
+        """Close for a limit the client broke (its code and reason are the verdict's)."""
+        code, reason = verdict.value
+        logger.warning("closing websocket (%d, %s)", code, reason)
         self._reset()
-        self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-
-    def _too_big(self) -> None:
-        logger.warning("closing websocket (%d, %s)", CloseCode.MESSAGE_TOO_BIG, "message too big")
-        self._reset()
-        self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        self.close(code, reason)
 
     def _reset(self) -> None:
         self._drop_parser()

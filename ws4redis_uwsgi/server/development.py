@@ -73,11 +73,11 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from .. import settings
-from ..core.close_codes import CloseCode
+from ..core.close_codes import CloseCode, violation
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, WebSocketError
 from ..core.frames import MessageSizeLimit
-from ..core.inbound import InboundPolicy
+from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
 from .adapter import StartResponse, Waiter, Websocket
 from .devserver import RFILE_KEY, SOCKET_KEY
@@ -85,9 +85,6 @@ from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, READ_SIZE, 
 from .loop import WebsocketWSGIServer
 
 logger = logging.getLogger("ws4redis_uwsgi")
-
-#: The close reasons sent when wsproto fails the connection, by close code.
-_VIOLATIONS = {1007: "invalid UTF-8", 1009: "message too big"}
 
 
 class WsprotoWebsocket:
@@ -218,8 +215,7 @@ class WsprotoWebsocket:
                 chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
                 self._size += len(chunk)
                 if self._size > self.limits.max_message_size:
-                    logger.warning("closing websocket (%d, message too big)", CloseCode.MESSAGE_TOO_BIG)
-                    self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    self._refuse(*Verdict.TOO_BIG.value)
                     return
                 self._parts.append(chunk)
                 if event.message_finished:
@@ -227,8 +223,7 @@ class WsprotoWebsocket:
                     self._parts, self._size = [], 0
             elif isinstance(event, (Ping, Pong)):
                 if self.inbound is not None and not self.inbound.allow_frame(time.monotonic()):
-                    logger.warning("closing websocket (%d, rate limit exceeded)", CloseCode.POLICY_VIOLATION)
-                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    self._refuse(*Verdict.TOO_FAST.value)
                     return
                 if isinstance(event, Ping):
                     self._write(self._connection.send(event.response()))
@@ -241,12 +236,15 @@ class WsprotoWebsocket:
                     self._peer_closed = True
                 elif self._connection.state is ConnectionState.OPEN:
                     # wsproto found a broken frame (bad opcode, invalid UTF-8, ...): give up on the stream.
-                    reason = _VIOLATIONS.get(event.code, "protocol error")
-                    logger.warning("closing websocket (%d, %s)", event.code, reason)
-                    self.close(event.code, reason)
+                    self._refuse(*violation(event.code))
                 else:
                     self._peer_closed = True  # the connection ended
                 return
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Close for a rule the client broke, with a log line."""
+        logger.warning("closing websocket (%d, %s)", code, reason)
+        self.close(code, reason)
 
     def _keep_alive(self) -> None:
         now = time.monotonic()
