@@ -296,15 +296,8 @@ class SubscriptionHub:
         if kind == "message":
             listeners = self._listeners.get(channel)  # type: ignore[arg-type]
             if listeners:
-                try:
-                    bus_message = envelope.decode(message["data"])
-                except envelope.MalformedMessageError as exc:
-                    self._drop(channel, str(exc))
-                    return
-                order = bus_message.order
-                if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
-                    # Trusted, it would make every later message look old to the clients that got it.
-                    self._drop(channel, f"id {bus_message.id} far ahead of Redis's clock")
+                bus_message = self.accept(message["data"], channel)
+                if bus_message is None:
                     return
                 for listener in tuple(listeners):
                     listener.deliver(bus_message)
@@ -316,7 +309,30 @@ class SubscriptionHub:
                 for listener in tuple(self._listeners[channel]):  # type: ignore[index]
                     listener.resync()
 
-    def _drop(self, channel: Any, reason: str) -> None:
+    def accept(self, data: bytes | str, channel: Any) -> envelope.BusMessage | None:
+        """The message ``data`` (from ``channel``, live or stored) carries, or None when nobody may receive it.
+
+        The one rule for messages this package did not publish: bytes that
+        imitate its wrapping, and ids too far ahead of Redis's clock (trusted,
+        such an id would make every later message look old to the clients
+        that got it), are dropped with a log line.
+        """
+        try:
+            message = envelope.decode(data)
+        except envelope.MalformedMessageError as exc:
+            self.drop(channel, str(exc))
+            return None
+        return message if self.trusted(message, channel) else None
+
+    def trusted(self, message: envelope.BusMessage, channel: Any) -> bool:
+        """False, with a log line, for a message whose id is too far ahead of Redis's clock."""
+        order = message.order
+        if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
+            self.drop(channel, f"id {message.id} far ahead of Redis's clock")
+            return False
+        return True
+
+    def drop(self, channel: Any, reason: str) -> None:
         """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
         self._dropped += 1
         now = time.monotonic()

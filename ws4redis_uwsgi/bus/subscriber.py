@@ -9,7 +9,6 @@ its :class:`~ws4redis_uwsgi.core.outbox.Outbox` decides what the websocket gets.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,8 +21,6 @@ from ..core.outbox import Outbox
 from ..django.identity import identity_from_request
 from . import history, resources
 from .store import RedisStore
-
-logger = logging.getLogger("ws4redis_uwsgi.bus.subscriber")
 
 #: How long a handshake waits for Redis to confirm the new subscriptions
 #: before it completes anyway (Redis may be down; the hub subscribes later).
@@ -134,14 +131,8 @@ class RedisSubscriber(RedisStore):
             values = resources.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
         else:
             values = self._connection.mget(self._channels)
-        found = []
-        for channel, value in zip(self._channels, values, strict=True):
-            if value:
-                try:
-                    found.append(envelope.decode(value))
-                except envelope.MalformedMessageError as exc:
-                    logger.warning("stored message of %s skipped: %s", channel, exc)
-        return self.outbox.fresh(self.trusted(found))
+        found = [self._hub.accept(value, channel) for channel, value in zip(self._channels, values, strict=True) if value]
+        return self.outbox.fresh(m for m in found if m is not None)
 
     def read_backlog(self, since: str) -> history.BacklogReader:
         """A reader of what was published on this websocket's channels after message id ``since``.
@@ -152,18 +143,7 @@ class RedisSubscriber(RedisStore):
 
     def fresh(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
         """Those of ``messages`` (from history, in id order) this websocket is owed; recorded as handed out."""
-        return self.outbox.fresh(self.trusted(messages))
-
-    def trusted(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
-        """Those of stored ``messages`` whose id this Redis can have given out; the others are logged and dropped."""
-        now_ms = self._hub.redis_now_ms()
-        kept = []
-        for message in messages:
-            if message.order is not None and not envelope.plausible_id(message.order, now_ms):
-                logger.warning("message with id %s dropped: far ahead of Redis's clock", message.id)
-            else:
-                kept.append(message)
-        return kept
+        return self.outbox.fresh(m for m in messages if self._hub.trusted(m, "history"))
 
     def get_file_descriptor(self) -> int | None:
         """``None``: the worker's hub owns the Redis socket, not this subscriber."""
