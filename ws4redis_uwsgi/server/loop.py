@@ -328,13 +328,12 @@ class WebsocketWSGIServer:
             try:
                 page = reader.next_page()
                 held = budget.resize(held, page.nbytes if page is not None else 0)
-                if first:
-                    first = False
-                    notice = subscriber.outbox.gap_notice() if reader.gap else None
-                    if reader.gap:
-                        logger.info("websocket resumed after %s, older than the history", since)
+                if first and reader.gap:  # known once the first page was read
+                    logger.info("websocket resumed after %s, older than the history", since)
+                    notice = subscriber.outbox.gap_notice()
                     if notice is not None:
                         websocket.send(notice, binary=False)
+                first = False
                 if page is None:
                     return
                 for message in subscriber.fresh(page.messages):
