@@ -63,7 +63,6 @@ class Outbox:
         "_last",
         "arrived_ms",
         "catch_up_owed",
-        "catching_up",
         "echo",
         "max_pending",
         "origin",
@@ -95,8 +94,6 @@ class Outbox:
         self.overflowed = False
         #: A catch-up from history is owed (after Redis came back, or Redis could not be read at the start).
         self.catch_up_owed = False
-        #: A catch-up from history is being sent.
-        self.catching_up = False
         # Neither owed nor under way nor overflowed: the one flag the fast path reads.
         self._caught_up = True
 
@@ -194,14 +191,12 @@ class Outbox:
         return f"{self.arrived_ms}-0"
 
     def begin_catch_up(self) -> str:
-        """Start the owed catch-up; returns the id it starts after."""
+        """Start the owed catch-up (live messages keep waiting until :meth:`end_catch_up`); returns the id it starts after."""
         self.catch_up_owed = False
-        self.catching_up = True
         return self.position
 
     def end_catch_up(self, complete: bool) -> None:
         """The catch-up is over; if not ``complete`` (Redis refused), it is owed again."""
-        self.catching_up = False
         self.catch_up_owed = self.catch_up_owed or not complete
         self._caught_up = not (self.catch_up_owed or self.overflowed)
 
