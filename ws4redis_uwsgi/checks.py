@@ -29,7 +29,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             _error(
                 "WS4REDIS_CONNECTION",
                 f"is not usable: {problem}.",
-                "Use a dict such as {'host': 'localhost', 'port': 6379, 'db': 0} or a URL such as 'redis://localhost:6379/0'.",
+                "Use a dict such as {'host': 'localhost', 'port': 6379, 'db': 0}, a URL such as "
+                "'redis://localhost:6379/0', 'redis+sentinel://h1:26379,h2:26379/mymaster' or "
+                "'redis+cluster://h1:7000,h2:7001', or a Sentinel or Cluster dict (see the README).",
                 2,
             )
         )
@@ -49,6 +51,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 5,
             )
         )
+    replicas = settings.get("WS4REDIS_WAIT_REPLICAS")
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        hint = "Use 0 (off) or the number of replicas to wait for."
+        errors.append(_error("WS4REDIS_WAIT_REPLICAS", f"is {replicas!r}.", hint, 9))
+    wait = settings.get("WS4REDIS_WAIT_TIMEOUT")
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait > 0:
+        errors.append(_error("WS4REDIS_WAIT_TIMEOUT", f"is {wait!r}.", "Use a number of seconds above 0, such as 1.0.", 10))
     for n, name in enumerate(("WS4REDIS_SUBSCRIBER", "WS4REDIS_ALLOWED_CHANNELS", "WS4REDIS_PROCESS_REQUEST"), start=6):
         value = settings.get(name)
         if isinstance(value, str):

@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     # History for resuming clients: entries and seconds kept per channel; both 0: off.
     "WS4REDIS_HISTORY_LENGTH": 1000,
     "WS4REDIS_HISTORY_SECONDS": 3600,
+    # Replica acknowledgement (WAIT): a publish returns once this many replicas hold it
+    # (or raises after WS4REDIS_WAIT_TIMEOUT seconds); 0: off.
+    "WS4REDIS_WAIT_REPLICAS": 0,
+    "WS4REDIS_WAIT_TIMEOUT": 1.0,
 }
 
 

@@ -36,6 +36,7 @@ from tests.integration.helpers import (
 from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame
 from ws4redis_uwsgi.core.envelope import MAGIC, parse_id
+from ws4redis_uwsgi.core.positions import decode_token, encode_token
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -310,51 +311,64 @@ def test_raw_publishes_imitating_the_wrapping_reach_nobody_and_silence_nothing(u
         for text in ("genuine one", "genuine two"):
             publisher.publish_message(text, expire=0)
         assert [recv(plain) for _ in range(3)] == ["raw from another program", "genuine one", "genuine two"]
-        assert split(recv(resuming)) == ("", "raw from another program")
+        before, raw = split(recv(resuming))
+        assert raw == "raw from another program"
+        decode_token(before)  # a raw message carries the client's token, unchanged
         assert split(recv(resuming))[1] == "genuine one"
-        assert split(recv(resuming)) == (publisher.last_message_id, "genuine two")
+        token, payload = split(recv(resuming))
+        assert payload == "genuine two" and token != before
     # A forged stored message is no better.
     redis_client.set(channel, MAGIC + b"||999999999999999-0\nFORGED STORED", ex=60)
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as late:
         publisher.publish_message("genuine three", expire=0)
-        assert split(recv(late)) == (publisher.last_message_id, "genuine three")
+        assert split(recv(late))[1] == "genuine three"
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as resumed:
+        assert split(recv(resumed))[1] == "genuine three"  # the resumed token was not silenced either
     assert "message(s) on the bus that this package did not publish" in uwsgi_server.log_text()[log_start:]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("counter", [b"garbage", b"999999999999999-0", b"12-34-56", b"1-" + b"9" * 30])
-def test_a_corrupt_id_counter_is_set_right_by_the_next_publish(uwsgi_server, redis_client, counter):
+def test_no_key_is_written_by_every_publish_and_a_stale_counter_is_ignored(uwsgi_server, redis_client):
+    """SPEC 3a: no global counter. A ``ws4redis:last-id`` left by an earlier version changes nothing."""
     fac = facility()
-    publisher = RedisPublisher(facility=fac, broadcast=True)
+    redis_client.set("test:ws4redis:last-id", b"999999999999999-0")
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as ws:
-        redis_client.set("test:ws4redis:last-id", counter)
-        publisher.publish_message("after the corruption", expire=0)
-        message_id, payload = split(recv(ws))
-    assert payload == "after the corruption" and message_id == publisher.last_message_id
-    assert abs(parse_id(message_id)[0] - time.time() * 1000) < 10_000  # back on Redis's clock
+        before = set(redis_client.keys("test:*"))
+        RedisPublisher(facility=fac, broadcast=True).publish_message("one", expire=0)
+        RedisPublisher(facility=f"{fac}-b", broadcast=True).publish_message("two", expire=0)
+        assert split(recv(ws))[1] == "one"
+    written = set(redis_client.keys("test:*")) - before
+    assert written == {f"test:history:broadcast:{fac}".encode(), f"test:history:broadcast:{fac}-b".encode()}
+    assert redis_client.get("test:ws4redis:last-id") == b"999999999999999-0"
+    ((entry_id, _),) = redis_client.xrange(f"test:history:broadcast:{fac}")
+    assert abs(parse_id(entry_id.decode())[0] - time.time() * 1000) < 10_000  # on Redis's clock
 
 
 @pytest.mark.timeout(60)
 def test_a_forged_entry_in_a_history_stream_gives_resuming_clients_a_gap_not_an_error(uwsgi_server, redis_client):
     fac = facility()
     publisher = RedisPublisher(facility=fac, broadcast=True)
-    publisher.publish_message("seen", expire=0)
-    seen = publisher.last_message_id
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as ws:
+        publisher.publish_message("seen", expire=0)
+        seen, _ = split(recv(ws))
     redis_client.xadd(f"test:history:broadcast:{fac}", {"m": b"FORGED"}, id="999999999999999-0")
     publisher.publish_message("missed", expire=0)  # would fail: the stream's newest id is ahead
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={seen}") as ws:
         assert recv(ws) == "!gap\n"
-        assert split(recv(ws)) == (publisher.last_message_id, "missed")
+        assert split(recv(ws))[1] == "missed"
 
 
 @pytest.mark.timeout(60)
-def test_a_resume_id_from_the_future_is_a_gap_not_a_silence(uwsgi_server):
+@pytest.mark.parametrize("kind", ["legacy id", "token"])
+def test_a_resume_position_from_the_future_is_a_gap_not_a_silence(uwsgi_server, kind):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=999999999999999-0") as ws:
+    ahead = (int(time.time() * 1000) + 3_600_000, 0)
+    token = f"{ahead[0]}-0" if kind == "legacy id" else encode_token([(f"test:broadcast:{fac}", ahead)])
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as ws:
         assert recv(ws) == "!gap\n"
         publisher = RedisPublisher(facility=fac, broadcast=True)
         publisher.publish_message("live", expire=0)
-        assert split(recv(ws)) == (publisher.last_message_id, "live")
+        assert split(recv(ws))[1] == "live"
 
 
 # -- 6. Websockets opened while Redis was down missed messages --------------------------
@@ -410,9 +424,9 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
         before_resuming = Recorder(f"{base}&resume=").start()
         await asyncio.wait_for(before_resuming.opened.wait(), 10 * TIMING)
         await asyncio.to_thread(publish, "before")
-        seen = publisher.last_message_id
         while not before_resuming.frames:
             await asyncio.sleep(0.01)
+        seen, _ = split(before_resuming.frames[0])
         before_resuming.frames.clear()
         before_quiet = Recorder(base).start()  # opened before the outage, and receives nothing before it
         await asyncio.wait_for(before_quiet.opened.wait(), 10 * TIMING)
@@ -421,7 +435,7 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
         during = {
             "plain": Recorder(base).start(),
             "resume=": Recorder(f"{base}&resume=").start(),
-            "resume=<id>": Recorder(f"{base}&resume={seen}").start(),
+            "resume=<token>": Recorder(f"{base}&resume={seen}").start(),
         }
         await asyncio.wait_for(asyncio.gather(*(r.opened.wait() for r in during.values())), 30 * TIMING)
         await asyncio.to_thread(redis_server.start)
@@ -443,7 +457,7 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
         if "resum" in name:
             ids, payloads = zip(*(split(f) for f in recorder.frames), strict=True) if recorder.frames else ((), ())
             assert list(payloads) == expected, (name, recorder.frames)
-            assert sorted(ids, key=parse_id) == list(ids) and len(set(ids)) == len(ids), name
+            assert len(set(ids)) == len(ids), name  # every message moves the token on
         else:
             assert recorder.frames == expected, (name, recorder.frames)
     log = server.log_text()

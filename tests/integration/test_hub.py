@@ -40,8 +40,7 @@ def redis_and_hub(tmp_path):
         max_backoff=0.05,
     )
     yield server, hub
-    if hub._greenlet is not None:
-        hub._greenlet.kill()
+    hub.close()
     server.stop()
 
 

@@ -44,8 +44,10 @@ class BatchedReader:
         while self._queued:
             batch, self._queued = self._queued, []
             keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
+            # A Cluster reads keys slot by slot (pipelined per shard); one Redis in one MGET.
+            mget = getattr(self._client, "mget_nonatomic", self._client.mget)
             try:
-                values = dict(zip(keys, self._client.mget(keys), strict=True))
+                values = dict(zip(keys, mget(keys), strict=True))
             except Exception as exc:
                 for _, result in batch:
                     result.set_exception(exc)

@@ -1,14 +1,19 @@
 """Per-channel history in Redis Streams, so a client that reconnects misses nothing.
 
-Every publish runs one Lua script in Redis that assigns the next message id
-(one counter per Redis: ``"<ms>-<seq>"``, growing across all channels and
-surviving a Redis restart because it follows the clock), appends the wrapped
-message to each channel's stream (trimmed by length and age), publishes it
-and, when asked, persists it: one round trip, atomic.
+Every publish runs one Lua script per shard (one call for all channels with
+a standalone Redis or Sentinel; with a Cluster one per channel, pipelined per
+shard, since a script never spans slots). For each of its channels the
+script appends the wrapped message to the channel's stream (trimmed by
+length and age) under a new id, publishes it (``SPUBLISH`` on a Cluster)
+and, when asked, persists it: atomic per channel, one round trip per shard.
 
-A client that reconnects with the last id it saw gets, for all its channels,
-the messages after that id in id order; if the streams were trimmed past it,
-it is told that the gap cannot be recovered. Settings:
+Ids are per channel: after Redis's clock (milliseconds, then the
+microseconds within them, so ids of one Redis grow across channels too) and
+after the newest entry of the channel's stream. No key is written by every
+publish. A client that reconnects gives its position in each channel (see
+:mod:`ws4redis_uwsgi.core.positions`) and gets, for all its channels, what
+came after, merged in id order; if a stream was trimmed past a position, it
+is told that the gap cannot be recovered. Settings:
 ``WS4REDIS_HISTORY_LENGTH`` (entries per channel) and
 ``WS4REDIS_HISTORY_SECONDS`` (age); both 0 turns history off.
 """
@@ -19,7 +24,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,48 +33,43 @@ import redis
 from .. import settings
 from ..core import envelope
 from ..core.channels import prefix_string
+from ..core.positions import Order
+from .connection import is_cluster
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
-# KEYS: the id key, then n channels, their n streams, and n keys remembering
-# the newest id trimmed from each stream (how a reconnecting client learns
-# that it missed more than the history holds).
+# KEYS: n channels, their n streams, and n keys remembering the newest id
+# trimmed from each stream (how a reconnecting client learns that it missed
+# more than the history holds). All in one slot on a Cluster.
 # ARGV: head, tail (the wrapped message around its id), expire, maxlen, max age in ms,
-# how far (ms) the counter may be ahead of the clock and still be trusted.
-# Returns {id, receivers, repaired}: repaired is 1 when the counter or a stream
-# held something the script never wrote (garbage, an id far in the future) and
-# was set right.
+# how far (ms) a stream's newest id may be ahead of the clock and still be trusted,
+# and the command that publishes (PUBLISH, or SPUBLISH on a Cluster).
+# Returns {id, receivers, repaired}: repaired is 1 when a stream held an id this
+# script never wrote (one far in the future, or beyond its newest entry) and was
+# started again.
 _PUBLISH = """
-local n = (#KEYS - 1) / 3
+local n = #KEYS / 3
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local seq = tonumber(now[2]) % 1000
 local ahead = tonumber(ARGV[6])
-local seq = 0
 local repaired = 0
-local last = redis.call('GET', KEYS[1])
-if last then
-  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
-  if last_ms and #last_ms <= 15 and #last_seq <= 15 and tonumber(last_ms) <= ms + ahead then
-    if ms <= tonumber(last_ms) then
-      ms = tonumber(last_ms)
-      seq = tonumber(last_seq) + 1
-      if seq > 999999999999999 then
-        ms = ms + 1
-        seq = 0
-      end
+for i = 1, n do
+  local newest = redis.call('XREVRANGE', KEYS[n + i], '+', '-', 'COUNT', 1)
+  if #newest > 0 then
+    local last_ms, last_seq = string.match(newest[1][1], '^(%d+)-(%d+)$')
+    last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+    if last_ms <= ms + ahead and (last_ms > ms or (last_ms == ms and last_seq >= seq)) then
+      ms, seq = last_ms, last_seq + 1
     end
-  else
-    -- Not an id this script wrote (or one from far in the future): start from the clock.
-    repaired = 1
   end
 end
 local id = string.format('%d-%d', ms, seq)
-redis.call('SET', KEYS[1], id)
 local message = ARGV[1] .. id .. ARGV[2]
 local expire, maxlen, age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local receivers = 0
 for i = 1, n do
-  local channel, stream, trimmed = KEYS[1 + i], KEYS[1 + n + i], KEYS[1 + 2 * n + i]
+  local channel, stream, trimmed = KEYS[i], KEYS[n + i], KEYS[2 * n + i]
   local newest_gone = nil
   local added = redis.pcall('XADD', stream, id, 'm', message)
   if type(added) == 'table' and added.err then
@@ -104,7 +104,7 @@ for i = 1, n do
     redis.call('PEXPIRE', stream, age)
     redis.call('PEXPIRE', trimmed, age)
   end
-  receivers = receivers + redis.call('PUBLISH', channel, message)
+  receivers = receivers + redis.call(ARGV[7], channel, message)
   if expire > 0 then
     redis.call('SET', channel, message, 'EX', expire)
   end
@@ -118,7 +118,7 @@ def enabled() -> bool:
 
 
 def stream_key(channel: str) -> str:
-    """The stream holding ``channel``'s history: the prefix first, like every key."""
+    """The stream holding ``channel``'s history: the prefix first, like every key (and the channel's hash tag)."""
     prefix = prefix_string(settings.get("WS4REDIS_PREFIX"))
     return f"{prefix}history:{channel[len(prefix) :]}"
 
@@ -129,38 +129,118 @@ def trimmed_key(channel: str) -> str:
     return f"{prefix}history-trimmed:{channel[len(prefix) :]}"
 
 
-def id_key() -> str:
-    return f"{prefix_string(settings.get('WS4REDIS_PREFIX'))}ws4redis:last-id"
-
-
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
-def publish(client: redis.Redis, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> tuple[str, int]:
-    """Publish one wrapped message with a new id; returns (id, receivers)."""
-    keys = [id_key(), *channels, *(stream_key(c) for c in channels), *(trimmed_key(c) for c in channels)]
+def shard_groups(client: Any, channels: Sequence[str]) -> list[list[str]]:
+    """``channels`` in groups one script may touch: all of them, or those of one Cluster slot."""
+    if not is_cluster(client):
+        return [list(channels)]
+    groups: dict[int, list[str]] = {}
+    for channel in channels:
+        groups.setdefault(client.keyslot(channel), []).append(channel)
+    return list(groups.values())
+
+
+class NotReplicatedError(redis.exceptions.RedisError):
+    """Fewer replicas than ``WS4REDIS_WAIT_REPLICAS`` acknowledged a publish in time.
+
+    The message was published (live clients may have it) but a failover may
+    lose it from history: the publisher decides whether to publish again.
+    """
+
+
+def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> tuple[str, int]:
+    """Publish one wrapped message to ``channels``; returns (the id of its first copy, receivers).
+
+    On a Cluster the scripts of all slots go in one pipeline, sent to each
+    shard at once; redis-py follows a slot that moved (MOVED, ASK). A shard
+    that still refuses makes this raise: what other shards took stays published.
+    With ``WS4REDIS_WAIT_REPLICAS``, each shard's scripts are followed by
+    ``WAIT`` on the same connection.
+
+    :raises NotReplicatedError: fewer replicas than asked for took the message in time.
+    :raises redis.RedisError: when a shard cannot be reached within the timeouts.
+    """
     max_length = int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0)
     max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
-    args: list[bytes | int] = [head, tail, int(expire or 0), max_length, max_age_ms, envelope.MAX_ID_AHEAD_MS]
-    try:
-        reply = client.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:  # a new or restarted Redis: it learns the script once
-        reply = client.eval(_PUBLISH, len(keys), *keys, *args)
-    message_id, receivers, repaired = reply
-    message_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
-    if repaired:
+    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
+    args: list[bytes | int | str] = [head, tail, int(expire or 0), max_length, max_age_ms, envelope.MAX_ID_AHEAD_MS, command]
+    calls = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
+    replicas = int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0)
+    if replicas:
+        replies = _run_acknowledged(client, calls, args, replicas, int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000))
+    else:
+        replies = _run_scripts(client, calls, args)
+    message_ids = [reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0]) for reply in replies]
+    if any(reply[2] for reply in replies):
         logger.warning(
-            "the message id counter %s or a history stream of %s held an id this package never wrote; "
-            "set right (resuming clients get !gap)",
-            id_key(),
+            "a history stream of %s held an id this package never wrote; started again (resuming clients get !gap)",
             ", ".join(channels),
         )
-    return message_id, int(receivers)
+    return message_ids[0], sum(int(reply[1]) for reply in replies)
 
 
-def is_gap(
-    since: tuple[int, int], newest_trimmed: tuple[int, int] | None, stream_exists: bool, now_ms: int, max_age_ms: int
-) -> bool:
+def _run_scripts(client: Any, calls: list[list[str]], args: list[Any]) -> list[Any]:
+    """EVALSHA of the publish script for each list of keys in one pipeline; a Redis that does not know it learns it once."""
+    if len(calls) == 1:
+        keys = calls[0]
+        try:
+            return [client.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)]
+        except redis.exceptions.NoScriptError:  # a new or restarted Redis
+            return [client.eval(_PUBLISH, len(keys), *keys, *args)]
+    replies = _pipelined(client, calls, args)
+    if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+        client.script_load(_PUBLISH)  # on every primary of a Cluster
+        again = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+        for i, reply in zip(again, _pipelined(client, [calls[i] for i in again], args), strict=True):
+            replies[i] = reply
+    return _raise_first(replies)
+
+
+def _pipelined(client: Any, calls: list[list[str]], args: list[Any], wait: tuple[int, int] | None = None) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for keys in calls:
+        pipe.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)
+    if wait is not None:
+        pipe.execute_command("WAIT", *wait)
+    return list(pipe.execute(raise_on_error=False))
+
+
+def _run_acknowledged(client: Any, calls: list[list[str]], args: list[Any], replicas: int, timeout_ms: int) -> list[Any]:
+    """The scripts, then ``WAIT replicas timeout`` on the same connection of each shard (one round trip per shard)."""
+    by_shard: dict[Any, list[int]] = {}
+    for i, keys in enumerate(calls):
+        # WAIT counts the writes of its own connection: a Cluster's shard gets a pipeline of its own.
+        node = client.get_redis_connection(client.get_node_from_key(keys[0])) if is_cluster(client) else client
+        by_shard.setdefault(node, []).append(i)
+    replies: list[Any] = [None] * len(calls)
+    for node, indexes in by_shard.items():
+        shard_calls = [calls[i] for i in indexes]
+        *done, acknowledged = _pipelined(node, shard_calls, args, (replicas, timeout_ms))
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in done):
+            node.script_load(_PUBLISH)
+            *done, acknowledged = _pipelined(node, shard_calls, args, (replicas, timeout_ms))
+        for i, reply in zip(indexes, _raise_first(done), strict=True):
+            replies[i] = reply
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        if int(acknowledged) < replicas:
+            raise NotReplicatedError(
+                f"{acknowledged} of {replicas} replicas acknowledged the message within {timeout_ms} ms; "
+                "it was published but a failover may lose it"
+            )
+    return replies
+
+
+def _raise_first(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def is_gap(since: Order, newest_trimmed: Order | None, stream_exists: bool, now_ms: int, max_age_ms: int) -> bool:
     """True when messages after ``since`` may have been trimmed away (pure).
 
     The publish script remembers the newest id it trimmed from each stream;
@@ -192,34 +272,32 @@ class Page:
 class _Cursor:
     """Where the reading of one channel's stream is: what was read and not yet handed out."""
 
-    stream: str
-    trimmed: str
+    channel: str
+    since: Order  # the client's position: the backlog is what came after
     after: str  # the next XRANGE starts after this id
-    buffered: deque[tuple[tuple[int, int], envelope.BusMessage]] = field(default_factory=deque)
+    buffered: deque[tuple[Order, envelope.BusMessage]] = field(default_factory=deque)
     exhausted: bool = False
 
 
 class BacklogReader:
-    """What was published on a client's channels after an id, read a page at a time, in id order.
+    """What was published on a client's channels after its positions, read a page at a time, in id order.
 
     The whole backlog of a resuming client can be large (a thousand entries
     of tens of KiB per channel): reading it at once would hold all of it in
     the worker while a slow client takes it. Each channel's stream is read
-    with XRANGE ... COUNT, merged in id order (a message published to several
-    of the client's channels is handed out once), and handed out a page at a
-    time: the reader holds at most what the next page needs. The first page
-    also tells whether the history still reaches back to ``since``
-    (:attr:`gap`). Entries that are not messages of this package are skipped.
+    with XRANGE ... COUNT after that channel's position, merged in id order,
+    and handed out a page at a time: the reader holds at most what the next
+    page needs. The first page also tells whether the history still reaches
+    back to every position (:attr:`gap`). Entries that are not messages of
+    this package are skipped.
     """
 
-    def __init__(self, client: redis.Redis, channels: Sequence[str], since: str) -> None:
+    def __init__(self, client: Any, positions: Mapping[str, Order]) -> None:
         self._client = client
-        self._since = since
-        self._cursors = [_Cursor(stream_key(c), trimmed_key(c), since) for c in channels]
+        self._cursors = [_Cursor(c, since, f"{since[0]}-{since[1]}") for c, since in positions.items()]
         self._count = FIRST_PAGE_ENTRIES
         self._started = False
-        self._last: tuple[int, int] | None = None
-        #: Set by the first :meth:`next_page`: the history lost messages after ``since``.
+        #: Set by the first :meth:`next_page`: the history lost messages after a position.
         self.gap = False
 
     def next_page(self) -> Page | None:
@@ -242,11 +320,11 @@ class BacklogReader:
             return
         pipe = self._client.pipeline(transaction=False)
         for cursor in dry:
-            pipe.xrange(cursor.stream, min=f"({cursor.after}", max="+", count=self._count)
+            pipe.xrange(stream_key(cursor.channel), min=f"({cursor.after}", max="+", count=self._count)
         if not self._started:
             for cursor in self._cursors:
-                pipe.exists(cursor.stream)
-                pipe.get(cursor.trimmed)
+                pipe.exists(stream_key(cursor.channel))
+                pipe.get(trimmed_key(cursor.channel))
         replies = pipe.execute()
         entries_read, bytes_read = 0, 0
         for cursor, entries in zip(dry, replies[: len(dry)], strict=True):
@@ -254,7 +332,7 @@ class BacklogReader:
                 cursor.exhausted = True
             for entry_id, fields in entries:
                 cursor.after = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                message = _message_of(cursor.after, fields)
+                message = _message_of(cursor.after, fields, cursor.channel)
                 if message is not None:
                     cursor.buffered.append((envelope.parse_id(cursor.after), message))
                     bytes_read += len(message.payload)
@@ -269,12 +347,11 @@ class BacklogReader:
             self._count = max(1, per_page // len(self._cursors))
 
     def _check_gap(self, replies: list[Any]) -> None:
-        since = envelope.parse_id(self._since)
         max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
         now_ms = int(time.time() * 1000)
-        for exists, trimmed in zip(replies[::2], replies[1::2], strict=True):
+        for cursor, exists, trimmed in zip(self._cursors, replies[::2], replies[1::2], strict=True):
             newest_trimmed = _parse_stored_id(trimmed)
-            self.gap = self.gap or is_gap(since, newest_trimmed, bool(exists), now_ms, max_age_ms)
+            self.gap = self.gap or is_gap(cursor.since, newest_trimmed, bool(exists), now_ms, max_age_ms)
 
     def _merge(self) -> Page:
         """Hand out buffered messages in id order while their order is certain.
@@ -293,10 +370,7 @@ class BacklogReader:
             if not ready:
                 break
             cursor = min(ready, key=lambda c: c.buffered[0][0])
-            order, message = cursor.buffered.popleft()
-            if order == self._last:
-                continue  # the same message on another of the client's channels
-            self._last = order
+            _, message = cursor.buffered.popleft()
             messages.append(message)
             nbytes += len(message.payload)
         return Page(messages, nbytes)
@@ -311,13 +385,13 @@ def _parse_stored_id(value: bytes | None) -> tuple[int, int] | None:
         return None
 
 
-def _message_of(entry_id: str, fields: dict[bytes, bytes]) -> envelope.BusMessage | None:
+def _message_of(entry_id: str, fields: dict[bytes, bytes], channel: str) -> envelope.BusMessage | None:
     """The message a stream entry holds, or None (logged) for an entry this package did not write."""
     data = fields.get(b"m")
     try:
         if data is None:
             raise envelope.MalformedMessageError("stream entry without a message")
-        message = envelope.decode(data)
+        message = envelope.decode(data, channel)
         if message.id != entry_id:
             raise envelope.MalformedMessageError("stream entry and message ids differ")
     except envelope.MalformedMessageError as exc:

@@ -1,18 +1,26 @@
-"""One Redis subscription per worker process, fanned out to its websockets.
+"""One Redis subscription per worker process and shard, fanned out to its websockets.
 
-However many websockets a worker serves, it holds one pub/sub connection:
-the hub subscribes to a channel when its first listener arrives, counts the
-listeners, unsubscribes when the last one leaves, and hands every message to
-the listeners of its channel in-process. It waits on file descriptors
-through gevent's event loop (epoll), never ``select()``, so it works past
-fd 1024. When Redis goes away it reconnects with jittered exponential
-backoff and re-subscribes; the websockets stay open meanwhile, and each one
-whose channels were down (or that opened meanwhile) is told to catch up from
-history once its subscriptions are back (``Listener.resync``).
+However many websockets a worker serves, it holds one pub/sub connection per
+shard: one with a standalone Redis or Sentinel (``SUBSCRIBE``), one per
+master with a Cluster (``SSUBSCRIBE``, so a message reaches only the shard
+that owns its channel). The hub subscribes to a channel when its first
+listener arrives, counts the listeners, unsubscribes when the last one
+leaves, and hands every message to the listeners of its channel in-process.
+It waits on file descriptors through gevent's event loop (epoll), never
+``select()``, so it works past fd 1024.
 
-Per-channel state (listeners, confirmations, pending catch-ups) exists only
-for channels with listeners, so nothing grows with channels that were left,
-whether Redis was up or down when they were.
+When a connection is lost (Redis restarted, a Sentinel or Cluster failover)
+it reconnects with jittered exponential backoff, to wherever the channels
+live now (a Sentinel asks for the master again; a Cluster reads its slots
+again, also when a slot migrates away: Redis then ends the shard
+subscription with ``sunsubscribe``), and re-subscribes. The websockets stay
+open meanwhile, and each one whose channels were down (or that opened
+meanwhile) is told to catch up from history once its subscriptions are back
+(``Listener.resync``).
+
+Per-channel state (listeners, routes, confirmations, pending catch-ups)
+exists only for channels with listeners, so nothing grows with channels
+that were left, whether Redis was up or down when they were.
 
 This module is the gevent adapter of the bus; the decisions about what a
 message is live in :mod:`ws4redis_uwsgi.core.envelope`.
@@ -33,6 +41,7 @@ from gevent.event import Event
 
 from ..core import envelope
 from ..core.text import loggable
+from .shards import Shards, SingleShard
 
 logger = logging.getLogger("ws4redis_uwsgi.bus.hub")
 
@@ -84,32 +93,33 @@ class FdWaiter:
 
 
 class SubscriptionHub:
-    """The worker's single pub/sub connection and its in-process fan-out."""
+    """The worker's pub/sub connections (one per shard) and its in-process fan-out."""
 
     def __init__(
         self,
-        client_factory: Callable[[], redis.Redis],
+        client_factory: Callable[[], redis.Redis] | Shards,
         *,
         ping_interval: float = 15.0,
         min_backoff: float = 0.05,
         max_backoff: float = 5.0,
     ) -> None:
-        self._client_factory = client_factory
+        # A bare factory (tests) is one Redis.
+        self._shards: Shards = client_factory if not callable(client_factory) else SingleShard(client_factory)
         self.ping_interval = ping_interval
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self._listeners: dict[str, set[Listener]] = {}
-        self._subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
+        self._route: dict[str, _Link] = {}  # the link that subscribes each channel with listeners
+        self._links: dict[str, _Link] = {}
+        self._unrouted: set[str] = set()  # channels waiting for the Cluster's slot map
         self._confirmed: dict[str, Event] = {}  # set once Redis confirmed the subscription
         # Channels whose listeners must catch up from history once they are subscribed
-        # again: they had listeners when the connection was lost, or got them meanwhile.
+        # again: they had listeners when their connection was lost, or got them meanwhile.
         self._resync: set[str] = set()
-        self._waiter = FdWaiter()
-        self._greenlet: gevent.Greenlet | None = None
-        self._backoff = min_backoff
-        #: How many times the subscription connection was lost; for tests and metrics.
+        self._refresher: gevent.Greenlet | None = None
+        self._refresh_backoff = min_backoff
+        #: How many times a subscription connection was lost; for tests and metrics.
         self.disconnects = 0
-        self.connected = False
         #: Redis's clock minus this process's (seconds), measured at every connection.
         self.clock_offset = 0.0
         self._dropped = 0
@@ -119,11 +129,18 @@ class SubscriptionHub:
 
     def add(self, listener: Listener, channels: Iterable[str]) -> None:
         for channel in channels:
-            self._listeners.setdefault(channel, set()).add(listener)
-            if self.disconnects and not self.connected:
+            listeners = self._listeners.setdefault(channel, set())
+            listeners.add(listener)
+            if len(listeners) == 1:
+                self._assign(channel)
+            link = self._route.get(channel)
+            if self.disconnects and (link is None or not link.connected):
                 self._resync.add(channel)  # opened while Redis is away: catch up once it is back
-        self._ensure_running()
-        self._waiter.wake()
+            if link is not None:
+                # Every arrival and departure wakes the shard's loop, as it always did: without
+                # that turn of the hub, detached websockets were seen to miss a close frame
+                # for seconds (see the CHANGELOG; the cause in the event loop is not found yet).
+                link.wake()
 
     def remove(self, listener: Listener, channels: Iterable[str]) -> None:
         for channel in channels:
@@ -133,10 +150,16 @@ class SubscriptionHub:
                 if not listeners:
                     del self._listeners[channel]
                     self._resync.discard(channel)
-                    if channel not in self._subscribed:
-                        # Subscribed channels lose theirs when _sync unsubscribes them.
+                    self._unrouted.discard(channel)
+                    link = self._route.pop(channel, None)
+                    if link is not None:
+                        link.wanted.discard(channel)
+                        link.wake()
+                    if link is None or channel not in link.subscribed:
+                        # Subscribed channels lose theirs when the link unsubscribes them.
                         self._confirmed.pop(channel, None)
-        self._waiter.wake()
+                elif channel in self._route:
+                    self._route[channel].wake()
 
     def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
         """Wait until Redis confirmed the subscription of every channel; False on timeout.
@@ -156,12 +179,21 @@ class SubscriptionHub:
         return True
 
     def confirmed(self, channels: Iterable[str]) -> bool:
-        """Whether Redis confirmed the subscription of every one of ``channels`` on the current connection."""
+        """Whether Redis confirmed the subscription of every one of ``channels`` on its current connection."""
         for channel in channels:
             event = self._confirmed.get(channel)
             if event is None or not event.is_set():
                 return False
         return True
+
+    @property
+    def connected(self) -> bool:
+        """Whether every shard this worker needs is subscribed (False while one is away)."""
+        return not self._unrouted and all(link.connected for link in self._links.values() if link.wanted)
+
+    def connections(self) -> dict[str, bool]:
+        """The pub/sub connection of each shard with listeners, and whether it is up (for tests and health)."""
+        return {target: link.connected for target, link in self._links.items() if link.wanted}
 
     def redis_now_ms(self) -> int:
         """Redis's clock now, in ms, as measured at the last connection: what new message ids are near."""
@@ -169,59 +201,207 @@ class SubscriptionHub:
 
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
-        return len(self._listeners) + len(self._subscribed) + len(self._confirmed) + len(self._resync)
+        subscribed = sum(len(link.subscribed) for link in self._links.values())
+        return len(self._listeners) + subscribed + len(self._confirmed) + len(self._resync) + len(self._unrouted)
 
     def close(self) -> None:
-        """Stop the subscription loop (its connection closes with it); for a process that forgets its hub."""
+        """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
+        for link in self._links.values():
+            link.close()
+        if self._refresher is not None:
+            self._refresher.kill(block=False)
+            self._refresher = None
+
+    # -- routing channels to shards -------------------------------------------------
+
+    def _assign(self, channel: str) -> None:
+        """Give ``channel`` to the link of the shard that owns it (or wait for the slot map)."""
+        target = self._shards.target(channel)
+        if target is None:
+            self._unrouted.add(channel)
+            self.refresh()
+            return
+        link = self._links.get(target)
+        if link is None:
+            link = self._links[target] = _Link(self, target)
+        self._route[channel] = link
+        link.wanted.add(channel)
+        link.wake()
+
+    def refresh(self) -> None:
+        """Learn again where channels live (a Cluster's slots moved, or a shard is gone), in the background."""
+        if self._shards.sharded and (self._refresher is None or self._refresher.dead):
+            self._refresher = gevent.spawn(self._refresh)
+
+    def _refresh(self) -> None:
+        while True:
+            try:
+                self._shards.refresh()
+            except Exception as exc:
+                logger.warning("Redis Cluster slots not readable (%s); trying again in %.2fs", exc, self._refresh_backoff)
+                gevent.sleep(self._refresh_backoff * random.uniform(0.5, 1.0))
+                self._refresh_backoff = min(self._refresh_backoff * 2, self.max_backoff)
+                continue
+            self._refresh_backoff = self.min_backoff
+            self._reroute()
+            return
+
+    def _reroute(self) -> None:
+        """Move every channel whose shard changed to the right link; its listeners catch up once it is subscribed there."""
+        self._unrouted.clear()
+        for channel in list(self._listeners):
+            old = self._route.get(channel)
+            target = self._shards.target(channel)
+            if target is None:
+                self._unrouted.add(channel)
+                continue
+            if old is not None and old.target == target:
+                continue
+            if old is not None:
+                old.wanted.discard(channel)
+                old.wake()
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.clear()
+            self._resync.add(channel)
+            self._assign(channel)
+        if self._unrouted:
+            self.refresh()
+
+    # -- what links report -----------------------------------------------------------
+
+    def _deliver(self, data: Any, channel: str) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners:
+            bus_message = self.accept(data, channel)
+            if bus_message is None:
+                return
+            for listener in tuple(listeners):
+                listener.deliver(bus_message)
+
+    def _subscribed(self, link: _Link, channel: str) -> None:
+        """``link`` got Redis's confirmation for ``channel``."""
+        if self._route.get(channel) is not link or channel not in self._listeners:
+            return
+        self._confirmed.setdefault(channel, Event()).set()
+        if channel in self._resync:
+            # Messages may have gone by while the subscription was down.
+            self._resync.discard(channel)
+            for listener in tuple(self._listeners[channel]):
+                listener.resync()
+
+    def _lost(self, link: _Link, channels: Iterable[str]) -> None:
+        """``link`` lost the subscription of ``channels``: their listeners catch up once they are back."""
+        for channel in channels:
+            if self._route.get(channel) is link and channel in self._listeners:
+                self._resync.add(channel)
+                event = self._confirmed.get(channel)
+                if event is not None:
+                    event.clear()
+
+    def accept(self, data: bytes | str, channel: Any) -> envelope.BusMessage | None:
+        """The message ``data`` (from ``channel``, live or stored) carries, or None when nobody may receive it.
+
+        The one rule for messages this package did not publish: bytes that
+        imitate its wrapping, and ids too far ahead of Redis's clock (trusted,
+        such an id would make every later message look old to the clients
+        that got it), are dropped with a log line.
+        """
+        try:
+            message = envelope.decode(data, channel)
+        except envelope.MalformedMessageError as exc:
+            self.drop(channel, str(exc))
+            return None
+        return message if self.trusted(message, channel) else None
+
+    def trusted(self, message: envelope.BusMessage, channel: Any) -> bool:
+        """False, with a log line, for a message whose id is too far ahead of Redis's clock."""
+        order = message.order
+        if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
+            self.drop(channel, f"id {message.id} far ahead of Redis's clock")
+            return False
+        return True
+
+    def drop(self, channel: Any, reason: str) -> None:
+        """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= DROP_LOG_INTERVAL:
+            logger.warning(
+                "dropped %d message(s) on the bus that this package did not publish; the last on %s: %s",
+                self._dropped,
+                loggable(channel),
+                reason,
+            )
+            self._dropped, self._dropped_logged = 0, now
+
+
+class _Link:
+    """One pub/sub connection, to one shard, and the loop that serves it."""
+
+    def __init__(self, hub: SubscriptionHub, target: str) -> None:
+        self.hub = hub
+        self.target = target
+        #: Channels this shard should be subscribed to (with listeners, routed here).
+        self.wanted: set[str] = set()
+        self.subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
+        self.connected = False
+        self._waiter = FdWaiter()
+        self._greenlet: gevent.Greenlet | None = None
+        self._backoff = hub.min_backoff
+        self._sharded = hub._shards.sharded
+
+    def wake(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+        self._waiter.wake()
+
+    def close(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
         self._waiter.unwatch()
 
-    # -- the subscription loop --------------------------------------------------
-
-    def _ensure_running(self) -> None:
-        if self._greenlet is None or self._greenlet.dead:
-            self._greenlet = gevent.spawn(self._run)
-
     def _run(self) -> None:
+        hub = self.hub
         while True:
             pubsub = None
             try:
-                if not self._listeners:
+                if not self.wanted:
                     self._waiter.wait(None)
                     continue
-                client = self._client_factory()
+                client = hub._shards.client(self.target)
                 self._measure_clock(client)
                 pubsub = client.pubsub()  # on the connection TIME just used
                 self._serve(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self.disconnects += 1
+                hub.disconnects += 1
                 logger.warning("Redis subscription lost (%s); reconnecting in %.2fs", exc, self._backoff)
+                hub.refresh()  # a Cluster shard may be gone: its channels move to the new master
+            except redis.ResponseError as exc:  # MOVED: a slot is elsewhere now
+                hub.disconnects += 1
+                logger.warning("Redis subscription refused (%s); reconnecting in %.2fs", exc, self._backoff)
+                hub.refresh()
             except Exception:
-                self.disconnects += 1
+                hub.disconnects += 1
                 logger.exception("Redis subscription failed; reconnecting in %.2fs", self._backoff)
             finally:
                 self._on_disconnect(pubsub)
             gevent.sleep(self._backoff * random.uniform(0.5, 1.0))
-            self._backoff = min(self._backoff * 2, self.max_backoff)
+            self._backoff = min(self._backoff * 2, hub.max_backoff)
 
     def _measure_clock(self, client: redis.Redis) -> None:
         """Redis's clock against this process's: message ids follow Redis's, and new websockets start from it."""
         before = time.time()
         seconds, microseconds = client.time()
         after = time.time()
-        self.clock_offset = seconds + microseconds / 1e6 - (before + after) / 2
+        self.hub.clock_offset = seconds + microseconds / 1e6 - (before + after) / 2
 
     def _on_disconnect(self, pubsub: Any) -> None:
         self.connected = False
         self._waiter.unwatch()
-        self._subscribed.clear()
-        self._resync.update(self._listeners)
-        for channel in [c for c in self._confirmed if c not in self._listeners]:
-            del self._confirmed[channel]
-        for event in self._confirmed.values():
-            event.clear()
+        self.hub._lost(self, self.wanted | self.subscribed)
+        self.subscribed.clear()
         if pubsub is not None:
             try:
                 pubsub.close()
@@ -234,37 +414,43 @@ class SubscriptionHub:
         # redis-py offers no public accessor for the socket; ws4redis used the same.
         self._waiter.watch(connection._sock.fileno())
         self.connected = True
-        self._backoff = self.min_backoff
-        logger.info("Redis subscription connected (pid %d)", os.getpid())
+        self._backoff = self.hub.min_backoff
+        logger.info("Redis subscription connected to %s (pid %d)", self.target, os.getpid())
         ping_pending = False
         while True:
             if self._drain(pubsub, connection):
                 ping_pending = False
             self._sync(pubsub)
-            if self._waiter.wait(self.ping_interval):
+            if self._waiter.wait(self.hub.ping_interval):
                 continue
             # Idle for a whole interval: make sure the connection is still alive.
             if ping_pending:
                 raise redis.ConnectionError("no answer to PING")
-            if pubsub.subscribed:
+            if self.subscribed:
                 pubsub.ping()
                 ping_pending = True
 
     def _sync(self, pubsub: Any) -> None:
-        """Bring the Redis subscription in line with the channels that have listeners."""
-        wanted = set(self._listeners)
-        new = wanted - self._subscribed
-        gone = self._subscribed - wanted
+        """Bring the Redis subscription in line with the channels that have listeners here."""
+        new = self.wanted - self.subscribed
+        gone = self.subscribed - self.wanted
         if new:
-            self._subscribed |= new
-            pubsub.subscribe(*sorted(new))
+            self.subscribed |= new
+            if self._sharded:
+                pubsub.ssubscribe(*sorted(new))
+            else:
+                pubsub.subscribe(*sorted(new))
         if gone:
-            self._subscribed -= gone
+            self.subscribed -= gone
             for channel in gone:
-                event = self._confirmed.pop(channel, None)
-                if event is not None:
-                    event.clear()
-            pubsub.unsubscribe(*sorted(gone))
+                if channel not in self.hub._listeners:
+                    event = self.hub._confirmed.pop(channel, None)
+                    if event is not None:
+                        event.clear()
+            if self._sharded:
+                pubsub.sunsubscribe(*sorted(gone))
+            else:
+                pubsub.unsubscribe(*sorted(gone))
 
     def _drain(self, pubsub: Any, connection: Any) -> int:
         """Handle every message redis-py has buffered or the socket holds; the count handled.
@@ -293,54 +479,15 @@ class SubscriptionHub:
         channel = message.get("channel")
         if isinstance(channel, bytes):
             channel = channel.decode("utf-8", "replace")
-        if kind == "message":
-            listeners = self._listeners.get(channel)  # type: ignore[arg-type]
-            if listeners:
-                bus_message = self.accept(message["data"], channel)
-                if bus_message is None:
-                    return
-                for listener in tuple(listeners):
-                    listener.deliver(bus_message)
-        elif kind == "subscribe" and channel in self._subscribed and channel in self._listeners:
-            self._confirmed.setdefault(channel, Event()).set()  # type: ignore[arg-type]
-            if channel in self._resync:
-                # Messages may have gone by while the subscription was down.
-                self._resync.discard(channel)  # type: ignore[arg-type]
-                for listener in tuple(self._listeners[channel]):  # type: ignore[index]
-                    listener.resync()
-
-    def accept(self, data: bytes | str, channel: Any) -> envelope.BusMessage | None:
-        """The message ``data`` (from ``channel``, live or stored) carries, or None when nobody may receive it.
-
-        The one rule for messages this package did not publish: bytes that
-        imitate its wrapping, and ids too far ahead of Redis's clock (trusted,
-        such an id would make every later message look old to the clients
-        that got it), are dropped with a log line.
-        """
-        try:
-            message = envelope.decode(data)
-        except envelope.MalformedMessageError as exc:
-            self.drop(channel, str(exc))
-            return None
-        return message if self.trusted(message, channel) else None
-
-    def trusted(self, message: envelope.BusMessage, channel: Any) -> bool:
-        """False, with a log line, for a message whose id is too far ahead of Redis's clock."""
-        order = message.order
-        if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
-            self.drop(channel, f"id {message.id} far ahead of Redis's clock")
-            return False
-        return True
-
-    def drop(self, channel: Any, reason: str) -> None:
-        """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
-        self._dropped += 1
-        now = time.monotonic()
-        if now - self._dropped_logged >= DROP_LOG_INTERVAL:
-            logger.warning(
-                "dropped %d message(s) on the bus that this package did not publish; the last on %s: %s",
-                self._dropped,
-                loggable(channel),
-                reason,
-            )
-            self._dropped, self._dropped_logged = 0, now
+        if kind in ("message", "smessage"):
+            self.hub._deliver(message["data"], channel)  # type: ignore[arg-type]
+        elif kind in ("subscribe", "ssubscribe"):
+            if channel in self.subscribed:
+                self.hub._subscribed(self, channel)  # type: ignore[arg-type]
+        elif kind == "sunsubscribe" and channel in self.wanted and channel in self.subscribed:
+            # Not asked for: the slot moved to another shard. Its listeners catch
+            # up once it is subscribed where it lives now.
+            logger.info("Redis Cluster moved %s away from %s; following it", loggable(channel), self.target)
+            self.subscribed.discard(channel)  # type: ignore[arg-type]
+            self.hub._lost(self, [channel])  # type: ignore[list-item]
+            self.hub.refresh()

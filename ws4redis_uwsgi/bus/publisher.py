@@ -6,7 +6,7 @@ from typing import Any
 
 from ..core import envelope
 from ..core.channels import Audience, audience_channels
-from .connection import get_client
+from .connection import get_client, sharded
 from .store import RedisMessage, RedisStore
 
 _AUDIENCES = {
@@ -44,10 +44,11 @@ class RedisPublisher(RedisStore):
         if audience not in _AUDIENCES:
             raise ValueError(f"audience must be one of {', '.join(_AUDIENCES)}")
         identity = identity_from_request(request)
-        channels = audience_channels(settings.get("WS4REDIS_PREFIX"), facility, _AUDIENCES[audience], identity)
+        channels = audience_channels(settings.get("WS4REDIS_PREFIX"), facility, _AUDIENCES[audience], identity, sharded=sharded())
         if not channels:
             return None
-        for value in self._connection.mget(channels):
+        mget = getattr(self._connection, "mget_nonatomic", self._connection.mget)  # a Cluster reads slot by slot
+        for value in mget(channels):
             if value:
                 return RedisMessage(envelope.decode(value).payload)
         return None

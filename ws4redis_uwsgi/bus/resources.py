@@ -6,16 +6,17 @@ Each is made on first use in the process that uses it (see :mod:`ws4redis_uwsgi.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import process
 from .batched_reader import BatchedReader
 from .budget import BACKLOG_BUDGET, BacklogBudget
-from .connection import make_client
+from .connection import make_client, sharded
 from .hub import SubscriptionHub
+from .shards import ClusterShards, Shards, SingleShard
 
 #: Commands (GET, PUBLISH, XRANGE) from all websockets of a worker share this many connections.
 COMMAND_POOL_SIZE = 8
@@ -23,10 +24,17 @@ COMMAND_POOL_SIZE = 8
 
 def get_hub() -> SubscriptionHub:
     """This process's hub, created on first use."""
-    return process.resource("hub", lambda: SubscriptionHub(lambda: make_client(retry=Retry(NoBackoff(), 0))))
+    return process.resource("hub", lambda: SubscriptionHub(_shards()))
 
 
-def command_client() -> redis.Redis:
+def _shards() -> Shards:
+    if sharded():
+        return ClusterShards()
+    # The hub reconnects itself, with backoff: its client must not retry.
+    return SingleShard(lambda: make_client(retry=Retry(NoBackoff(), 0)))
+
+
+def command_client() -> Any:
     """This process's client for GET and PUBLISH, with a bounded pool."""
     return process.resource("command client", lambda: make_client(max_connections=COMMAND_POOL_SIZE))
 

@@ -12,6 +12,7 @@ from ..core import envelope
 from ..core.channels import Identity, named_channels, prefix_string, validate_facility
 from ..core.exceptions import HandshakeError
 from . import history
+from .connection import is_cluster, sharded
 
 
 class _SelfType:
@@ -74,7 +75,7 @@ class RedisStore:
         self._publishers: list[str] = []
         # Set by a websocket connection so that it can recognise its own messages.
         self._origin: str | None = None
-        #: The id of the last message published, when history is on.
+        #: The id of the last message published (of its copy on the first channel), when history is on.
         self.last_message_id: str | None = None
 
     @staticmethod
@@ -108,15 +109,17 @@ class RedisStore:
             users=_names(users, [own.username] if own.username else [], "users"),
             groups=_names(groups, own.groups, "groups"),
             sessions=_names(sessions, [own.session_key] if own.session_key else [], "sessions"),
+            sharded=sharded(),
         )
 
     def publish_message(self, message: RedisMessage | str | bytes, expire: int | None = None, binary: bool = False) -> int:
         """Publish ``message`` to this store's channels and persist it for ``expire`` seconds.
 
-        PUBLISH and SET-with-expiry for every channel go to Redis in one round
-        trip; with history on (``WS4REDIS_HISTORY_LENGTH``/``_SECONDS``) the
-        same round trip assigns the message id (kept in ``last_message_id``)
-        and appends the message to each channel's history. ``expire`` defaults to ``WS4REDIS_EXPIRE``; ``0`` persists nothing
+        PUBLISH (SPUBLISH on a Cluster) and SET-with-expiry for every channel
+        go to Redis in one round trip per shard; with history on
+        (``WS4REDIS_HISTORY_LENGTH``/``_SECONDS``) the same round trip assigns
+        each channel's copy its id (the first kept in ``last_message_id``)
+        and appends it to the channel's history. ``expire`` defaults to ``WS4REDIS_EXPIRE``; ``0`` persists nothing
         and leaves an earlier persisted message alone. ``binary=True`` makes
         the message arrive as a binary frame even when it is valid UTF-8.
 
@@ -130,14 +133,17 @@ class RedisStore:
             return 0
         if expire is None:
             expire = settings.get("WS4REDIS_EXPIRE")
+        # A message on several channels carries a uid: a client on more than one gets it once.
+        uid = envelope.new_uid() if len(self._publishers) > 1 else None
         if history.enabled():
-            head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin)
+            head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin, uid=uid)
             self.last_message_id, receivers = history.publish(self._connection, self._publishers, head, tail, expire)
             return receivers
         payload = envelope.encode(bytes(data), binary=binary, origin=self._origin)
+        command = "SPUBLISH" if is_cluster(self._connection) else "PUBLISH"
         pipe = self._connection.pipeline(transaction=False)
         for channel in self._publishers:
-            pipe.publish(channel, payload)
+            pipe.execute_command(command, channel, payload)
             if expire and expire > 0:
                 pipe.set(channel, payload, ex=int(expire))
         replies = pipe.execute()

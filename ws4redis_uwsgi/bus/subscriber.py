@@ -9,7 +9,7 @@ its :class:`~ws4redis_uwsgi.core.outbox.Outbox` decides what the websocket gets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -18,8 +18,10 @@ from .. import settings
 from ..core import envelope
 from ..core.channels import Audience, ClientRequest, audience_channels
 from ..core.outbox import Outbox
+from ..core.positions import Order
 from ..django.identity import identity_from_request
 from . import history, resources
+from .connection import sharded
 from .store import RedisStore
 
 #: How long a handshake waits for Redis to confirm the new subscriptions
@@ -53,16 +55,17 @@ class RedisSubscriber(RedisStore):
     def configure(self, *, echo: bool, resume: str | None) -> None:
         """What the client asked for: its own messages back (``echo``), message ids and a position (``resume``).
 
-        ``resume`` is None for a plain ws4redis client, ``""`` for ids from now on, or the id to resume after.
+        ``resume`` is None for a plain ws4redis client, ``""`` for tokens from now on, or the token to resume after.
         """
         self.outbox = self._new_outbox(echo=echo, resume=resume)
+        self.outbox.channels = tuple(self._channels)
 
     def _new_outbox(self, *, echo: bool, resume: str | None) -> Outbox:
         return Outbox(
             origin=self._origin,
             echo=echo,
             with_ids=resume is not None,
-            resume_from=resume or None,
+            resume=resume or None,
             max_pending=settings.get("WS4REDIS_MAX_PENDING_MESSAGES"),
             arrived_ms=self._hub.redis_now_ms(),
         )
@@ -83,13 +86,15 @@ class RedisSubscriber(RedisStore):
         prefix = settings.get("WS4REDIS_PREFIX")
         # The groups query only when a group channel is asked for.
         identity = identity_from_request(request, with_groups=Audience.GROUP in wanted.subscribe | wanted.publish)
-        self._publishers = audience_channels(prefix, facility, wanted.publish, identity)
-        self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity))
+        tagged = sharded()
+        self._publishers = audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged)
+        self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))
 
     def subscribe(self, *channels: str) -> None:
         """Add channels to this websocket's subscriptions."""
         new = [c for c in channels if c not in self._channels]
         self._channels.extend(new)
+        self.outbox.channels = tuple(self._channels)
         self._hub.add(self, new)
 
     @property
@@ -119,30 +124,32 @@ class RedisSubscriber(RedisStore):
         for message in self.persisted_messages():
             websocket.send(message.payload, binary=message.binary)
 
-    def persisted_messages(self) -> list[envelope.BusMessage]:
-        """The message still persisted for each subscribed channel, not yet handed out.
+    def persisted_messages(self) -> Iterator[envelope.BusMessage]:
+        """The message still persisted for each subscribed channel, not yet handed out, one at a time.
+
+        Each is recorded as handed out when it is yielded (see :meth:`Outbox.fresh`).
 
         :raises redis.RedisError: when Redis cannot be read.
         """
         if not self._channels:
-            return []
+            return iter(())
         values: list[Any]
         if self._connection is resources.command_client():
             values = resources.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
         else:
-            values = self._connection.mget(self._channels)
+            values = getattr(self._connection, "mget_nonatomic", self._connection.mget)(self._channels)
         found = [self._hub.accept(value, channel) for channel, value in zip(self._channels, values, strict=True) if value]
         return self.outbox.fresh(m for m in found if m is not None)
 
-    def read_backlog(self, since: str) -> history.BacklogReader:
-        """A reader of what was published on this websocket's channels after message id ``since``.
+    def read_backlog(self, positions: Mapping[str, Order]) -> history.BacklogReader:
+        """A reader of what was published on this websocket's channels after its ``positions``.
 
         Pass its pages through :meth:`fresh`.
         """
-        return history.BacklogReader(self._connection, self._channels, since)
+        return history.BacklogReader(self._connection, positions)
 
-    def fresh(self, messages: Iterable[envelope.BusMessage]) -> list[envelope.BusMessage]:
-        """Those of ``messages`` (from history, in id order) this websocket is owed; recorded as handed out."""
+    def fresh(self, messages: Iterable[envelope.BusMessage]) -> Iterator[envelope.BusMessage]:
+        """Those of ``messages`` (from history, in id order) this websocket is owed, recorded as handed out one at a time."""
         return self.outbox.fresh(m for m in messages if self._hub.trusted(m, "history"))
 
     def get_file_descriptor(self) -> int | None:

@@ -8,6 +8,11 @@ prefix followed by ``:`` when one is set::
     {p}group:{groupname}:{facility}
     {p}session:{session_key}:{facility}
 
+With Redis Cluster (``sharded``) the part after the prefix is a hash tag,
+``{p}{broadcast:{facility}}`` and so on: a channel, its persisted message
+and its history then live on one shard, and different channels spread over
+all shards.
+
 Nothing here touches Redis, Django or sockets, so every decision is tested
 with plain values.
 """
@@ -21,8 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qsl
 
-from .envelope import parse_id
 from .exceptions import HandshakeError
+from .positions import decode_token
 
 #: Longest facility accepted; longer paths are refused before the upgrade.
 MAX_FACILITY_LENGTH = 200
@@ -77,13 +82,18 @@ def prefix_string(prefix: str | None) -> str:
     return f"{prefix}:" if prefix else ""
 
 
-def channel_name(prefix: str | None, audience: Audience, facility: str, name: str | None = None) -> str:
-    """Name of the channel (and persisted key) of one audience member on ``facility``."""
+def channel_name(prefix: str | None, audience: Audience, facility: str, name: str | None = None, *, sharded: bool = False) -> str:
+    """Name of the channel (and persisted key) of one audience member on ``facility``.
+
+    ``sharded`` (Redis Cluster) puts everything after the prefix in a hash tag.
+    """
     if audience is Audience.BROADCAST:
-        return f"{prefix_string(prefix)}broadcast:{facility}"
-    if not name:
+        base = f"broadcast:{facility}"
+    elif not name:
         raise ValueError(f"a {audience.value} channel needs a name")
-    return f"{prefix_string(prefix)}{audience.value}:{name}:{facility}"
+    else:
+        base = f"{audience.value}:{name}:{facility}"
+    return f"{prefix_string(prefix)}{{{base}}}" if sharded else f"{prefix_string(prefix)}{base}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,9 @@ class Identity:
     session_key: str | None = None
 
 
-def audience_channels(prefix: str | None, facility: str, audiences: Iterable[Audience], identity: Identity) -> list[str]:
+def audience_channels(
+    prefix: str | None, facility: str, audiences: Iterable[Audience], identity: Identity, *, sharded: bool = False
+) -> list[str]:
     """Channels that ``identity`` reaches on ``facility`` for the given audiences.
 
     An audience the identity cannot take (user or group for an anonymous
@@ -108,13 +120,13 @@ def audience_channels(prefix: str | None, facility: str, audiences: Iterable[Aud
     channels: list[str] = []
     for audience in sorted(set(audiences), key=_AUDIENCE_ORDER.index):
         if audience is Audience.BROADCAST:
-            channels.append(channel_name(prefix, audience, facility))
+            channels.append(channel_name(prefix, audience, facility, sharded=sharded))
         elif audience is Audience.USER and identity.username:
-            channels.append(channel_name(prefix, audience, facility, identity.username))
+            channels.append(channel_name(prefix, audience, facility, identity.username, sharded=sharded))
         elif audience is Audience.GROUP and identity.username:
-            channels.extend(channel_name(prefix, audience, facility, g) for g in identity.groups)
+            channels.extend(channel_name(prefix, audience, facility, g, sharded=sharded) for g in identity.groups)
         elif audience is Audience.SESSION and identity.session_key:
-            channels.append(channel_name(prefix, audience, facility, identity.session_key))
+            channels.append(channel_name(prefix, audience, facility, identity.session_key, sharded=sharded))
     return channels
 
 
@@ -126,11 +138,12 @@ def named_channels(
     users: Iterable[str] = (),
     groups: Iterable[str] = (),
     sessions: Iterable[str] = (),
+    sharded: bool = False,
 ) -> list[str]:
     """Channels of explicitly named recipients, as a publisher addresses them."""
-    channels = [channel_name(prefix, Audience.BROADCAST, facility)] if broadcast else []
+    channels = [channel_name(prefix, Audience.BROADCAST, facility, sharded=sharded)] if broadcast else []
     for audience, names in ((Audience.USER, users), (Audience.GROUP, groups), (Audience.SESSION, sessions)):
-        channels.extend(channel_name(prefix, audience, facility, n) for n in sorted(set(names)) if n)
+        channels.extend(channel_name(prefix, audience, facility, n, sharded=sharded) for n in sorted(set(names)) if n)
     return channels
 
 
@@ -148,7 +161,7 @@ class ClientRequest:
 
     channels: tuple[str, ...] = ()  # e.g. ('subscribe-broadcast', 'publish-user')
     echo: bool = False
-    #: None: a plain ws4redis client; "": wants message ids; an id: resume after it.
+    #: None: a plain ws4redis client; "": wants resume tokens; a token: resume after it.
     resume: str | None = None
 
     @property
@@ -182,9 +195,9 @@ def parse_query(query_string: str) -> ClientRequest:
             resume = value.strip()
             if resume:
                 try:
-                    parse_id(resume)
+                    decode_token(resume)
                 except ValueError:
-                    raise HandshakeError("invalid resume id") from None
+                    raise HandshakeError("invalid resume token") from None
     return ClientRequest(tuple(wanted), echo, resume)
 
 

@@ -8,9 +8,14 @@ it carries something the bytes cannot say; then it is wrapped:
   sender out when it did not ask for ``echo`` (decided by identity, never by
   comparing text);
 * an id: its place in the channel's history, so a client that reconnects can
-  ask for exactly what it missed (see :mod:`ws4redis_uwsgi.bus.history`).
+  ask for exactly what it missed (see :mod:`ws4redis_uwsgi.bus.history`);
+* a uid, for a message published to several channels at once: a client on
+  more than one of them gets it once (each channel's copy has its own id).
 
-A wrapped message is ``MAGIC + flags + b"|" + origin + b"|" + id + b"\\n" + payload``.
+A wrapped message is ``MAGIC + flags + b"|" + sender + b"|" + id + b"\\n" + payload``,
+where ``sender`` is the origin, followed by ``/`` and the uid when there is one
+(so that workers of earlier versions, during a rolling upgrade, still read it
+as an origin that is not theirs).
 ``MAGIC`` starts with a NUL byte, which no text message and hardly any binary
 format starts with; a raw payload that does start with ``MAGIC`` is wrapped
 too, so decoding is never ambiguous for messages sent by this package. Other
@@ -20,14 +25,16 @@ Bytes that start with ``MAGIC`` but are not a well-formed wrapped message
 :class:`MalformedMessageError`, and the receiving side drops them with a log line.
 
 Message ids are Redis stream ids, ``"<milliseconds>-<sequence>"``, assigned
-from one counter per Redis, so they grow with every publish on every channel
-and follow Redis's clock. An id far ahead of that clock
+per channel by the shard that owns it: they grow with every publish on that
+channel and follow that Redis's clock. An id far ahead of that clock
 (:func:`plausible_id`) did not come from the publish script: trusting it would
 make every later message look old to the clients that saw it.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +47,8 @@ _ID = re.compile(r"(\d{1,15})-(\d{1,15})")
 _ID_BYTES = re.compile(rb"\d{1,15}-\d{1,15}")
 #: An origin field: visible ASCII without '|' (see :func:`encode_parts`).
 _ORIGIN = re.compile(rb"[\x21-\x7b\x7d\x7e]{0,128}")
+#: A uid: what :func:`new_uid` makes, or close to it.
+_UID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 #: How far (ms) an id may be ahead of Redis's clock and still come from the publish
 #: script; the script, too, stops trusting a counter further ahead than this.
@@ -58,6 +67,10 @@ class BusMessage:
     binary: bool = False
     origin: str | None = None
     id: str | None = None
+    #: The channel it came on (its id is a position in that channel's history).
+    channel: str | None = None
+    #: Set when it was published to several channels: the same on each copy.
+    uid: str | None = None
 
     @cached_property
     def order(self) -> tuple[int, int] | None:
@@ -69,15 +82,15 @@ class BusMessage:
         """The websocket frame for a plain client, built once however many receive it."""
         return server_frame(self.payload, self.binary)
 
-    @cached_property
-    def frame_with_id(self) -> bytes:
-        """The websocket frame for a resuming client (:func:`with_id`), built once however many receive it."""
-        return server_frame(with_id(self.id, self.payload), self.binary)
+
+def with_token(token: str, payload: bytes) -> bytes:
+    """A message as a resuming client receives it: its resume token, a newline, the payload."""
+    return token.encode("ascii") + b"\n" + payload
 
 
-def with_id(message_id: str | None, payload: bytes) -> bytes:
-    """A message as a resuming client receives it: its id, a newline, the payload (the id is empty for raw publishes)."""
-    return (message_id or "").encode("ascii") + b"\n" + payload
+def new_uid() -> str:
+    """A uid for a message published to several channels: 64 random bits, 11 characters."""
+    return base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
 
 
 def plausible_id(order: tuple[int, int], redis_now_ms: int) -> bool:
@@ -113,27 +126,34 @@ def outgoing(message: bytes | str, binary: bool | None = None) -> tuple[bytes, b
     return message, bool(binary) or not is_utf8(message)
 
 
-def encode_parts(payload: bytes, *, binary: bool = False, origin: str | None = None) -> tuple[bytes, bytes]:
+def encode_parts(
+    payload: bytes, *, binary: bool = False, origin: str | None = None, uid: str | None = None
+) -> tuple[bytes, bytes]:
     """The wrapped message around a yet unknown id: ``head + id + tail``.
 
     The publish script in Redis assigns the id and joins the three, so the
     format is decided here only.
     """
-    if origin is not None and ("\n" in origin or "|" in origin):
-        raise ValueError("origin must not contain '|' or a newline")
+    if origin is not None and ("\n" in origin or "|" in origin or "/" in origin):
+        raise ValueError("origin must not contain '|', '/' or a newline")
+    if uid is not None and not _UID.fullmatch(uid):
+        raise ValueError("uid must be 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'")
+    sender = (origin or "") + (f"/{uid}" if uid else "")
     flags = b"b" if binary else b""
-    return MAGIC + flags + b"|" + (origin or "").encode("ascii") + b"|", b"\n" + payload
+    return MAGIC + flags + b"|" + sender.encode("ascii") + b"|", b"\n" + payload
 
 
-def encode(payload: bytes, *, binary: bool = False, origin: str | None = None, id: str | None = None) -> bytes:
+def encode(
+    payload: bytes, *, binary: bool = False, origin: str | None = None, id: str | None = None, uid: str | None = None
+) -> bytes:
     """Bytes to PUBLISH for ``payload``: raw unless metadata must travel along."""
-    if not binary and origin is None and id is None and not payload.startswith(MAGIC):
+    if not binary and origin is None and id is None and uid is None and not payload.startswith(MAGIC):
         return payload
-    head, tail = encode_parts(payload, binary=binary, origin=origin)
+    head, tail = encode_parts(payload, binary=binary, origin=origin, uid=uid)
     return head + (id or "").encode("ascii") + tail
 
 
-def decode(data: bytes | str) -> BusMessage:
+def decode(data: bytes | str, channel: str | None = None) -> BusMessage:
     """Turn bytes received from the bus (or a persisted key) into a :class:`BusMessage`.
 
     Bytes that are not valid UTF-8 always become a binary message, since a
@@ -146,7 +166,7 @@ def decode(data: bytes | str) -> BusMessage:
     if isinstance(data, str):
         data = data.encode("utf-8")
     if not data.startswith(MAGIC):
-        return BusMessage(data, not is_utf8(data))
+        return BusMessage(data, not is_utf8(data), channel=channel)
     header, sep, payload = data[len(MAGIC) :].partition(b"\n")
     fields = header.split(b"|")
     if not sep or len(fields) not in (2, 3):
@@ -159,5 +179,8 @@ def decode(data: bytes | str) -> BusMessage:
         raise MalformedMessageError("malformed origin in a wrapped message")
     if message_id and not _ID_BYTES.fullmatch(message_id):
         raise MalformedMessageError("malformed id in a wrapped message")
+    sender, _, uid = origin.decode("ascii").partition("/")
+    if uid and not _UID.fullmatch(uid):
+        raise MalformedMessageError("malformed uid in a wrapped message")
     binary = flags == b"b" or not is_utf8(payload)
-    return BusMessage(payload, binary, origin.decode("ascii") or None, message_id.decode("ascii") or None)
+    return BusMessage(payload, binary, sender or None, message_id.decode("ascii") or None, channel, uid or None)

@@ -2,12 +2,13 @@
 
 Messages reach a websocket three ways: live from the worker's hub, stored
 (the message persisted on each channel, read when it opens), and from
-history (a backlog after ``resume=<id>``, or a catch-up after Redis came
+history (a backlog after ``resume=<token>``, or a catch-up after Redis came
 back). :class:`Outbox` decides, for one websocket:
 
-* **one message once**: by id, whichever way it came and on however many of
-  the websocket's channels it was published; messages without an id (raw
-  publishes by other programs) are never held back;
+* **one message once**: by its position in its channel (ids grow per
+  channel), whichever way it came; a message published to several of the
+  websocket's channels by its uid (:data:`RECENT_UIDS` looked back at);
+  messages without an id (raw publishes by other programs) are never held back;
 * **the fast path**: a live message is written at once, straight to the
   socket by the hub, only while nothing waits before it;
 * **the bounded inbox**: what cannot be written at once waits, up to
@@ -15,9 +16,11 @@ back). :class:`Outbox` decides, for one websocket:
   (:attr:`Outbox.overflowed`) and is closed;
 * **the catch-up gate**: while a catch-up from history is owed or under way,
   live messages wait behind it, so nothing newer overtakes what is recovered;
-* **framing**: a resuming client gets every message as ``<id>\\n<payload>``
-  (:func:`~ws4redis_uwsgi.core.envelope.with_id`), a plain ws4redis client the
-  payload alone; ``!gap`` only for the former.
+* **positions and framing**: where the websocket is in each of its channels
+  (:mod:`~ws4redis_uwsgi.core.positions`); a resuming client gets every
+  message as ``<token>\\n<payload>``, the token being its positions once it
+  has that message; a plain ws4redis client the payload alone; ``!gap`` only
+  for the former.
 
 The hub, the subscriber and the websocket loop only feed it and drain it;
 its tests feed it values and check what comes out.
@@ -26,13 +29,18 @@ its tests feed it values and check what comes out.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
+from itertools import islice
 
-from .envelope import BusMessage, parse_id, plausible_id, with_id
+from .envelope import BusMessage, plausible_id, with_token
+from .frames import server_frame
+from .positions import TOKEN_UIDS, Order, decode_token, encode_token
 
 #: Sent to a resuming client whose missed messages are no longer all in history.
 GAP_NOTICE = b"!gap\n"
+#: Uids of multi-channel messages a websocket remembers: a copy arriving later than that many such messages is sent again.
+RECENT_UIDS = 64
 
 
 class Opening(Enum):
@@ -40,9 +48,9 @@ class Opening(Enum):
 
     #: The message stored on each of its channels (a plain or a fresh resuming client).
     STORED = "stored"
-    #: The backlog after the id it resumed from, sent by the loop's first turn.
+    #: The backlog after the positions it resumed from, sent by the loop's first turn.
     BACKLOG = "backlog"
-    #: ``!gap``, then live messages: it resumed from an id this Redis cannot have given out.
+    #: ``!gap``, then live messages: it resumed from a position this Redis cannot have given out.
     GAP = "gap"
 
 
@@ -51,23 +59,28 @@ class Outbox:
 
     :param origin: the websocket's own identity on the bus; its own messages
         come back to it only with ``echo``.
-    :param with_ids: frames carry their id (the client asked for ``resume``).
-    :param resume_from: the id the client resumed from, if any.
-    :param arrived_ms: Redis's clock when the websocket arrived: a catch-up
-        before any message was handed out starts there.
+    :param with_ids: frames carry the resume token (the client asked for ``resume``).
+    :param resume: the token the client resumed from, if any (checked by the
+        handshake: :func:`~ws4redis_uwsgi.core.positions.decode_token` reads it).
+    :param arrived_ms: Redis's clock when the websocket arrived: the position
+        of a channel where it got nothing yet.
     """
 
     __slots__ = (
         "_caught_up",
         "_inbox",
-        "_last",
+        "_positions",
+        "_recent",
+        "_resumed",
         "arrived_ms",
         "catch_up_owed",
+        "channels",
         "echo",
+        "gap_owed",
         "max_pending",
         "origin",
         "overflowed",
-        "resume_from",
+        "resume",
         "with_ids",
     )
 
@@ -77,35 +90,52 @@ class Outbox:
         origin: str | None = None,
         echo: bool = False,
         with_ids: bool = False,
-        resume_from: str | None = None,
+        resume: str | None = None,
         max_pending: int = 1000,
         arrived_ms: int = 0,
     ) -> None:
         self.origin = origin
         self.echo = echo
-        self.with_ids = with_ids or bool(resume_from)
-        self.resume_from = resume_from or None
+        self.with_ids = with_ids or bool(resume)
+        self.resume = resume or None
         self.max_pending = max_pending
         self.arrived_ms = arrived_ms
-        #: The newest id handed out (as a comparable pair): older ones are repeats.
-        self._last: tuple[int, int] | None = None
+        #: The websocket's channels, in the order it subscribed them (set by the subscriber).
+        self.channels: tuple[str, ...] = ()
+        # The last position handed out per channel, made with the first message.
+        self._positions: dict[str | None, Order] | None = None
+        # The positions the client resumed from, per channel.
+        self._resumed: dict[str, Order] | None = None
+        # Uids of recent multi-channel messages (an insertion-ordered dict as a bounded set).
+        self._recent: dict[str, None] | None = None
         self._inbox: deque[BusMessage] | None = None  # made when a message waits: an empty deque holds 0.6 KiB
         #: More than max_pending messages waited: the websocket is too slow and is closed.
         self.overflowed = False
         #: A catch-up from history is owed (after Redis came back, or Redis could not be read at the start).
         self.catch_up_owed = False
+        #: The client must be told of a gap before its backlog (its token could not be read whole).
+        self.gap_owed = False
         # Neither owed nor under way nor overflowed: the one flag the fast path reads.
         self._caught_up = True
 
     # -- the opening -------------------------------------------------------------------
 
     def opening(self, redis_now_ms: int) -> Opening:
-        """What the websocket gets first; a backlog is owed from then on (see :meth:`owe_catch_up`)."""
-        if self.resume_from is None:
+        """What the websocket gets first; a backlog is owed from then on (see :meth:`owe_catch_up`).
+
+        Call it once :attr:`channels` is set: the token's positions are theirs.
+        """
+        if self.resume is None:
             return Opening.STORED
-        if not plausible_id(parse_id(self.resume_from), redis_now_ms):
-            self.resume_from = None  # from now on, like a fresh resuming client
+        token = decode_token(self.resume)
+        known, ambiguous = token.positions(self.channels)
+        if any(not plausible_id(order, redis_now_ms) for order in known.values()):
+            self.resume = None  # from now on, like a fresh resuming client
             return Opening.GAP
+        self._resumed = known
+        if token.uids and len(self.channels) > 1:
+            self._recent = dict.fromkeys(token.uids)
+        self.gap_owed = bool(ambiguous)
         self.owe_catch_up()
         return Opening.BACKLOG
 
@@ -115,21 +145,21 @@ class Outbox:
         """A live message: True when nothing more is to be done, False when it waits (wake the loop).
 
         With ``write`` (the socket takes a frame at once, or returns False)
-        and nothing waiting before it, the message is written now: the frame
-        is built once per worker and shared by every websocket. A message the
-        websocket published itself without ``echo``, or one it already has,
-        is done without being written.
+        and nothing waiting before it, the message is written now: a plain
+        client's frame is built once per worker and shared by every
+        websocket. A message the websocket published itself without
+        ``echo``, or one it already has, is done without being written.
         """
         if not self.echo and message.origin is not None and message.origin == self.origin:
             return True
         if write is not None and self._inbox is None and self._caught_up:
-            order = message.order
-            if order is not None and self._last is not None and order <= self._last:
-                return True  # already handed out
-            if write(message.frame_with_id if self.with_ids else message.frame):
-                if order is not None:
-                    self._last = order
+            if self._seen(message):
+                self._advance(message)
                 return True
+            before = self._record(message)
+            if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
+                return True
+            self._unrecord(message, before)
         self._queue(message)
         return False
 
@@ -158,8 +188,12 @@ class Outbox:
         self._inbox = None
 
     def payload(self, message: BusMessage) -> bytes:
-        """The payload of ``message`` as this client receives it: behind its id for a resuming client."""
-        return with_id(message.id, message.payload) if self.with_ids else message.payload
+        """The payload of ``message`` as this client receives it, right after it was handed out.
+
+        A resuming client gets it behind its token, which then says that the
+        client has this message and everything before it on every channel.
+        """
+        return with_token(self.token(), message.payload) if self.with_ids else message.payload
 
     def gap_notice(self) -> bytes | None:
         """What tells this client that history lost messages: ``!gap`` for a resuming client, nothing for a plain one."""
@@ -167,50 +201,112 @@ class Outbox:
 
     # -- stored messages and history --------------------------------------------------
 
-    def fresh(self, messages: Iterable[BusMessage]) -> list[BusMessage]:
-        """Those of ``messages`` (stored or from history, in id order) not handed out yet; records them."""
-        return [m for m in messages if self._is_new(m)]
+    def fresh(self, messages: Iterable[BusMessage]) -> Iterator[BusMessage]:
+        """Those of ``messages`` (stored or from history, in id order) not handed out yet, one at a time.
+
+        Each is recorded as handed out when it is yielded, so :meth:`payload`
+        called for it right then carries the token that includes it.
+        """
+        for message in messages:
+            if self._is_new(message):
+                yield message
 
     def owe_catch_up(self) -> None:
         """A catch-up from history is owed: live messages wait until it is done."""
         self.catch_up_owed = True
         self._caught_up = False
 
-    @property
-    def position(self) -> str:
-        """The id after which the client has every message: where a catch-up starts.
+    def position(self, channel: str) -> Order:
+        """Where the client is on ``channel``: a catch-up starts after it.
 
-        The last id handed out; before any, the id it resumed from; else the
-        moment it arrived (ids follow Redis's clock), so that a websocket that
-        opened while Redis was away gets what was published once it was back.
+        The last id handed out there; before any, the position it resumed
+        from; else the moment it arrived (ids follow Redis's clock), so that
+        a websocket that opened while Redis was away gets what was published
+        once it was back.
         """
-        if self._last is not None:
-            return f"{self._last[0]}-{self._last[1]}"
-        if self.resume_from:
-            return self.resume_from
-        return f"{self.arrived_ms}-0"
+        if self._positions is not None and channel in self._positions:
+            return self._positions[channel]
+        if self._resumed is not None and channel in self._resumed:
+            return self._resumed[channel]
+        return (self.arrived_ms, 0)
 
-    def begin_catch_up(self) -> str:
-        """Start the owed catch-up (live messages keep waiting until :meth:`end_catch_up`); returns the id it starts after."""
+    def positions(self) -> dict[str, Order]:
+        """:meth:`position` of every channel."""
+        return {channel: self.position(channel) for channel in self.channels}
+
+    def token(self) -> str:
+        """The resume token for what was handed out so far (see :mod:`~ws4redis_uwsgi.core.positions`).
+
+        It carries the uids of the last multi-channel messages too: their
+        copies on the client's other channels may not have come by yet.
+        """
+        uids = reversed(list(islice(reversed(self._recent), TOKEN_UIDS))) if self._recent else ()
+        return encode_token(((channel, self.position(channel)) for channel in self.channels), uids)
+
+    def begin_catch_up(self) -> dict[str, Order]:
+        """Start the owed catch-up (live messages wait until :meth:`end_catch_up`); returns where each channel starts."""
         self.catch_up_owed = False
-        return self.position
+        return self.positions()
 
     def end_catch_up(self, complete: bool) -> None:
         """The catch-up is over; if not ``complete`` (Redis refused), it is owed again."""
         self.catch_up_owed = self.catch_up_owed or not complete
         self._caught_up = not (self.catch_up_owed or self.overflowed)
 
-    # -- ids -----------------------------------------------------------------------
+    # -- positions ---------------------------------------------------------------------
 
-    @property
-    def last_id(self) -> str | None:
-        return f"{self._last[0]}-{self._last[1]}" if self._last else None
-
-    def _is_new(self, message: BusMessage) -> bool:
+    def _seen(self, message: BusMessage) -> bool:
+        """Whether the client has ``message`` already (by its position in its channel, or its uid)."""
         order = message.order
         if order is None:
-            return True
-        if self._last is not None and order <= self._last:
             return False
-        self._last = order
+        channel = message.channel
+        if self._positions is not None and channel in self._positions:
+            if order <= self._positions[channel]:
+                return True
+        elif self._resumed is not None and channel in self._resumed and order <= self._resumed[channel]:
+            return True
+        return message.uid is not None and self._recent is not None and message.uid in self._recent
+
+    def _record(self, message: BusMessage) -> Order | None:
+        """Record ``message`` as handed out; returns its channel's previous position (for :meth:`_unrecord`)."""
+        order = message.order
+        if order is None:
+            return None
+        if self._positions is None:
+            self._positions = {}
+        before = self._positions.get(message.channel)
+        self._positions[message.channel] = order
+        if message.uid is not None and len(self.channels) > 1:
+            if self._recent is None:
+                self._recent = {}
+            self._recent[message.uid] = None
+            if len(self._recent) > RECENT_UIDS:
+                del self._recent[next(iter(self._recent))]
+        return before
+
+    def _unrecord(self, message: BusMessage, before: Order | None) -> None:
+        """Undo :meth:`_record`: the message was not written after all."""
+        if message.order is None or self._positions is None:
+            return
+        if before is None:
+            self._positions.pop(message.channel, None)
+        else:
+            self._positions[message.channel] = before
+        if message.uid is not None and self._recent is not None:
+            self._recent.pop(message.uid, None)
+
+    def _advance(self, message: BusMessage) -> None:
+        """A copy of a message handed out on another channel: the client has it on this channel too."""
+        order = message.order
+        if order is not None and order > self.position(message.channel):  # type: ignore[arg-type]
+            if self._positions is None:
+                self._positions = {}
+            self._positions[message.channel] = order
+
+    def _is_new(self, message: BusMessage) -> bool:
+        if self._seen(message):
+            self._advance(message)
+            return False
+        self._record(message)
         return True

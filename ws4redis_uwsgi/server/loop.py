@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import django
@@ -35,6 +35,7 @@ from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError
 from ..core.handshake import check_origin, check_upgrade_request
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.outbox import GAP_NOTICE, Opening
+from ..core.positions import Order
 from ..core.text import loggable
 from ..django.identity import load_session_and_user
 from .adapter import StartResponse, Waiter, Websocket
@@ -229,7 +230,7 @@ class WebsocketWSGIServer:
         opening = outbox.opening(subscriber.redis_now_ms())
         if opening is Opening.GAP:
             # Never given out by this Redis: resuming from it would silence every later message.
-            logger.warning("websocket resumed from an id far ahead of Redis's clock: told of a gap")
+            logger.warning("websocket resumed from a position far ahead of Redis's clock: told of a gap")
             websocket.send(GAP_NOTICE, binary=False)
         if opening is not Opening.BACKLOG:
             try:
@@ -299,8 +300,8 @@ class WebsocketWSGIServer:
         """One message to the client, framed as its outbox says (behind its id for a resuming client)."""
         websocket.send(subscriber.outbox.payload(message), binary=message.binary)
 
-    def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
-        """What the client missed after message id ``since`` (preceded by ``!gap`` when history lost some of it).
+    def send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: Mapping[str, Order]) -> None:
+        """What the client missed after its positions ``since`` (preceded by ``!gap`` when history lost some of it).
 
         Live messages wait meanwhile (the outbox's catch-up gate). The
         backlog is read and sent a page at a time, within the worker's
@@ -318,7 +319,7 @@ class WebsocketWSGIServer:
             logger.warning("closing a websocket that did not take its backlog in time")
             raise
 
-    def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: str) -> None:
+    def _send_backlog(self, websocket: Websocket, subscriber: RedisSubscriber, since: Mapping[str, Order]) -> None:
         reader = subscriber.read_backlog(since)
         budget = backlog_budget()
         first = True
@@ -328,8 +329,9 @@ class WebsocketWSGIServer:
             try:
                 page = reader.next_page()
                 held = budget.resize(held, page.nbytes if page is not None else 0)
-                if first and reader.gap:  # known once the first page was read
-                    logger.info("websocket resumed after %s, older than the history", since)
+                if first and (reader.gap or subscriber.outbox.gap_owed):  # known once the first page was read
+                    logger.info("websocket resumed from a position older than the history: told of a gap")
+                    subscriber.outbox.gap_owed = False
                     notice = subscriber.outbox.gap_notice()
                     if notice is not None:
                         websocket.send(notice, binary=False)

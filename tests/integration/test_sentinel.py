@@ -1,0 +1,202 @@
+"""Redis Sentinel: a master, a replica and three sentinels, real servers on free ports.
+
+The websocket worker and the publisher are given the Sentinel form of
+``WS4REDIS_CONNECTION``; the master is killed under load, and every
+resuming client must get every message the new master holds, once and in
+order, or ``!gap``: never a silent hole. With the replica acknowledgement
+on (``WS4REDIS_WAIT_REPLICAS``), every accepted message must arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.test import override_settings
+
+from tests.conftest import SITE_ENV
+from tests.integration.helpers import client, facility, recv
+from tests.integration.test_resume import ResumingClient
+from tests.servers import TIMING, UwsgiServer
+from tests.topologies import SentinelSet
+from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, make_client
+from ws4redis_uwsgi.bus.history import NotReplicatedError
+from ws4redis_uwsgi.publisher import RedisPublisher
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def sentinel_stack(site_db, tmp_path) -> Iterator[tuple[SentinelSet, UwsgiServer]]:
+    with SentinelSet() as sentinels:
+        server = UwsgiServer({**SITE_ENV, "WS4REDIS_TEST_REDIS": sentinels.url}, cores=100, log_path=tmp_path / "uwsgi.log")
+        server.start()
+        try:
+            with override_settings(WS4REDIS_CONNECTION=sentinels.url):
+                yield sentinels, server
+        finally:
+            server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("form", ["url", "dict"])
+def test_a_publisher_with_either_form_reaches_a_worker_through_the_sentinels_master(sentinel_stack, form):
+    sentinels, server = sentinel_stack
+    setting = sentinels.url if form == "url" else sentinels.as_dict()
+    fac = facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as ws, override_settings(WS4REDIS_CONNECTION=setting):
+        assert RedisPublisher(facility=fac, broadcast=True).publish_message("through the sentinels", expire=0) == 1
+        assert recv(ws) == "through the sentinels"
+    master = redis.Redis(port=sentinels.master_port())
+    assert master.xlen(f"test:history:broadcast:{fac}") == 1  # on the master the sentinels name
+
+
+class TimedPublisher(threading.Thread):
+    """Publishes numbered messages until stopped; remembers which Redis accepted and how long each call took."""
+
+    def __init__(self, fac: str, setting: str, **overrides: object) -> None:
+        super().__init__(daemon=True)
+        self.facility = fac
+        self.setting = setting
+        self.overrides = overrides
+        self.accepted: list[str] = []
+        self.refused: list[str] = []
+        self.slowest = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with override_settings(WS4REDIS_CONNECTION=self.setting, **self.overrides):
+            publisher = RedisPublisher(facility=self.facility, broadcast=True)
+            n = 0
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    publisher.publish_message(f"n{n}", expire=0)
+                    self.accepted.append(f"n{n}")
+                except redis.RedisError:
+                    self.refused.append(f"n{n}")
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                n += 1
+                time.sleep(0.004)
+
+
+def number(payload: str) -> int:
+    return int(payload[1:])
+
+
+async def failover_under_load(sentinels: SentinelSet, url: str, publisher: TimedPublisher, clients: int = 6):
+    """Kill the master while ``publisher`` publishes and resuming clients read; bring it back as a replica."""
+    stop = asyncio.Event()
+    resumers = [ResumingClient(url) for _ in range(clients)]
+    tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
+    await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
+    publisher.start()
+    await asyncio.sleep(0.5)
+    old = await asyncio.to_thread(sentinels.kill_master)
+    await asyncio.to_thread(sentinels.wait_failover, old)
+    await asyncio.to_thread(sentinels.restart, old)  # the new master gets a replica again
+    accepted_after = len(publisher.accepted)
+    deadline = time.monotonic() + 30 * TIMING
+    while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    publisher.stop.set()
+    await asyncio.to_thread(publisher.join)
+    last = publisher.accepted[-1]
+    deadline = time.monotonic() + 30 * TIMING
+    while time.monotonic() < deadline and any(not r.payloads or r.payloads[-1] != last for r in resumers):
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # time for a repeat to show up
+    stop.set()
+    await asyncio.gather(*tasks)
+    return resumers
+
+
+def assert_ordered_once(resumer: ResumingClient) -> None:
+    numbers = [number(p) for p in resumer.payloads]
+    assert numbers == sorted(set(numbers)), "a repeat or a message out of order"
+
+
+@pytest.mark.timeout(180)
+def test_a_master_killed_under_load_gives_every_message_the_new_master_holds_once_in_order_or_a_gap(sentinel_stack):
+    sentinels, server = sentinel_stack
+    fac = facility()
+    publisher = TimedPublisher(fac, sentinels.url)
+    resumers = asyncio.run(failover_under_load(sentinels, f"{server.url}/ws/{fac}?subscribe-broadcast", publisher))
+
+    master = redis.Redis(port=sentinels.master_port())
+    held = [entry[b"m"].rpartition(b"\n")[2].decode() for _, entry in master.xrange(f"test:history:broadcast:{fac}")]
+    assert publisher.refused, "the publisher saw the failover"
+    # Never hangs: a publish succeeds on the new master or raises within its timeouts.
+    assert publisher.slowest < DEFAULT_TIMEOUTS["socket_timeout"] + DEFAULT_TIMEOUTS["socket_connect_timeout"]
+    assert set(publisher.accepted[-100:]) <= set(held)  # published after the failover: on the new master
+    for resumer in resumers:
+        assert_ordered_once(resumer)
+        assert resumer.payloads[-1] == publisher.accepted[-1]
+        if resumer.gaps == 0:
+            first = number(resumer.payloads[0])
+            missing = [m for m in held if number(m) >= first and m not in set(resumer.payloads)]
+            assert missing == [], "a silent hole"
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert "Redis subscription connected" in log.split("Redis subscription lost", 1)[1]  # followed the failover
+
+
+@pytest.mark.timeout(180)
+def test_with_replica_acknowledgement_every_accepted_message_survives_the_failover(sentinel_stack):
+    sentinels, server = sentinel_stack
+    fac = facility()
+    publisher = TimedPublisher(fac, sentinels.url, WS4REDIS_WAIT_REPLICAS=1, WS4REDIS_WAIT_TIMEOUT=0.5)
+    resumers = asyncio.run(failover_under_load(sentinels, f"{server.url}/ws/{fac}?subscribe-broadcast", publisher))
+
+    assert len(publisher.accepted) > 200 and publisher.refused
+    for resumer in resumers:
+        assert_ordered_once(resumer)
+        accepted = set(publisher.accepted)
+        assert [p for p in resumer.payloads if p in accepted] == publisher.accepted  # every accepted one, once, in order
+        assert resumer.gaps == 0
+
+
+@pytest.mark.timeout(60)
+def test_without_enough_replicas_a_publish_raises_instead_of_pretending(sentinel_stack):
+    sentinels, server = sentinel_stack
+    fac = facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        with override_settings(WS4REDIS_WAIT_REPLICAS=2, WS4REDIS_WAIT_TIMEOUT=0.2):  # there is one replica
+            started = time.monotonic()
+            with pytest.raises(NotReplicatedError, match="1 of 2 replicas"):
+                RedisPublisher(facility=fac, broadcast=True).publish_message("hoping", expire=0)
+            assert time.monotonic() - started < 2
+        assert recv(ws) == "hoping"  # published, only not acknowledged: the publisher was told
+        with override_settings(WS4REDIS_WAIT_REPLICAS=1):
+            RedisPublisher(facility=fac, broadcast=True).publish_message("held twice", expire=0)
+        assert recv(ws) == "held twice"
+    (replica,) = [p for p in sentinels.data_ports if p != sentinels.master_port()]
+    assert redis.Redis(port=replica).xlen(f"test:history:broadcast:{fac}") == 2  # already on the replica
+
+
+@pytest.mark.timeout(60)
+def test_the_command_pool_through_sentinel_never_opens_more_connections_than_its_size(sentinel_stack):
+    sentinels, _ = sentinel_stack
+    pooled = make_client(sentinels.url, max_connections=2)
+    before = redis.Redis(port=sentinels.master_port()).info("clients")["connected_clients"]
+    errors: list[Exception] = []
+
+    def slow_command() -> None:
+        try:
+            pooled.blpop(["nothing-here"], timeout=0.1)  # holds its connection for 0.1 s
+        except Exception as exc:  # a pool that refuses instead of waiting
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slow_command) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []  # they waited for a free connection
+    assert len(pooled.connection_pool._connections) <= 2
+    after = redis.Redis(port=sentinels.master_port()).info("clients")["connected_clients"]
+    assert after - before <= 2
