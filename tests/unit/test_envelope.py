@@ -9,9 +9,12 @@ from ws4redis_uwsgi.core.envelope import (
     MalformedMessageError,
     decode,
     encode,
+    encode_parts,
     is_utf8,
+    new_uid,
     outgoing,
     plausible_id,
+    with_token,
 )
 
 
@@ -86,10 +89,117 @@ def test_a_payload_containing_newlines_and_bars_survives_wrapping():
     assert decode(encode(payload, binary=True, origin="o1")) == BusMessage(payload, True, "o1")
 
 
-@pytest.mark.parametrize("origin", ["a|b", "|", "a\nb", "\n", "end\n"])
-def test_an_origin_with_a_bar_or_newline_is_refused(origin):
+@pytest.mark.parametrize("origin", ["a|b", "|", "a\nb", "\n", "end\n", "a/b", "/", "worker/1"])
+def test_an_origin_with_a_bar_slash_or_newline_is_refused(origin):
+    """'/' separates the origin from a uid: an origin containing it would read back as another origin and a uid."""
     with pytest.raises(ValueError, match="origin"):
         encode(b"payload", origin=origin)
+    with pytest.raises(ValueError, match="origin"):
+        encode_parts(b"payload", origin=origin, uid="u1")
+
+
+# -- uids: one message published to several channels --------------------------------------
+
+
+@pytest.mark.parametrize("origin", [None, "1234-5", "worker7:42"])
+@pytest.mark.parametrize("uid", ["a", "Zz09_-", "x" * 32, new_uid()])
+@pytest.mark.parametrize("message_id", [None, "1700000000000-3"])
+@pytest.mark.parametrize(("payload", "binary"), [(b"hi", False), (b"hi", True), (b"\xff\x00", True), (b"a/b|c\n", False)])
+def test_uid_round_trip(origin, uid, message_id, payload, binary):
+    data = encode(payload, binary=binary, origin=origin, id=message_id, uid=uid)
+    assert decode(data) == BusMessage(payload, binary, origin, message_id, None, uid)
+
+
+def test_the_uid_follows_the_origin_after_a_slash():
+    """So that workers of the previous version, during a rolling upgrade, read ``origin/uid`` as an origin not theirs."""
+    assert encode_parts(b"p", origin="o", uid="U1") == (MAGIC + b"|o/U1|", b"\np")
+    assert encode_parts(b"p", uid="U1") == (MAGIC + b"|/U1|", b"\np")
+    assert encode_parts(b"p", origin="o") == (MAGIC + b"|o|", b"\np")
+
+
+@pytest.mark.parametrize(
+    ("data", "origin", "uid"),
+    [
+        (MAGIC + b"|o/U1|1-2\np", "o", "U1"),
+        (MAGIC + b"|/U1|1-2\np", None, "U1"),
+        (MAGIC + b"b|worker7:42/" + b"A" * 32 + b"|1-2\np", "worker7:42", "A" * 32),
+    ],
+)
+def test_origin_slash_uid_decodes_to_origin_and_uid(data, origin, uid):
+    message = decode(data)
+    assert (message.origin, message.uid, message.id, message.payload) == (origin, uid, "1-2", b"p")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        MAGIC + b"|o|1-2\np",  # the previous version's format
+        MAGIC + b"b|o|\np",
+        MAGIC + b"|o\np",  # two fields, as the first versions wrote
+        MAGIC + b"||\np",
+    ],
+)
+def test_a_message_without_uid_decodes_with_uid_none(data):
+    assert decode(data).uid is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        MAGIC + b"|o/bad.uid|1-1\npayload",
+        MAGIC + b"|o/a/b|1-1\npayload",
+        MAGIC + b"|o/a:b|1-1\npayload",
+        MAGIC + b"|o/" + b"a" * 33 + b"|1-1\npayload",
+        MAGIC + b"|/~|\npayload",
+    ],
+)
+def test_a_malformed_uid_is_refused(data):
+    with pytest.raises(MalformedMessageError, match="uid"):
+        decode(data)
+
+
+@pytest.mark.parametrize("uid", ["", "a.b", "a/b", "a|b", "x" * 33, "ü", "a b"])
+def test_encode_refuses_a_uid_it_could_not_read_back(uid):
+    with pytest.raises(ValueError, match="uid"):
+        encode(b"payload", uid=uid)
+
+
+def test_new_uids_are_short_distinct_and_travel():
+    uids = {new_uid() for _ in range(1000)}
+    assert len(uids) == 1000
+    for uid in uids:
+        assert len(uid) == 11
+        assert decode(encode(b"p", uid=uid)).uid == uid
+
+
+def test_a_uid_alone_makes_a_message_travel_wrapped():
+    data = encode(b"hello", uid="u1")
+    assert data != b"hello"
+    assert decode(data) == BusMessage(b"hello", False, None, None, None, "u1")
+
+
+# -- the channel a message came on -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"raw", b"\xff", encode(b"wrapped", origin="o", id="1-2", uid="u1")])
+def test_decode_names_the_channel_it_was_given(data):
+    assert decode(data, "ws4redis:broadcast:chat").channel == "ws4redis:broadcast:chat"
+    assert decode(data).channel is None
+
+
+# -- what a resuming client receives ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "payload", "expected"),
+    [
+        ("mikxxdds.w7yy0", b"hello", b"mikxxdds.w7yy0\nhello"),
+        ("1700000000000-3", b"", b"1700000000000-3\n"),
+        ("0", b"\xff\nline", b"0\n\xff\nline"),  # the first newline ends the token
+    ],
+)
+def test_a_resuming_client_gets_the_token_a_newline_and_the_payload(token, payload, expected):
+    assert with_token(token, payload) == expected
 
 
 @pytest.mark.parametrize(

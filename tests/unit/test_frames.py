@@ -27,9 +27,8 @@ def test_binary_frame_opcode():
     assert server_frame(b"\xff\x00", binary=True) == b"\x82\x02\xff\x00"
 
 
-def test_bus_message_frames_are_built_once_and_carry_the_id_for_resuming_clients():
-    message = BusMessage(b"hello", binary=False, id="17-3")
+def test_a_bus_message_frame_is_built_once_for_every_plain_client():
+    message = BusMessage(b"hello", binary=False, id="17-3", channel="c", uid="u")
     assert message.frame is message.frame  # cached: one frame per process, not per client
-    assert message.frame == b"\x81\x05hello"
-    assert message.frame_with_id == b"\x81\x0a17-3\nhello"
-    assert BusMessage(b"x").frame_with_id == b"\x81\x02\nx"  # no id: an empty header line
+    assert message.frame == b"\x81\x05hello"  # the payload alone: no id, channel or uid
+    assert BusMessage(b"\xff", binary=True).frame == b"\x82\x01\xff"

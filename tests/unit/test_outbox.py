@@ -1,18 +1,37 @@
-"""The delivery rules of one websocket (ws4redis_uwsgi.outbox): messages in, frames and decisions out, no I/O."""
+"""The delivery rules of one websocket (ws4redis_uwsgi.core.outbox): messages in, frames and decisions out, no I/O."""
 
 from __future__ import annotations
 
 import pytest
 
-from ws4redis_uwsgi.core.envelope import MAX_ID_AHEAD_MS, BusMessage
+from ws4redis_uwsgi.core import positions
+from ws4redis_uwsgi.core.envelope import MAX_ID_AHEAD_MS, BusMessage, new_uid
 from ws4redis_uwsgi.core.frames import server_frame
-from ws4redis_uwsgi.core.outbox import GAP_NOTICE, Opening, Outbox
+from ws4redis_uwsgi.core.outbox import GAP_NOTICE, RECENT_UIDS, Opening, Outbox
+from ws4redis_uwsgi.core.positions import TOKEN_UIDS, decode_token, encode_token
 
 NOW = 1_700_000_000_000
+A, B, C = "ws4redis:user:alice:chat", "ws4redis:session:k3y:chat", "ws4redis:broadcast:chat"
 
 
-def message(n: int | None, text: str = "", origin: str | None = None, binary: bool = False) -> BusMessage:
-    return BusMessage((text or f"m{n}").encode(), binary, origin, None if n is None else f"{NOW}-{n}")
+def message(
+    channel: str,
+    n: int | None,
+    text: str = "",
+    *,
+    ms: int = NOW,
+    origin: str | None = None,
+    binary: bool = False,
+    uid: str | None = None,
+) -> BusMessage:
+    """Message ``n`` on ``channel``: id ``<ms>-<n>``, or no id (a raw publish) for ``n=None``."""
+    return BusMessage((text or f"m{n}").encode(), binary, origin, None if n is None else f"{ms}-{n}", channel, uid)
+
+
+def outbox(*channels: str, **kwargs) -> Outbox:
+    box = Outbox(**kwargs)
+    box.channels = channels
+    return box
 
 
 class Socket:
@@ -28,71 +47,210 @@ class Socket:
         return self.takes
 
 
-def drain(outbox: Outbox) -> list[BusMessage]:
+def drain(box: Outbox) -> list[BusMessage]:
     sent = []
-    while (m := outbox.next()) is not None:
+    while (m := box.next()) is not None:
         sent.append(m)
     return sent
+
+
+def unframe(frame: bytes) -> bytes:
+    """The payload of a short unmasked server frame."""
+    assert frame[1] < 126
+    return frame[2:]
+
+
+def read(payload: bytes, channels=(A, B, C)) -> tuple[dict[str, tuple[int, int]], bytes]:
+    """A resuming client's view of a payload: the positions its token gives its channels, and the message."""
+    token, newline, text = payload.partition(b"\n")
+    assert newline
+    known, ambiguous = decode_token(token.decode("ascii")).positions(channels)
+    assert ambiguous == []
+    return known, text
 
 
 # -- the fast path ------------------------------------------------------------------
 
 
 def test_a_live_message_is_written_at_once_when_nothing_waits():
-    outbox, socket = Outbox(), Socket()
-    assert outbox.take_live(message(1), socket.write) is True
+    box, socket = outbox(A), Socket()
+    assert box.take_live(message(A, 1), socket.write) is True
     assert socket.frames == [server_frame(b"m1")]
-    assert outbox.next() is None
+    assert box.next() is None
 
 
 def test_without_a_direct_writer_a_live_message_waits_for_the_loop():
-    outbox = Outbox()
-    assert outbox.take_live(message(1), None) is False
-    assert drain(outbox) == [message(1)]
+    box = outbox(A)
+    assert box.take_live(message(A, 1), None) is False
+    assert drain(box) == [message(A, 1)]
 
 
 def test_a_socket_that_cannot_take_it_now_makes_the_message_wait_and_the_next_ones_behind_it():
-    outbox, socket = Outbox(), Socket(takes=False)
-    assert outbox.take_live(message(1), socket.write) is False
+    box, socket = outbox(A), Socket(takes=False)
+    assert box.take_live(message(A, 1), socket.write) is False
     socket.takes = True
-    assert outbox.take_live(message(2), socket.write) is False  # not before the one that waits
+    assert box.take_live(message(A, 2), socket.write) is False  # not before the one that waits
     assert socket.frames == []
-    assert drain(outbox) == [message(1), message(2)]
-    assert outbox.take_live(message(3), socket.write) is True  # nothing waits any more
+    assert drain(box) == [message(A, 1), message(A, 2)]
+    assert box.take_live(message(A, 3), socket.write) is True  # nothing waits any more
 
 
-# -- one message once -----------------------------------------------------------------
+def test_a_refused_write_is_not_recorded_and_the_message_goes_out_later_with_the_token_that_includes_it():
+    box, socket = outbox(A, B, with_ids=True, arrived_ms=NOW - 5), Socket(takes=False)
+    uid = new_uid()
+    before = box.token()
+    assert box.take_live(message(A, 1, uid=uid), socket.write) is False
+    assert box.position(A) == (NOW - 5, 0)  # not handed out
+    assert box.token() == before
+    socket.takes = True
+    box.take_live(message(B, 2, uid=uid), socket.write)  # its copy, queued behind it
+    assert drain(box) == [message(A, 1, uid=uid)]  # the copy is skipped once the first is handed out
+    assert socket.frames == []
 
 
-def test_a_message_on_two_of_my_channels_is_written_once():
-    outbox, socket = Outbox(), Socket()
-    outbox.take_live(message(1), socket.write)
-    assert outbox.take_live(message(1), socket.write) is True
-    assert len(socket.frames) == 1
+def test_a_message_that_waited_carries_the_token_of_the_moment_it_is_handed_out():
+    box, socket = outbox(A, B, with_ids=True, arrived_ms=NOW - 5), Socket(takes=False)
+    box.take_live(message(A, 1), socket.write)
+    box.take_live(message(B, 2), socket.write)
+    first = box.next()
+    assert read(box.payload(first), (A, B)) == ({A: (NOW, 1), B: (NOW - 5, 0)}, b"m1")
+    second = box.next()
+    assert read(box.payload(second), (A, B)) == ({A: (NOW, 1), B: (NOW, 2)}, b"m2")
+
+
+# -- one message once: by its position in its channel ----------------------------------
+
+
+@pytest.mark.parametrize("repeat", [5, 4, 1])
+def test_a_message_at_or_below_its_channel_position_is_skipped(repeat):
+    box, socket = outbox(A, B), Socket()
+    box.take_live(message(A, 5), socket.write)
+    assert box.take_live(message(A, repeat), socket.write) is True
+    assert socket.frames == [server_frame(b"m5")]
+
+
+def test_a_message_on_another_channel_with_a_lower_id_is_not_skipped():
+    box, socket = outbox(A, B), Socket()
+    box.take_live(message(A, 5), socket.write)
+    assert box.take_live(message(B, 3, ms=NOW - 60_000), socket.write) is True
+    assert socket.frames == [server_frame(b"m5"), server_frame(b"m3")]
 
 
 def test_a_repeat_is_skipped_when_the_inbox_drains():
-    outbox = Outbox()
-    for n in (1, 2, 2, 1, 3):
-        outbox.take_live(message(n), None)
-    assert drain(outbox) == [message(1), message(2), message(3)]
-
-
-def test_messages_without_an_id_are_never_held_back():
-    outbox, socket = Outbox(), Socket()
-    outbox.take_live(message(5), socket.write)
-    raw = BusMessage(b"raw from another program")
-    assert outbox.take_live(raw, socket.write) is True
-    assert outbox.take_live(raw, socket.write) is True
-    assert socket.frames[1:] == [server_frame(raw.payload)] * 2
+    box = outbox(A, B)
+    for channel, n in [(A, 1), (A, 2), (B, 1), (A, 2), (A, 1), (B, 1), (A, 3)]:
+        box.take_live(message(channel, n), None)
+    assert drain(box) == [message(A, 1), message(A, 2), message(B, 1), message(A, 3)]
 
 
 def test_stored_and_history_messages_skip_what_was_handed_out_and_record_the_rest():
-    outbox, socket = Outbox(), Socket()
-    outbox.take_live(message(2), socket.write)
-    assert outbox.fresh([message(1), message(2), message(3)]) == [message(3)]
-    assert outbox.take_live(message(3), socket.write) is True and len(socket.frames) == 1
-    assert outbox.last_id == f"{NOW}-3"
+    box, socket = outbox(A, B), Socket()
+    box.take_live(message(A, 2), socket.write)
+    assert list(box.fresh([message(A, 1), message(B, 1), message(A, 2), message(A, 3)])) == [message(B, 1), message(A, 3)]
+    assert box.take_live(message(A, 3), socket.write) is True
+    assert box.take_live(message(B, 1), socket.write) is True
+    assert len(socket.frames) == 1
+    assert box.positions() == {A: (NOW, 3), B: (NOW, 1)}
+
+
+def test_fresh_records_each_message_when_it_yields_it():
+    box = outbox(A, B, with_ids=True, arrived_ms=NOW - 5)
+    found = box.fresh([message(A, 1), message(B, 2)])
+    first = next(found)
+    assert read(box.payload(first), (A, B)) == ({A: (NOW, 1), B: (NOW - 5, 0)}, b"m1")  # not yet the second
+    second = next(found)
+    assert read(box.payload(second), (A, B)) == ({A: (NOW, 1), B: (NOW, 2)}, b"m2")
+
+
+# -- one message once: a message published to several channels, by its uid ---------------
+
+
+def test_a_copy_on_another_channel_of_a_message_handed_out_is_skipped():
+    box, socket, uid = outbox(A, B), Socket(), new_uid()
+    box.take_live(message(A, 5, uid=uid), socket.write)
+    assert box.take_live(message(B, 9, uid=uid), socket.write) is True  # another id, the same message
+    assert list(box.fresh([message(C, 1, uid=uid)])) == []
+    assert socket.frames == [server_frame(b"m5")]
+
+
+@pytest.mark.parametrize("way", ["live", "waiting", "history"])
+def test_a_skipped_copy_moves_its_channel_on_so_that_a_resume_does_not_bring_it_back(way):
+    box, uid = outbox(A, B, with_ids=True, arrived_ms=NOW - 5), new_uid()
+    first, copy = message(A, 5, uid=uid), message(B, 9, uid=uid)
+    if way == "live":
+        box.take_live(first, Socket().write)
+        box.take_live(copy, Socket().write)
+    elif way == "waiting":
+        box.take_live(first, None)
+        box.take_live(copy, None)
+        assert drain(box) == [first]
+    else:
+        assert list(box.fresh([first, copy])) == [first]
+    assert box.positions() == {A: (NOW, 5), B: (NOW, 9)}
+    assert decode_token(box.token()).positions([A, B]) == ({A: (NOW, 5), B: (NOW, 9)}, [])
+
+
+@pytest.mark.parametrize(("others", "sent_again"), [(RECENT_UIDS - 1, False), (RECENT_UIDS, True)])
+def test_a_copy_later_than_recent_uids_other_multi_channel_messages_is_sent_again(others, sent_again):
+    box, socket, uid = outbox(A, B), Socket(), new_uid()
+    box.take_live(message(A, 1, "first", uid=uid), socket.write)
+    for n in range(2, others + 2):
+        box.take_live(message(A, n, uid=new_uid()), socket.write)
+    box.take_live(message(B, 1, "copy", uid=uid), socket.write)
+    assert (socket.frames[-1] == server_frame(b"copy")) is sent_again
+    assert len(socket.frames) == 1 + others + sent_again
+
+
+def test_a_client_on_one_channel_keeps_no_uids():
+    box, socket, uid = outbox(A, with_ids=True), Socket(), new_uid()
+    box.take_live(message(A, 1, uid=uid), socket.write)
+    assert decode_token(box.token()).uids == ()
+    assert box.take_live(message(A, 2, "again", uid=uid), socket.write) is True  # judged by its position alone
+    assert len(socket.frames) == 2
+
+
+def test_the_token_carries_the_uids_of_the_last_multi_channel_messages():
+    box, socket = outbox(A, B, with_ids=True), Socket()
+    uids = [new_uid() for _ in range(TOKEN_UIDS + 2)]
+    for n, uid in enumerate(uids, 1):
+        box.take_live(message(A, n, uid=uid), socket.write)
+    box.take_live(message(A, 99), socket.write)  # without uid: the uids stay
+    assert decode_token(box.token()).uids == tuple(uids[-TOKEN_UIDS:])
+
+
+def test_after_a_resume_a_copy_of_a_message_the_client_got_on_another_channel_is_skipped():
+    before, socket, uid = outbox(A, B, with_ids=True, arrived_ms=NOW - 1000), Socket(), new_uid()
+    before.take_live(message(A, 1, "first", uid=uid), socket.write)
+    token, _, _ = unframe(socket.frames[-1]).partition(b"\n")
+    after = outbox(A, B, resume=token.decode(), arrived_ms=NOW + 1000)
+    assert after.opening(NOW + 1000) is Opening.BACKLOG
+    backlog = [message(B, 2, "copy", uid=uid), message(B, 3, "next")]  # B's history after NOW - 1000
+    assert list(after.fresh(backlog)) == [message(B, 3, "next")]
+
+
+# -- raw publishes, without id -----------------------------------------------------------
+
+
+def test_messages_without_an_id_are_never_held_back():
+    box, socket = outbox(A), Socket()
+    box.take_live(message(A, 5), socket.write)
+    raw = message(A, None, "raw from another program")
+    assert box.take_live(raw, socket.write) is True
+    assert box.take_live(raw, socket.write) is True
+    assert list(box.fresh([raw, raw])) == [raw, raw]
+    box.take_live(raw, None)
+    box.take_live(raw, None)
+    assert drain(box) == [raw, raw]
+    assert socket.frames[1:] == [server_frame(raw.payload)] * 2
+
+
+def test_a_raw_message_to_a_resuming_client_carries_the_current_token_unchanged():
+    box, socket = outbox(A, B, with_ids=True, arrived_ms=NOW - 5), Socket()
+    box.take_live(message(A, 1), socket.write)
+    token = box.token()
+    box.take_live(message(B, None, "raw"), socket.write)
+    assert socket.frames[-1] == server_frame(token.encode() + b"\nraw")
+    assert box.token() == token
 
 
 # -- echo -------------------------------------------------------------------------------
@@ -100,107 +258,202 @@ def test_stored_and_history_messages_skip_what_was_handed_out_and_record_the_res
 
 def test_my_own_message_comes_back_only_with_echo():
     socket = Socket()
-    assert Outbox(origin="me").take_live(message(1, origin="me"), socket.write) is True
+    assert outbox(A, origin="me").take_live(message(A, 1, origin="me"), socket.write) is True
     assert socket.frames == []
-    assert Outbox(origin="me", echo=True).take_live(message(1, origin="me"), socket.write) is True
-    assert Outbox(origin="me").take_live(message(2, origin="you"), socket.write) is True
-    assert len(socket.frames) == 2
+    assert outbox(A, origin="me", echo=True).take_live(message(A, 1, origin="me"), socket.write) is True
+    assert outbox(A, origin="me").take_live(message(A, 2, origin="you"), socket.write) is True
+    assert socket.frames == [server_frame(b"m1"), server_frame(b"m2")]
 
 
 # -- the bounded inbox ------------------------------------------------------------------
 
 
 def test_past_max_pending_the_websocket_overflows_and_gets_nothing_more():
-    outbox = Outbox(max_pending=3)
+    box = outbox(A, max_pending=3)
     for n in range(1, 5):
-        outbox.take_live(message(n), None)
-    assert outbox.overflowed
-    assert outbox.next() is None  # not worth sending: it is closed
-    assert outbox.take_live(message(9), Socket().write) is False  # no fast path either
+        box.take_live(message(A, n), None)
+    assert box.overflowed
+    assert box.next() is None  # not worth sending: it is closed
+    assert box.take_live(message(A, 9), Socket().write) is False  # no fast path either
 
 
 def test_max_pending_waiting_messages_are_not_an_overflow():
-    outbox = Outbox(max_pending=3)
+    box = outbox(A, max_pending=3)
     for n in range(1, 4):
-        outbox.take_live(message(n), None)
-    assert not outbox.overflowed
-    assert len(drain(outbox)) == 3
+        box.take_live(message(A, n), None)
+    assert not box.overflowed
+    assert len(drain(box)) == 3
 
 
 # -- the catch-up gate ------------------------------------------------------------------
 
 
 def test_while_a_catch_up_is_owed_or_under_way_live_messages_wait_behind_it():
-    outbox, socket = Outbox(), Socket()
-    outbox.owe_catch_up()
-    assert outbox.take_live(message(5), socket.write) is False
-    since = outbox.begin_catch_up()
-    assert outbox.take_live(message(6), socket.write) is False
-    assert outbox.fresh([message(3), message(4), message(5)]) == [message(3), message(4), message(5)]
-    outbox.end_catch_up(complete=True)
+    box, socket = outbox(A, B, arrived_ms=NOW - 5), Socket()
+    box.owe_catch_up()
+    assert box.take_live(message(A, 5), socket.write) is False
+    since = box.begin_catch_up()
+    assert box.take_live(message(B, 6), socket.write) is False
+    assert list(box.fresh([message(A, 3), message(B, 4), message(A, 5)])) == [message(A, 3), message(B, 4), message(A, 5)]
+    box.end_catch_up(complete=True)
     assert socket.frames == []
-    assert drain(outbox) == [message(6)]  # 5 came from history, once
-    assert outbox.take_live(message(7), socket.write) is True
-    assert since == f"{outbox.arrived_ms}-0"
+    assert drain(box) == [message(B, 6)]  # A 5 came from history, once
+    assert box.take_live(message(A, 7), socket.write) is True
+    assert since == {A: (NOW - 5, 0), B: (NOW - 5, 0)}
 
 
 def test_a_catch_up_redis_refused_is_owed_again():
-    outbox = Outbox()
-    outbox.owe_catch_up()
-    outbox.begin_catch_up()
-    outbox.end_catch_up(complete=False)
-    assert outbox.catch_up_owed
-    assert outbox.take_live(message(1), Socket().write) is False
+    box = outbox(A)
+    box.owe_catch_up()
+    box.begin_catch_up()
+    box.end_catch_up(complete=False)
+    assert box.catch_up_owed
+    assert box.take_live(message(A, 1), Socket().write) is False
 
 
 def test_a_catch_up_asked_for_while_one_runs_follows_it():
-    outbox = Outbox()
-    outbox.owe_catch_up()
-    outbox.begin_catch_up()
-    outbox.owe_catch_up()  # the hub subscribed again meanwhile
-    outbox.end_catch_up(complete=True)
-    assert outbox.catch_up_owed
+    box = outbox(A)
+    box.owe_catch_up()
+    box.begin_catch_up()
+    box.owe_catch_up()  # the hub subscribed again meanwhile
+    box.end_catch_up(complete=True)
+    assert box.catch_up_owed
 
 
-@pytest.mark.parametrize(
-    ("handed_out", "resume_from", "position"),
-    [
-        (None, None, f"{NOW - 5}-0"),  # nothing yet: from when it arrived
-        (None, f"{NOW - 100}-3", f"{NOW - 100}-3"),  # the id it resumed from
-        (7, f"{NOW - 100}-3", f"{NOW}-7"),  # the last it got
-    ],
-)
-def test_a_catch_up_starts_after_the_last_message_handed_out(handed_out, resume_from, position):
-    outbox = Outbox(resume_from=resume_from, arrived_ms=NOW - 5)
-    if handed_out is not None:
-        outbox.fresh([message(handed_out)])
-    assert outbox.position == position
+def test_a_catch_up_starts_after_the_last_handed_out_else_the_resumed_position_else_arrival():
+    token = encode_token([(A, (NOW - 100, 3)), (B, (NOW - 200, 4))])  # C: not in the token
+    box = outbox(A, B, C, resume=token, arrived_ms=NOW - 5)
+    box.opening(NOW)
+    assert box.begin_catch_up() == {A: (NOW - 100, 3), B: (NOW - 200, 4), C: (NOW - 5, 0)}
+    assert list(box.fresh([message(A, 7)])) == [message(A, 7)]
+    box.end_catch_up(complete=True)
+    box.owe_catch_up()
+    assert box.begin_catch_up() == {A: (NOW, 7), B: (NOW - 200, 4), C: (NOW - 5, 0)}
 
 
 # -- the opening --------------------------------------------------------------------------
 
 
-def test_the_opening_stored_messages_backlog_or_gap():
-    assert Outbox().opening(NOW) is Opening.STORED
-    assert Outbox(with_ids=True).opening(NOW) is Opening.STORED
-    resuming = Outbox(resume_from=f"{NOW - 1000}-0")
-    assert resuming.opening(NOW) is Opening.BACKLOG
-    assert resuming.catch_up_owed  # sent by the loop's first turn
-    from_the_future = Outbox(resume_from=f"{NOW + MAX_ID_AHEAD_MS + 1}-0")
-    assert from_the_future.opening(NOW) is Opening.GAP
-    assert from_the_future.resume_from is None and from_the_future.with_ids and not from_the_future.catch_up_owed
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"with_ids": True}, {"resume": ""}, {"with_ids": True, "resume": ""}], ids=["plain", "ids", "empty", "fresh"]
+)
+def test_a_client_that_resumes_from_nothing_gets_the_stored_messages(kwargs):
+    box = outbox(A, B, arrived_ms=NOW - 5, **kwargs)
+    assert box.opening(NOW) is Opening.STORED
+    assert not box.catch_up_owed and not box.gap_owed
+    assert box.positions() == {A: (NOW - 5, 0), B: (NOW - 5, 0)}
+
+
+def test_a_valid_token_opens_with_the_backlog_after_its_positions():
+    box = outbox(A, B, resume=encode_token([(A, (NOW - 1000, 2)), (B, (NOW - 10, 0))]), arrived_ms=NOW)
+    assert box.opening(NOW) is Opening.BACKLOG
+    assert box.with_ids
+    assert box.catch_up_owed  # sent by the loop's first turn
+    assert not box.gap_owed
+    assert box.positions() == {A: (NOW - 1000, 2), B: (NOW - 10, 0)}
+
+
+def test_a_token_of_an_earlier_version_opens_with_the_backlog_after_that_position_on_every_channel():
+    box = outbox(A, B, C, resume=f"{NOW - 1000}-3", arrived_ms=NOW)
+    assert box.opening(NOW) is Opening.BACKLOG
+    assert box.begin_catch_up() == {A: (NOW - 1000, 3), B: (NOW - 1000, 3), C: (NOW - 1000, 3)}
+
+
+@pytest.mark.parametrize(
+    ("ahead", "opening"), [(MAX_ID_AHEAD_MS, Opening.BACKLOG), (MAX_ID_AHEAD_MS + 1, Opening.GAP)], ids=["plausible", "ahead"]
+)
+def test_a_position_far_ahead_of_redis_clock_opens_with_a_gap(ahead, opening):
+    token = encode_token([(A, (NOW + ahead, 0)), (B, (NOW - 10, 0))])  # one implausible channel is enough
+    box = outbox(A, B, resume=token, arrived_ms=NOW)
+    assert box.opening(NOW) is opening
+    if opening is Opening.GAP:
+        assert box.resume is None and box.with_ids  # from now on a fresh resuming client
+        assert not box.catch_up_owed
+        assert box.positions() == {A: (NOW, 0), B: (NOW, 0)}
+
+
+def test_a_legacy_token_far_ahead_of_redis_clock_opens_with_a_gap():
+    assert outbox(A, resume=f"{NOW + MAX_ID_AHEAD_MS + 1}-0").opening(NOW) is Opening.GAP
+
+
+def test_channels_whose_tags_collide_cannot_take_a_position_from_the_token_and_a_gap_is_owed(monkeypatch):
+    tag = positions.channel_tag
+    monkeypatch.setattr(positions, "channel_tag", lambda channel: "same" if channel in (A, B) else tag(channel))
+    token = encode_token([(A, (NOW - 100, 1)), (B, (NOW - 50, 2)), (C, (NOW - 10, 3))])
+    box = outbox(A, B, C, resume=token, arrived_ms=NOW)
+    assert box.opening(NOW) is Opening.BACKLOG
+    assert box.gap_owed
+    assert box.begin_catch_up() == {A: (NOW, 0), B: (NOW, 0), C: (NOW - 10, 3)}
+
+
+def test_a_token_without_collisions_owes_no_gap():
+    box = outbox(A, B, C, resume=encode_token([(A, (NOW - 100, 1)), (B, (NOW - 50, 2))]), arrived_ms=NOW)
+    box.opening(NOW)
+    assert not box.gap_owed
 
 
 # -- framing ------------------------------------------------------------------------------
 
 
-def test_a_resuming_client_gets_every_message_behind_its_id_and_a_plain_one_the_payload():
-    resuming, plain, socket = Outbox(with_ids=True), Outbox(), Socket()
-    resuming.take_live(message(1, binary=True), socket.write)
-    plain.take_live(message(2), socket.write)
-    assert socket.frames == [server_frame(f"{NOW}-1\nm1".encode(), True), server_frame(b"m2")]
-    assert resuming.payload(message(3)) == f"{NOW}-3\nm3".encode()
-    assert resuming.payload(BusMessage(b"raw")) == b"\nraw"
-    assert plain.payload(message(3)) == b"m3"
-    assert resuming.gap_notice() == GAP_NOTICE == b"!gap\n"
-    assert plain.gap_notice() is None  # a plain ws4redis client would take it for a message
+def test_a_resuming_client_gets_every_message_behind_its_token_and_a_plain_one_the_payload():
+    resuming, plain, socket = outbox(A, with_ids=True), outbox(A), Socket()
+    resuming.take_live(message(A, 1, binary=True), socket.write)
+    plain.take_live(message(A, 2), socket.write)
+    assert socket.frames == [server_frame(encode_token([(A, (NOW, 1))]).encode() + b"\nm1", True), server_frame(b"m2")]
+    assert plain.payload(message(A, 3)) == b"m3"
+
+
+def test_the_gap_notice_goes_to_resuming_clients_only():
+    assert outbox(A, with_ids=True).gap_notice() == GAP_NOTICE == b"!gap\n"
+    assert outbox(A).gap_notice() is None  # a plain ws4redis client would take it for a message
+
+
+def test_the_token_in_each_frame_says_exactly_what_was_handed_out_up_to_it():
+    """A client resumes on three channels; every way a message reaches it, every frame's token is checked."""
+    uid = new_uid()
+    box = outbox(A, B, C, resume=encode_token([(A, (NOW - 1000, 0)), (B, (NOW - 900, 2))]), arrived_ms=NOW)
+    socket = Socket()
+
+    def loop_sends(messages):  # as the loop does: each payload right after the message was handed out
+        for m in messages:
+            socket.frames.append(server_frame(box.payload(m), m.binary))
+
+    def loop_drains():
+        while (m := box.next()) is not None:
+            loop_sends([m])
+
+    assert box.opening(NOW) is Opening.BACKLOG
+    box.take_live(message(A, 1, "live during the backlog", ms=NOW + 1), socket.write)
+    assert box.begin_catch_up() == {A: (NOW - 1000, 0), B: (NOW - 900, 2), C: (NOW, 0)}
+    history = [
+        message(A, 0, "a1", ms=NOW - 950),
+        message(B, 2, "already had", ms=NOW - 900),
+        message(B, 0, "to both", ms=NOW - 800, uid=uid),
+        message(A, 5, "to both", ms=NOW - 700, uid=uid),  # the copy: skipped, A moves on
+        message(A, 0, "a2", ms=NOW - 600),
+    ]
+    loop_sends(box.fresh(history))
+    box.end_catch_up(complete=True)
+    loop_drains()
+    box.take_live(message(C, 0, "fast", ms=NOW + 2), socket.write)
+    socket.takes = False
+    box.take_live(message(B, 0, "refused", ms=NOW + 3), socket.write)
+    socket.takes = True
+    box.take_live(message(C, 0, "behind it", ms=NOW + 4), socket.write)
+    loop_drains()
+    box.take_live(message(C, None, "raw"), socket.write)
+    frames = [unframe(f) for f in socket.frames]  # the hub's direct writes and the loop's, in order
+
+    a1, b1, a2 = (NOW - 950, 0), (NOW - 800, 0), (NOW - 600, 0)
+    arrival = (NOW, 0)
+    assert [read(f) for f in frames] == [
+        ({A: a1, B: (NOW - 900, 2), C: arrival}, b"a1"),
+        ({A: a1, B: b1, C: arrival}, b"to both"),
+        ({A: a2, B: b1, C: arrival}, b"a2"),
+        ({A: (NOW + 1, 1), B: b1, C: arrival}, b"live during the backlog"),
+        ({A: (NOW + 1, 1), B: b1, C: (NOW + 2, 0)}, b"fast"),
+        ({A: (NOW + 1, 1), B: (NOW + 3, 0), C: (NOW + 2, 0)}, b"refused"),
+        ({A: (NOW + 1, 1), B: (NOW + 3, 0), C: (NOW + 4, 0)}, b"behind it"),
+        ({A: (NOW + 1, 1), B: (NOW + 3, 0), C: (NOW + 4, 0)}, b"raw"),
+    ]
+    assert [decode_token(f.partition(b"\n")[0].decode()).uids for f in frames] == [()] + [(uid,)] * 7
