@@ -457,3 +457,17 @@ def test_the_token_in_each_frame_says_exactly_what_was_handed_out_up_to_it():
         ({A: (NOW + 1, 1), B: (NOW + 3, 0), C: (NOW + 4, 0)}, b"raw"),
     ]
     assert [decode_token(f.partition(b"\n")[0].decode()).uids for f in frames] == [()] + [(uid,)] * 7
+
+
+def test_a_stored_message_from_before_the_arrival_does_not_move_the_position_back():
+    box = outbox(A, with_ids=True, arrived_ms=NOW)
+    stored = message(A, 0, "stored", ms=NOW - 60_000)
+    assert [m.payload for m in box.fresh([stored], stored=True)] == [b"stored"]
+    # A catch-up (after an outage) or a resume starts at the arrival, not at the stored
+    # message: what was published between them with expire=0 is not owed to a new client.
+    assert box.position(A) == (NOW, 0)
+    assert decode_token(box.token()).positions([A])[0] == {A: (NOW, 0)}
+    newer = message(A, 1, "stored later", ms=NOW + 5)  # stored after the arrival: recorded
+    assert list(box.fresh([newer], stored=True)) == [newer]
+    assert box.position(A) == (NOW + 5, 1)
+    assert list(box.fresh([newer], stored=True)) == []  # and not handed out twice

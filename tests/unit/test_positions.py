@@ -174,10 +174,6 @@ def test_a_position_before_1970_is_refused():
     assert decode_token("5.abcd5").by_tag == {"abcd": (0, 0)}  # exactly at the epoch: fine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package defect: the legacy pattern uses \\d, which matches any Unicode digit, and int() reads them",
-)
 @pytest.mark.parametrize("text", ["\u0661\u0667-\u0663", "\uff11\uff17-3"])  # Arabic-Indic and fullwidth digits
 def test_non_ascii_digits_are_not_a_token_of_an_earlier_version(text):
     with pytest.raises(ValueError):

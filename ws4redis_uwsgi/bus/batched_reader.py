@@ -6,6 +6,8 @@ import gevent
 import redis
 from gevent.event import AsyncResult
 
+from .connection import mget
+
 #: Seconds a handshake waits for the batched read of its stored messages at most.
 READ_TIMEOUT = 30.0
 
@@ -44,10 +46,8 @@ class BatchedReader:
         while self._queued:
             batch, self._queued = self._queued, []
             keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
-            # A Cluster reads keys slot by slot (pipelined per shard); one Redis in one MGET.
-            mget = getattr(self._client, "mget_nonatomic", self._client.mget)
             try:
-                values = dict(zip(keys, mget(keys), strict=True))
+                values = dict(zip(keys, mget(self._client, keys), strict=True))
             except Exception as exc:
                 for _, result in batch:
                     result.set_exception(exc)

@@ -20,6 +20,7 @@ refuses is a system check error carrying its reason.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import process, settings
@@ -232,7 +234,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool
 
 
 def make_client(value: Any = None, *, max_connections: int | None = None, **overrides: Any) -> Any:
-    """A new client for ``value`` (default: the current setting): ``redis.Redis``, or ``RedisCluster``.
+    """A new client for ``value`` (default: the current setting): ``redis.Redis``, or a :class:`LazyCluster`.
 
     With ``max_connections`` the client never opens more connections (per
     server) however many greenlets share it: they wait for a free one.
@@ -284,7 +286,41 @@ def _sentinel_client(parsed: RedisTarget, max_connections: int | None, overrides
     return sentinel.master_for(parsed.master_name, **kwargs)
 
 
-def _cluster_client(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> RedisCluster:
+class LazyCluster:
+    """A :class:`RedisCluster` made on first use, and made again on each use until that succeeds.
+
+    RedisCluster reads the slots of its startup nodes when it is made: a
+    worker or a Django process that starts while the Cluster is unreachable
+    must still start, and its commands must fail as they do with one Redis
+    down (``redis.ConnectionError``), not with RedisCluster's own exception.
+    """
+
+    def __init__(self, build: Callable[[], RedisCluster]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+
+    def client(self) -> RedisCluster:
+        if self._client is None:
+            try:
+                self._client = self._build()
+            except RedisClusterException as exc:
+                raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        return self._client
+
+    def close(self) -> None:
+        """Close the client's connections, if it was ever made."""
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
+
+
+def _cluster_client(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> LazyCluster:
+    return LazyCluster(lambda: _build_cluster(parsed, max_connections, overrides))
+
+
+def _build_cluster(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> RedisCluster:
     kwargs: dict[str, Any] = {**DEFAULT_TIMEOUTS, **parsed.options, **overrides}
     kwargs.pop("retry", None)  # RedisCluster retries itself; its nodes must not
     (host, port), *others = parsed.nodes
@@ -320,9 +356,16 @@ def get_client() -> Any:
 
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` talks to a Redis Cluster (sharded pub/sub, one slot per script)."""
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, LazyCluster))
 
 
 def sharded() -> bool:
     """Whether the current setting names a Redis Cluster: channel names then carry a hash tag."""
     return target().topology is Topology.CLUSTER
+
+
+def mget(client: Any, keys: list[str]) -> list[Any]:
+    """The values of ``keys``: one MGET on one Redis; slot by slot, pipelined per shard, on a Cluster."""
+    if is_cluster(client):
+        return client.mget_nonatomic(keys)  # type: ignore[no-any-return]
+    return client.mget(keys)  # type: ignore[no-any-return]

@@ -201,7 +201,7 @@ def _run_scripts(client: Any, calls: list[list[str]], args: list[Any]) -> list[A
 def _pipelined(client: Any, calls: list[list[str]], args: list[Any], wait: tuple[int, int] | None = None) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for keys in calls:
-        pipe.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)
+        pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *args)  # a ClusterPipeline has no evalsha()
     if wait is not None:
         pipe.execute_command("WAIT", *wait)
     return list(pipe.execute(raise_on_error=False))

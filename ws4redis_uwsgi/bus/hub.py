@@ -414,7 +414,6 @@ class _Link:
         # redis-py offers no public accessor for the socket; ws4redis used the same.
         self._waiter.watch(connection._sock.fileno())
         self.connected = True
-        self._backoff = self.hub.min_backoff
         logger.info("Redis subscription connected to %s (pid %d)", self.target, os.getpid())
         ping_pending = False
         while True:
@@ -437,7 +436,8 @@ class _Link:
         if new:
             self.subscribed |= new
             if self._sharded:
-                pubsub.ssubscribe(*sorted(new))
+                for channel in sorted(new):  # one slot per SSUBSCRIBE: each channel has its own hash tag
+                    pubsub.ssubscribe(channel)
             else:
                 pubsub.subscribe(*sorted(new))
         if gone:
@@ -448,7 +448,8 @@ class _Link:
                     if event is not None:
                         event.clear()
             if self._sharded:
-                pubsub.sunsubscribe(*sorted(gone))
+                for channel in sorted(gone):
+                    pubsub.sunsubscribe(channel)
             else:
                 pubsub.unsubscribe(*sorted(gone))
 
@@ -482,6 +483,7 @@ class _Link:
         if kind in ("message", "smessage"):
             self.hub._deliver(message["data"], channel)  # type: ignore[arg-type]
         elif kind in ("subscribe", "ssubscribe"):
+            self._backoff = self.hub.min_backoff  # Redis took a subscription: the next loss starts over
             if channel in self.subscribed:
                 self.hub._subscribed(self, channel)  # type: ignore[arg-type]
         elif kind == "sunsubscribe" and channel in self.wanted and channel in self.subscribed:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..core import envelope
 from ..core.channels import Audience, audience_channels
-from .connection import get_client, sharded
+from .connection import get_client, mget, sharded
 from .store import RedisMessage, RedisStore
 
 _AUDIENCES = {
@@ -47,8 +47,7 @@ class RedisPublisher(RedisStore):
         channels = audience_channels(settings.get("WS4REDIS_PREFIX"), facility, _AUDIENCES[audience], identity, sharded=sharded())
         if not channels:
             return None
-        mget = getattr(self._connection, "mget_nonatomic", self._connection.mget)  # a Cluster reads slot by slot
-        for value in mget(channels):
+        for value in mget(self._connection, channels):
             if value:
                 return RedisMessage(envelope.decode(value).payload)
         return None

@@ -80,7 +80,6 @@ class ClusterShards:
 
     def refresh(self) -> None:
         if self._cluster is None:
-            self._cluster = self._cluster_factory()  # reads the slots of the startup nodes
-        else:
-            self._cluster.nodes_manager.initialize()
+            self._cluster = self._cluster_factory()
+        self._cluster.nodes_manager.initialize()  # reads the slots again
         self._targets.clear()

@@ -21,7 +21,7 @@ from ..core.outbox import Outbox
 from ..core.positions import Order
 from ..django.identity import identity_from_request
 from . import history, resources
-from .connection import sharded
+from .connection import mget, sharded
 from .store import RedisStore
 
 #: How long a handshake waits for Redis to confirm the new subscriptions
@@ -137,9 +137,9 @@ class RedisSubscriber(RedisStore):
         if self._connection is resources.command_client():
             values = resources.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
         else:
-            values = getattr(self._connection, "mget_nonatomic", self._connection.mget)(self._channels)
+            values = mget(self._connection, self._channels)
         found = [self._hub.accept(value, channel) for channel, value in zip(self._channels, values, strict=True) if value]
-        return self.outbox.fresh(m for m in found if m is not None)
+        return self.outbox.fresh((m for m in found if m is not None), stored=True)
 
     def read_backlog(self, positions: Mapping[str, Order]) -> history.BacklogReader:
         """A reader of what was published on this websocket's channels after its ``positions``.

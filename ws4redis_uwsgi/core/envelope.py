@@ -43,8 +43,8 @@ from .frames import server_frame
 
 MAGIC = b"\x00ws4r\x00"
 
-_ID = re.compile(r"(\d{1,15})-(\d{1,15})")
-_ID_BYTES = re.compile(rb"\d{1,15}-\d{1,15}")
+_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")
+_ID_BYTES = re.compile(rb"[0-9]{1,15}-[0-9]{1,15}")
 #: An origin field: visible ASCII without '|' (see :func:`encode_parts`).
 _ORIGIN = re.compile(rb"[\x21-\x7b\x7d\x7e]{0,128}")
 #: A uid: what :func:`new_uid` makes, or close to it.
@@ -134,11 +134,13 @@ def encode_parts(
     The publish script in Redis assigns the id and joins the three, so the
     format is decided here only.
     """
-    if origin is not None and ("\n" in origin or "|" in origin or "/" in origin):
-        raise ValueError("origin must not contain '|', '/' or a newline")
+    if origin is not None and ("/" in origin or not _ORIGIN.fullmatch(origin.encode("ascii", "replace"))):
+        raise ValueError("origin must be visible ASCII without '|' or '/', 128 characters at most")
     if uid is not None and not _UID.fullmatch(uid):
         raise ValueError("uid must be 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'")
     sender = (origin or "") + (f"/{uid}" if uid else "")
+    if len(sender) > 128:
+        raise ValueError("origin and uid take 128 characters at most")
     flags = b"b" if binary else b""
     return MAGIC + flags + b"|" + sender.encode("ascii") + b"|", b"\n" + payload
 

@@ -201,14 +201,22 @@ class Outbox:
 
     # -- stored messages and history --------------------------------------------------
 
-    def fresh(self, messages: Iterable[BusMessage]) -> Iterator[BusMessage]:
+    def fresh(self, messages: Iterable[BusMessage], *, stored: bool = False) -> Iterator[BusMessage]:
         """Those of ``messages`` (stored or from history, in id order) not handed out yet, one at a time.
 
         Each is recorded as handed out when it is yielded, so :meth:`payload`
-        called for it right then carries the token that includes it.
+        called for it right then carries the token that includes it. A
+        ``stored`` message older than the channel's position (published
+        before the websocket arrived) is handed out without moving the
+        position back: what came between it and the arrival is not owed.
         """
         for message in messages:
-            if self._is_new(message):
+            if self._seen(message):
+                self._advance(message)
+            elif stored and message.order is not None and message.order <= self.position(message.channel):  # type: ignore[arg-type]
+                yield message
+            else:
+                self._record(message)
                 yield message
 
     def owe_catch_up(self) -> None:

@@ -42,7 +42,7 @@ TAG_LENGTH = 4
 TOKEN_UIDS = 2
 #: Longest token accepted: a client on 100 channels stays well below it.
 MAX_TOKEN_LENGTH = 2000
-_LEGACY = re.compile(r"(\d{1,15})-(\d{1,15})")
+_LEGACY = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")  # ASCII digits only (\d takes any script's)
 _PART = re.compile(r"([0-9a-z]{4})([0-9a-z]{1,10})(?:-([0-9a-z]{1,10}))?")
 _BASE = re.compile(r"[0-9a-z]{1,10}")
 _UID_PART = re.compile(r"_([A-Za-z0-9_-]{1,32})")

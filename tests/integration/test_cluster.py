@@ -1,0 +1,236 @@
+"""Redis Cluster: three masters and three replicas, real servers on free ports (``redis-cli --cluster create``).
+
+The websocket worker and the publisher are given ``redis+cluster://``:
+messages must travel by sharded pub/sub only, the worker must hold one
+pub/sub connection per shard, resume must work across shards, and a master
+killed under load or a slot migrated must lose nothing silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.test import override_settings
+from websockets.sync.client import connect
+
+from tests.conftest import SITE_ENV
+from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
+from tests.integration.test_resume import ResumingClient
+from tests.integration.test_sentinel import TimedPublisher, assert_ordered_once, number
+from tests.servers import TIMING, UwsgiServer, port_open, wait_for
+from tests.topologies import ClusterSet
+from ws4redis_uwsgi.core.channels import Audience, channel_name
+from ws4redis_uwsgi.publisher import RedisPublisher
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster_stack(site_db, tmp_path) -> Iterator[tuple[ClusterSet, UwsgiServer]]:
+    with ClusterSet() as cluster:
+        server = UwsgiServer({**SITE_ENV, "WS4REDIS_TEST_REDIS": cluster.url}, cores=100, log_path=tmp_path / "uwsgi.log")
+        server.start()
+        try:
+            with override_settings(WS4REDIS_CONNECTION=cluster.url):
+                yield cluster, server
+        finally:
+            server.stop()
+
+
+def pubsub_clients(cluster: ClusterSet, port: int) -> list[dict]:
+    return [c for c in cluster.client(port).client_list(_type="pubsub")]
+
+
+def channel(audience: Audience, fac: str, name: str | None = None) -> str:
+    return channel_name("test", audience, fac, name, sharded=True)
+
+
+@pytest.mark.timeout(120)
+def test_channels_spread_over_every_shard_by_sharded_pub_sub_with_one_connection_per_shard(cluster_stack, login):
+    cluster, server = cluster_stack
+    facilities = [facility() for _ in range(6)]
+    query = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
+    john = login("john")  # in the group "cooks" (tests/conftest.py)
+    with contextlib.ExitStack() as stack:
+        sockets = {f: stack.enter_context(client(server, f"/ws/{f}?{query}", john)) for f in facilities}
+        anonymous = {f: stack.enter_context(client(server, f"/ws/{f}?subscribe-broadcast")) for f in facilities}
+        for f in facilities:
+            RedisPublisher(facility=f, broadcast=True).publish_message(f"all on {f}", expire=0)
+            RedisPublisher(facility=f, users=["john"]).publish_message(f"john on {f}", expire=0)
+            RedisPublisher(facility=f, groups=["cooks"]).publish_message(f"cooks on {f}", expire=0)
+            # On three of john's channels, on up to three shards: he gets it once.
+            RedisPublisher(facility=f, broadcast=True, users=["john"], groups=["cooks"]).publish_message(f"once on {f}")
+            RedisPublisher(facility=f, broadcast=True).publish_message(f"end of {f}", expire=0)
+        for f in facilities:
+            got = []
+            while (text := recv(sockets[f])) != f"end of {f}":
+                got.append(text)
+            assert sorted(got) == sorted([f"all on {f}", f"john on {f}", f"cooks on {f}", f"once on {f}"])
+            assert [recv(anonymous[f]) for _ in range(3)] == [f"all on {f}", f"once on {f}", f"end of {f}"]
+
+        names = [channel(Audience.BROADCAST, f) for f in facilities] + [channel(Audience.USER, f, "john") for f in facilities]
+        owners = {cluster.master_for_slot(cluster.keyslot(n)) for n in names}
+        assert owners == set(cluster.masters())  # the test's channels live on all three shards
+        for port in cluster.masters():
+            node = cluster.client(port)
+            assert node.execute_command("PUBSUB", "CHANNELS") == []  # never classic pub/sub
+            shard_channels = set(node.execute_command("PUBSUB", "SHARDCHANNELS"))
+            assert {n for n in names if cluster.master_for_slot(cluster.keyslot(n)) == port} <= shard_channels
+            # One pub/sub connection per shard for 12 websockets, not one per websocket.
+            assert len(pubsub_clients(cluster, port)) == 1
+    for port in cluster.ports:
+        assert cluster.client(port).execute_command("PUBSUB", "CHANNELS") == []
+
+
+@pytest.mark.timeout(120)
+def test_resume_across_shards_gives_exactly_what_was_missed(cluster_stack, login):
+    cluster, server = cluster_stack
+    fac = facility()
+    query = "subscribe-broadcast&subscribe-user&subscribe-group&resume="
+    john = login("john")
+    audiences = [{"broadcast": True}, {"users": ["john"]}, {"groups": ["cooks"]}]
+    names = [channel(Audience.BROADCAST, fac), channel(Audience.USER, fac, "john"), channel(Audience.GROUP, fac, "cooks")]
+    while len({cluster.master_for_slot(cluster.keyslot(n)) for n in names}) < 2:  # make the channels span shards
+        fac = facility()
+        names = [channel(Audience.BROADCAST, fac), channel(Audience.USER, fac, "john"), channel(Audience.GROUP, fac, "cooks")]
+
+    def publish(i: int) -> str:
+        # One channel at a time, and every fifth message on all three at once.
+        chosen = audiences[i % 3] if i % 5 else {k: v for a in audiences for k, v in a.items()}
+        RedisPublisher(facility=fac, **chosen).publish_message(f"m{i}", expire=0)
+        return f"m{i}"
+
+    with client(server, f"/ws/{fac}?{query}", john) as ws:
+        seen = [publish(i) for i in range(20)]
+        frames = [split(recv(ws)) for _ in range(20)]
+    assert sorted(p for _, p in frames) == sorted(seen)
+    token = frames[-1][0]
+    missed = [publish(i) for i in range(20, 120)]
+    with client(server, f"/ws/{fac}?{query.replace('resume=', f'resume={token}')}", john) as ws:
+        got = [split(recv(ws))[1] for _ in range(100)]
+        assert sorted(got, key=number) == missed and len(set(got)) == 100  # every one, once
+        for index, name in enumerate(names):
+            on_channel = [m for m in missed if number(m) % 5 == 0 or number(m) % 3 == index]
+            assert [m for m in got if m in on_channel] == on_channel, name  # in order within a channel
+        RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
+        assert split(recv(ws))[1] == "live"
+
+
+@pytest.mark.timeout(180)
+def test_a_master_killed_under_load_gives_every_message_the_new_master_holds_once_in_order_or_a_gap(cluster_stack):
+    cluster, server = cluster_stack
+    fac = facility()
+    name = channel(Audience.BROADCAST, fac)
+    victim = cluster.master_for_slot(cluster.keyslot(name))
+    publisher = TimedPublisher(fac, cluster.url)
+    url = f"{server.url}/ws/{fac}?subscribe-broadcast"
+
+    async def scenario() -> list[ResumingClient]:
+        stop = asyncio.Event()
+        resumers = [ResumingClient(url) for _ in range(6)]
+        tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
+        await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
+        publisher.start()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.kill_master, victim)
+        await asyncio.to_thread(cluster.wait_failover, victim)
+        accepted_after = len(publisher.accepted)
+        deadline = time.monotonic() + 30 * TIMING
+        while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        publisher.stop.set()
+        await asyncio.to_thread(publisher.join)
+        last = publisher.accepted[-1]
+        deadline = time.monotonic() + 30 * TIMING
+        while time.monotonic() < deadline and any(not r.payloads or r.payloads[-1] != last for r in resumers):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return resumers
+
+    resumers = asyncio.run(scenario())
+    new_master = cluster.client(cluster.master_for_slot(cluster.keyslot(name)), decode=False)
+    held = [e[b"m"].rpartition(b"\n")[2].decode() for _, e in new_master.xrange(f"test:history:{{broadcast:{fac}}}")]
+    assert publisher.refused, "the publisher saw the failover"
+    assert set(publisher.accepted[-100:]) <= set(held)
+    for resumer in resumers:
+        assert_ordered_once(resumer)
+        assert resumer.payloads[-1] == publisher.accepted[-1]
+        if resumer.gaps == 0:
+            first = number(resumer.payloads[0])
+            assert [m for m in held if number(m) >= first and m not in set(resumer.payloads)] == [], "a silent hole"
+    assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_slot_migrated_under_load_is_followed_and_nothing_is_lost_silently(cluster_stack):
+    cluster, server = cluster_stack
+    fac = facility()
+    name = channel(Audience.BROADCAST, fac)
+    slot = cluster.keyslot(name)
+    source = cluster.master_for_slot(slot)
+    (destination, *_) = [p for p in cluster.masters() if p != source]
+    publisher = TimedPublisher(fac, cluster.url)
+    url = f"{server.url}/ws/{fac}?subscribe-broadcast"
+    followed: list[bool] = []
+
+    async def scenario() -> list[ResumingClient]:
+        stop = asyncio.Event()
+        resumers = [ResumingClient(url) for _ in range(4)]
+        tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
+        await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
+        publisher.start()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.migrate_slot, slot, destination)
+        accepted_after = len(publisher.accepted)
+        deadline = time.monotonic() + 30 * TIMING
+        while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        publisher.stop.set()
+        await asyncio.to_thread(publisher.join)
+        deadline = time.monotonic() + 30 * TIMING
+        while time.monotonic() < deadline and any(len(r.payloads) < len(publisher.accepted) for r in resumers):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        # The worker followed the channel to its new shard (while its clients are still there).
+        shard_channels = cluster.client(destination, decode=False).execute_command("PUBSUB", "SHARDCHANNELS")
+        followed.append(name.encode() in shard_channels)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return resumers
+
+    resumers = asyncio.run(scenario())
+    assert cluster.master_for_slot(slot) == destination
+    for resumer in resumers:
+        assert_ordered_once(resumer)
+        # Every publish that returned arrived: a migration loses nothing (publishes that raised may or may not).
+        assert [p for p in resumer.payloads if p in set(publisher.accepted)] == publisher.accepted
+    assert followed == [True]
+    assert "Redis Cluster moved" in server.log_text()
+    assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_cluster_at_start_up_leaves_the_worker_serving_and_says_so(site_db, tmp_path):
+    from tests.servers import free_port
+
+    dead = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    server = UwsgiServer({**SITE_ENV, "WS4REDIS_TEST_REDIS": dead}, cores=20, log_path=tmp_path / "uwsgi.log").start()
+    try:
+        assert port_open(server.port)
+        started = time.monotonic()
+        with connect(f"{server.url}/ws/{facility()}?subscribe-broadcast", origin=SITE_ORIGIN, open_timeout=10) as ws:
+            assert time.monotonic() - started < 6 * TIMING  # as with one Redis down: it opens after the subscribe wait
+            ws.ping().wait(5)
+        wait_for(lambda: "Redis Cluster slots not readable" in server.log_text(), 10, "the log line")
+        with override_settings(WS4REDIS_CONNECTION=dead), pytest.raises(redis.ConnectionError):
+            RedisPublisher(facility="f", broadcast=True).publish_message("nowhere")
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_text()
