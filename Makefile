@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test unit lint bench clean
+.PHONY: venv demo test test-slow test-all unit lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
@@ -20,9 +20,16 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) deploy/run_demo.py
 
-## The whole test suite: unit tests and integration tests against real redis-server and uWSGI.
+## The test suite: unit tests and integration tests against real redis-server and uWSGI (about 3 minutes).
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The slow ones: Sentinel and Cluster topologies and their failovers (about 1 minute more).
+test-slow: venv
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+## Everything, as .ci/run runs it.
+test-all: test test-slow
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import RedisServer, redis_server_executable, wait_for
+from tests.servers import RedisServer, wait_for
 
 #: Subnets are 10.77.<n>.0/24; this lock keeps concurrent test runs from taking the same <n>.
 _LOCK = Path("/tmp/ws4redis-netns.lock")
@@ -196,25 +196,9 @@ class BoundRedisServer(RedisServer):
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> BoundRedisServer:
+        # Clients come from other hosts' addresses, which protected mode refuses without a password.
         self.proc = subprocess.Popen(
-            [
-                redis_server_executable(),
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                # Clients come from other hosts' addresses, which protected mode refuses without a password.
-                "--protected-mode",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--maxclients",
-                "10000",
-            ],
+            [*self.command(bind=self.host), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL,
         )
         wait_for(self.ping, 10, f"redis-server on {self.host}:{self.port}")

@@ -74,26 +74,26 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self, bind: str = "127.0.0.1") -> list[str]:
+        """The redis-server command line: listening on ``bind``, nothing on disk."""
+        return [
+            redis_server_executable(),
+            "--port",
+            str(self.port),
+            "--bind",
+            bind,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--maxclients",
+            "10000",
+        ]
+
     def start(self) -> RedisServer:
-        exe = redis_server_executable()
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--maxclients",
-                "10000",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
         wait_for(self.ping, 10, f"redis-server on port {self.port}")
         return self
 
@@ -141,43 +141,42 @@ class UwsgiServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> UwsgiServer:
+    def command(self, address: str = "127.0.0.1") -> list[str]:
+        """The uWSGI command line: one worker under gevent, serving websockets on ``address``."""
         exe = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
         if exe is None:
             raise RuntimeError("uwsgi is not installed: pip install uWSGI (needs libssl-dev to build)")
+        return [
+            exe,
+            "--http-socket",
+            f"{address}:{self.port}",
+            "--http-websockets",
+            "--gevent",
+            str(self.cores),
+            # As in uwsgi.ini.example (after --gevent, which raises it to 30): drop a client silent for 1 s.
+            "--socket-timeout",
+            "1",
+            "--master",
+            "--workers",
+            "1",
+            "--module",
+            self.module,
+            *(arg for path in self.pythonpath for arg in ("--pythonpath", path)),
+            "--listen",
+            "1024",
+            "--die-on-term",
+            "--buffer-size",
+            "8192",
+            "--need-app",
+            "--disable-logging",
+            "--max-fd",
+            "20000",
+            *self.extra,
+        ]
+
+    def start(self) -> UwsgiServer:
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--http-socket",
-                f"127.0.0.1:{self.port}",
-                "--http-websockets",
-                "--gevent",
-                str(self.cores),
-                # As in uwsgi.ini.example (after --gevent, which raises it to 30): drop a client silent for 1 s.
-                "--socket-timeout",
-                "1",
-                "--master",
-                "--workers",
-                "1",
-                "--module",
-                self.module,
-                *(arg for path in self.pythonpath for arg in ("--pythonpath", path)),
-                "--listen",
-                "1024",
-                "--die-on-term",
-                "--buffer-size",
-                "8192",
-                "--need-app",
-                "--disable-logging",
-                "--max-fd",
-                "20000",
-                *self.extra,
-            ],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_open(self.port) and self.worker_pids(), 30, f"uWSGI on port {self.port}")
         return self
 

@@ -8,7 +8,6 @@ killed under load or a slot migrated must lose nothing silently.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -19,9 +18,16 @@ from django.test import override_settings
 from websockets.sync.client import connect
 
 from tests.conftest import SITE_ENV
+from tests.integration.failover import (
+    TimedPublisher,
+    assert_no_silent_hole,
+    assert_ordered_once,
+    held_payloads,
+    number,
+    under_fault,
+    worker_on,
+)
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
-from tests.integration.test_resume import ResumingClient
-from tests.integration.test_sentinel import TimedPublisher, assert_ordered_once, number
 from tests.servers import TIMING, UwsgiServer, port_open, wait_for
 from tests.topologies import ClusterSet
 from ws4redis_uwsgi.core.channels import Audience, channel_name
@@ -32,18 +38,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def cluster_stack(site_db, tmp_path) -> Iterator[tuple[ClusterSet, UwsgiServer]]:
-    with ClusterSet() as cluster:
-        server = UwsgiServer({**SITE_ENV, "WS4REDIS_TEST_REDIS": cluster.url}, cores=100, log_path=tmp_path / "uwsgi.log")
-        server.start()
-        try:
-            with override_settings(WS4REDIS_CONNECTION=cluster.url):
-                yield cluster, server
-        finally:
-            server.stop()
+    with ClusterSet() as cluster, worker_on(cluster.url, tmp_path) as server:
+        yield cluster, server
 
 
 def pubsub_clients(cluster: ClusterSet, port: int) -> list[dict]:
     return [c for c in cluster.client(port).client_list(_type="pubsub")]
+
+
+def owner(cluster: ClusterSet, name: str) -> int:
+    return cluster.master_for_slot(cluster.keyslot(name))
 
 
 def channel(audience: Audience, fac: str, name: str | None = None) -> str:
@@ -54,6 +58,8 @@ def channel(audience: Audience, fac: str, name: str | None = None) -> str:
 def test_channels_spread_over_every_shard_by_sharded_pub_sub_with_one_connection_per_shard(cluster_stack, login):
     cluster, server = cluster_stack
     facilities = [facility() for _ in range(6)]
+    while {owner(cluster, channel(Audience.BROADCAST, f)) for f in facilities} != set(cluster.masters()):
+        facilities.append(facility())  # until the test's channels live on all three shards
     query = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
     john = login("john")  # in the group "cooks" (tests/conftest.py)
     with contextlib.ExitStack() as stack:
@@ -128,43 +134,14 @@ def test_a_master_killed_under_load_gives_every_message_the_new_master_holds_onc
     name = channel(Audience.BROADCAST, fac)
     victim = cluster.master_for_slot(cluster.keyslot(name))
     publisher = TimedPublisher(fac, cluster.url)
-    url = f"{server.url}/ws/{fac}?subscribe-broadcast"
 
-    async def scenario() -> list[ResumingClient]:
-        stop = asyncio.Event()
-        resumers = [ResumingClient(url) for _ in range(6)]
-        tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
-        await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
-        publisher.start()
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(cluster.kill_master, victim)
-        await asyncio.to_thread(cluster.wait_failover, victim)
-        accepted_after = len(publisher.accepted)
-        deadline = time.monotonic() + 30 * TIMING
-        while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        publisher.stop.set()
-        await asyncio.to_thread(publisher.join)
-        last = publisher.accepted[-1]
-        deadline = time.monotonic() + 30 * TIMING
-        while time.monotonic() < deadline and any(not r.payloads or r.payloads[-1] != last for r in resumers):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.gather(*tasks)
-        return resumers
+    def fail_over() -> None:
+        cluster.kill_master(victim)
+        cluster.wait_failover(victim)
 
-    resumers = asyncio.run(scenario())
+    resumers = under_fault(f"{server.url}/ws/{fac}?subscribe-broadcast", publisher, fail_over)
     new_master = cluster.client(cluster.master_for_slot(cluster.keyslot(name)), decode=False)
-    held = [e[b"m"].rpartition(b"\n")[2].decode() for _, e in new_master.xrange(f"test:history:{{broadcast:{fac}}}")]
-    assert publisher.refused, "the publisher saw the failover"
-    assert set(publisher.accepted[-100:]) <= set(held)
-    for resumer in resumers:
-        assert_ordered_once(resumer)
-        assert resumer.payloads[-1] == publisher.accepted[-1]
-        if resumer.gaps == 0:
-            first = number(resumer.payloads[0])
-            assert [m for m in held if number(m) >= first and m not in set(resumer.payloads)] == [], "a silent hole"
+    assert_no_silent_hole(resumers, publisher, held_payloads(new_master, f"test:history:{{broadcast:{fac}}}"))
     assert "Traceback" not in server.log_text()
 
 
@@ -177,35 +154,19 @@ def test_a_slot_migrated_under_load_is_followed_and_nothing_is_lost_silently(clu
     source = cluster.master_for_slot(slot)
     (destination, *_) = [p for p in cluster.masters() if p != source]
     publisher = TimedPublisher(fac, cluster.url)
-    url = f"{server.url}/ws/{fac}?subscribe-broadcast"
     followed: list[bool] = []
 
-    async def scenario() -> list[ResumingClient]:
-        stop = asyncio.Event()
-        resumers = [ResumingClient(url) for _ in range(4)]
-        tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
-        await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
-        publisher.start()
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(cluster.migrate_slot, slot, destination)
-        accepted_after = len(publisher.accepted)
-        deadline = time.monotonic() + 30 * TIMING
-        while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        publisher.stop.set()
-        await asyncio.to_thread(publisher.join)
-        deadline = time.monotonic() + 30 * TIMING
-        while time.monotonic() < deadline and any(len(r.payloads) < len(publisher.accepted) for r in resumers):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)
-        # The worker followed the channel to its new shard (while its clients are still there).
-        shard_channels = cluster.client(destination, decode=False).execute_command("PUBSUB", "SHARDCHANNELS")
-        followed.append(name.encode() in shard_channels)
-        stop.set()
-        await asyncio.gather(*tasks)
-        return resumers
+    def check_followed() -> None:
+        # The worker subscribed the channel on its new shard (while its clients are still there).
+        followed.append(name.encode() in cluster.client(destination, decode=False).execute_command("PUBSUB", "SHARDCHANNELS"))
 
-    resumers = asyncio.run(scenario())
+    resumers = under_fault(
+        f"{server.url}/ws/{fac}?subscribe-broadcast",
+        publisher,
+        lambda: cluster.migrate_slot(slot, destination),
+        clients=4,
+        before_leaving=check_followed,
+    )
     assert cluster.master_for_slot(slot) == destination
     for resumer in resumers:
         assert_ordered_once(resumer)

@@ -14,14 +14,11 @@ the Django views that publish.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -54,37 +51,9 @@ class HostedUwsgi(UwsgiServer):
         return f"ws://{self.host.address}:{self.port}"
 
     def start(self) -> HostedUwsgi:
-        exe = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
-        if exe is None:
-            raise RuntimeError("uwsgi is not installed: pip install uWSGI (needs libssl-dev to build)")
         self.log = open(self.log_path, "ab")
         self.proc = self.host.popen(
-            [
-                exe,
-                "--http-socket",
-                f"{self.host.address}:{self.port}",
-                "--http-websockets",
-                "--gevent",
-                str(self.cores),
-                "--socket-timeout",
-                "1",
-                "--master",
-                "--workers",
-                "1",
-                "--module",
-                self.module,
-                *(arg for path in self.pythonpath for arg in ("--pythonpath", path)),
-                "--listen",
-                "1024",
-                "--die-on-term",
-                "--buffer-size",
-                "8192",
-                "--need-app",
-                "--disable-logging",
-                "--max-fd",
-                "20000",
-                *self.extra,
-            ],
+            self.command(self.host.address),
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

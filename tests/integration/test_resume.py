@@ -218,3 +218,25 @@ def test_graceful_reload_closes_with_1012_and_loses_nothing(private_stack):
     assert_nothing_lost(publisher, resumers)
     for resumer in resumers:
         assert 1012 in resumer.close_codes, resumer.close_codes
+
+
+@pytest.mark.timeout(60)
+def test_a_token_of_an_earlier_version_resumes_as_that_position_on_every_channel(uwsgi_server, login):
+    """Earlier versions sent one id for all channels (``<ms>-<seq>``); a client may come back with one after an upgrade."""
+    fac = facility()
+    before = f"{int(time.time() * 1000) - 1}-0"
+    for text in ("to everyone", "to john"):
+        publisher = (
+            RedisPublisher(facility=fac, broadcast=True)
+            if text == "to everyone"
+            else RedisPublisher(facility=fac, users=["john"])
+        )
+        publisher.publish_message(text, expire=0)
+    query = f"subscribe-broadcast&subscribe-user&resume={before}"
+    with client(uwsgi_server, f"/ws/{fac}?{query}", login("john")) as ws:
+        frames = [split(recv(ws)) for _ in range(2)]
+        assert [payload for _, payload in frames] == ["to everyone", "to john"]
+        token = frames[-1][0]
+    with client(uwsgi_server, f"/ws/{fac}?{query.replace(before, token)}", login("john")) as ws:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("next", expire=0)
+        assert split(recv(ws))[1] == "next"  # the token it got now resumes after both

@@ -9,7 +9,6 @@ on (``WS4REDIS_WAIT_REPLICAS``), every accepted message must arrive.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +17,16 @@ import pytest
 import redis
 from django.test import override_settings
 
-from tests.conftest import SITE_ENV
+from tests.integration.failover import (
+    TimedPublisher,
+    assert_no_silent_hole,
+    assert_ordered_once,
+    held_payloads,
+    under_fault,
+    worker_on,
+)
 from tests.integration.helpers import client, facility, recv
-from tests.integration.test_resume import ResumingClient
-from tests.servers import TIMING, UwsgiServer
+from tests.servers import UwsgiServer
 from tests.topologies import SentinelSet
 from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, make_client
 from ws4redis_uwsgi.bus.history import NotReplicatedError
@@ -32,14 +37,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def sentinel_stack(site_db, tmp_path) -> Iterator[tuple[SentinelSet, UwsgiServer]]:
-    with SentinelSet() as sentinels:
-        server = UwsgiServer({**SITE_ENV, "WS4REDIS_TEST_REDIS": sentinels.url}, cores=100, log_path=tmp_path / "uwsgi.log")
-        server.start()
-        try:
-            with override_settings(WS4REDIS_CONNECTION=sentinels.url):
-                yield sentinels, server
-        finally:
-            server.stop()
+    with SentinelSet() as sentinels, worker_on(sentinels.url, tmp_path) as server:
+        yield sentinels, server
 
 
 @pytest.mark.timeout(60)
@@ -55,69 +54,11 @@ def test_a_publisher_with_either_form_reaches_a_worker_through_the_sentinels_mas
     assert master.xlen(f"test:history:broadcast:{fac}") == 1  # on the master the sentinels name
 
 
-class TimedPublisher(threading.Thread):
-    """Publishes numbered messages until stopped; remembers which Redis accepted and how long each call took."""
-
-    def __init__(self, fac: str, setting: str, **overrides: object) -> None:
-        super().__init__(daemon=True)
-        self.facility = fac
-        self.setting = setting
-        self.overrides = overrides
-        self.accepted: list[str] = []
-        self.refused: list[str] = []
-        self.slowest = 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        with override_settings(WS4REDIS_CONNECTION=self.setting, **self.overrides):
-            publisher = RedisPublisher(facility=self.facility, broadcast=True)
-            n = 0
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    publisher.publish_message(f"n{n}", expire=0)
-                    self.accepted.append(f"n{n}")
-                except redis.RedisError:
-                    self.refused.append(f"n{n}")
-                self.slowest = max(self.slowest, time.monotonic() - started)
-                n += 1
-                time.sleep(0.004)
-
-
-def number(payload: str) -> int:
-    return int(payload[1:])
-
-
-async def failover_under_load(sentinels: SentinelSet, url: str, publisher: TimedPublisher, clients: int = 6):
-    """Kill the master while ``publisher`` publishes and resuming clients read; bring it back as a replica."""
-    stop = asyncio.Event()
-    resumers = [ResumingClient(url) for _ in range(clients)]
-    tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
-    await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
-    publisher.start()
-    await asyncio.sleep(0.5)
-    old = await asyncio.to_thread(sentinels.kill_master)
-    await asyncio.to_thread(sentinels.wait_failover, old)
-    await asyncio.to_thread(sentinels.restart, old)  # the new master gets a replica again
-    accepted_after = len(publisher.accepted)
-    deadline = time.monotonic() + 30 * TIMING
-    while len(publisher.accepted) < accepted_after + 100 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    publisher.stop.set()
-    await asyncio.to_thread(publisher.join)
-    last = publisher.accepted[-1]
-    deadline = time.monotonic() + 30 * TIMING
-    while time.monotonic() < deadline and any(not r.payloads or r.payloads[-1] != last for r in resumers):
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)  # time for a repeat to show up
-    stop.set()
-    await asyncio.gather(*tasks)
-    return resumers
-
-
-def assert_ordered_once(resumer: ResumingClient) -> None:
-    numbers = [number(p) for p in resumer.payloads]
-    assert numbers == sorted(set(numbers)), "a repeat or a message out of order"
+def fail_over(sentinels: SentinelSet) -> None:
+    """Kill the master, wait for the sentinels to promote the replica, bring the old master back as its replica."""
+    old = sentinels.kill_master()
+    sentinels.wait_failover(old)
+    sentinels.restart(old)
 
 
 @pytest.mark.timeout(180)
@@ -125,21 +66,12 @@ def test_a_master_killed_under_load_gives_every_message_the_new_master_holds_onc
     sentinels, server = sentinel_stack
     fac = facility()
     publisher = TimedPublisher(fac, sentinels.url)
-    resumers = asyncio.run(failover_under_load(sentinels, f"{server.url}/ws/{fac}?subscribe-broadcast", publisher))
+    resumers = under_fault(f"{server.url}/ws/{fac}?subscribe-broadcast", publisher, lambda: fail_over(sentinels))
 
     master = redis.Redis(port=sentinels.master_port())
-    held = [entry[b"m"].rpartition(b"\n")[2].decode() for _, entry in master.xrange(f"test:history:broadcast:{fac}")]
-    assert publisher.refused, "the publisher saw the failover"
+    assert_no_silent_hole(resumers, publisher, held_payloads(master, f"test:history:broadcast:{fac}"))
     # Never hangs: a publish succeeds on the new master or raises within its timeouts.
     assert publisher.slowest < DEFAULT_TIMEOUTS["socket_timeout"] + DEFAULT_TIMEOUTS["socket_connect_timeout"]
-    assert set(publisher.accepted[-100:]) <= set(held)  # published after the failover: on the new master
-    for resumer in resumers:
-        assert_ordered_once(resumer)
-        assert resumer.payloads[-1] == publisher.accepted[-1]
-        if resumer.gaps == 0:
-            first = number(resumer.payloads[0])
-            missing = [m for m in held if number(m) >= first and m not in set(resumer.payloads)]
-            assert missing == [], "a silent hole"
     log = server.log_text()
     assert "Traceback" not in log
     assert "Redis subscription connected" in log.split("Redis subscription lost", 1)[1]  # followed the failover
@@ -150,7 +82,7 @@ def test_with_replica_acknowledgement_every_accepted_message_survives_the_failov
     sentinels, server = sentinel_stack
     fac = facility()
     publisher = TimedPublisher(fac, sentinels.url, WS4REDIS_WAIT_REPLICAS=1, WS4REDIS_WAIT_TIMEOUT=0.5)
-    resumers = asyncio.run(failover_under_load(sentinels, f"{server.url}/ws/{fac}?subscribe-broadcast", publisher))
+    resumers = under_fault(f"{server.url}/ws/{fac}?subscribe-broadcast", publisher, lambda: fail_over(sentinels))
 
     assert len(publisher.accepted) > 200 and publisher.refused
     for resumer in resumers:

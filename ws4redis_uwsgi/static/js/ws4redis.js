@@ -41,7 +41,7 @@
  *   WebSocket           the WebSocket class to use; defaults to the global WebSocket,
  *                       looked up at each connection. Tests inject a fake here.
  *   resume              true to lose nothing across reconnects (default false): the
- *                       client adds resume=<last message id> to the URL of every
+ *                       client adds resume=<token of the last message> to the URL of every
  *                       connection, the server replays exactly what was missed, and
  *                       receive_message still gets only the payloads
  *   history_gap()       with resume: called when the server could not replay
@@ -57,9 +57,10 @@
  *                       CLOSING (2), or CLOSED (3) when there is no socket (between a
  *                       close and the next reconnection)
  *   is_connecting(), is_connected(), is_closing(), is_closed()   booleans
- *   get_last_id()       with resume: the id of the last message received ('' before any)
+ *   get_last_id()       with resume: the resume token of the last message received ('' before
+ *                       any); opaque, it names a position in each of the socket's channels
  *
- * The resume protocol: every frame is "<id>\n<payload>" (the id may be empty), a
+ * The resume protocol: every frame is "<token>\n<payload>" (an empty header keeps the last token), a
  * frame "!gap\n" announces a gap, heartbeat answers come without a header.
  *
  * Reconnection: after any close not asked for by close(), the client reconnects
