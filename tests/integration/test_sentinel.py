@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from django.test import override_settings
+from websockets.sync.client import connect
 
 from tests.integration.failover import (
     TimedPublisher,
@@ -25,8 +26,8 @@ from tests.integration.failover import (
     under_fault,
     worker_on,
 )
-from tests.integration.helpers import client, facility, recv
-from tests.servers import UwsgiServer
+from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
+from tests.servers import TIMING, UwsgiServer, free_port, wait_for
 from tests.topologies import SentinelSet
 from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, make_client
 from ws4redis_uwsgi.bus.history import NotReplicatedError
@@ -132,3 +133,19 @@ def test_the_command_pool_through_sentinel_never_opens_more_connections_than_its
     assert len(pooled.connection_pool._connections) <= 2
     after = redis.Redis(port=sentinels.master_port()).info("clients")["connected_clients"]
     assert after - before <= 2
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_sentinels_at_start_up_leave_the_worker_serving_and_say_so(site_db, tmp_path):
+    dead = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mymaster"
+    with worker_on(dead, tmp_path) as server:
+        started = time.monotonic()
+        with connect(f"{server.url}/ws/{facility()}?subscribe-broadcast", origin=SITE_ORIGIN, open_timeout=10) as ws:
+            assert time.monotonic() - started < 6 * TIMING  # as with one Redis down: it opens after the subscribe wait
+            ws.ping().wait(5)
+        wait_for(lambda: "Redis subscription lost" in server.log_text(), 10, "the log line")
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):  # MasterNotFoundError
+            RedisPublisher(facility="f", broadcast=True).publish_message("nowhere")
+        assert time.monotonic() - started < DEFAULT_TIMEOUTS["socket_connect_timeout"]  # raises, never hangs
+    assert "Traceback" not in server.log_text()

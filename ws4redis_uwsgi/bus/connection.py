@@ -27,8 +27,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import process, settings
@@ -271,10 +273,13 @@ def _standalone_template(parsed: RedisTarget, overrides: dict[str, Any]) -> redi
 
 
 def _sentinel_client(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> redis.Redis:
+    # The sentinels are asked in turn: one that does not answer is not asked again. A command
+    # whose master is away is retried briefly (a failover takes seconds), so that it raises
+    # within about its timeouts instead of redis-py's default backoff of seconds per retry.
     sentinel = Sentinel(
         list(parsed.nodes),
-        sentinel_kwargs={**DEFAULT_TIMEOUTS, **parsed.sentinel_options},
-        **{**DEFAULT_TIMEOUTS, **parsed.options},
+        sentinel_kwargs={**DEFAULT_TIMEOUTS, "retry": Retry(NoBackoff(), 0), **parsed.sentinel_options},
+        **{**DEFAULT_TIMEOUTS, "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3), **parsed.options},
     )
     kwargs: dict[str, Any] = dict(overrides)
     if max_connections is not None:
