@@ -195,3 +195,27 @@ def test_an_unreachable_cluster_at_start_up_leaves_the_worker_serving_and_says_s
     finally:
         server.stop()
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.timeout(60)
+def test_stored_messages_fetch_message_and_history_off_work_across_shards(cluster_stack, login):
+    from django.contrib.auth.models import User
+    from django.test import RequestFactory
+
+    cluster, server = cluster_stack
+    fac = facility()
+    request = RequestFactory().get("/")
+    request.user = User.objects.get(username="mary")  # in "cooks" and "staff": two group channels
+    request.session = None
+    RedisPublisher(facility=fac, groups=["cooks"]).publish_message("for the cooks", expire=30)
+    RedisPublisher(facility=fac, users=["mary"]).publish_message("for mary", expire=30)
+    assert RedisPublisher().fetch_message(request, fac, "user") == b"for mary"
+    assert RedisPublisher().fetch_message(request, fac, "group") == b"for the cooks"
+    query = "subscribe-user&subscribe-group&subscribe-broadcast"
+    with client(server, f"/ws/{fac}?{query}", login("mary")) as ws:
+        assert sorted(recv(ws) for _ in range(2)) == ["for mary", "for the cooks"]  # stored, from two shards
+        with override_settings(WS4REDIS_HISTORY_LENGTH=0, WS4REDIS_HISTORY_SECONDS=0):  # raw SPUBLISH, pipelined
+            assert RedisPublisher(facility=fac, broadcast=True, users=["mary"]).publish_message("raw", expire=0) == 2
+        assert [recv(ws) for _ in range(2)] == ["raw", "raw"]  # no ids without history: as ws4redis did
+    for port in cluster.masters():
+        assert cluster.client(port).execute_command("PUBSUB", "CHANNELS") == []
