@@ -153,13 +153,32 @@ class Outbox:
         if not self.echo and message.origin is not None and message.origin == self.origin:
             return True
         if write is not None and self._inbox is None and self._caught_up:
-            if self._seen(message):
-                self._advance(message)
-                return True
-            before = self._record(message)
-            if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
-                return True
-            self._unrecord(message, before)
+            order = message.order
+            positions = self._positions
+            if positions is not None and message.uid is None and self._resumed is None:
+                # The common case, inlined (every live message to every idle websocket comes here):
+                # a message of one channel, to a websocket that did not resume.
+                channel = message.channel
+                before = positions.get(channel)
+                if order is not None:
+                    if before is not None and order <= before:
+                        return True  # already handed out
+                    positions[channel] = order
+                if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
+                    return True
+                if order is not None:
+                    if before is None:
+                        del positions[channel]
+                    else:
+                        positions[channel] = before
+            else:
+                if self._seen(message):
+                    self._advance(message)
+                    return True
+                recorded = self._record(message)
+                if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
+                    return True
+                self._unrecord(message, recorded)
         self._queue(message)
         return False
 
