@@ -200,8 +200,12 @@ def _run_scripts(client: Any, calls: list[list[str]], args: list[Any]) -> list[A
 
 def _pipelined(client: Any, calls: list[list[str]], args: list[Any], wait: tuple[int, int] | None = None) -> list[Any]:
     pipe = client.pipeline(transaction=False)
+    cluster = is_cluster(client)
     for keys in calls:
-        pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *args)  # a ClusterPipeline has no evalsha()
+        # A ClusterPipeline has no evalsha(); told the node, it does not ask a node for the
+        # keys of each call (COMMAND GETKEYS, one round trip per channel in redis-py 8).
+        target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
+        pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *args, **target)
     if wait is not None:
         pipe.execute_command("WAIT", *wait)
     return list(pipe.execute(raise_on_error=False))
