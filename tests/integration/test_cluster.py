@@ -219,3 +219,24 @@ def test_stored_messages_fetch_message_and_history_off_work_across_shards(cluste
         assert [recv(ws) for _ in range(2)] == ["raw", "raw"]  # no ids without history: as ws4redis did
     for port in cluster.masters():
         assert cluster.client(port).execute_command("PUBSUB", "CHANNELS") == []
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_to_many_users_is_one_request_per_shard_not_one_per_channel(cluster_stack, monkeypatch):
+    cluster, _ = cluster_stack
+    publisher = RedisPublisher(facility=facility(), users=[f"u{i}" for i in range(200)])
+    publisher.publish_message("warm-up", expire=0)  # the client learns the slots and the script once
+    writes: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        writes.append(self.port)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    assert publisher.publish_message("to 200 users", expire=0) == 0  # nobody listens
+    monkeypatch.undo()
+    assert sorted(writes) == sorted(cluster.masters())  # one pipelined write to each master
+    for port in cluster.masters():
+        stats = cluster.client(port).info("commandstats")
+        assert "cmdstat_command|getkeys" not in stats  # routed by this process, never asked of a node
