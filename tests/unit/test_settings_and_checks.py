@@ -157,6 +157,16 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_ALLOWED_CHANNELS", "tests.testsite.hooks.no_such_hook", "ws4redis_uwsgi.E007"),
         ("WS4REDIS_PROCESS_REQUEST", "no.such.function", "ws4redis_uwsgi.E008"),
         ("WS4REDIS_PROCESS_REQUEST", ["not", "callable"], "ws4redis_uwsgi.E008"),
+        ("WS4REDIS_WAIT_REPLICAS", -1, "ws4redis_uwsgi.E009"),
+        ("WS4REDIS_WAIT_REPLICAS", "1", "ws4redis_uwsgi.E009"),
+        ("WS4REDIS_WAIT_REPLICAS", True, "ws4redis_uwsgi.E009"),
+        ("WS4REDIS_WAIT_TIMEOUT", 0, "ws4redis_uwsgi.E010"),
+        ("WS4REDIS_WAIT_TIMEOUT", -1.5, "ws4redis_uwsgi.E010"),
+        ("WS4REDIS_WAIT_TIMEOUT", "1", "ws4redis_uwsgi.E010"),
+        ("WS4REDIS_CONNECTION", "redis+sentinel://h:26379", "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_CONNECTION", "redis+cluster://h:7000/3", "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_CONNECTION", {"sentinels": [("h", 26379)]}, "ws4redis_uwsgi.E002"),
+        ("WS4REDIS_CONNECTION", {"cluster": True, "startup_nodes": [("h", "port")]}, "ws4redis_uwsgi.E002"),
     ],
 )
 def test_each_bad_value_gives_one_error_with_its_id_and_a_hint(setting, value, check_id):
@@ -175,6 +185,27 @@ def test_an_error_shows_the_bad_value():
         (error,) = check_settings()
     assert error.msg == "WS4REDIS_PREFIX is 'a:b'."
     assert "':'" in error.hint
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "redis+sentinel://:pw@h1:26379,h2:26379/mymaster/1",
+        {"sentinels": [("h1", 26379)], "master_name": "mymaster", "db": 0, "password": None, "sentinel_kwargs": {}},
+        "redis+cluster://h1:7000,h2:7001",
+        {"cluster": True, "startup_nodes": [("h1", 7000), ("h2", 7001)], "password": None},
+    ],
+)
+def test_the_sentinel_and_cluster_forms_pass_the_check(value):
+    with override_settings(WS4REDIS_CONNECTION=value):
+        assert check_settings() == []
+
+
+def test_a_sentinel_setting_without_its_master_name_says_so():
+    with override_settings(WS4REDIS_CONNECTION={"sentinels": [("h", 26379)]}):
+        (error,) = check_settings()
+    assert error.msg == "WS4REDIS_CONNECTION is not usable: a Sentinel setting needs 'master_name'."
+    assert "redis+sentinel://" in error.hint
 
 
 def test_a_connection_error_names_the_problem():
