@@ -62,6 +62,7 @@ def test_channels_spread_over_every_shard_by_sharded_pub_sub_with_one_connection
         facilities.append(facility())  # until the test's channels live on all three shards
     query = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
     john = login("john")  # in the group "cooks" (tests/conftest.py)
+    session_key = john.partition("=")[2]
     with contextlib.ExitStack() as stack:
         sockets = {f: stack.enter_context(client(server, f"/ws/{f}?{query}", john)) for f in facilities}
         anonymous = {f: stack.enter_context(client(server, f"/ws/{f}?subscribe-broadcast")) for f in facilities}
@@ -69,6 +70,7 @@ def test_channels_spread_over_every_shard_by_sharded_pub_sub_with_one_connection
             RedisPublisher(facility=f, broadcast=True).publish_message(f"all on {f}", expire=0)
             RedisPublisher(facility=f, users=["john"]).publish_message(f"john on {f}", expire=0)
             RedisPublisher(facility=f, groups=["cooks"]).publish_message(f"cooks on {f}", expire=0)
+            RedisPublisher(facility=f, sessions=[session_key]).publish_message(f"session on {f}", expire=0)
             # On three of john's channels, on up to three shards: he gets it once.
             RedisPublisher(facility=f, broadcast=True, users=["john"], groups=["cooks"]).publish_message(f"once on {f}")
             RedisPublisher(facility=f, broadcast=True).publish_message(f"end of {f}", expire=0)
@@ -76,7 +78,7 @@ def test_channels_spread_over_every_shard_by_sharded_pub_sub_with_one_connection
             got = []
             while (text := recv(sockets[f])) != f"end of {f}":
                 got.append(text)
-            assert sorted(got) == sorted([f"all on {f}", f"john on {f}", f"cooks on {f}", f"once on {f}"])
+            assert sorted(got) == sorted([f"all on {f}", f"john on {f}", f"cooks on {f}", f"session on {f}", f"once on {f}"])
             assert [recv(anonymous[f]) for _ in range(3)] == [f"all on {f}", f"once on {f}", f"end of {f}"]
 
         names = [channel(Audience.BROADCAST, f) for f in facilities] + [channel(Audience.USER, f, "john") for f in facilities]
