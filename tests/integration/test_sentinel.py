@@ -30,8 +30,7 @@ from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
 from tests.servers import TIMING, UwsgiServer, free_port, wait_for
 from tests.topologies import SentinelSet
 from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, make_client
-from ws4redis_uwsgi.bus.history import NotReplicatedError
-from ws4redis_uwsgi.publisher import RedisPublisher
+from ws4redis_uwsgi.publisher import NotReplicatedError, RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
