@@ -40,31 +40,54 @@ logger = logging.getLogger("ws4redis_uwsgi")
 
 # KEYS: n channels, their n streams, and n keys remembering the newest id
 # trimmed from each stream (how a reconnecting client learns that it missed
-# more than the history holds). All in one slot on a Cluster.
+# more than the history holds). All in one slot on a Cluster. Then, except on a
+# Cluster, the id counter of earlier versions (see LEGACY_COUNTER_TTL_MS).
 # ARGV: head, tail (the wrapped message around its id), expire, maxlen, max age in ms,
 # how far (ms) a stream's newest id may be ahead of the clock and still be trusted,
-# and the command that publishes (PUBLISH, or SPUBLISH on a Cluster).
+# the command that publishes (PUBLISH, or SPUBLISH on a Cluster), LEGACY_COUNTER_TTL_MS.
 # Returns {id, receivers, repaired}: repaired is 1 when a stream held an id this
 # script never wrote (one far in the future, or beyond its newest entry) and was
 # started again.
 _PUBLISH = """
-local n = #KEYS / 3
+local n = math.floor(#KEYS / 3)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local seq = tonumber(now[2]) % 1000
 local ahead = tonumber(ARGV[6])
 local repaired = 0
-for i = 1, n do
-  local newest = redis.call('XREVRANGE', KEYS[n + i], '+', '-', 'COUNT', 1)
-  if #newest > 0 then
-    local last_ms, last_seq = string.match(newest[1][1], '^(%d+)-(%d+)$')
-    last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
-    if last_ms <= ms + ahead and (last_ms > ms or (last_ms == ms and last_seq >= seq)) then
+local function after(last)
+  -- Go past an id this script or an earlier version wrote; ignore one far ahead of the clock.
+  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+  if not last_ms or #last_ms > 15 or #last_seq > 15 then return end
+  last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+  if last_ms <= ms + ahead and (last_ms > ms or (last_ms == ms and last_seq >= seq)) then
+    if last_seq >= 999999999999999 then
+      ms, seq = last_ms + 1, 0
+    else
       ms, seq = last_ms, last_seq + 1
     end
   end
 end
+for i = 1, n do
+  local newest = redis.call('XREVRANGE', KEYS[n + i], '+', '-', 'COUNT', 1)
+  if #newest > 0 then after(newest[1][1]) end
+end
+local legacy = nil
+if #KEYS > 3 * n then
+  -- The id counter of earlier versions, while their publishers still run (they write it):
+  -- go past it and move it on, or their next id would come before this one.
+  legacy = KEYS[#KEYS]
+  local last = redis.call('GET', legacy)
+  if last then after(last) else legacy = nil end
+end
 local id = string.format('%d-%d', ms, seq)
+if legacy then
+  redis.call('SET', legacy, id, 'KEEPTTL')
+  if redis.call('PTTL', legacy) == -1 then
+    -- Set by an earlier version: it lives on while they publish, and expires after they stopped.
+    redis.call('PEXPIRE', legacy, ARGV[8])
+  end
+end
 local message = ARGV[1] .. id .. ARGV[2]
 local expire, maxlen, age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local receivers = 0
@@ -111,6 +134,19 @@ for i = 1, n do
 end
 return {id, receivers, repaired}
 """
+
+
+#: Earlier versions kept one id counter per Redis (``{p}ws4redis:last-id``), written by
+#: every publish. While their publishers still run (a rolling upgrade), this version's
+#: ids must follow that counter and move it on, or the next id of an earlier version
+#: would come before one of this version on the same channel (its stream would then
+#: refuse it, and clients would take it for a repeat). The script does so only while
+#: the counter exists, and lets it expire this long after an earlier version last wrote it.
+LEGACY_COUNTER_TTL_MS = 10 * 60 * 1000
+
+
+def legacy_counter_key() -> str:
+    return f"{prefix_string(settings.get('WS4REDIS_PREFIX'))}ws4redis:last-id"
 
 
 def enabled() -> bool:
@@ -165,8 +201,19 @@ def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expi
     max_length = int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0)
     max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
     command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
-    args: list[bytes | int | str] = [head, tail, int(expire or 0), max_length, max_age_ms, envelope.MAX_ID_AHEAD_MS, command]
+    args: list[bytes | int | str] = [
+        head,
+        tail,
+        int(expire or 0),
+        max_length,
+        max_age_ms,
+        envelope.MAX_ID_AHEAD_MS,
+        command,
+        LEGACY_COUNTER_TTL_MS,
+    ]
     calls = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
+    if not is_cluster(client):  # no earlier version ran on a Cluster
+        calls[0].append(legacy_counter_key())
     replicas = int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0)
     if replicas:
         replies = _run_acknowledged(client, calls, args, replicas, int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000))
