@@ -242,3 +242,25 @@ def test_a_publish_to_many_users_is_one_request_per_shard_not_one_per_channel(cl
     for port in cluster.masters():
         stats = cluster.client(port).info("commandstats")
         assert "cmdstat_command|getkeys" not in stats  # routed by this process, never asked of a node
+
+
+@pytest.mark.timeout(60)
+def test_replica_acknowledgement_on_a_cluster_waits_on_every_shard_it_wrote(cluster_stack, login):
+    from ws4redis_uwsgi.publisher import NotReplicatedError
+
+    cluster, server = cluster_stack
+    fac = facility()
+    names = [channel(Audience.BROADCAST, fac), channel(Audience.USER, fac, "john"), channel(Audience.GROUP, fac, "cooks")]
+    with client(server, f"/ws/{fac}?subscribe-broadcast&subscribe-user&subscribe-group", login("john")) as ws:
+        with override_settings(WS4REDIS_WAIT_REPLICAS=1):  # every master has one replica
+            publisher = RedisPublisher(facility=fac, broadcast=True, users=["john"], groups=["cooks"])
+            publisher.publish_message("held twice", expire=0)
+        assert recv(ws) == "held twice"
+        for name in names:  # on each shard's replica already
+            replica = next(
+                n.port for n in cluster.nodes() if not n.is_master and n.master_id == cluster.node_id(owner(cluster, name))
+            )
+            stream = f"test:history:{name[len('test:') :]}"
+            assert cluster.client(replica).execute_command("READONLY") and cluster.client(replica).xlen(stream) == 1
+        with override_settings(WS4REDIS_WAIT_REPLICAS=2, WS4REDIS_WAIT_TIMEOUT=0.2), pytest.raises(NotReplicatedError):
+            RedisPublisher(facility=fac, broadcast=True).publish_message("hoping", expire=0)
