@@ -231,6 +231,7 @@ def test_resuming_clients_that_never_read_hold_a_page_of_history_not_all_of_it(p
         peak = before
         # Meanwhile a client that reads gets the whole backlog, once, in order.
         with client(server, path) as reader:
+            assert recv(reader) == "!gap\n"  # 1970 is further back than any history of an hour
             for i in range(1000):
                 _, payload = split(recv(reader))
                 assert payload[:4] == f"{i:04d}"

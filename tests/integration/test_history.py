@@ -7,9 +7,12 @@ import time
 
 import pytest
 import redis
+from django.test import override_settings
 
 from tests.integration.helpers import facility
+from tests.servers import wait_for
 from ws4redis_uwsgi.bus import history
+from ws4redis_uwsgi.core import envelope
 from ws4redis_uwsgi.core.outbox import Opening, Outbox
 from ws4redis_uwsgi.publisher import RedisPublisher
 
@@ -49,6 +52,7 @@ def test_pages_merge_channels_in_id_order_and_a_token_resumes_exactly_after_its_
     audiences = [{"broadcast": True}, {"users": ["john"]}, {"groups": ["cooks"]}]
     rng = random.Random(7)
     published: list[str] = []
+    arrived_ms = int(time.time() * 1000) - 1  # a client that arrived just before
     for i in range(400):
         chosen = rng.sample(audiences, rng.randint(1, 3))  # one message on several of the client's channels, too
         publisher = RedisPublisher(facility=fac, **{k: v for a in chosen for k, v in a.items()})
@@ -56,9 +60,9 @@ def test_pages_merge_channels_in_id_order_and_a_token_resumes_exactly_after_its_
         published.append(f"m{i}")
     client = redis.Redis.from_url(redis_server.url)
 
-    outbox = Outbox(with_ids=True)
+    outbox = Outbox(with_ids=True, arrived_ms=arrived_ms)
     outbox.channels = channels
-    reader = history.BacklogReader(client, outbox.begin_catch_up())  # from (0, 0): everything
+    reader = history.BacklogReader(client, outbox.begin_catch_up())  # from its arrival: everything
     assert len(read_all_pages(history.BacklogReader(client, outbox.positions()))) > 1
     texts, tokens = read_through(outbox, reader)
     assert texts == published  # in publish order, each once although it is on up to three channels
@@ -78,7 +82,27 @@ def test_large_messages_make_small_pages(redis_server):
     for i in range(40):
         publisher.publish_message(f"{i:02d}" + "x" * 100_000, expire=0)
     client = redis.Redis.from_url(redis_server.url)
-    pages = read_all(history.BacklogReader(client, {f"test:broadcast:{fac}": (0, 0)}))
+    pages = read_all(history.BacklogReader(client, {f"test:broadcast:{fac}": (int(time.time() * 1000) - 60_000, 0)}))
     assert [p[:2] for page in pages for p in page] == [f"{i:02d}" for i in range(40)]
     # After the first read, a page aims at PAGE_BYTES: a few of these messages, not PAGE_ENTRIES.
     assert max(len(page) for page in pages[1:]) <= history.PAGE_BYTES // 100_000 + 1
+
+
+def test_a_history_that_expired_with_its_idle_channel_is_a_gap_for_a_position_from_before(redis_server):
+    fac = facility()
+    channel = f"test:broadcast:{fac}"
+    client = redis.Redis.from_url(redis_server.url)
+    with override_settings(WS4REDIS_HISTORY_SECONDS=1):
+        publisher = RedisPublisher(facility=fac, broadcast=True)
+        publisher.publish_message("old", expire=0)
+        old = envelope.parse_id(publisher.last_message_id)
+        assert 0 < client.pttl(history.stream_key(channel)) <= 1000  # an idle channel's history expires
+        wait_for(lambda: not client.exists(history.stream_key(channel)), 5, "the history to expire")
+        publisher.publish_message("new", expire=0)
+        assert [e[b"m"].rpartition(b"\n")[2] for _, e in client.xrange(history.stream_key(channel))] == [b"new"]
+        # Nothing remembers what the expired history held: a client from before is told.
+        before = history.BacklogReader(client, {channel: (old[0] - 1, 0)})
+        assert [m.payload for m in before.next_page().messages] == [b"old", b"new"][1:] and before.gap
+        # One that arrived after the horizon misses nothing.
+        recent = history.BacklogReader(client, {channel: (int(time.time() * 1000) - 500, 0)})
+        assert [m.payload for m in recent.next_page().messages] == [b"new"] and not recent.gap

@@ -105,9 +105,12 @@ for i = 1, n do
     repaired = 1
   end
   if age > 0 then
-    local cutoff = string.format('%d-0', ms - age)
-    local older = redis.call('XREVRANGE', stream, '(' .. cutoff, '-', 'COUNT', 1)
-    if #older > 0 then
+    -- Only when the oldest entry is too old: searching backwards from the cutoff
+    -- walks the whole stream (tens of microseconds for a thousand entries).
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if #oldest > 0 and tonumber(string.match(oldest[1][1], '^(%d+)')) < ms - age then
+      local cutoff = string.format('%d-0', ms - age)
+      local older = redis.call('XREVRANGE', stream, '(' .. cutoff, '-', 'COUNT', 1)
       newest_gone = older[1][1]
       redis.call('XTRIM', stream, 'MINID', cutoff)
     end
@@ -291,16 +294,20 @@ def _raise_first(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def is_gap(since: Order, newest_trimmed: Order | None, stream_exists: bool, now_ms: int, max_age_ms: int) -> bool:
-    """True when messages after ``since`` may have been trimmed away (pure).
+def is_gap(since: Order, newest_trimmed: Order | None, oldest: Order | None, now_ms: int, max_age_ms: int) -> bool:
+    """True when messages after ``since`` may be gone from a channel's history (pure).
 
-    The publish script remembers the newest id it trimmed from each stream;
-    a stream that is gone expired after ``max_age_ms`` of silence, which
-    loses something only if ``since`` is older than that.
+    ``newest_trimmed`` is the newest id the publish script trimmed (by length
+    or age) and ``oldest`` the stream's oldest entry (None: no stream). A
+    whole stream also expires after ``max_age_ms`` without a publish, and
+    nothing remembers what it held: a position older than that horizon is a
+    gap unless the stream still reaches back to it.
     """
-    if stream_exists:
-        return newest_trimmed is not None and newest_trimmed > since
-    return max_age_ms > 0 and since[0] < now_ms - max_age_ms
+    if newest_trimmed is not None and newest_trimmed > since:
+        return True
+    if max_age_ms > 0 and since[0] < now_ms - max_age_ms:
+        return oldest is None or oldest > since
+    return False
 
 
 #: Entries a backlog page holds at most, over all of a client's channels.
@@ -374,7 +381,7 @@ class BacklogReader:
             pipe.xrange(stream_key(cursor.channel), min=f"({cursor.after}", max="+", count=self._count)
         if not self._started:
             for cursor in self._cursors:
-                pipe.exists(stream_key(cursor.channel))
+                pipe.xrange(stream_key(cursor.channel), count=1)  # the oldest entry, if any
                 pipe.get(trimmed_key(cursor.channel))
         replies = pipe.execute()
         entries_read, bytes_read = 0, 0
@@ -400,9 +407,9 @@ class BacklogReader:
     def _check_gap(self, replies: list[Any]) -> None:
         max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
         now_ms = int(time.time() * 1000)
-        for cursor, exists, trimmed in zip(self._cursors, replies[::2], replies[1::2], strict=True):
-            newest_trimmed = _parse_stored_id(trimmed)
-            self.gap = self.gap or is_gap(cursor.since, newest_trimmed, bool(exists), now_ms, max_age_ms)
+        for cursor, oldest, trimmed in zip(self._cursors, replies[::2], replies[1::2], strict=True):
+            oldest_id = _parse_stored_id(oldest[0][0]) if oldest else None
+            self.gap = self.gap or is_gap(cursor.since, _parse_stored_id(trimmed), oldest_id, now_ms, max_age_ms)
 
     def _merge(self) -> Page:
         """Hand out buffered messages in id order while their order is certain.
