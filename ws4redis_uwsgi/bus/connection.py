@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -232,7 +232,10 @@ def _parse_cluster_dict(value: dict[str, Any]) -> RedisTarget:
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
-    """A Sentinel-managed pool that waits for a free connection instead of opening more than its size."""
+    """A Sentinel-managed pool that waits for a free connection instead of opening more than its size.
+
+    redis-py has no such pool; the two combine since redis-py 7.0 (``setup.cfg``).
+    """
 
 
 def make_client(value: Any = None, *, max_connections: int | None = None, **overrides: Any) -> Any:
@@ -279,7 +282,7 @@ def _sentinel_client(parsed: RedisTarget, max_connections: int | None, overrides
     sentinel = Sentinel(
         list(parsed.nodes),
         sentinel_kwargs={**DEFAULT_TIMEOUTS, "retry": Retry(NoBackoff(), 0), **parsed.sentinel_options},
-        **{**DEFAULT_TIMEOUTS, "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3), **parsed.options},
+        **{**DEFAULT_TIMEOUTS, "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3), **parsed.options},
     )
     kwargs: dict[str, Any] = dict(overrides)
     if max_connections is not None:
