@@ -223,7 +223,7 @@ class SubscriptionHub:
             return
         link = self._links.get(target)
         if link is None:
-            link = self._links[target] = _Link(self, target)
+            link = self._links[target] = _Link(self, target, self._shards)
         self._route[channel] = link
         link.wanted.add(channel)
         link.wake()
@@ -290,6 +290,14 @@ class SubscriptionHub:
             for listener in tuple(self._listeners[channel]):
                 listener.resync()
 
+    def _unsubscribed(self, channels: Iterable[str]) -> None:
+        """A link unsubscribed ``channels``: those without listeners lose their confirmation."""
+        for channel in channels:
+            if channel not in self._listeners:
+                event = self._confirmed.pop(channel, None)
+                if event is not None:
+                    event.clear()
+
     def _lost(self, link: _Link, channels: Iterable[str]) -> None:
         """``link`` lost the subscription of ``channels``: their listeners catch up once they are back."""
         for channel in channels:
@@ -339,9 +347,10 @@ class SubscriptionHub:
 class _Link:
     """One pub/sub connection, to one shard, and the loop that serves it."""
 
-    def __init__(self, hub: SubscriptionHub, target: str) -> None:
+    def __init__(self, hub: SubscriptionHub, target: str, shards: Shards) -> None:
         self.hub = hub
         self.target = target
+        self._shards = shards
         #: Channels this shard should be subscribed to (with listeners, routed here).
         self.wanted: set[str] = set()
         self.subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
@@ -349,7 +358,7 @@ class _Link:
         self._waiter = FdWaiter()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = hub.min_backoff
-        self._sharded = hub._shards.sharded
+        self._sharded = shards.sharded
 
     def wake(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
@@ -370,7 +379,7 @@ class _Link:
                 if not self.wanted:
                     self._waiter.wait(None)
                     continue
-                client = hub._shards.client(self.target)
+                client = self._shards.client(self.target)
                 self._measure_clock(client)
                 pubsub = client.pubsub()  # on the connection TIME just used
                 self._serve(pubsub)
@@ -442,11 +451,7 @@ class _Link:
                 pubsub.subscribe(*sorted(new))
         if gone:
             self.subscribed -= gone
-            for channel in gone:
-                if channel not in self.hub._listeners:
-                    event = self.hub._confirmed.pop(channel, None)
-                    if event is not None:
-                        event.clear()
+            self.hub._unsubscribed(gone)
             if self._sharded:
                 for channel in sorted(gone):
                     pubsub.sunsubscribe(channel)
