@@ -374,3 +374,24 @@ def test_make_client_reads_a_sentinel_setting_by_default():
     (sentinel,) = pool.sentinel_manager.sentinels
     kwargs = sentinel.connection_pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"]) == ("h1", 26379)
+
+
+def test_a_cluster_client_is_made_on_first_use_and_an_unreachable_cluster_is_a_connection_error():
+    from redis.exceptions import RedisClusterException
+
+    from ws4redis_uwsgi.bus.connection import LazyCluster, is_cluster
+
+    attempts = []
+
+    def unreachable():
+        attempts.append(1)
+        raise RedisClusterException("Redis Cluster cannot be connected")
+
+    lazy = LazyCluster(unreachable)
+    assert is_cluster(lazy) and attempts == []  # making it opened nothing
+    for _ in range(2):  # every use tries again, and fails as one Redis down does
+        with pytest.raises(redis.ConnectionError, match="Redis Cluster unreachable"):
+            lazy.pipeline()
+    assert len(attempts) == 2
+    lazy.close()  # closing what was never made is nothing
+    assert not is_cluster(redis.Redis())
