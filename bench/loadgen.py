@@ -242,7 +242,8 @@ def _summarize(conns: list[Conn], state: PhaseState) -> dict[str, Any]:
 class ClientPool:
     """The client processes of the load generator and their command pipes."""
 
-    def __init__(self, url: str, procs: int) -> None:
+    def __init__(self, urls: list[str]) -> None:
+        """One client process per URL, its websockets to that URL."""
         context = multiprocessing.get_context("spawn")  # children without the coordinator's state
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
@@ -250,7 +251,7 @@ class ClientPool:
         #: that arrives in a call that then times out, or while the pool waits for another kind, stays here
         #: until a collect() of its kind takes it.
         self.unclaimed: list[dict[str, list[tuple]]] = []
-        for _ in range(procs):
+        for url in urls:
             parent, child = context.Pipe()
             proc = context.Process(target=client_process, args=(child, url), daemon=True)
             proc.start()

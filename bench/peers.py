@@ -28,12 +28,7 @@ helper (``--publisher``) and fills the logged-in users' database
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import os
-import resource
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -42,20 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import ORIGIN, loop_name
-from processes import stop_all_live
-from report import table_burst, table_fanout, table_idle
+from processes import raise_open_files, run_stopping_all, stop_all_and_clean
+from report import exit_status, table_burst, table_fanout, table_idle
 from scenarios import run_burst, run_fanout, run_idle
 from systems import BASELINE, PEERS, EnvInfo, Failure, build_env, make_sessions_main, publisher_main
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    needed = max(args.idle, args.burst, args.clients) // args.procs + 1000
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
-        print(f"warning: the open-files limit ({resource.getrlimit(resource.RLIMIT_NOFILE)[0]}) is below {needed}")
+    raise_open_files(max(args.idle, args.burst, args.clients) // args.procs + 1000)
 
     specs = [p for p in PEERS if p.name in args.peers]
     print(
@@ -104,15 +94,8 @@ def run(args: argparse.Namespace) -> int:
             table(results, args)
             problems.extend(baseline_problems(key, results.get(BASELINE)))
     finally:
-        stop_all_live()
-        if keep:
-            print(f"\nlogs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
-    for problem in problems:
-        print(f"FAILED: {problem}")
-    return 1 if problems else 0
+        stop_all_and_clean(run_dir, keep)
+    return exit_status(started, problems)
 
 
 def baseline_problems(scenario: str, result: Any) -> list[str]:
@@ -129,6 +112,14 @@ def baseline_problems(scenario: str, result: Any) -> list[str]:
                 f"{phase['out_of_order']} out of order"
             )
     return problems
+
+
+def parse_rates(parser: argparse.ArgumentParser, given: str | None, default: str) -> list[float]:
+    """``--rates``: the comma-separated numbers given, or ``default``'s; a parser error when they are not numbers."""
+    try:
+        return [float(r) for r in (given if given is not None else default).split(",")]
+    except ValueError:
+        parser.error(f"--rates: not a comma-separated list of numbers: {given!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,10 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle = 2000 if args.quick else 10000
     if args.burst is None:
         args.burst = 500 if args.quick else 2000
-    try:
-        args.rates = [float(r) for r in (args.rates if args.rates is not None else "10,50,100,200").split(",")]
-    except ValueError:
-        parser.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
+    args.rates = parse_rates(parser, args.rates, "10,50,100,200")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = {s.strip() for s in args.scenarios.split(",")}
     unknown = set(args.peers) - {p.name for p in PEERS}
@@ -195,24 +183,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
     if args.publisher:
         return publisher_main(args.publisher)
     if args.make_sessions:
         return make_sessions_main(args.make_sessions)
-    atexit.register(stop_all_live)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping every server", file=sys.stderr)
-        stop_all_live()
-        return 130
+    return run_stopping_all(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ behind (``stop_all_live``). CPU, RSS and descriptors are read from ``/proc``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +122,40 @@ def stop_all_live() -> None:
     for thing in list(LIVE):
         with contextlib.suppress(Exception):
             thing.stop()
+
+
+def raise_open_files(needed: int) -> None:
+    """The open-files limit up to its hard limit; a warning when that is below ``needed``."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
+        print(f"warning: the open-files limit ({resource.getrlimit(resource.RLIMIT_NOFILE)[0]}) is below {needed}")
+
+
+def stop_all_and_clean(run_dir: Path, keep: bool) -> None:
+    """Every server and helper stopped; ``run_dir`` removed, or kept and its path printed."""
+    stop_all_live()
+    if keep:
+        print(f"\nlogs kept in {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_stopping_all(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; every server and helper is stopped at exit, on SIGTERM and on Ctrl-C (then 130)."""
+    atexit.register(stop_all_live)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every server", file=sys.stderr)
+        stop_all_live()
+        return 130
 
 
 def free_port() -> int:

@@ -10,11 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any
 
 from loadgen import IDLE_TIMEOUT
 from processes import CpuWindow
 from systems import BASELINE, Failure
+
+
+def exit_status(started: float, problems: list[str]) -> int:
+    """The run's total time and each problem printed; 1 when there is one, else 0."""
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
 
 
 def fmt_num(value: float, digits: int = 0) -> str:

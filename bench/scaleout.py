@@ -35,28 +35,37 @@ or a publish of (2)-(4) failed.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import multiprocessing
 import os
-import resource
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from array import array
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from loadgen import IDLE_TIMEOUT, ORIGIN, WARMUP, ClientPool, client_process, loop_name
-from processes import CpuWindow, clean_env, stop_all_live
-from report import fmt_num, pct, print_table
-from scenarios import percentile
-from systems import BASELINE, PEERS, EnvInfo, Failure, Publisher, RedisProcess, Server, log_findings, uwsgi_cores
+from loadgen import IDLE_TIMEOUT, ORIGIN, WARMUP, ClientPool, loop_name
+from peers import parse_rates
+from processes import CpuWindow, clean_env, raise_open_files, run_stopping_all, stop_all_and_clean
+from report import exit_status, fmt_num, pct, print_table
+from scenarios import fanout_phase
+from systems import (
+    BASELINE,
+    PEERS,
+    EnvInfo,
+    Failure,
+    Publisher,
+    RedisProcess,
+    Server,
+    log_findings,
+    serve_publishes,
+    uwsgi_cores,
+    warm_all,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -95,9 +104,7 @@ class WsPublisher(Publisher):
 
 
 def publisher_main() -> int:
-    """``scaleout.py --publisher``: the protocol of ``systems.publisher_main``, publishing with ``RedisPublisher``."""
-    import json
-
+    """``scaleout.py --publisher``: ``systems.serve_publishes``, publishing with ``RedisPublisher``."""
     import django
 
     django.setup()
@@ -115,57 +122,7 @@ def publisher_main() -> int:
             failures.append(f"{type(exc).__name__}: {exc}")
             return None
 
-    def reply(data: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-
-    reply({"ready": True})
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "warmup":
-            reply({"receivers": publish(WARMUP)})
-        elif command["cmd"] == "run":
-            phase, messages, rate = command["phase"], command["messages"], command["rate"]
-            interval = 1e9 / rate if rate else 0.0
-            receivers: set[int | None] = set()
-            failures.clear()
-            first = time.monotonic_ns()
-            for seq in range(messages):
-                if interval:
-                    delay = first + seq * interval - time.monotonic_ns()
-                    if delay > 0:
-                        time.sleep(delay / 1e9)
-                receivers.add(publish(f'{{"p":{phase},"seq":{seq},"t":{time.monotonic_ns()}}}'))
-            reply(
-                {
-                    "first_ns": first,
-                    "last_ns": time.monotonic_ns(),
-                    "receivers": sorted(r for r in receivers if r is not None),
-                    "failed": len(failures),
-                    "failure": failures[0] if failures else None,
-                }
-            )
-        else:
-            break
-    return 0
-
-
-class VassalPool(ClientPool):
-    """The load generator's client processes, each with a URL of its own (one vassal's or the other's)."""
-
-    def __init__(self, urls: list[str]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: list[Any] = []
-        self.unclaimed: list[dict[str, list[tuple]]] = []
-        for url in urls:
-            parent, child = context.Pipe()
-            proc = context.Process(target=client_process, args=(child, url), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-            self.unclaimed.append({})
+    return serve_publishes(publish, failures)
 
 
 def warm_single(server: Server, publisher: Publisher, timeout: float = 30) -> None:
@@ -186,20 +143,6 @@ def warm_single(server: Server, publisher: Publisher, timeout: float = 30) -> No
                     raise TimeoutError("the first client received no broadcast") from None
 
 
-def warm_all(pool: ClientPool, publisher: Publisher, timeout: float = 60) -> tuple[int, int]:
-    """Broadcast warm-ups until every open client got one: (clients that did, clients open)."""
-    pool.ask("warm_reset", "warm_reset")
-    deadline = time.monotonic() + timeout
-    while True:
-        publisher.call(10, cmd="warmup")
-        time.sleep(0.3)
-        replies = pool.ask("warm", "warm_check")
-        warm, live = sum(r[1] for r in replies), sum(r[2] for r in replies)
-        if warm >= live or time.monotonic() > deadline:
-            time.sleep(0.3)
-            return warm, live
-
-
 def run_vassals(args: argparse.Namespace, env: EnvInfo, run_dir: Path, vassals: int) -> dict[str, Any]:
     """(1) for ``vassals`` vassals: the clients split evenly over them; one phase per rate (0: flat out)."""
     out: dict[str, Any] = {"phases": {}, "notes": []}
@@ -207,7 +150,7 @@ def run_vassals(args: argparse.Namespace, env: EnvInfo, run_dir: Path, vassals: 
     redis_proc: RedisProcess | None = None
     servers: list[Server] = []
     publisher: WsPublisher | None = None
-    pool: VassalPool | None = None
+    pool: ClientPool | None = None
     try:
         redis_proc = RedisProcess(workdir).start()
         for _ in range(vassals):
@@ -216,7 +159,7 @@ def run_vassals(args: argparse.Namespace, env: EnvInfo, run_dir: Path, vassals: 
         for server in servers:
             warm_single(server, publisher)
         # The same number of client processes either way, one vassal's URL each.
-        pool = VassalPool([servers[i % vassals].url() for i in range(args.procs)])
+        pool = ClientPool([servers[i % vassals].url() for i in range(args.procs)])
         opened = pool.open(args.clients, args.concurrency, 120 + args.clients / 20)
         time.sleep(1.0)
         warm, live = warm_all(pool, publisher)
@@ -241,72 +184,6 @@ def run_vassals(args: argparse.Namespace, env: EnvInfo, run_dir: Path, vassals: 
             if child is not None:
                 child.stop()
     return out
-
-
-def fanout_phase(
-    pool: ClientPool, publisher: Publisher, groups: dict[str, list[int]], phase: int, rate: float, messages: int, drain: float
-) -> dict[str, Any]:
-    """One phase of ``scenarios.run_fanout``: publish ``messages`` at ``rate``, wait for the deliveries, count them."""
-    live, _ = pool.status()
-    pool.forget("done")
-    pool.ask("expecting", "expect", phase, messages)
-    window = CpuWindow(groups).start()
-    publish_timeout = (messages / rate if rate else 0) + 60
-    sent = publisher.call(publish_timeout, cmd="run", phase=phase, messages=messages, rate=rate)
-    progress = [0] * len(pool.conns)
-    last_change = [time.monotonic()]
-
-    def on_progress(index: int, reply: tuple) -> None:
-        if reply[1] != progress[index]:
-            progress[index] = reply[1]
-            last_change[0] = time.monotonic()
-
-    cutoff = time.monotonic() + drain
-    timed_out = False
-    while True:
-        try:
-            pool.collect("done", 1.0, on_progress)
-            break
-        except TimeoutError:
-            if time.monotonic() - last_change[0] >= IDLE_TIMEOUT or time.monotonic() > cutoff:
-                timed_out = True
-                pool.send("stop")
-                pool.collect("done", 30, on_progress)
-                break
-    window.stop()
-    results = [r[1] for r in pool.ask("results", "results", timeout=120)]
-    latencies: list[int] = []
-    for result in results:
-        chunk = array("q")
-        chunk.frombytes(result["latencies"])
-        latencies.extend(chunk)
-    latencies.sort()
-    received = sum(r["received"] for r in results)
-    last_receive = max(r["last_receive_ns"] for r in results)
-    span = (last_receive - sent["first_ns"]) / 1e9 if received else float("nan")
-    closed: dict[str, int] = {}
-    for result in results:
-        for key, value in result["closed"].items():
-            closed[key] = closed.get(key, 0) + value
-    expected = live * messages
-    return {
-        "clients": live,
-        "messages": messages,
-        "expected": expected,
-        "received": received,
-        "lost": expected - received,
-        "duplicates": sum(r["duplicates"] for r in results),
-        "out_of_order": sum(r["out_of_order"] for r in results),
-        "rate": received / span if received else 0.0,
-        "p50": percentile(latencies, 50) / 1e6,
-        "p99": percentile(latencies, 99) / 1e6,
-        "publish_s": (sent["last_ns"] - sent["first_ns"]) / 1e9,
-        "publish_failed": sent.get("failed", 0),
-        "publish_failure": sent.get("failure"),
-        "timed_out": timed_out,
-        "closed": closed,
-        "window": window,
-    }
 
 
 def figure_vassals(args: argparse.Namespace, run_dir: Path, log: Callable[[str], None]) -> tuple[dict[int, Any], list[str]]:
@@ -940,12 +817,7 @@ def configuration() -> str:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    needed = args.clients // max(1, args.procs) + 2000
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
-        print(f"warning: the open-files limit ({resource.getrlimit(resource.RLIMIT_NOFILE)[0]}) is below {needed}")
+    raise_open_files(args.clients // max(1, args.procs) + 2000)
     mode = "--quick" if args.quick else "full run"
     print(f"scale-out benchmark on {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {mode}")
     print(configuration())
@@ -969,15 +841,8 @@ def run(args: argparse.Namespace) -> int:
             _, found = figure_publishes(args, run_dir, log)
             problems += found
     finally:
-        stop_all_live()
-        if keep or problems:
-            print(f"\nlogs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
-    for problem in problems:
-        print(f"FAILED: {problem}")
-    return 1 if problems else 0
+        stop_all_and_clean(run_dir, keep or bool(problems))
+    return exit_status(started, problems)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1008,11 +873,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.publish_seconds = 3.0 if args.quick else 15.0
     if args.user_publishes is None:
         args.user_publishes = 10 if args.quick else 60
-    default_rates = "50,150,0" if args.quick else "50,100,150,0"
-    try:
-        args.rates = [float(r) for r in (args.rates if args.rates is not None else default_rates).split(",")]
-    except ValueError:
-        parser.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
+    args.rates = parse_rates(parser, args.rates, "50,150,0" if args.quick else "50,100,150,0")
     args.figures = {f.strip() for f in args.figures.split(",") if f.strip()}
     if args.figures - {"1", "2", "3", "4"}:
         parser.error(f"unknown figures: {', '.join(sorted(args.figures - {'1', '2', '3', '4'}))}")
@@ -1034,22 +895,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
     if args.publisher:
         return publisher_main()
-    atexit.register(stop_all_live)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping every server", file=sys.stderr)
-        stop_all_live()
-        return 130
+    return run_stopping_all(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from loadgen import IDLE_TIMEOUT
+from loadgen import IDLE_TIMEOUT, ClientPool
 from processes import CpuWindow, proc_rss_kib
-from systems import EnvInfo, Stack
+from systems import EnvInfo, Publisher, Stack
 
 
 def percentile(sorted_values: list[int], p: float) -> float:
@@ -46,72 +46,83 @@ def run_fanout(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[st
             out["notes"].append(f"only {warm} of {live} open clients received the warm-up broadcast")
         for phase, rate in enumerate(args.rates, start=1):
             messages = max(10, round(rate * args.seconds))
-            live, _ = stack.pool.status()
-            stack.pool.forget("done")
-            stack.pool.ask("expecting", "expect", phase, messages)
-            window = CpuWindow(stack.cpu_groups()).start()
-            publish_timeout = messages / rate + 60
-            sent = stack.publisher.call(publish_timeout, cmd="run", phase=phase, messages=messages, rate=rate)
-            progress = [0] * len(stack.pool.conns)
-            last_change = [time.monotonic()]
-
-            def on_progress(
-                index: int, reply: tuple, progress: list[int] = progress, last_change: list[float] = last_change
-            ) -> None:
-                if reply[1] != progress[index]:
-                    progress[index] = reply[1]
-                    last_change[0] = time.monotonic()
-
-            cutoff = time.monotonic() + args.drain
-            timed_out = False
-            while True:
-                # A "done" that comes in a call that times out stays in the pool for the next call.
-                try:
-                    stack.pool.collect("done", 1.0, on_progress)
-                    break
-                except TimeoutError:
-                    if time.monotonic() - last_change[0] >= IDLE_TIMEOUT or time.monotonic() > cutoff:
-                        timed_out = True
-                        stack.pool.send("stop")
-                        stack.pool.collect("done", 30, on_progress)
-                        break
-            window.stop()
-            results = [r[1] for r in stack.pool.ask("results", "results", timeout=120)]
-            latencies: list[int] = []
-            for result in results:
-                chunk = array("q")
-                chunk.frombytes(result["latencies"])
-                latencies.extend(chunk)
-            latencies.sort()
-            received = sum(r["received"] for r in results)
-            expected = live * messages
-            last_receive = max(r["last_receive_ns"] for r in results)
-            span = (last_receive - sent["first_ns"]) / 1e9 if received else float("nan")
-            closed: dict[str, int] = {}
-            for result in results:
-                for key, value in result["closed"].items():
-                    closed[key] = closed.get(key, 0) + value
-            out["phases"][rate] = {
-                "clients": live,
-                "messages": messages,
-                "expected": expected,
-                "received": received,
-                "lost": expected - received,
-                "duplicates": sum(r["duplicates"] for r in results),
-                "out_of_order": sum(r["out_of_order"] for r in results),
-                "stale": sum(r["stale"] for r in results),
-                "rate": received / span if received else 0.0,
-                "p50": percentile(latencies, 50) / 1e6,
-                "p99": percentile(latencies, 99) / 1e6,
-                "max": percentile(latencies, 100) / 1e6,
-                "publish_s": (sent["last_ns"] - sent["first_ns"]) / 1e9,
-                "receivers": sent["receivers"],
-                "timed_out": timed_out,
-                "closed": closed,
-                "window": window,
-            }
+            out["phases"][rate] = fanout_phase(stack.pool, stack.publisher, stack.cpu_groups(), phase, rate, messages, args.drain)
         out["notes"].extend(stack.findings())
     return out
+
+
+def fanout_phase(
+    pool: ClientPool, publisher: Publisher, groups: dict[str, list[int]], phase: int, rate: float, messages: int, drain: float
+) -> dict[str, Any]:
+    """One fan-out phase: publish ``messages`` at ``rate`` (0: flat out), wait for the deliveries, count them.
+
+    The CPU window covers ``groups``; the wait ends when every client process is done, or ``drain`` seconds
+    after it began, or ``IDLE_TIMEOUT`` seconds without a delivery.
+    """
+    live, _ = pool.status()
+    pool.forget("done")
+    pool.ask("expecting", "expect", phase, messages)
+    window = CpuWindow(groups).start()
+    publish_timeout = (messages / rate if rate else 0) + 60
+    sent = publisher.call(publish_timeout, cmd="run", phase=phase, messages=messages, rate=rate)
+    progress = [0] * len(pool.conns)
+    last_change = [time.monotonic()]
+
+    def on_progress(index: int, reply: tuple) -> None:
+        if reply[1] != progress[index]:
+            progress[index] = reply[1]
+            last_change[0] = time.monotonic()
+
+    cutoff = time.monotonic() + drain
+    timed_out = False
+    while True:
+        # A "done" that comes in a call that times out stays in the pool for the next call.
+        try:
+            pool.collect("done", 1.0, on_progress)
+            break
+        except TimeoutError:
+            if time.monotonic() - last_change[0] >= IDLE_TIMEOUT or time.monotonic() > cutoff:
+                timed_out = True
+                pool.send("stop")
+                pool.collect("done", 30, on_progress)
+                break
+    window.stop()
+    results = [r[1] for r in pool.ask("results", "results", timeout=120)]
+    latencies: list[int] = []
+    for result in results:
+        chunk = array("q")
+        chunk.frombytes(result["latencies"])
+        latencies.extend(chunk)
+    latencies.sort()
+    received = sum(r["received"] for r in results)
+    expected = live * messages
+    last_receive = max(r["last_receive_ns"] for r in results)
+    span = (last_receive - sent["first_ns"]) / 1e9 if received else float("nan")
+    closed: dict[str, int] = {}
+    for result in results:
+        for key, value in result["closed"].items():
+            closed[key] = closed.get(key, 0) + value
+    return {
+        "clients": live,
+        "messages": messages,
+        "expected": expected,
+        "received": received,
+        "lost": expected - received,
+        "duplicates": sum(r["duplicates"] for r in results),
+        "out_of_order": sum(r["out_of_order"] for r in results),
+        "stale": sum(r["stale"] for r in results),
+        "rate": received / span if received else 0.0,
+        "p50": percentile(latencies, 50) / 1e6,
+        "p99": percentile(latencies, 99) / 1e6,
+        "max": percentile(latencies, 100) / 1e6,
+        "publish_s": (sent["last_ns"] - sent["first_ns"]) / 1e9,
+        "receivers": sent["receivers"],
+        "publish_failed": sent.get("failed", 0),
+        "publish_failure": sent.get("failure"),
+        "timed_out": timed_out,
+        "closed": closed,
+        "window": window,
+    }
 
 
 def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:

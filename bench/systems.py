@@ -320,6 +320,17 @@ def publisher_main(kind: str) -> int:
             loop.run_until_complete(layer.group_send(CHANNELS_GROUP, {"type": "broadcast.message", "text": payload}))
             return None
 
+    return serve_publishes(publish)
+
+
+def serve_publishes(publish: Callable[[str], int | None], failures: list[str] | None = None) -> int:
+    """The publisher helper's loop: ``ready``, then a JSON reply on stdout to each command on stdin (``warmup``, ``run``).
+
+    ``publish`` sends one message and returns the receivers Redis counted (or None). With ``failures``, the
+    list where ``publish`` records the errors it caught, each ``run`` reply also has ``failed`` (how many
+    in that run) and ``failure`` (the first).
+    """
+
     def reply(data: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
@@ -333,6 +344,8 @@ def publisher_main(kind: str) -> int:
             phase, messages, rate = command["phase"], command["messages"], command["rate"]
             interval = 1e9 / rate if rate else 0.0
             receivers: set[int | None] = set()
+            if failures is not None:
+                failures.clear()
             first = time.monotonic_ns()
             for seq in range(messages):
                 if interval:
@@ -340,7 +353,14 @@ def publisher_main(kind: str) -> int:
                     if delay > 0:
                         time.sleep(delay / 1e9)
                 receivers.add(publish(f'{{"p":{phase},"seq":{seq},"t":{time.monotonic_ns()}}}'))
-            reply({"first_ns": first, "last_ns": time.monotonic_ns(), "receivers": sorted(r for r in receivers if r is not None)})
+            done: dict[str, Any] = {
+                "first_ns": first,
+                "last_ns": time.monotonic_ns(),
+                "receivers": sorted(r for r in receivers if r is not None),
+            }
+            if failures is not None:
+                done.update(failed=len(failures), failure=failures[0] if failures else None)
+            reply(done)
         else:
             break
     return 0
@@ -455,6 +475,20 @@ def log_findings(text: str, limit: int = 3) -> list[str]:
     return [f"{n} x {line}" for line, n in top]
 
 
+def warm_all(pool: ClientPool, publisher: Publisher, timeout: float = 60) -> tuple[int, int]:
+    """Broadcast warm-ups until every open client got one: (clients that did, clients open)."""
+    pool.ask("warm_reset", "warm_reset")
+    deadline = time.monotonic() + timeout
+    while True:
+        publisher.call(10, cmd="warmup")
+        time.sleep(0.3)
+        replies = pool.ask("warm", "warm_check")
+        warm, live = sum(r[1] for r in replies), sum(r[2] for r in replies)
+        if warm >= live or time.monotonic() > deadline:
+            time.sleep(0.3)  # the last warm-up frames drain
+            return warm, live
+
+
 class Stack:
     """redis-server, the peer's server, its publisher and the client pool, for one scenario."""
 
@@ -478,7 +512,7 @@ class Stack:
             self.server = Server(self.env, self.workdir, self.redis.port, uwsgi_cores(self.clients), db).start()
             self.publisher = Publisher(self.env, self.workdir, self.redis.port)
             self.warm_single()
-            self.pool = ClientPool(self.server.url(WS_PATH_USER if self.users else WS_PATH), self.procs)
+            self.pool = ClientPool([self.server.url(WS_PATH_USER if self.users else WS_PATH)] * self.procs)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -523,18 +557,8 @@ class Stack:
         time.sleep(0.5)
 
     def warm_all(self, timeout: float = 60) -> tuple[int, int]:
-        """Broadcast warm-ups until every open client got one: (clients that did, clients open)."""
         assert self.pool is not None and self.publisher is not None
-        self.pool.ask("warm_reset", "warm_reset")
-        deadline = time.monotonic() + timeout
-        while True:
-            self.publisher.call(10, cmd="warmup")
-            time.sleep(0.3)
-            replies = self.pool.ask("warm", "warm_check")
-            warm, live = sum(r[1] for r in replies), sum(r[2] for r in replies)
-            if warm >= live or time.monotonic() > deadline:
-                time.sleep(0.3)  # the last warm-up frames drain
-                return warm, live
+        return warm_all(self.pool, self.publisher, timeout)
 
     def cpu_groups(self) -> dict[str, list[int]]:
         assert self.server is not None and self.redis is not None and self.publisher is not None and self.pool is not None
