@@ -58,6 +58,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     wait = settings.get("WS4REDIS_WAIT_TIMEOUT")
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait > 0:
         errors.append(_error("WS4REDIS_WAIT_TIMEOUT", f"is {wait!r}.", "Use a number of seconds above 0, such as 1.0.", 10))
+    on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
+    if not isinstance(on_commit, bool):
+        errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))
     for n, name in enumerate(("WS4REDIS_SUBSCRIBER", "WS4REDIS_ALLOWED_CHANNELS", "WS4REDIS_PROCESS_REQUEST"), start=6):
         value = settings.get(name)
         if isinstance(value, str):

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     # (or raises after WS4REDIS_WAIT_TIMEOUT seconds); 0: off.
     "WS4REDIS_WAIT_REPLICAS": 0,
     "WS4REDIS_WAIT_TIMEOUT": 1.0,
+    # RedisPublisher.publish_message's default for on_commit: inside transaction.atomic(),
+    # publish once the transaction commits (never after a rollback).
+    "WS4REDIS_PUBLISH_ON_COMMIT": False,
 }
 
 

@@ -28,7 +28,9 @@ DATABASES = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("WS4REDIS_TEST_DB", ":memory:"),
         "OPTIONS": {"timeout": 20},
-    }
+    },
+    # A second database, for publish_message(on_commit=True, using=...).
+    "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
 }
 ROOT_URLCONF = "tests.testsite.urls"
 # Pages and websockets from `manage.py runserver` (tests/integration/test_runserver.py); uWSGI ignores it.

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
+from django.db import transaction
+
+from .. import settings
 from ..core import envelope
 from ..core.channels import Audience, audience_channels
 from .connection import get_client, mget, sharded
 from .store import RedisMessage, RedisStore
+
+logger = logging.getLogger("ws4redis_uwsgi")
 
 _AUDIENCES = {
     "any": [Audience.SESSION, Audience.USER, Audience.GROUP, Audience.BROADCAST],
@@ -32,13 +39,45 @@ class RedisPublisher(RedisStore):
         if "facility" in kwargs:
             self._publishers = self._get_message_channels(**kwargs)
 
+    def publish_message(  # type: ignore[override]
+        self,
+        message: RedisMessage | str | bytes,
+        expire: int | None = None,
+        binary: bool = False,
+        *,
+        on_commit: bool | None = None,
+        using: str | None = None,
+    ) -> int | None:
+        """Publish ``message`` (see :meth:`RedisStore.publish_message`), after the commit when asked.
+
+        With ``on_commit=True`` (default: ``WS4REDIS_PUBLISH_ON_COMMIT``),
+        inside ``transaction.atomic()`` on the database ``using`` (default:
+        Django's default database) the message goes out once the outermost
+        block commits, and never if it rolls back; this returns None then.
+        Outside a transaction it goes out at once, as without ``on_commit``,
+        and returns the receivers. A publish that fails after the commit
+        cannot raise into the view any more: it is logged, and lost.
+        """
+        if on_commit is None:
+            on_commit = bool(settings.get("WS4REDIS_PUBLISH_ON_COMMIT"))
+        if not on_commit or not transaction.get_connection(using).in_atomic_block:
+            return super().publish_message(message, expire, binary)
+        data = message if isinstance(message, RedisMessage) else RedisMessage(message)  # a bad message raises now
+        transaction.on_commit(lambda: self._publish_after_commit(data, expire, binary), using=using)
+        return None
+
+    def _publish_after_commit(self, data: RedisMessage | None, expire: int | None, binary: bool) -> None:
+        try:
+            super().publish_message(data, expire, binary)  # type: ignore[arg-type]
+        except redis.RedisError as exc:
+            logger.error("message for %s not published after the commit: %s", ", ".join(self._publishers), exc)
+
     def fetch_message(self, request: Any, facility: str, audience: str = "any") -> RedisMessage | None:
         """The message still persisted for ``request`` on ``facility``, or ``None``.
 
         ``audience`` is ``'session'``, ``'user'``, ``'group'``, ``'broadcast'``
         or ``'any'`` (the most specific persisted message wins, in that order).
         """
-        from .. import settings
         from ..django.identity import identity_from_request
 
         if audience not in _AUDIENCES:
