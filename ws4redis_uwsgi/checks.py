@@ -61,7 +61,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))
-    for n, name in enumerate(("WS4REDIS_SUBSCRIBER", "WS4REDIS_ALLOWED_CHANNELS", "WS4REDIS_PROCESS_REQUEST"), start=6):
+    dotted = [
+        (6, "WS4REDIS_SUBSCRIBER"),
+        (7, "WS4REDIS_ALLOWED_CHANNELS"),
+        (8, "WS4REDIS_PROCESS_REQUEST"),
+        (12, "WS4REDIS_ON_GAP"),
+    ]
+    for n, name in dotted:
         value = settings.get(name)
         if isinstance(value, str):
             try:

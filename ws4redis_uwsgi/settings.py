@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     # RedisPublisher.publish_message's default for on_commit: inside transaction.atomic(),
     # publish once the transaction commits (never after a rollback).
     "WS4REDIS_PUBLISH_ON_COMMIT": False,
+    # Dotted path of f(facility, channels, username) -> messages, sent to a resuming
+    # client right after !gap so that the page need not reload its state.
+    "WS4REDIS_ON_GAP": None,
 }
 
 

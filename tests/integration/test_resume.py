@@ -240,3 +240,34 @@ def test_a_token_of_an_earlier_version_resumes_as_that_position_on_every_channel
     with client(uwsgi_server, f"/ws/{fac}?{query.replace(before, token)}", login("john")) as ws:
         RedisPublisher(facility=fac, broadcast=True).publish_message("next", expire=0)
         assert split(recv(ws))[1] == "next"  # the token it got now resumes after both
+
+
+@pytest.mark.timeout(60)
+def test_after_a_gap_the_sites_hook_pushes_fresh_state_before_anything_else(uwsgi_server, login):
+    fac = f"gap-{facility()}"
+    publisher = RedisPublisher(facility=fac, users=["john"])
+    publisher.publish_message("seen", expire=0)
+    with override_settings(WS4REDIS_HISTORY_LENGTH=2):
+        for text in ("lost", "kept 1", "kept 2"):
+            publisher.publish_message(text, expire=0)
+    ahead = f"{int(time.time() * 1000) + 3_600_000}-0"  # one the server cannot have given out
+    for token, after in ((f"{int(time.time() * 1000) - 60_000}-0", ["kept 1", "kept 2"]), (ahead, [])):
+        with client(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-broadcast&resume={token}", login("john")) as ws:
+            assert recv(ws) == "!gap\n"
+            state_token, state = split(recv(ws))
+            assert state == f"state of {fac} for john on 2 channel(s)" and state_token  # framed like any message
+            assert [split(recv(ws))[1] for _ in after] == after  # then what history still holds
+            publisher.publish_message("live", expire=0)
+            assert split(recv(ws))[1] == "live"
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_gap_hook_leaves_the_client_with_the_gap_and_the_log_with_the_reason(uwsgi_server):
+    fac = f"gap-broken-{facility()}"
+    ahead = f"{int(time.time() * 1000) + 3_600_000}-0"
+    start = len(uwsgi_server.log_text())
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={ahead}") as ws:
+        assert recv(ws) == "!gap\n"
+        RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
+        assert split(recv(ws))[1] == "live"
+    assert "WS4REDIS_ON_GAP failed" in uwsgi_server.log_text()[start:]

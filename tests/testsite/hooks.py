@@ -37,3 +37,12 @@ class SiteSubscriber(RedisSubscriber):
         super().set_pubsub_channels(request, channels)
         if "notices" in request.GET:
             self.subscribe(f"{self.get_prefix()}site-notices")
+
+
+def fresh_state(facility, channels, username):
+    """WS4REDIS_ON_GAP: what a page would reload after a gap, for the facilities the gap tests use."""
+    if facility.startswith("gap-broken"):
+        raise RuntimeError("the site's hook failed")
+    if not facility.startswith("gap-"):
+        return []
+    return [f"state of {facility} for {username or 'anonymous'} on {len(channels)} channel(s)"]

@@ -45,6 +45,7 @@ WS4REDIS_PREFIX = "test"
 WS4REDIS_EXPIRE = 60
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
+WS4REDIS_ON_GAP = "tests.testsite.hooks.fresh_state"
 WS4REDIS_PROCESS_REQUEST = "tests.testsite.hooks.process_request"
 WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.

@@ -45,6 +45,9 @@ class RedisSubscriber(RedisStore):
         self._hub = resources.get_hub()
         self._channels: list[str] = []
         self._origin = resources.new_origin()
+        #: The facility and the user's name, once set_pubsub_channels() ran.
+        self.facility: str | None = None
+        self.username: str | None = None
         #: The delivery state of this websocket; :meth:`configure` sets it up for the client's query.
         self.outbox = self._new_outbox(echo=False, resume=None)
         #: Called when a message waits; the server sets it to wake its loop.
@@ -82,10 +85,13 @@ class RedisSubscriber(RedisStore):
         request path below ``WEBSOCKET_URL``.
         """
         facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
+        self.facility = facility
         wanted = ClientRequest(tuple(channels))
         prefix = settings.get("WS4REDIS_PREFIX")
         # The groups query only when a group channel is asked for.
         identity = identity_from_request(request, with_groups=Audience.GROUP in wanted.subscribe | wanted.publish)
+        #: Who is on the other end (None: anonymous), for WS4REDIS_ON_GAP.
+        self.username = identity.username
         tagged = sharded()
         self._publishers = audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged)
         self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))

@@ -30,7 +30,7 @@ from ..bus.store import RedisMessage
 from ..bus.subscriber import RedisSubscriber
 from ..core.channels import facility_from_path, parse_query, restrict
 from ..core.close_codes import CloseCode
-from ..core.envelope import BusMessage
+from ..core.envelope import BusMessage, outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
 from ..core.handshake import check_origin, check_upgrade_request
 from ..core.inbound import InboundPolicy, Verdict
@@ -231,7 +231,7 @@ class WebsocketWSGIServer:
         if opening is Opening.GAP:
             # Never given out by this Redis: resuming from it would silence every later message.
             logger.warning("websocket resumed from a position far ahead of Redis's clock: told of a gap")
-            websocket.send(GAP_NOTICE, binary=False)
+            self.tell_gap(websocket, subscriber)
         if opening is not Opening.BACKLOG:
             try:
                 if outbox.with_ids:
@@ -296,6 +296,25 @@ class WebsocketWSGIServer:
         while self.active_connections and time.monotonic() < deadline:
             gevent.sleep(0.02)
 
+    def tell_gap(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
+        """``!gap``, then what ``WS4REDIS_ON_GAP`` gives for this client (fresh state, so the page need not reload).
+
+        The hook runs on the worker's database greenlets (it may query);
+        when it fails, the client has ``!gap`` alone and the failure is logged.
+        """
+        websocket.send(GAP_NOTICE, binary=False)
+        hook = settings.get_callable("WS4REDIS_ON_GAP")
+        if hook is None:
+            return
+        try:
+            messages = get_workers().run(lambda: list(hook(subscriber.facility, subscriber.channels, subscriber.username) or ()))
+        except Exception:
+            logger.exception("WS4REDIS_ON_GAP failed for a websocket on %s", loggable(subscriber.facility))
+            return
+        for message in messages:
+            payload, binary = outgoing(message)
+            self.send_message(websocket, subscriber, BusMessage(payload, binary))
+
     def send_message(self, websocket: Websocket, subscriber: RedisSubscriber, message: BusMessage) -> None:
         """One message to the client, framed as its outbox says (behind its id for a resuming client)."""
         websocket.send(subscriber.outbox.payload(message), binary=message.binary)
@@ -332,9 +351,8 @@ class WebsocketWSGIServer:
                 if first and (reader.gap or subscriber.outbox.gap_owed):  # known once the first page was read
                     logger.info("websocket resumed from a position older than the history: told of a gap")
                     subscriber.outbox.gap_owed = False
-                    notice = subscriber.outbox.gap_notice()
-                    if notice is not None:
-                        websocket.send(notice, binary=False)
+                    if subscriber.outbox.gap_notice() is not None:
+                        self.tell_gap(websocket, subscriber)
                 first = False
                 if page is None:
                     return
