@@ -6,4 +6,9 @@ class Ws4RedisConfig(AppConfig):
     verbose_name = "Websockets for Redis (uWSGI)"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_out
+
         from . import checks  # noqa: F401 - registers the system checks
+        from .bus.revocations import on_logout
+
+        user_logged_out.connect(on_logout, dispatch_uid="ws4redis_uwsgi.tokens")

@@ -58,6 +58,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     wait = settings.get("WS4REDIS_WAIT_TIMEOUT")
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait > 0:
         errors.append(_error("WS4REDIS_WAIT_TIMEOUT", f"is {wait!r}.", "Use a number of seconds above 0, such as 1.0.", 10))
+    max_age = settings.get("WS4REDIS_TOKEN_MAX_AGE")
+    if not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 1:
+        errors.append(_error("WS4REDIS_TOKEN_MAX_AGE", f"is {max_age!r}.", "Use a number of seconds, such as 60.", 13))
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))

@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of f(facility, channels, username) -> messages, sent to a resuming
     # client right after !gap so that the page need not reload its state.
     "WS4REDIS_ON_GAP": None,
+    # Seconds a websocket token (ws4redis_uwsgi.django.tokens) lets a client in.
+    "WS4REDIS_TOKEN_MAX_AGE": 60,
 }
 
 

@@ -26,8 +26,9 @@ class FakeWebSocket {
   static CLOSING = CLOSING;
   static CLOSED = CLOSED;
 
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = url;
+    this.protocols = protocols;
     this.readyState = CONNECTING;
     this.binaryType = 'blob';
     this.sent = [];
@@ -125,6 +126,8 @@ const tick = (ms) => mock.timers.tick(ms);
 const live_timers = () => live.timeouts.size + live.intervals.size;
 const sockets = () => FakeWebSocket.instances;
 const last_socket = () => FakeWebSocket.instances.at(-1);
+// Lets promise callbacks run (the mocked timers do not hold them back).
+const flush_promises = () => new Promise((resolve) => setImmediate(resolve));
 
 // A client with every callback recording into `log`.
 function make_client(extra = {}) {
@@ -151,6 +154,32 @@ describe('ws4redis.js', () => {
   afterEach(() => {
     mock.restoreAll();
     untrack_timers();
+  });
+
+  describe('token', () => {
+    it('offers a token as a subprotocol next to ws4redis, and none without one', () => {
+      WS4Redis({uri: 'ws://h/ws/chat?subscribe-user', WebSocket: FakeWebSocket, token: 'abc~1'});
+      assert.deepEqual(last_socket().protocols, ['ws4redis', 'ws4redis.token.abc~1']);
+      assert.ok(!last_socket().url.includes('abc'));   // never in the URL, which access logs record
+      WS4Redis({uri: 'ws://h/ws/chat', WebSocket: FakeWebSocket});
+      assert.equal(last_socket().protocols, undefined);
+    });
+
+    it('asks a token function for a fresh token before every connection', async () => {
+      let issued = 0;
+      const client = WS4Redis({
+        uri: 'ws://h/ws/chat', WebSocket: FakeWebSocket,
+        token: () => Promise.resolve('t' + (++issued)),
+      });
+      await flush_promises();
+      assert.deepEqual(last_socket().protocols, ['ws4redis', 'ws4redis.token.t1']);
+      last_socket().open();
+      last_socket().drop();
+      tick(WS4Redis.backoff_delay(1, 0.5));
+      await flush_promises();
+      assert.deepEqual(last_socket().protocols, ['ws4redis', 'ws4redis.token.t2']);
+      client.close();
+    });
   });
 
   describe('resume', () => {

@@ -160,6 +160,8 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_WAIT_REPLICAS", -1, "ws4redis_uwsgi.E009"),
         ("WS4REDIS_WAIT_REPLICAS", "1", "ws4redis_uwsgi.E009"),
         ("WS4REDIS_WAIT_REPLICAS", True, "ws4redis_uwsgi.E009"),
+        ("WS4REDIS_TOKEN_MAX_AGE", 0, "ws4redis_uwsgi.E013"),
+        ("WS4REDIS_TOKEN_MAX_AGE", "60", "ws4redis_uwsgi.E013"),
         ("WS4REDIS_ON_GAP", "no.such.hook", "ws4redis_uwsgi.E012"),
         ("WS4REDIS_ON_GAP", 42, "ws4redis_uwsgi.E012"),
         ("WS4REDIS_PUBLISH_ON_COMMIT", "yes", "ws4redis_uwsgi.E011"),

@@ -77,3 +77,30 @@ def check_origin(origin: str | None, allowed: Sequence[str], *, allow_missing: b
     host = origin_host(origin)
     if host is None or not validate_host(host, list(allowed)):
         raise OriginError("Origin not allowed")
+
+
+#: The subprotocol the server answers when a client offers it: how a client
+#: without cookies sends its token (see :mod:`ws4redis_uwsgi.django.tokens`).
+SUBPROTOCOL = "ws4redis"
+#: Offered next to :data:`SUBPROTOCOL`, ``ws4redis.token.<token>`` carries the token:
+#: a header, which uWSGI and nginx do not write to their access logs, as they do the URL.
+TOKEN_PROTOCOL_PREFIX = "ws4redis.token."  # noqa: S105 - a name, not a secret
+
+
+def offered_protocols(header: str | None) -> list[str]:
+    """The subprotocols of a ``Sec-WebSocket-Protocol`` header, in order."""
+    return [p.strip() for p in (header or "").split(",") if p.strip()]
+
+
+def chosen_protocol(offered: list[str]) -> str | None:
+    """The subprotocol the server answers: :data:`SUBPROTOCOL` when offered (a browser that offers
+    subprotocols fails the connection unless the server picks one)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def offered_token(offered: list[str]) -> str | None:
+    """The token a client offered as ``ws4redis.token.<token>``, if any."""
+    for protocol in offered:
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX) and len(protocol) > len(TOKEN_PROTOCOL_PREFIX):
+            return protocol[len(TOKEN_PROTOCOL_PREFIX) :]
+    return None

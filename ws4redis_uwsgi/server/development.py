@@ -77,6 +77,7 @@ from ..core.close_codes import CloseCode, violation
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, WebSocketError
 from ..core.frames import MessageSizeLimit
+from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
 from .adapter import StartResponse, Waiter, Websocket
@@ -312,14 +313,15 @@ class WsprotoWebsocketServer(WebsocketWSGIServer):
 
     def upgrade_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> Websocket:
         key = environ["HTTP_SEC_WEBSOCKET_KEY"].strip().encode("ascii")
-        write = start_response(
-            "101 Switching Protocols",
-            [
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
-            ],
-        )
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
+        ]
+        protocol = chosen_protocol(offered_protocols(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")))
+        if protocol is not None:
+            headers.append(("Sec-WebSocket-Protocol", protocol))
+        write = start_response("101 Switching Protocols", headers)
         write(b"")  # sends the status line and headers now
         sock = environ[SOCKET_KEY]
         return WsprotoWebsocket(sock, received=read_buffered(sock, environ[RFILE_KEY]))

@@ -23,7 +23,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 
 from .. import settings
-from ..bus import history
+from ..bus import history, revocations
 from ..bus.budget import BacklogBudgetError
 from ..bus.resources import backlog_budget
 from ..bus.store import RedisMessage
@@ -32,12 +32,13 @@ from ..core.channels import facility_from_path, parse_query, restrict
 from ..core.close_codes import CloseCode
 from ..core.envelope import BusMessage, outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
-from ..core.handshake import check_origin, check_upgrade_request
+from ..core.handshake import check_origin, check_upgrade_request, offered_protocols, offered_token
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.outbox import GAP_NOTICE, Opening
 from ..core.positions import Order
 from ..core.text import loggable
 from ..django.identity import load_session_and_user
+from ..django.tokens import Claims, TokenError, read_token
 from .adapter import StartResponse, Waiter, Websocket
 from .db_workers import get_workers
 from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
@@ -84,9 +85,28 @@ class WebsocketWSGIServer:
         check_upgrade_request(environ)
 
     def process_request(self, request: WSGIRequest) -> None:
-        """Attach session and user; ``WS4REDIS_PROCESS_REQUEST`` replaces this."""
-        custom = settings.get_callable("WS4REDIS_PROCESS_REQUEST")
-        (custom or load_session_and_user)(request)
+        """Attach session and user: from a websocket token if one is offered, else the session cookie.
+
+        ``WS4REDIS_PROCESS_REQUEST`` replaces the cookie (a site's own scheme);
+        a token of this package, when offered, is read all the same.
+
+        :raises PermissionDenied: a token that is forged, expired, of a session
+            that logged out or of a user who changed the password (HTTP 403).
+        """
+        token = offered_token(offered_protocols(request.META.get("HTTP_SEC_WEBSOCKET_PROTOCOL")))
+        if token is None:
+            custom = settings.get_callable("WS4REDIS_PROCESS_REQUEST")
+            (custom or load_session_and_user)(request)
+            return
+        try:
+            claims = read_token(token)
+            if claims.session_ref is not None and revocations.is_revoked(claims.session_ref):
+                raise TokenError("token of a session that logged out")
+        except TokenError as exc:
+            raise PermissionDenied(str(exc)) from None
+        request.session = None  # type: ignore[assignment] # a token brings a user, not a session: no session channel
+        request.user = claims.user
+        request.ws4redis_token = claims  # type: ignore[attr-defined]
 
     def process_subscriptions(self, request: WSGIRequest) -> tuple[list[str], bool]:
         """The channel parameters agreed for this request, and whether to echo.
@@ -94,6 +114,12 @@ class WebsocketWSGIServer:
         :raises PermissionDenied: from ``WS4REDIS_ALLOWED_CHANNELS``.
         """
         wanted = parse_query(request.META.get("QUERY_STRING", ""))
+        claims: Claims | None = getattr(request, "ws4redis_token", None)
+        if claims is not None:
+            facility = facility_from_path(request.path_info, settings.get("WEBSOCKET_URL"))
+            refusal = claims.allows(facility, wanted.channels)
+            if refusal is not None:
+                raise PermissionDenied(refusal)
         allowed = settings.get_callable("WS4REDIS_ALLOWED_CHANNELS")
         if allowed is not None:
             wanted = restrict(wanted, allowed(request, list(wanted.channels)))
@@ -104,8 +130,8 @@ class WebsocketWSGIServer:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             subscriber = self.open_subscription(environ)
-        except PermissionDenied:
-            return self.refuse(start_response, "403 Forbidden", "channels not allowed", environ)
+        except PermissionDenied as exc:
+            return self.refuse(start_response, "403 Forbidden", str(exc) or "channels not allowed", environ)
         except HandshakeError as exc:
             return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
         except Exception:

@@ -34,6 +34,7 @@ import gevent
 
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
+from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
 from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket
@@ -214,7 +215,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         self._watch_reload()
         fd = self._descriptor_for(environ)  # before the 101, so that a refusal is still possible
         try:
-            uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""))
+            protocol = chosen_protocol(offered_protocols(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")))
+            uwsgi.websocket_handshake(environ["HTTP_SEC_WEBSOCKET_KEY"], environ.get("HTTP_ORIGIN", ""), protocol or "")
         except OSError as exc:
             if fd is not None:
                 os.close(fd)

@@ -40,6 +40,11 @@
  *                       including a failed connection attempt and the end of close()
  *   WebSocket           the WebSocket class to use; defaults to the global WebSocket,
  *                       looked up at each connection. Tests inject a fake here.
+ *   token               for clients without the site's session cookie: a token from the
+ *                       site's ws4redis_uwsgi.django.views.websocket_token view, or a function
+ *                       returning one (or a promise of one), called before every connection
+ *                       (tokens are short-lived: fetch a fresh one); offered as the
+ *                       subprotocols 'ws4redis' and 'ws4redis.token.<token>'
  *   resume              true to lose nothing across reconnects (default false): the
  *                       client adds resume=<token of the last message> to the URL of every
  *                       connection, the server replays exactly what was missed, and
@@ -147,7 +152,28 @@
       if (!WebSocketClass) {
         throw new Error('WS4Redis: this environment has no WebSocket; pass the option "WebSocket"');
       }
-      const socket = new WebSocketClass(opts.resume ? with_resume(opts.uri, last_id) : opts.uri);
+      if (typeof opts.token !== 'function') {
+        open_socket(WebSocketClass, opts.token || null);
+        return;
+      }
+      // A fresh token before each connection: the function may return it or a promise of it.
+      callback('connecting');
+      Promise.resolve().then(() => opts.token()).then((token) => {
+        if (!closed_for_good && ws === null) {
+          open_socket(WebSocketClass, token);
+        }
+      }, (err) => {
+        if (typeof console !== 'undefined') {
+          console.error('WS4Redis: no token', err);
+        }
+        schedule_reconnect();
+      });
+    }
+
+    function open_socket(WebSocketClass, token) {
+      const url = opts.resume ? with_resume(opts.uri, last_id) : opts.uri;
+      // The token travels as a subprotocol: a header, which access logs do not record.
+      const socket = token ? new WebSocketClass(url, ['ws4redis', 'ws4redis.token.' + token]) : new WebSocketClass(url);
       if (opts.resume) {
         socket.binaryType = 'arraybuffer';   // to split the id from binary payloads
       } else if (opts.binary_type) {
