@@ -23,7 +23,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from tests.conftest import SITE_ENV
-from tests.integration.helpers import client, facility, recv
+from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
 from tests.servers import REPO, free_port, port_open, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -363,3 +363,19 @@ def test_ctrl_c_stops_the_server_without_reload(redis_server, site_db, tmp_path)
             assert close_code_received(ws) == CloseCode.SERVICE_RESTART
     finally:
         server.stop()
+
+
+def test_a_token_offered_as_a_subprotocol_lets_its_user_in(runserver):
+    from django.contrib.auth.models import User
+    from websockets.sync.client import connect
+
+    from ws4redis_uwsgi.django.tokens import issue_token
+
+    token = issue_token(User.objects.get(username="john"))
+    fac = facility()
+    with connect(
+        f"{runserver.url}/ws/{fac}?subscribe-user", origin=SITE_ORIGIN, subprotocols=["ws4redis", f"ws4redis.token.{token}"]
+    ) as ws:
+        assert ws.subprotocol == "ws4redis"
+        RedisPublisher(facility=fac, users=["john"]).publish_message("for john", expire=0)
+        assert recv(ws) == "for john"
