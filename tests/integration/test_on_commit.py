@@ -1,4 +1,7 @@
-"""publish_message(on_commit=True): after the commit, never after a rollback, at once outside a transaction."""
+"""publish_message(on_commit=True): after the commit, never after a rollback, at once outside a transaction.
+
+Each runs with the site on SQLite and on PostgreSQL (``site_server``), whose transactions and savepoints are real ones.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ def publisher(fac: str) -> RedisPublisher:
     return RedisPublisher(facility=fac, broadcast=True)
 
 
-def test_inside_a_transaction_the_message_goes_out_after_the_commit(uwsgi_server, site_db):
+def test_inside_a_transaction_the_message_goes_out_after_the_commit(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-broadcast") as ws:
         with transaction.atomic():
             assert publisher(fac).publish_message("after the commit", expire=0, on_commit=True) is None
             with transaction.atomic():  # a savepoint: still waits for the outermost block
@@ -32,9 +35,9 @@ def test_inside_a_transaction_the_message_goes_out_after_the_commit(uwsgi_server
         assert [recv(ws) for _ in range(2)] == ["after the commit", "after the commit too"]
 
 
-def test_after_a_rollback_the_message_never_goes_out(uwsgi_server, site_db):
+def test_after_a_rollback_the_message_never_goes_out(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-broadcast") as ws:
         with pytest.raises(RuntimeError), transaction.atomic():
             publisher(fac).publish_message("rolled back", expire=0, on_commit=True)
             raise RuntimeError("the view failed")
@@ -48,16 +51,16 @@ def test_after_a_rollback_the_message_never_goes_out(uwsgi_server, site_db):
         assert recv(ws) == "next"  # nothing of the rolled back came in between
 
 
-def test_outside_a_transaction_it_goes_out_at_once(uwsgi_server, site_db):
+def test_outside_a_transaction_it_goes_out_at_once(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-broadcast") as ws:
         assert publisher(fac).publish_message("at once", expire=0, on_commit=True) == 1
         assert recv(ws) == "at once"
 
 
-def test_the_setting_makes_on_commit_the_default_and_false_overrides_it(uwsgi_server, site_db):
+def test_the_setting_makes_on_commit_the_default_and_false_overrides_it(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws, override_settings(WS4REDIS_PUBLISH_ON_COMMIT=True):
+    with client(site_server, f"/ws/{fac}?subscribe-broadcast") as ws, override_settings(WS4REDIS_PUBLISH_ON_COMMIT=True):
         with transaction.atomic():
             assert publisher(fac).publish_message("deferred", expire=0) is None
             assert publisher(fac).publish_message("not deferred", expire=0, on_commit=False) == 1
@@ -65,9 +68,9 @@ def test_the_setting_makes_on_commit_the_default_and_false_overrides_it(uwsgi_se
         assert recv(ws) == "deferred"
 
 
-def test_using_picks_the_database_whose_commit_it_waits_for(uwsgi_server, site_db):
+def test_using_picks_the_database_whose_commit_it_waits_for(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-broadcast") as ws:
         with transaction.atomic(using="other"):
             assert publisher(fac).publish_message("after other", expire=0, on_commit=True, using="other") is None
             # The default database is in no transaction: that one goes at once.
@@ -76,7 +79,7 @@ def test_using_picks_the_database_whose_commit_it_waits_for(uwsgi_server, site_d
         assert recv(ws) == "after other"
 
 
-def test_a_bad_message_raises_in_the_view_and_a_failure_after_the_commit_is_logged(uwsgi_server, site_db, caplog):
+def test_a_bad_message_raises_in_the_view_and_a_failure_after_the_commit_is_logged(site_server, caplog):
     fac = facility()
     with pytest.raises(TypeError), transaction.atomic():
         publisher(fac).publish_message(42, on_commit=True)  # type: ignore[arg-type]

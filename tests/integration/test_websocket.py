@@ -3,6 +3,9 @@
 "Nothing else arrived" is checked with a sentinel: a broadcast published
 afterwards through the same Redis must be the next message a client sees,
 since one worker receives everything over one ordered connection.
+
+The tests whose handshakes read sessions, users and groups take
+``site_server``: they run with the site on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ AUDIENCES = {
 
 
 @pytest.mark.parametrize("audience", sorted(AUDIENCES))
-def test_audience_live(uwsgi_server, login, audience):
+def test_audience_live(site_server, login, audience):
     fac = facility()
     kwargs, receivers, others = AUDIENCES[audience]
     query = f"?subscribe-{audience}&subscribe-broadcast"
     with (
-        client(uwsgi_server, f"/ws/{fac}{query}", login("john")) as john,
-        client(uwsgi_server, f"/ws/{fac}{query}", login("mary")) as mary,
-        client(uwsgi_server, f"/ws/{fac}{query}", login(None)) as anon,
+        client(site_server, f"/ws/{fac}{query}", login("john")) as john,
+        client(site_server, f"/ws/{fac}{query}", login("mary")) as mary,
+        client(site_server, f"/ws/{fac}{query}", login(None)) as anon,
     ):
         sockets = {"john": john, "mary": mary, None: anon}
         RedisPublisher(facility=fac, **kwargs).publish_message(f"to {audience}", expire=0)
@@ -52,41 +55,41 @@ def test_audience_live(uwsgi_server, login, audience):
 
 
 @pytest.mark.parametrize("audience", sorted(AUDIENCES))
-def test_audience_persisted(uwsgi_server, login, audience):
+def test_audience_persisted(site_server, login, audience):
     fac = facility()
     kwargs, receivers, others = AUDIENCES[audience]
     RedisPublisher(facility=fac, **kwargs).publish_message(f"kept for {audience}", expire=30)
     for name in receivers:
-        with client(uwsgi_server, f"/ws/{fac}?subscribe-{audience}", login(name)) as ws:
+        with client(site_server, f"/ws/{fac}?subscribe-{audience}", login(name)) as ws:
             assert recv(ws) == f"kept for {audience}"
     for name in others:
-        with client(uwsgi_server, f"/ws/{fac}?subscribe-{audience}&subscribe-broadcast", login(name)) as ws:
+        with client(site_server, f"/ws/{fac}?subscribe-{audience}&subscribe-broadcast", login(name)) as ws:
             assert_next_is_sentinel(ws, fac)
 
 
-def test_session_audience_reaches_only_that_browser(uwsgi_server, login):
+def test_session_audience_reaches_only_that_browser(site_server, login):
     fac = facility()
     johns_browser, johns_other_browser = login("john"), login("john")
     session_key = johns_browser.split("=", 1)[1]
     RedisPublisher(facility=fac, sessions=[session_key]).publish_message("persisted for session", expire=30)
     query = f"/ws/{fac}?subscribe-session&subscribe-broadcast"
-    with client(uwsgi_server, query, johns_browser) as mine, client(uwsgi_server, query, johns_other_browser) as other:
+    with client(site_server, query, johns_browser) as mine, client(site_server, query, johns_other_browser) as other:
         assert recv(mine) == "persisted for session"
         RedisPublisher(facility=fac, sessions=[session_key]).publish_message("live for session", expire=0)
         assert recv(mine) == "live for session"
         assert_next_is_sentinel(other, fac)
 
 
-def test_forged_session_cookie_is_anonymous(uwsgi_server, login):
+def test_forged_session_cookie_is_anonymous(site_server, login):
     fac = facility()
     RedisPublisher(facility=fac, users=["john"]).publish_message("secret", expire=30)
     with client(
-        uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-session&subscribe-broadcast", "sessionid=forgedkey1234567890"
+        site_server, f"/ws/{fac}?subscribe-user&subscribe-session&subscribe-broadcast", "sessionid=forgedkey1234567890"
     ) as ws:
         assert_next_is_sentinel(ws, fac)
 
 
-def test_fetch_message_and_self(uwsgi_server, login):
+def test_fetch_message_and_self(site_server, login):
     """A view publishes to SELF and reads back what is persisted for the request."""
     from django.contrib.auth.models import User
     from django.test import RequestFactory
@@ -99,18 +102,18 @@ def test_fetch_message_and_self(uwsgi_server, login):
     publisher = RedisPublisher()
     assert publisher.fetch_message(request, fac, "group") == b"for my groups"
     assert publisher.fetch_message(request, fac, "user") is None
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-group", login("john")) as john:  # john is a cook too
+    with client(site_server, f"/ws/{fac}?subscribe-group", login("john")) as john:  # john is a cook too
         assert recv(john) == "for my groups"
 
 
-def test_groups_are_read_when_the_socket_opens(uwsgi_server, login):
+def test_groups_are_read_when_the_socket_opens(site_server, login):
     from django.contrib.auth.models import Group, User
 
     fac = facility()
     cookie = login("john")  # john logs in while not yet a baker
     bakers = Group.objects.create(name=f"bakers-{fac}")
     User.objects.get(username="john").groups.add(bakers)
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-group", cookie) as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-group", cookie) as ws:
         RedisPublisher(facility=fac, groups=[bakers.name]).publish_message("fresh bread", expire=0)
         assert recv(ws) == "fresh bread"
 
@@ -126,37 +129,37 @@ def test_groups_are_read_when_the_socket_opens(uwsgi_server, login):
         ("group", "john", "mary", None),  # john and mary are both cooks
     ],
 )
-def test_client_publishes_to_its_own_audience(uwsgi_server, login, audience, sender, receiver, outsider):
+def test_client_publishes_to_its_own_audience(site_server, login, audience, sender, receiver, outsider):
     fac = facility()
     sub = f"/ws/{fac}?subscribe-{audience}&subscribe-broadcast"
     receiver_cookie = login(receiver) if receiver != sender else None
-    with client(uwsgi_server, f"/ws/{fac}?publish-{audience}", login(sender)) as pub:
+    with client(site_server, f"/ws/{fac}?publish-{audience}", login(sender)) as pub:
         cookie = receiver_cookie or login(sender)
-        with client(uwsgi_server, sub, cookie) as rec, client(uwsgi_server, sub, login(outsider)) as out:
+        with client(site_server, sub, cookie) as rec, client(site_server, sub, login(outsider)) as out:
             pub.send(f"{audience} from {sender}")
             assert recv(rec) == f"{audience} from {sender}"
             if audience != "broadcast":
                 assert_next_is_sentinel(out, fac)
     # A published message is persisted like one from a view.
-    with client(uwsgi_server, sub, cookie) as late:
+    with client(site_server, sub, cookie) as late:
         assert recv(late) == f"{audience} from {sender}"
 
 
-def test_client_publishes_to_its_session(uwsgi_server, login):
+def test_client_publishes_to_its_session(site_server, login):
     fac = facility()
     cookie = login("mary")
     with (
-        client(uwsgi_server, f"/ws/{fac}?subscribe-session", cookie) as tab1,
-        client(uwsgi_server, f"/ws/{fac}?publish-session", cookie) as tab2,
+        client(site_server, f"/ws/{fac}?subscribe-session", cookie) as tab1,
+        client(site_server, f"/ws/{fac}?publish-session", cookie) as tab2,
     ):
         tab2.send("between my tabs")
         assert recv(tab1) == "between my tabs"
 
 
-def test_anonymous_client_cannot_publish_to_users(uwsgi_server, login):
+def test_anonymous_client_cannot_publish_to_users(site_server, login):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-group&subscribe-broadcast", login("john")) as john:
-        with client(uwsgi_server, f"/ws/{fac}?publish-user&publish-group", login(None)) as anon:
+    with client(site_server, f"/ws/{fac}?subscribe-user&subscribe-group&subscribe-broadcast", login("john")) as john:
+        with client(site_server, f"/ws/{fac}?publish-user&publish-group", login(None)) as anon:
             anon.send("spoofed")
         assert_next_is_sentinel(john, fac)
 
@@ -219,12 +222,12 @@ def test_publish_returns_receivers_and_expire_zero_keeps_earlier(uwsgi_server, r
 # -- refusals before the upgrade ----------------------------------------------------------
 
 
-def test_allowed_channels_hook_refuses_with_403(uwsgi_server, login):
+def test_allowed_channels_hook_refuses_with_403(site_server, login):
     with pytest.raises(InvalidStatus) as refused:
-        with client(uwsgi_server, "/ws/staff-only?subscribe-broadcast", login("john")):
+        with client(site_server, "/ws/staff-only?subscribe-broadcast", login("john")):
             pass
     assert refused.value.response.status_code == 403
-    with client(uwsgi_server, "/ws/staff-only?subscribe-broadcast", login("mary")) as ws:
+    with client(site_server, "/ws/staff-only?subscribe-broadcast", login("mary")) as ws:
         assert_next_is_sentinel(ws, "staff-only")
 
 
@@ -314,8 +317,8 @@ def test_custom_subscriber_adds_a_channel_other_programs_publish_to(uwsgi_server
         assert_next_is_sentinel(ws, fac)
 
 
-def test_process_request_hook_authenticates_by_token(uwsgi_server):
+def test_process_request_hook_authenticates_by_token(site_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&token=token-mary") as ws:
+    with client(site_server, f"/ws/{fac}?subscribe-user&token=token-mary") as ws:
         RedisPublisher(facility=fac, users=["mary"]).publish_message("hello mary", expire=0)
         assert recv(ws) == "hello mary"

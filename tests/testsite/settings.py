@@ -1,10 +1,12 @@
 """A small Django site for the integration tests: the one the uWSGI websocket worker loads.
 
-The test run chooses the database file and the Redis URL and passes them in
-the environment, so the test process and the uWSGI worker share both.
+The test run chooses the database (an SQLite file or a PostgreSQL URL) and the
+Redis URL and passes them in the environment, so the test process and the
+uWSGI worker share both.
 """
 
 import os
+from urllib.parse import unquote, urlsplit
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -23,12 +25,25 @@ TEMPLATES = [
         "OPTIONS": {"context_processors": ["ws4redis_uwsgi.context_processors.default"]},
     }
 ]
+
+
+def site_database(where: str) -> dict:
+    """The DATABASES entry for WS4REDIS_TEST_DB: a postgresql:// URL, else an SQLite file (or ":memory:")."""
+    url = urlsplit(where)
+    if url.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/"),
+            "USER": unquote(url.username or ""),
+            "PASSWORD": unquote(url.password or ""),
+            "HOST": url.hostname or "",
+            "PORT": str(url.port or ""),
+        }
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": where, "OPTIONS": {"timeout": 20}}
+
+
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("WS4REDIS_TEST_DB", ":memory:"),
-        "OPTIONS": {"timeout": 20},
-    },
+    "default": site_database(os.environ.get("WS4REDIS_TEST_DB", ":memory:")),
     # A second database, for publish_message(on_commit=True, using=...).
     "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
 }

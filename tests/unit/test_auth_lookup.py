@@ -1,8 +1,9 @@
 """The compiled session, user and group lookups give what Django's own get_user and ORM give.
 
-Each case builds a real session in the test site's SQLite database, then
-loads it twice: once as Django's middleware would (SessionStore + auth.get_user)
-and once through ws4redis_uwsgi.identity, and compares the two.
+Each case builds a real session in the test site's database, then loads it
+twice: once as Django's middleware would (SessionStore + auth.get_user) and
+once through ws4redis_uwsgi.identity, and compares the two. Every case runs on
+SQLite and on PostgreSQL (``db_backend``): the compiled SQL is each backend's.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def same(session_key: str | None, compiled: bool = True) -> tuple[Request, Reque
 
 
 @pytest.fixture
-def user(site_db: None) -> User:
+def user(db_backend: str) -> User:
     user = User.objects.create_user(f"lookup-{User.objects.count()}", password="secret", first_name="Zoë")
     user.groups.add(*Group.objects.filter(name__in=["staff", "cooks"]))
     return user
@@ -110,7 +111,7 @@ def test_groups_are_read_only_when_asked(user: User) -> None:
     assert identity.username == user.username and identity.session_key == request.session.session_key  # type: ignore[attr-defined]
 
 
-def test_unknown_missing_and_malformed_keys_are_anonymous(site_db: None) -> None:
+def test_unknown_missing_and_malformed_keys_are_anonymous(db_backend: str) -> None:
     for key in ("x" * 32, "short", None):
         ours = with_lookup(key)
         assert not ours.user.is_authenticated and ours.session.session_key is None  # type: ignore[attr-defined]
@@ -123,7 +124,7 @@ def test_expired_session_is_anonymous_like_django(user: User) -> None:
     assert not ours.user.is_authenticated and ours.session.session_key is None  # type: ignore[attr-defined]
 
 
-def test_session_of_an_anonymous_visitor_keeps_its_data(site_db: None) -> None:
+def test_session_of_an_anonymous_visitor_keeps_its_data(db_backend: str) -> None:
     store = SessionStore()
     store["cart"] = 3
     store.save()
@@ -187,7 +188,7 @@ def test_other_session_engines_load_as_django_loads_them(user: User) -> None:
     assert ours.user.pk == user.pk  # type: ignore[attr-defined]
 
 
-def test_the_stock_queries_compile(site_db: None) -> None:
+def test_the_stock_queries_compile(db_backend: str) -> None:
     """The session, user and groups queries of the default set-up all take the compiled path."""
     for factory in (auth_lookup._session_query, auth_lookup._user_query, auth_lookup._groups_query):
         query = factory("default")
@@ -210,7 +211,7 @@ def test_a_query_that_cannot_be_compiled_is_tried_once_then_the_orm_answers(user
     assert caplog.text.count("could not compile") == 1
 
 
-def test_compiled_queries_follow_the_user_model_and_settings_changes(site_db: None) -> None:
+def test_compiled_queries_follow_the_user_model_and_settings_changes(db_backend: str) -> None:
     first = auth_lookup._compiled(auth_lookup._user_query, "default")
     assert auth_lookup._compiled(auth_lookup._user_query, "default") is first
     with override_settings(DEBUG=False):  # any setting_changed: compile again
