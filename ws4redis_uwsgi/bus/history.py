@@ -203,7 +203,8 @@ def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expi
     """
     max_length = int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0)
     max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
-    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
+    cluster = is_cluster(client)
+    command = "SPUBLISH" if cluster else "PUBLISH"
     args: list[bytes | int | str] = [
         head,
         tail,
@@ -215,20 +216,20 @@ def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expi
         LEGACY_COUNTER_TTL_MS,
     ]
     calls = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
-    if not is_cluster(client):  # no earlier version ran on a Cluster
+    if not cluster:  # no earlier version ran on a Cluster
         calls[0].append(legacy_counter_key())
     replicas = int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0)
     if replicas:
         replies = _run_acknowledged(client, calls, args, replicas, int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000))
     else:
         replies = _run_scripts(client, calls, args)
-    message_ids = [reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0]) for reply in replies]
+    first_id = replies[0][0]
     if any(reply[2] for reply in replies):
         logger.warning(
             "a history stream of %s held an id this package never wrote; started again (resuming clients get !gap)",
             ", ".join(channels),
         )
-    return message_ids[0], sum(int(reply[1]) for reply in replies)
+    return first_id.decode() if isinstance(first_id, bytes) else str(first_id), sum(int(reply[1]) for reply in replies)
 
 
 def _run_scripts(client: Any, calls: list[list[str]], args: list[Any]) -> list[Any]:

@@ -133,9 +133,10 @@ class RedisStore:
             return 0
         if expire is None:
             expire = settings.get("WS4REDIS_EXPIRE")
-        # A message on several channels carries a uid: a client on more than one gets it once.
-        uid = envelope.new_uid() if len(self._publishers) > 1 else None
         if history.enabled():
+            # A message on several channels carries a uid: a client on more than one gets it once
+            # (without history there are no ids, and no repeats are held back).
+            uid = envelope.new_uid() if len(self._publishers) > 1 else None
             head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin, uid=uid)
             self.last_message_id, receivers = history.publish(self._connection, self._publishers, head, tail, expire)
             return receivers
