@@ -220,20 +220,19 @@ class Outbox:
 
     # -- stored messages and history --------------------------------------------------
 
-    def fresh(self, messages: Iterable[BusMessage], *, stored: bool = False) -> Iterator[BusMessage]:
+    def fresh(self, messages: Iterable[BusMessage]) -> Iterator[BusMessage]:
         """Those of ``messages`` (stored or from history, in id order) not handed out yet, one at a time.
 
         Each is recorded as handed out when it is yielded, so :meth:`payload`
         called for it right then carries the token that includes it. A
-        ``stored`` message older than the channel's position (published
-        before the websocket arrived) is handed out without moving the
-        position back: what came between it and the arrival is not owed.
+        ``stored`` message from before the websocket arrived is recorded
+        too, since its live copy may still be on its way (the arrival is
+        Redis's clock as this worker estimates it), but the catch-up and the
+        token do not start before the arrival (see :meth:`position`).
         """
         for message in messages:
             if self._seen(message):
                 self._advance(message)
-            elif stored and message.order is not None and message.order <= self.position(message.channel):  # type: ignore[arg-type]
-                yield message
             else:
                 self._record(message)
                 yield message
@@ -246,16 +245,21 @@ class Outbox:
     def position(self, channel: str) -> Order:
         """Where the client is on ``channel``: a catch-up starts after it.
 
-        The last id handed out there; before any, the position it resumed
-        from; else the moment it arrived (ids follow Redis's clock), so that
-        a websocket that opened while Redis was away gets what was published
-        once it was back.
+        The last id handed out there, but never before where the client
+        started on the channel: the position it resumed from, else the
+        moment it arrived (ids follow Redis's clock). So a websocket that
+        opened while Redis was away gets what was published once it was
+        back, and a stored message from before the arrival does not make
+        owed what came between it and the arrival (published before the
+        client came, with expire=0).
         """
-        if self._positions is not None and channel in self._positions:
-            return self._positions[channel]
         if self._resumed is not None and channel in self._resumed:
-            return self._resumed[channel]
-        return (self.arrived_ms, 0)
+            start = self._resumed[channel]
+        else:
+            start = (self.arrived_ms, 0)
+        if self._positions is not None and channel in self._positions:
+            return max(self._positions[channel], start)
+        return start
 
     def positions(self) -> dict[str, Order]:
         """:meth:`position` of every channel."""
