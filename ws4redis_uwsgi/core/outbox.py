@@ -72,6 +72,7 @@ class Outbox:
         "_positions",
         "_recent",
         "_resumed",
+        "_stored",
         "arrived_ms",
         "catch_up_owed",
         "channels",
@@ -106,6 +107,8 @@ class Outbox:
         self._positions: dict[str | None, Order] | None = None
         # The positions the client resumed from, per channel.
         self._resumed: dict[str, Order] | None = None
+        # The stored message handed out per channel when it was older than the channel's position.
+        self._stored: dict[str | None, Order] | None = None
         # Uids of recent multi-channel messages (an insertion-ordered dict as a bounded set).
         self._recent: dict[str, None] | None = None
         self._inbox: deque[BusMessage] | None = None  # made when a message waits: an empty deque holds 0.6 KiB
@@ -155,22 +158,18 @@ class Outbox:
         if write is not None and self._inbox is None and self._caught_up:
             order = message.order
             positions = self._positions
-            if positions is not None and message.uid is None and self._resumed is None:
+            before = positions.get(message.channel) if positions is not None else None
+            if before is not None and message.uid is None and self._resumed is None:
                 # The common case, inlined (every live message to every idle websocket comes here):
-                # a message of one channel, to a websocket that did not resume.
-                channel = message.channel
-                before = positions.get(channel)
+                # a message of one channel that has a position, to a websocket that did not resume.
                 if order is not None:
-                    if before is not None and order <= before:
+                    if order <= before:
                         return True  # already handed out
-                    positions[channel] = order
+                    positions[message.channel] = order  # type: ignore[index]
                 if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
                     return True
                 if order is not None:
-                    if before is None:
-                        del positions[channel]
-                    else:
-                        positions[channel] = before
+                    positions[message.channel] = before  # type: ignore[index]
             else:
                 if self._seen(message):
                     self._advance(message)
@@ -225,14 +224,20 @@ class Outbox:
 
         Each is recorded as handed out when it is yielded, so :meth:`payload`
         called for it right then carries the token that includes it. A
-        ``stored`` message from before the websocket arrived is recorded
-        too, since its live copy may still be on its way (the arrival is
-        Redis's clock as this worker estimates it), but the catch-up and the
-        token do not start before the arrival (see :meth:`position`).
+        message older than the channel's position (a stored message
+        published before the websocket arrived) is handed out without moving
+        the position back, since what came between it and the arrival is not
+        owed; it is remembered apart, as its live copy may still be on its
+        way (the arrival is Redis's clock as this worker estimates it).
         """
         for message in messages:
             if self._seen(message):
                 self._advance(message)
+            elif message.order is not None and message.order <= self.position(message.channel):  # type: ignore[arg-type]
+                if self._stored is None:
+                    self._stored = {}
+                self._stored[message.channel] = message.order
+                yield message
             else:
                 self._record(message)
                 yield message
@@ -245,21 +250,16 @@ class Outbox:
     def position(self, channel: str) -> Order:
         """Where the client is on ``channel``: a catch-up starts after it.
 
-        The last id handed out there, but never before where the client
-        started on the channel: the position it resumed from, else the
-        moment it arrived (ids follow Redis's clock). So a websocket that
-        opened while Redis was away gets what was published once it was
-        back, and a stored message from before the arrival does not make
-        owed what came between it and the arrival (published before the
-        client came, with expire=0).
+        The last id handed out there; before any, the position it resumed
+        from; else the moment it arrived (ids follow Redis's clock), so that
+        a websocket that opened while Redis was away gets what was published
+        once it was back.
         """
-        if self._resumed is not None and channel in self._resumed:
-            start = self._resumed[channel]
-        else:
-            start = (self.arrived_ms, 0)
         if self._positions is not None and channel in self._positions:
-            return max(self._positions[channel], start)
-        return start
+            return self._positions[channel]
+        if self._resumed is not None and channel in self._resumed:
+            return self._resumed[channel]
+        return (self.arrived_ms, 0)
 
     def positions(self) -> dict[str, Order]:
         """:meth:`position` of every channel."""
@@ -297,6 +297,8 @@ class Outbox:
                 return True
         elif self._resumed is not None and channel in self._resumed and order <= self._resumed[channel]:
             return True
+        elif self._stored is not None and channel in self._stored and order <= self._stored[channel]:
+            return True  # the live copy of the stored message the websocket got first
         return message.uid is not None and self._recent is not None and message.uid in self._recent
 
     def _record(self, message: BusMessage) -> Order | None:
