@@ -61,6 +61,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     max_age = settings.get("WS4REDIS_TOKEN_MAX_AGE")
     if not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 1:
         errors.append(_error("WS4REDIS_TOKEN_MAX_AGE", f"is {max_age!r}.", "Use a number of seconds, such as 60.", 13))
+    recheck = settings.get("WS4REDIS_SESSION_RECHECK")
+    if not isinstance(recheck, (int, float)) or isinstance(recheck, bool) or recheck < 0:
+        errors.append(
+            _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
+        )
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))

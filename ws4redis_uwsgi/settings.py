@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_ON_GAP": None,
     # Seconds a websocket token (ws4redis_uwsgi.django.tokens) lets a client in.
     "WS4REDIS_TOKEN_MAX_AGE": 60,
+    # Seconds between two looks of a worker at every logged-in websocket's session (live
+    # authorization, for what Django sends no signal for); 0: only when Django says.
+    "WS4REDIS_SESSION_RECHECK": 60,
 }
 
 

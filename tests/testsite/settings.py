@@ -19,6 +19,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "ws4redis_uwsgi",
 ]
+# The pages' requests (Django's password change view in the live authorization tests) carry a session and a user.
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -66,6 +71,7 @@ WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
+WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
 )
