@@ -40,6 +40,7 @@ from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
 from .loop import WebsocketWSGIServer
+from .outbox_drain import start_drain
 from .sockets import RawSocket
 
 if TYPE_CHECKING:
@@ -153,6 +154,23 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         self.sessions: set[DetachedSession] = set()
         if uwsgi is not None:
             check_descriptors(int(uwsgi.cores))
+            self._start_drain_in_workers()
+
+    @staticmethod
+    def _start_drain_in_workers() -> None:
+        """Every worker drains the durable outbox, whether a websocket came or not: from its start."""
+        if uwsgi.worker_id() > 0:  # the application is loaded in the worker (lazy-apps)
+            start_drain()
+            return
+        previous = getattr(uwsgi, "post_fork_hook", None)
+
+        def post_fork() -> None:
+            if previous is not None:
+                previous()
+            if uwsgi.worker_id() > 0:
+                start_drain()
+
+        uwsgi.post_fork_hook = post_fork
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
