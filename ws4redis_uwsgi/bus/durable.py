@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -138,11 +139,11 @@ def publish_row(row: OutboxMessage, client: Any) -> int:
     return store._publish(bytes(row.message), row.expire, row.binary, row.uid)
 
 
-def drain(alias: str, older_than: float | None = None, *, client: Any = None, batch: int = BATCH) -> int:
+def drain(alias: str, older_than: float | None = None, *, client: Any = None, batch: int = BATCH, wait: float = 0.0) -> int:
     """Publish and delete the rows of ``alias``'s outbox older than ``older_than`` seconds (default: the grace), oldest first.
 
-    Returns how many were published; 0 as well when another drain holds
-    the database's Redis lock.
+    Returns how many were published; 0 as well when another drain still
+    holds the database's Redis lock after ``wait`` seconds.
 
     :raises redis.RedisError: Redis cannot be reached (what was published until then is deleted).
     :raises django.db.DatabaseError: the database refused (no table: ``manage.py migrate``).
@@ -166,7 +167,7 @@ def drain(alias: str, older_than: float | None = None, *, client: Any = None, ba
             if len(rows) < batch or len(published) < len(rows):
                 return total
     lock = _Lock(client, f"{prefix_string(settings.get('WS4REDIS_PREFIX'))}ws4redis:outbox-drain:{alias}")
-    if not lock.acquire():
+    if not lock.acquire(wait):
         return 0
     try:
         while True:
@@ -210,8 +211,14 @@ class _Lock:
         self.key = key
         self.token = secrets.token_hex(8)
 
-    def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.token, nx=True, ex=LOCK_SECONDS))
+    def acquire(self, wait: float) -> bool:
+        """Take the lock, waiting up to ``wait`` seconds for another holder to release it."""
+        deadline = time.monotonic() + wait
+        while not self.client.set(self.key, self.token, nx=True, ex=LOCK_SECONDS):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def release(self) -> None:
         try:

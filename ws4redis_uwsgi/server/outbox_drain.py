@@ -31,10 +31,15 @@ class OutboxDrain:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> OutboxDrain:
         self._greenlet = gevent.spawn(self._run)
+        return self
 
     def close(self) -> None:
-        self._greenlet.kill(block=False)
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
 
     def _run(self) -> None:
         while True:
@@ -68,4 +73,4 @@ def start_drain() -> None:
     """Start this process's drain, once, when the outbox is on (:func:`~ws4redis_uwsgi.bus.durable.drain_interval`)."""
     interval = durable.drain_interval()
     if interval > 0:
-        process.resource("outbox drain", lambda: OutboxDrain(interval))
+        process.resource("outbox drain", lambda: OutboxDrain(interval).start())

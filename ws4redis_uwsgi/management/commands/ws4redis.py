@@ -91,7 +91,8 @@ class Command(BaseCommand):
             raise CommandError(f"Redis cannot be reached: {exc}") from None
         for alias in aliases:
             try:
-                published = durable.drain(alias, older_than, client=client)
+                # Without row locks, drains take turns: wait for the one a websocket worker runs.
+                published = durable.drain(alias, older_than, client=client, wait=durable.LOCK_SECONDS)
             except redis.RedisError as exc:
                 raise CommandError(f"Redis cannot be reached: {exc}") from None
             except DatabaseError as exc:
