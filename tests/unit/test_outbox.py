@@ -255,6 +255,20 @@ def test_a_durable_message_published_again_is_handed_out_once_on_one_channel(ids
         assert box.position(A) == (NOW, 2)
 
 
+def test_a_stored_durable_message_from_before_the_arrival_is_known_by_its_uid():
+    box, socket, uid = outbox(A, arrived_ms=NOW), Socket(), new_durable_uid()
+    stored = message(A, 1, "durable", ms=NOW - 60_000, uid=uid)  # older than the arrival: not a position
+    assert list(box.fresh([stored])) == [stored]
+    assert box.take_live(message(A, 2, "durable", ms=NOW + 5, uid=uid), socket.write) is True  # a drain's copy
+    assert socket.frames == []
+
+
+def test_a_stored_multi_channel_message_from_before_the_arrival_is_handed_out_once():
+    box, uid = outbox(A, B, arrived_ms=NOW), new_uid()
+    copies = [message(A, 1, "both", ms=NOW - 60_000, uid=uid), message(B, 1, "both", ms=NOW - 60_000, uid=uid)]
+    assert list(box.fresh(copies)) == copies[:1]
+
+
 def test_a_durable_message_the_socket_refused_is_not_remembered_and_goes_out_once_later():
     box, uid = outbox(A), new_durable_uid()
     durable = message(A, None, "durable", uid=uid)
