@@ -37,8 +37,8 @@ def _seconds(text: str) -> float:
 class Command(BaseCommand):
     help = "Operate ws4redis_uwsgi: drain-outbox."
 
-    #: The subcommands: name -> (help, add_arguments, handler).
     def subcommands(self) -> dict[str, tuple[str, Callable[[CommandParser], None], Callable[..., None]]]:
+        """The subcommands: name -> (help, what adds its arguments, what runs it with the options)."""
         return {
             "drain-outbox": (
                 "publish what the durable outbox holds (messages a crash left behind), oldest first",
