@@ -3,6 +3,7 @@ from django.apps import AppConfig
 
 class Ws4RedisConfig(AppConfig):
     name = "ws4redis_uwsgi"
+    default_auto_field = "django.db.models.BigAutoField"
     verbose_name = "Websockets for Redis (uWSGI)"
 
     def ready(self) -> None:

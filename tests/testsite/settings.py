@@ -75,6 +75,10 @@ WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK",
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
 )
+# The durable outbox's drain runs in workers a test starts with WS4REDIS_TEST_OUTBOX_DRAIN=<seconds between rounds>.
+if "WS4REDIS_TEST_OUTBOX_DRAIN" in os.environ:
+    WS4REDIS_OUTBOX_DRAIN_INTERVAL = float(os.environ["WS4REDIS_TEST_OUTBOX_DRAIN"])
+    WS4REDIS_OUTBOX_GRACE = float(os.environ["WS4REDIS_TEST_OUTBOX_GRACE"])
 
 LOGGING = {
     "version": 1,
