@@ -327,3 +327,62 @@ def test_a_storm_of_group_changes_does_not_stall_the_worker(site_server):
     assert not failures, f"the probe failed: {failures[0]!r}"
     assert len(delays) > 20, f"the probe got {len(delays)} answers"
     assert max(delays) < 0.25 * TIMING, f"a message waited {max(delays):.3f}s during the storm"
+
+
+ENGINES = ["django.contrib.sessions.backends.cache", "django.contrib.sessions.backends.cached_db"]
+ALL_ENGINES = [*ENGINES, "django.contrib.sessions.backends.signed_cookies"]
+
+
+def short(engine: str) -> str:
+    return engine.rpartition(".")[2]
+
+
+@pytest.fixture
+def on_engine(site_db, redis_server, tmp_path):
+    """``on_engine(name)``: the test process and a worker (looking again each second) on that session engine."""
+    from django.test import override_settings
+
+    with ExitStack() as stack:
+
+        def start(name: str) -> UwsgiServer:
+            stack.enter_context(override_settings(SESSION_ENGINE=name))
+            env = {**SITE_ENV, "WS4REDIS_TEST_SESSION_ENGINE": name, "WS4REDIS_TEST_SESSION_RECHECK": "1"}
+            server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+            stack.callback(server.stop)
+            return server
+
+        yield start
+
+
+@pytest.mark.parametrize("name", ALL_ENGINES, ids=short)
+def test_every_session_engine_ends_the_websockets_of_a_logout(on_engine, name):
+    server = on_engine(name)
+    fac = facility()
+    user, someone_else = new_user(), new_user()
+    cookie, key = login(user)
+    path = f"/ws/{fac}?subscribe-user"
+    # (Two signed-cookie sessions of one user made within a second are the same cookie: another user's stays.)
+    with client(server, path, cookie) as ws, client(server, path, login(someone_else)[0]) as other:
+        still_open(ws, fac, user)
+        started = time.monotonic()
+        logout(key, user)
+        code, elapsed = closed_with(ws, started)
+        assert code == CloseCode.SESSION_ENDED and elapsed < SECOND
+        still_open(other, fac, someone_else)
+
+
+@pytest.mark.parametrize("name", ENGINES, ids=short)
+def test_a_deleted_session_ends_its_websockets_at_once_or_at_the_next_look(on_engine, name):
+    """cached_db's delete sends a signal (at once); the cache engine's does not (the worker's look each second)."""
+    from importlib import import_module
+
+    server = on_engine(name)
+    fac = facility()
+    user = new_user()
+    cookie, key = login(user)
+    with client(server, f"/ws/{fac}?subscribe-user", cookie) as ws:
+        started = time.monotonic()
+        import_module(name).SessionStore(key).delete()
+        code, elapsed = closed_with(ws, started)
+        assert code == CloseCode.SESSION_ENDED
+        assert elapsed < (SECOND if name.endswith("cached_db") else 2.5 * SECOND)

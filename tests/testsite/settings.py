@@ -55,7 +55,18 @@ DATABASES = {
 ROOT_URLCONF = "tests.testsite.urls"
 # Pages and websockets from `manage.py runserver` (tests/integration/test_runserver.py); uWSGI ignores it.
 WSGI_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Live authorization's tests run workers on each engine (WS4REDIS_TEST_SESSION_ENGINE); the
+# cache engines keep sessions in the test Redis, which the test process and the workers share.
+SESSION_ENGINE = os.environ.get("WS4REDIS_TEST_SESSION_ENGINE", "django.contrib.sessions.backends.db")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "sessions": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ.get("WS4REDIS_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": "test-sessions",
+    },
+}
+SESSION_CACHE_ALIAS = "sessions"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
