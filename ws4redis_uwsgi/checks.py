@@ -66,6 +66,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(
             _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
         )
+    port = settings.get("WS4REDIS_METRICS_PORT")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+        errors.append(_error("WS4REDIS_METRICS_PORT", f"is {port!r}.", "Use a port number, such as 9300, or None.", 15))
+    host = settings.get("WS4REDIS_METRICS_HOST")
+    if not isinstance(host, str) or not host:
+        errors.append(_error("WS4REDIS_METRICS_HOST", f"is {host!r}.", "Use an address, such as '127.0.0.1'.", 16))
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))

@@ -146,6 +146,9 @@ def _on_session_saved(sender: Any, instance: Any, created: bool = False, using: 
 def _on_session_deleted(sender: Any, instance: Any, using: str | None = None, **kwargs: Any) -> None:
     created = getattr(_state, "created", None)
     _state.created = None
+    data = _decoded(instance)
+    if not data or SESSION_KEY not in data:
+        return  # no user's session (as login() gives up an anonymous one): no websocket stands on it
     ref = session_ref(instance.session_key)
     if created is not None and _is_cycle(instance, *created):
         sealed = seal_key(instance.session_key, created[0])

@@ -245,6 +245,7 @@ class RedisSubscriber(RedisStore):
         websocket's loop); otherwise it waits and the loop is woken.
         """
         if not self.outbox.take_live(message, self._write_now):
+            self._hub.queued += 1
             self.notify()
 
     def parse_response(self) -> envelope.BusMessage | None:

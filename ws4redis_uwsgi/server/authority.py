@@ -75,6 +75,10 @@ class Authority:
         if grant is None:
             return
         self._index(subscriber, grant)
+        self.listen()
+
+    def listen(self) -> None:
+        """Subscribe the control channel (once): from the worker's start, or its first logged-in websocket."""
         if not self._listening:
             self._listening = True
             get_hub().add(self, [control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())])
