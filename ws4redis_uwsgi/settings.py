@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_ON_GAP": None,
     # Seconds a websocket token (ws4redis_uwsgi.django.tokens) lets a client in.
     "WS4REDIS_TOKEN_MAX_AGE": 60,
+    # Presence (ws4redis_uwsgi.presence): False, True (every facility), a collection of
+    # facility names, or f(facility) -> bool (or its dotted path).
+    "WS4REDIS_PRESENCE": False,
+    # Seconds a killed worker's connections may still count as present.
+    "WS4REDIS_PRESENCE_TTL": 30,
 }
 
 

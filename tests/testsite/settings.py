@@ -69,6 +69,9 @@ WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", 
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
 )
+# Presence on the facilities the presence tests use; a short TTL for the worker the SIGKILL test starts.
+WS4REDIS_PRESENCE = "tests.testsite.hooks.has_presence"
+WS4REDIS_PRESENCE_TTL = float(os.environ.get("WS4REDIS_TEST_PRESENCE_TTL", "30"))
 
 LOGGING = {
     "version": 1,
