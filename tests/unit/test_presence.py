@@ -10,6 +10,7 @@ from ws4redis_uwsgi.checks import check_presence
 from ws4redis_uwsgi.core.channels import parse_query, restrict
 from ws4redis_uwsgi.core.envelope import BusMessage
 from ws4redis_uwsgi.core.outbox import Outbox
+from ws4redis_uwsgi.core.positions import decode_token
 from ws4redis_uwsgi.core.presence import (
     LocalPresence,
     PresenceKeys,
@@ -22,7 +23,6 @@ from ws4redis_uwsgi.core.presence import (
     setting_problem,
     ttl_problem,
 )
-from ws4redis_uwsgi.core.positions import decode_token
 
 
 def only_chat(facility):

@@ -148,7 +148,7 @@ class RedisSubscriber(RedisStore):
         else:
             values = mget(self._connection, self._channels)
         found = [self._hub.accept(value, channel) for channel, value in zip(self._channels, values, strict=True) if value]
-        return self.outbox.fresh((m for m in found if m is not None))
+        return self.outbox.fresh(m for m in found if m is not None)
 
     def read_backlog(self, positions: Mapping[str, Order]) -> history.BacklogReader:
         """A reader of what was published on this websocket's channels after its ``positions``.
