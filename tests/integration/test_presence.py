@@ -13,11 +13,16 @@ import signal
 import time
 
 import pytest
+import redis
 
 from tests.conftest import SITE_ENV
+from tests.integration.failover import worker_on
 from tests.integration.helpers import client, facility, recv, split
 from tests.servers import TIMING, UwsgiServer, wait_for
+from tests.topologies import ClusterSet, SentinelSet
 from ws4redis_uwsgi import presence
+from ws4redis_uwsgi.bus import presence as bus
+from ws4redis_uwsgi.core.presence import LocalPresence, PresenceKeys
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -161,3 +166,74 @@ def test_readers_drop_a_killed_workers_connections_within_the_ttl(login, tmp_pat
         assert time.monotonic() - killed <= ttl * TIMING + 0.5
         with contextlib.suppress(Exception):
             victims.close()
+
+
+# -- what it costs ------------------------------------------------------------------------------
+
+#: Redis commands whose work grows with the users present (or the workers).
+GROWING = {"hgetall", "hkeys", "hvals", "hscan", "keys", "scan", "zrange", "smembers"}
+
+
+def commands_run(redis_client) -> dict[str, int]:
+    """Commands Redis ran since the last CONFIG RESETSTAT, those of scripts included."""
+    stats = redis_client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+@pytest.mark.timeout(120)
+def test_with_100000_users_present_count_joins_and_leaves_do_constant_work(uwsgi_server, redis_client, login):
+    fac = presence_facility()
+    # 100,000 users on a worker of this test's own making, written as a worker writes its whole state.
+    board = bus.PresenceBoard(redis.Redis.from_url(SITE_ENV["WS4REDIS_TEST_REDIS"]), None, prefix="test", sharded=False, ttl=600)
+    local = LocalPresence()
+    for n in range(100_000):
+        local.add(f"user{n}")
+    board._sync(fac, local)
+    assert presence.count(fac) == 100_000
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast", login("john")):
+        present_count = 100_001
+        wait_for(lambda: presence.count(fac) == present_count, 10, "john counted")
+        redis_client.config_resetstat()
+        assert presence.count(fac) == present_count
+        assert not GROWING & set(commands_run(redis_client))
+        with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast", login("mary")):  # a join on a worker already there
+            wait_for(lambda: presence.count(fac) == present_count + 1, 10, "mary counted")
+        wait_for(lambda: presence.count(fac) == present_count, 10, "mary gone")
+        ran = commands_run(redis_client)
+        assert not GROWING & set(ran), ran
+        assert ran.get("publish", 0) >= 2  # her join and her leave
+    assert len(presence.online_users(fac)) == 100_000
+    keys = PresenceKeys.of("test", fac)
+    redis_client.delete(keys.users, keys.total, keys.workers, keys.worker_totals, keys.worker(board.worker))
+
+
+# -- Sentinel and Cluster -----------------------------------------------------------------------------
+
+
+def _presence_on(server, login) -> None:
+    fac = presence_facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast&presence") as watcher:
+        with client(server, f"/ws/{fac}?subscribe-broadcast", login("john")), client(server, f"/ws/{fac}", login("john")):
+            assert recv(watcher) == "!join\njohn"
+            present(fac, {"john": 2}, 3)
+        assert recv(watcher) == "!leave\njohn"
+        present(fac, {}, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_presence_through_sentinel(site_db, tmp_path, login):
+    with SentinelSet() as sentinels, worker_on(sentinels.url, tmp_path) as server:
+        _presence_on(server, login)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_presence_on_a_cluster_in_one_slot_per_facility_on_every_shard(site_db, tmp_path, login):
+    with ClusterSet() as cluster, worker_on(cluster.url, tmp_path) as server:
+        shards = set()
+        while shards != set(cluster.masters()):
+            fac_keys = PresenceKeys.of("test", presence_facility(), sharded=True)
+            shards.add(cluster.master_for_slot(cluster.keyslot(fac_keys.users)))
+        for _ in range(3):  # facilities land on any shard: events by SPUBLISH from the scripts
+            _presence_on(server, login)
