@@ -237,3 +237,43 @@ def test_presence_on_a_cluster_in_one_slot_per_facility_on_every_shard(site_db, 
             shards.add(cluster.master_for_slot(cluster.keyslot(fac_keys.users)))
         for _ in range(3):  # facilities land on any shard: events by SPUBLISH from the scripts
             _presence_on(server, login)
+
+
+@pytest.mark.timeout(60)
+def test_one_read_takes_back_every_dead_worker_however_many(redis_server, redis_client):
+    fac = presence_facility()
+    keys = PresenceKeys.of("test", fac)
+    dead = bus.REAP_LIMIT + 50
+    for n in range(dead):  # workers that wrote their state and died at once
+        board = bus.PresenceBoard(redis.Redis.from_url(redis_server.url), None, prefix="test", sharded=False, ttl=1)
+        local = LocalPresence()
+        local.add(f"user{n % 7}")
+        board._sync(fac, local)
+    assert presence.count(fac) == dead
+    latest = max(score for _, score in redis_client.zrange(keys.workers, 0, -1, withscores=True))
+    wait_for(lambda: _redis_ms(redis_client) > latest, 5, "every worker expired")
+    assert presence.count(fac) == 0  # one call
+    assert presence.online_users(fac) == {}
+    assert redis_client.exists(keys.users, keys.total, keys.workers, keys.worker_totals) == 0  # nothing left behind
+
+
+def _redis_ms(redis_client) -> int:
+    seconds, microseconds = redis_client.time()
+    return seconds * 1000 + microseconds // 1000
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_whose_entries_redis_lost_writes_them_again(login, tmp_path, redis_server, redis_client, site_db):
+    fac = presence_facility()
+    keys = PresenceKeys.of("test", fac)
+    with (
+        vassal(tmp_path, "forgotten", WS4REDIS_TEST_PRESENCE_TTL="3") as server,
+        client(server, f"/ws/{fac}?subscribe-broadcast", login("john")),
+        client(server, f"/ws/{fac}?subscribe-broadcast"),
+    ):
+        present(fac, {"john": 1}, 2)
+        worker_keys = redis_client.keys(keys.worker("*"))
+        assert worker_keys
+        # As a Redis restart without persistence would.
+        assert redis_client.delete(keys.users, keys.total, keys.workers, keys.worker_totals, *worker_keys) == 5
+        present(fac, {"john": 1}, 2)  # at the worker's next refresh

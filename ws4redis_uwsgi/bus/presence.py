@@ -13,7 +13,7 @@ Costs, with U users present on a facility and W workers serving it:
   opens a tab nets to nothing) in one script call per facility;
 * :func:`read_count`: O(log W) (a look for dead workers), then O(1);
 * :func:`read_users`: O(U), read with HSCAN so that Redis never blocks for it;
-* a refresh (every TTL/3 per worker and facility): O(log W);
+* a refresh (every TTL/5 per worker and facility): O(log W);
 * a dead worker, reaped once: O(the users it served).
 
 A worker whose entry is gone (it stalled past its expiry and was reaped, or
@@ -80,6 +80,7 @@ local function reap(base, users, total, workers, wtotals, channel, sharded, now)
     redis.call('HDEL', wtotals, worker)
     redis.call('ZREM', workers, worker)
   end
+  return #dead
 end
 """.replace("REAP_LIMIT", str(REAP_LIMIT))
 
@@ -156,13 +157,14 @@ return 1
 """
 )
 
-#: KEYS users, total, workers, wtotals; ARGV base, channel, sharded. Reaps dead workers; returns the total.
+#: KEYS users, total, workers, wtotals; ARGV base, channel, sharded.
+#: Reaps dead workers; returns the total, and whether more dead workers may wait.
 READ = (
     _COMMON
     + """
-reap(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], now_ms())
-return tonumber(redis.call('GET', KEYS[2]) or 0)
-"""
+local reaped = reap(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], now_ms())
+return {tonumber(redis.call('GET', KEYS[2]) or 0), reaped >= REAP_LIMIT and 1 or 0}
+""".replace("REAP_LIMIT", str(REAP_LIMIT))
 )
 
 
@@ -193,8 +195,11 @@ def _flag(sharded: bool) -> str:
 
 
 def read_count(scripts: Scripts, keys: PresenceKeys, *, sharded: bool) -> int:
-    """Every open connection on the facility, once dead workers' are taken back."""
-    return max(0, int(scripts.run(READ, _common_keys(keys), [keys.base, keys.channel, _flag(sharded)])))
+    """Every open connection on the facility, once dead workers' are taken back (all of them, however many died)."""
+    while True:
+        total, more = scripts.run(READ, _common_keys(keys), [keys.base, keys.channel, _flag(sharded)])
+        if not more:
+            return max(0, int(total))
 
 
 def read_users(client: Any, scripts: Scripts, keys: PresenceKeys, *, sharded: bool) -> dict[str, int]:
@@ -263,7 +268,7 @@ class PresenceBoard:
     """One worker's presence on every facility: its counts in memory, and the greenlet that tells Redis.
 
     The greenlet sends what changed as soon as it is woken, refreshes the
-    worker's entries every TTL/3 (reaping dead workers on the way), writes a
+    worker's entries every TTL/5 (reaping dead workers on the way), writes a
     facility's whole state again when Redis lost it or a write failed, and
     retries after :data:`RETRY_DELAY` while Redis is away.
     """
