@@ -277,3 +277,17 @@ def test_a_worker_whose_entries_redis_lost_writes_them_again(login, tmp_path, re
         # As a Redis restart without persistence would.
         assert redis_client.delete(keys.users, keys.total, keys.workers, keys.worker_totals, *worker_keys) == 5
         present(fac, {"john": 1}, 2)  # at the worker's next refresh
+
+
+@pytest.mark.timeout(90)
+def test_changes_while_redis_is_away_are_written_once_it_is_back(private_stack, login):
+    redis_server, server = private_stack
+    fac = presence_facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast", login("mary")):
+        with client(server, f"/ws/{fac}?subscribe-broadcast", login("john")):
+            present(fac, {"john": 1, "mary": 1}, 2)
+            redis_server.kill()
+        # John left while Redis was away, and Redis comes back empty.
+        redis_server.start()
+        present(fac, {"mary": 1}, 1)
+    present(fac, {}, 0)
