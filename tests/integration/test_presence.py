@@ -244,12 +244,14 @@ def test_one_read_takes_back_every_dead_worker_however_many(redis_server, redis_
     fac = presence_facility()
     keys = PresenceKeys.of("test", fac)
     dead = bus.REAP_LIMIT + 50
+    writer = redis.Redis.from_url(redis_server.url)
     for n in range(dead):  # workers that wrote their state and died at once
-        board = bus.PresenceBoard(redis.Redis.from_url(redis_server.url), None, prefix="test", sharded=False, ttl=1)
+        board = bus.PresenceBoard(writer, None, prefix="test", sharded=False, ttl=1)
         local = LocalPresence()
         local.add(f"user{n % 7}")
         board._sync(fac, local)
-    assert presence.count(fac) == dead
+    assert redis_client.zcard(keys.workers) == dead
+    assert int(redis_client.get(keys.total)) == dead
     latest = max(score for _, score in redis_client.zrange(keys.workers, 0, -1, withscores=True))
     wait_for(lambda: _redis_ms(redis_client) > latest, 5, "every worker expired")
     assert presence.count(fac) == 0  # one call
