@@ -62,6 +62,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     max_age = settings.get("WS4REDIS_TOKEN_MAX_AGE")
     if not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 1:
         errors.append(_error("WS4REDIS_TOKEN_MAX_AGE", f"is {max_age!r}.", "Use a number of seconds, such as 60.", 13))
+    recheck = settings.get("WS4REDIS_SESSION_RECHECK")
+    if not isinstance(recheck, (int, float)) or isinstance(recheck, bool) or recheck < 0:
+        errors.append(
+            _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
+        )
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))
@@ -130,3 +135,35 @@ def check_runserver(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
             id="ws4redis_uwsgi.W001",
         )
     ]
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+@register()
+def check_durable_outbox(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The durable outbox's settings (README, "Durable outbox")."""
+    from django.conf import settings as django_settings
+
+    errors: list[Error] = []
+    enabled = settings.get("WS4REDIS_DURABLE_OUTBOX")
+    if not isinstance(enabled, bool):
+        errors.append(_error("WS4REDIS_DURABLE_OUTBOX", f"is {enabled!r}.", "Use True or False.", 30))
+    aliases = settings.get("WS4REDIS_OUTBOX_DATABASES")
+    hint = "Use a list of aliases of DATABASES, such as ['default']."
+    if isinstance(aliases, str) or not isinstance(aliases, (list, tuple)) or not aliases:
+        errors.append(_error("WS4REDIS_OUTBOX_DATABASES", f"is {aliases!r}.", hint, 31))
+    else:
+        unknown = [alias for alias in aliases if alias not in django_settings.DATABASES]
+        if unknown:
+            errors.append(_error("WS4REDIS_OUTBOX_DATABASES", f"names databases not in DATABASES: {unknown!r}.", hint, 31))
+    interval = settings.get("WS4REDIS_OUTBOX_DRAIN_INTERVAL")
+    if interval is not None and not _seconds(interval):
+        hint = "Use None (5 seconds with WS4REDIS_DURABLE_OUTBOX, else no drain), 0 (no drain) or a number of seconds."
+        errors.append(_error("WS4REDIS_OUTBOX_DRAIN_INTERVAL", f"is {interval!r}.", hint, 32))
+    grace = settings.get("WS4REDIS_OUTBOX_GRACE")
+    if not _seconds(grace) or not grace > 0:
+        hint = "Use a number of seconds above 0, longer than a commit takes to publish, such as 10."
+        errors.append(_error("WS4REDIS_OUTBOX_GRACE", f"is {grace!r}.", hint, 33))
+    return errors

@@ -50,6 +50,18 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_ON_GAP": None,
     # Seconds a websocket token (ws4redis_uwsgi.django.tokens) lets a client in.
     "WS4REDIS_TOKEN_MAX_AGE": 60,
+    # Seconds between two looks of a worker at every logged-in websocket's session (live
+    # authorization, for what Django sends no signal for); 0: only when Django says.
+    "WS4REDIS_SESSION_RECHECK": 60,
+    # The durable outbox (ws4redis_uwsgi.bus.durable): publish_message's default for durable=.
+    "WS4REDIS_DURABLE_OUTBOX": False,
+    # Databases whose outbox the drains empty; a durable publish must use one of them.
+    "WS4REDIS_OUTBOX_DATABASES": ("default",),
+    # Seconds between two drain rounds in each websocket worker; None: 5 with WS4REDIS_DURABLE_OUTBOX
+    # on, else no drain there; 0: no drain there (run manage.py ws4redis drain-outbox yourself).
+    "WS4REDIS_OUTBOX_DRAIN_INTERVAL": None,
+    # Seconds a row must be old before a drain publishes it: the committing process publishes it first.
+    "WS4REDIS_OUTBOX_GRACE": 10,
     # Presence (ws4redis_uwsgi.presence): False, True (every facility), a collection of
     # facility names, or f(facility) -> bool (or its dotted path).
     "WS4REDIS_PRESENCE": False,

@@ -139,6 +139,7 @@ function make_client(extra = {}) {
     connected: () => log.push(['connected']),
     receive_message: (msg) => log.push(['receive', msg]),
     disconnected: (evt) => log.push(['disconnected', evt.code]),
+    session_ended: (evt) => log.push(['session_ended', evt.code]),
     ...extra,
   });
   return {client, log};
@@ -207,6 +208,26 @@ describe('ws4redis.js', () => {
       tick(WS4Redis.BACKOFF_BASE_MS);
       assert.equal(sockets().length, 2);
       assert.ok(last_socket().url.endsWith('resume=5-0'));
+      client.close();
+    });
+
+    it('does not reconnect after 4001 (session ended) and tells the page', () => {
+      const {client, log} = make_client();
+      last_socket().open();
+      last_socket().finish_close(4001, 'session ended');
+      tick(60000);
+      assert.equal(sockets().length, 1);
+      assert.deepEqual(log.filter((e) => e[0] === 'session_ended').length, 1);
+      assert.equal(live_timers(), 0);
+      client.close();
+    });
+
+    it('reconnects after 4001 when the page asks for it', () => {
+      const {client} = make_client({reconnect_after_session_end: true});
+      last_socket().open();
+      last_socket().finish_close(4001, 'session ended');
+      tick(WS4Redis.BACKOFF_BASE_MS);
+      assert.equal(sockets().length, 2);
       client.close();
     });
 

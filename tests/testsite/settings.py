@@ -19,6 +19,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "ws4redis_uwsgi",
 ]
+# The pages' requests (Django's password change view in the live authorization tests) carry a session and a user.
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -66,9 +71,14 @@ WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
+WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
 )
+# The durable outbox's drain runs in workers a test starts with WS4REDIS_TEST_OUTBOX_DRAIN=<seconds between rounds>.
+if "WS4REDIS_TEST_OUTBOX_DRAIN" in os.environ:
+    WS4REDIS_OUTBOX_DRAIN_INTERVAL = float(os.environ["WS4REDIS_TEST_OUTBOX_DRAIN"])
+    WS4REDIS_OUTBOX_GRACE = float(os.environ["WS4REDIS_TEST_OUTBOX_GRACE"])
 # Presence on the facilities the presence tests use; a short TTL for the worker the SIGKILL test starts.
 WS4REDIS_PRESENCE = "tests.testsite.hooks.has_presence"
 WS4REDIS_PRESENCE_TTL = float(os.environ.get("WS4REDIS_TEST_PRESENCE_TTL", "30"))

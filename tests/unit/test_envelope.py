@@ -10,7 +10,9 @@ from ws4redis_uwsgi.core.envelope import (
     decode,
     encode,
     encode_parts,
+    is_durable_uid,
     is_utf8,
+    new_durable_uid,
     new_uid,
     outgoing,
     plausible_id,
@@ -102,12 +104,25 @@ def test_an_origin_with_a_bar_slash_or_newline_is_refused(origin):
 
 
 @pytest.mark.parametrize("origin", [None, "1234-5", "worker7:42"])
-@pytest.mark.parametrize("uid", ["a", "Zz09_-", "x" * 32, new_uid()])
+@pytest.mark.parametrize("uid", ["a", "Zz09_-", "x" * 32, new_uid(), new_durable_uid()])
 @pytest.mark.parametrize("message_id", [None, "1700000000000-3"])
 @pytest.mark.parametrize(("payload", "binary"), [(b"hi", False), (b"hi", True), (b"\xff\x00", True), (b"a/b|c\n", False)])
 def test_uid_round_trip(origin, uid, message_id, payload, binary):
     data = encode(payload, binary=binary, origin=origin, id=message_id, uid=uid)
     assert decode(data) == BusMessage(payload, binary, origin, message_id, None, uid)
+
+
+def test_durable_uids_are_told_apart_from_multi_channel_ones_by_their_length():
+    durable = {new_durable_uid() for _ in range(100)}
+    assert len(durable) == 100 and all(is_durable_uid(uid) for uid in durable)
+    assert not any(is_durable_uid(new_uid()) for _ in range(100))
+
+
+def test_a_durable_uid_travels_without_id_when_history_is_off():
+    uid = new_durable_uid()
+    data = encode(b"hi", uid=uid)
+    assert data == MAGIC + b"|/" + uid.encode() + b"|\nhi"
+    assert decode(data, "c") == BusMessage(b"hi", False, None, None, "c", uid)
 
 
 def test_the_uid_follows_the_origin_after_a_slash():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ws4redis_uwsgi.core import positions
-from ws4redis_uwsgi.core.envelope import MAX_ID_AHEAD_MS, BusMessage, new_uid
+from ws4redis_uwsgi.core.envelope import MAX_ID_AHEAD_MS, BusMessage, new_durable_uid, new_uid
 from ws4redis_uwsgi.core.frames import server_frame
 from ws4redis_uwsgi.core.outbox import GAP_NOTICE, RECENT_UIDS, Opening, Outbox
 from ws4redis_uwsgi.core.positions import TOKEN_UIDS, decode_token, encode_token
@@ -226,6 +226,99 @@ def test_after_a_resume_a_copy_of_a_message_the_client_got_on_another_channel_is
     assert after.opening(NOW + 1000) is Opening.BACKLOG
     backlog = [message(B, 2, "copy", uid=uid), message(B, 3, "next")]  # B's history after NOW - 1000
     assert list(after.fresh(backlog)) == [message(B, 3, "next")]
+
+
+# -- one message once: a message of the durable outbox, by its uid, on every websocket -------
+# The outbox publishes a message again when a crash left its row behind (under another id, or
+# with none when history is off); a websocket on any number of channels hands it out once.
+
+
+@pytest.mark.parametrize("ids", [False, True], ids=["history off", "history on"])
+@pytest.mark.parametrize("way", ["live", "waiting", "stored"])
+def test_a_durable_message_published_again_is_handed_out_once_on_one_channel(ids, way):
+    box, socket, uid = outbox(A), Socket(), new_durable_uid()
+    first = message(A, 1 if ids else None, "durable", uid=uid)
+    again = message(A, 2 if ids else None, "durable", uid=uid)  # the drain published it once more
+    if way == "live":
+        assert box.take_live(first, socket.write) is True
+    elif way == "waiting":
+        assert box.take_live(first, None) is False
+        assert drain(box) == [first]
+    else:
+        assert list(box.fresh([first])) == [first]
+    assert box.take_live(again, socket.write) is True
+    box.take_live(again, None)  # without a direct writer it waits, and is skipped then
+    assert drain(box) == []
+    assert list(box.fresh([again])) == []
+    assert socket.frames == ([server_frame(b"durable")] if way == "live" else [])
+    if ids:  # the repeat moved its channel on: a catch-up or a resume does not bring it back
+        assert box.position(A) == (NOW, 2)
+
+
+def test_a_stored_durable_message_from_before_the_arrival_is_known_by_its_uid():
+    box, socket, uid = outbox(A, arrived_ms=NOW), Socket(), new_durable_uid()
+    stored = message(A, 1, "durable", ms=NOW - 60_000, uid=uid)  # older than the arrival: not a position
+    assert list(box.fresh([stored])) == [stored]
+    assert box.take_live(message(A, 2, "durable", ms=NOW + 5, uid=uid), socket.write) is True  # a drain's copy
+    assert socket.frames == []
+
+
+def test_a_stored_multi_channel_message_from_before_the_arrival_is_handed_out_once():
+    box, uid = outbox(A, B, arrived_ms=NOW), new_uid()
+    copies = [message(A, 1, "both", ms=NOW - 60_000, uid=uid), message(B, 1, "both", ms=NOW - 60_000, uid=uid)]
+    assert list(box.fresh(copies)) == copies[:1]
+
+
+def test_a_durable_message_the_socket_refused_is_not_remembered_and_goes_out_once_later():
+    box, uid = outbox(A), new_durable_uid()
+    durable = message(A, None, "durable", uid=uid)
+    assert box.take_live(durable, Socket(takes=False).write) is False
+    assert box.take_live(message(A, None, "durable", uid=uid), None) is False  # published again meanwhile
+    assert [m.payload for m in drain(box)] == [b"durable"]
+
+
+def test_a_resuming_client_keeps_the_uid_of_a_durable_message_in_its_token():
+    before, socket, uid = outbox(A, with_ids=True, arrived_ms=NOW - 1000), Socket(), new_durable_uid()
+    before.take_live(message(A, 1, "durable", uid=uid), socket.write)
+    token, _, _ = unframe(socket.frames[-1]).partition(b"\n")
+    assert decode_token(token.decode()).uids == (uid,)
+    after = outbox(A, resume=token.decode(), arrived_ms=NOW + 1000)
+    assert after.opening(NOW + 1000) is Opening.BACKLOG
+    backlog = [message(A, 2, "durable", uid=uid), message(A, 3, "next")]  # published again after it left
+    assert list(after.fresh(backlog)) == [message(A, 3, "next")]
+
+
+@pytest.mark.parametrize(("others", "sent_again"), [(RECENT_UIDS - 1, False), (RECENT_UIDS, True)])
+def test_a_durable_message_published_again_after_recent_uids_others_is_sent_again(others, sent_again):
+    box, socket, uid = outbox(A), Socket(), new_durable_uid()
+    box.take_live(message(A, None, "first", uid=uid), socket.write)
+    for _ in range(others):
+        box.take_live(message(A, None, uid=new_durable_uid()), socket.write)
+    box.take_live(message(A, None, "again", uid=uid), socket.write)
+    assert (socket.frames[-1] == server_frame(b"again")) is sent_again
+
+
+def test_messages_without_a_uid_stay_on_the_fast_path_after_durable_ones(monkeypatch):
+    box, socket = outbox(A), Socket()
+    box.take_live(message(A, 1, uid=new_durable_uid()), socket.write)
+    box.take_live(message(A, 2), socket.write)
+
+    def slow(*args):
+        raise AssertionError("a message without uid left the fast path")
+
+    for name in ("_seen", "_record", "_unrecord", "_advance"):
+        monkeypatch.setattr(Outbox, name, slow)
+    assert box.take_live(message(A, 3), socket.write) is True
+    assert box.take_live(message(A, 3), socket.write) is True  # a repeat, by its position
+    assert len(socket.frames) == 3
+
+
+def test_a_uid_of_a_multi_channel_message_is_still_not_kept_on_one_channel():
+    box, socket = outbox(A), Socket()
+    box.take_live(message(A, None, "no id", uid=new_uid()), socket.write)
+    box.take_live(message(A, 1, "with id", uid=new_uid()), socket.write)
+    assert decode_token(box.token()).uids == ()
+    assert len(socket.frames) == 2
 
 
 # -- raw publishes, without id -----------------------------------------------------------

@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 import redis
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import settings
 from ..core import envelope
 from ..core.channels import Audience, audience_channels
+from . import durable as outbox
 from .connection import get_client, mget, sharded
 from .store import RedisMessage, RedisStore
 
@@ -36,8 +37,11 @@ class RedisPublisher(RedisStore):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(get_client())
+        # What a durable publish writes in its outbox row (SELF resolved then).
+        self._targets: dict[str, Any] | None = None
         if "facility" in kwargs:
             self._publishers = self._get_message_channels(**kwargs)
+            self._targets = kwargs
 
     def publish_message(  # type: ignore[override]
         self,
@@ -47,6 +51,7 @@ class RedisPublisher(RedisStore):
         *,
         on_commit: bool | None = None,
         using: str | None = None,
+        durable: bool | None = None,
     ) -> int | None:
         """Publish ``message`` (see :meth:`RedisStore.publish_message`), after the commit when asked.
 
@@ -57,7 +62,22 @@ class RedisPublisher(RedisStore):
         Outside a transaction it goes out at once, as without ``on_commit``,
         and returns the receivers. A publish that fails after the commit
         cannot raise into the view any more: it is logged, and lost.
+
+        With ``durable=True`` (default: ``WS4REDIS_DURABLE_OUTBOX``, unless
+        ``on_commit=False``) the message goes through the durable outbox
+        (:mod:`~ws4redis_uwsgi.bus.durable`): inside a transaction a row is
+        written in it and the message goes out after the commit (None is
+        returned); outside one it goes out at once and the receivers are
+        returned. Either way, a publish that fails (the process killed after
+        the commit, Redis away) is not lost: a drain publishes the row later
+        (None is returned outside a transaction then, with a log line).
         """
+        if durable is None:
+            durable = on_commit is not False and bool(settings.get("WS4REDIS_DURABLE_OUTBOX"))
+        elif durable and on_commit is False:
+            raise ValueError("durable=True publishes after the commit: it cannot go with on_commit=False")
+        if durable:
+            return self._publish_durable(message, expire, binary, using or DEFAULT_DB_ALIAS)
         if on_commit is None:
             on_commit = bool(settings.get("WS4REDIS_PUBLISH_ON_COMMIT"))
         if not on_commit or not transaction.get_connection(using).in_atomic_block:
@@ -65,6 +85,22 @@ class RedisPublisher(RedisStore):
         data = message if isinstance(message, RedisMessage) else RedisMessage(message)  # a bad message raises now
         transaction.on_commit(lambda: self._publish_after_commit(data, expire, binary), using=using)
         return None
+
+    def _publish_durable(self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, using: str) -> int | None:
+        outbox.check_database(using)
+        if self._targets is None:
+            raise ValueError("durable publishing needs a publisher made with facility=...")
+        data = message if isinstance(message, RedisMessage) else RedisMessage(message)  # a bad message raises now
+        if data is None or not self._publishers:
+            return 0
+        audiences = self._audiences(**self._targets)
+        if expire is None:
+            expire = settings.get("WS4REDIS_EXPIRE")
+        row = outbox.write(using, audiences, bytes(data), binary, max(int(expire or 0), 0))
+        if transaction.get_connection(using).in_atomic_block:
+            transaction.on_commit(lambda: outbox.publish_committed(self, row, using), using=using)
+            return None
+        return outbox.publish_committed(self, row, using)
 
     def _publish_after_commit(self, data: RedisMessage | None, expire: int | None, binary: bool) -> None:
         try:

@@ -91,6 +91,19 @@ class RedisStore:
         users: Any = (),
         sessions: Any = (),
     ) -> list[str]:
+        audiences = self._audiences(request, facility, broadcast, groups, users, sessions)
+        return named_channels(settings.get("WS4REDIS_PREFIX"), **audiences, sharded=sharded())
+
+    @staticmethod
+    def _audiences(
+        request: Any = None,
+        facility: str = "",
+        broadcast: bool = False,
+        groups: Any = (),
+        users: Any = (),
+        sessions: Any = (),
+    ) -> dict[str, Any]:
+        """The audiences as :func:`~ws4redis_uwsgi.core.channels.named_channels` takes them, ``SELF`` resolved."""
         try:
             validate_facility(facility)
         except HandshakeError as exc:
@@ -102,15 +115,13 @@ class RedisStore:
             from ..django.identity import identity_from_request
 
             own = identity_from_request(request)
-        return named_channels(
-            settings.get("WS4REDIS_PREFIX"),
-            facility,
-            broadcast=broadcast is True,
-            users=_names(users, [own.username] if own.username else [], "users"),
-            groups=_names(groups, own.groups, "groups"),
-            sessions=_names(sessions, [own.session_key] if own.session_key else [], "sessions"),
-            sharded=sharded(),
-        )
+        return {
+            "facility": facility,
+            "broadcast": broadcast is True,
+            "users": _names(users, [own.username] if own.username else [], "users"),
+            "groups": _names(groups, own.groups, "groups"),
+            "sessions": _names(sessions, [own.session_key] if own.session_key else [], "sessions"),
+        }
 
     def publish_message(self, message: RedisMessage | str | bytes, expire: int | None = None, binary: bool = False) -> int:
         """Publish ``message`` to this store's channels and persist it for ``expire`` seconds.
@@ -128,6 +139,10 @@ class RedisStore:
         :raises redis.RedisError: when Redis cannot be reached within the
             connection's timeouts.
         """
+        return self._publish(message, expire, binary, None)
+
+    def _publish(self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None) -> int:
+        """:meth:`publish_message`, every copy carrying ``uid`` when given (the durable outbox's, history on or off)."""
         data = message if isinstance(message, RedisMessage) else RedisMessage(message)
         if data is None or not self._publishers:
             return 0
@@ -136,11 +151,12 @@ class RedisStore:
         if history.enabled():
             # A message on several channels carries a uid: a client on more than one gets it once
             # (without history there are no ids, and no repeats are held back).
-            uid = envelope.new_uid() if len(self._publishers) > 1 else None
+            if uid is None and len(self._publishers) > 1:
+                uid = envelope.new_uid()
             head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin, uid=uid)
             self.last_message_id, receivers = history.publish(self._connection, self._publishers, head, tail, expire)
             return receivers
-        payload = envelope.encode(bytes(data), binary=binary, origin=self._origin)
+        payload = envelope.encode(bytes(data), binary=binary, origin=self._origin, uid=uid)
         command = "SPUBLISH" if is_cluster(self._connection) else "PUBLISH"
         pipe = self._connection.pipeline(transaction=False)
         for channel in self._publishers:

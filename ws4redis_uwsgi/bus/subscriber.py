@@ -10,16 +10,18 @@ its :class:`~ws4redis_uwsgi.core.outbox.Outbox` decides what the websocket gets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from .. import settings
 from ..core import envelope
-from ..core.channels import Audience, ClientRequest, audience_channels
+from ..core.channels import Audience, ClientRequest, Identity, audience_channels
 from ..core.outbox import Outbox
 from ..core.positions import Order
 from ..django.identity import identity_from_request
+from ..django.tokens import session_ref
 from . import history, resources
 from .connection import mget, sharded
 from .presence import Membership
@@ -30,6 +32,25 @@ from .store import RedisStore
 SUBSCRIBE_TIMEOUT = 3.0
 
 
+@dataclass(slots=True)
+class Grant:
+    """Who a websocket was let in as, for live authorization (:mod:`ws4redis_uwsgi.server.authority`)."""
+
+    user_pk: str
+    username: str
+    #: The session key of the cookie it came with (None: a token).
+    session_key: str | None
+    #: The reference of its session (:func:`~ws4redis_uwsgi.django.tokens.session_ref`), if any.
+    ref: str | None
+    #: What the client asked for, and the user's groups then: its audience channels follow them.
+    wanted: ClientRequest
+    groups: tuple[str, ...]
+    #: A token's part of the user's session auth hash (None: a cookie session).
+    token_hash: str | None = None
+    #: The audience channels it subscribed (channels a site's subscriber adds are left alone).
+    channels: list[str] = field(default_factory=list)
+
+
 class RedisSubscriber(RedisStore):
     """Subscribes one websocket to its channels and lets it publish to its own.
 
@@ -37,6 +58,11 @@ class RedisSubscriber(RedisStore):
     business; the subscriber feeds it (live messages from the hub, stored
     messages, history pages) and wakes the websocket's loop.
     """
+
+    #: Who the websocket was let in as (None: anonymous, or a subscriber that set no grant).
+    grant: Grant | None = None
+    #: Set by :meth:`end_session`: its session ended, the loop closes it with 4001.
+    session_ended = False
 
     subscription_channels = ["subscribe-session", "subscribe-group", "subscribe-user", "subscribe-broadcast"]
     publish_channels = ["publish-session", "publish-group", "publish-user", "publish-broadcast"]
@@ -97,7 +123,56 @@ class RedisSubscriber(RedisStore):
         self.username = identity.username
         tagged = sharded()
         self._publishers = audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged)
-        self.subscribe(*audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))
+        channels = audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged)
+        user = getattr(request, "user", None)
+        if identity.username is not None and user is not None:
+            claims = getattr(request, "ws4redis_token", None)
+            ref = session_ref(identity.session_key) if identity.session_key else None
+            self.grant = Grant(
+                user_pk=str(user.pk),
+                username=identity.username,
+                session_key=identity.session_key,
+                ref=claims.session_ref if claims is not None else ref,
+                wanted=wanted,
+                groups=identity.groups,
+                token_hash=claims.auth_hash if claims is not None else None,
+                channels=channels,
+            )
+        self.subscribe(*channels)
+
+    def reidentify(self, *, groups: tuple[str, ...] | None = None, session_key: str | None = None) -> None:
+        """Follow a change of the user's groups, or of the session's key: subscribe and publish to the new channels.
+
+        Channels of audiences that did not change stay subscribed; no message on them is lost or repeated.
+        """
+        grant = self.grant
+        if grant is None or self.facility is None:
+            return
+        if groups is not None:
+            grant.groups = groups
+        if session_key is not None:
+            grant.session_key = session_key
+            grant.ref = session_ref(session_key)
+        identity = Identity(grant.username, grant.groups, grant.session_key)
+        prefix, tagged = settings.get("WS4REDIS_PREFIX"), sharded()
+        self._publishers = audience_channels(prefix, self.facility, grant.wanted.publish, identity, sharded=tagged)
+        new = audience_channels(prefix, self.facility, grant.wanted.subscribe, identity, sharded=tagged)
+        gone = [c for c in grant.channels if c not in new]
+        grant.channels = new
+        if gone:
+            self._hub.remove(self, gone)
+            self._channels = [c for c in self._channels if c not in gone]
+            self.outbox.channels = tuple(self._channels)
+        self.subscribe(*new)
+
+    def end_session(self) -> None:
+        """The websocket's session ended: the loop closes it (4001) and writes nothing more.
+
+        Live messages stop being written straight to the socket; what waits is never sent.
+        """
+        self.session_ended = True
+        self._write_now = None
+        self.notify()
 
     def subscribe(self, *channels: str) -> None:
         """Add channels to this websocket's subscriptions."""

@@ -22,6 +22,9 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     #: The client fell more than WS4REDIS_MAX_PENDING_MESSAGES behind.
     SLOW_CONSUMER = 4000
+    #: The websocket's session ended (logout, session deleted, password changed, user
+    #: deactivated or deleted): ws4redis.js does not reconnect unless the page asks it to.
+    SESSION_ENDED = 4001
 
 
 #: The reasons sent with the codes wsproto gives when a client breaks RFC 6455 or a limit.

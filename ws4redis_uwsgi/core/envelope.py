@@ -10,7 +10,12 @@ it carries something the bytes cannot say; then it is wrapped:
 * an id: its place in the channel's history, so a client that reconnects can
   ask for exactly what it missed (see :mod:`ws4redis_uwsgi.bus.history`);
 * a uid, for a message published to several channels at once: a client on
-  more than one of them gets it once (each channel's copy has its own id).
+  more than one of them gets it once (each channel's copy has its own id);
+  and for every message of the durable outbox (:mod:`ws4redis_uwsgi.bus.durable`),
+  on any number of channels, with history or without: the outbox may
+  publish it more than once (after a crash), and a client gets it once.
+  Durable uids are longer (:func:`is_durable_uid`), so a websocket on one
+  channel remembers those alone.
 
 A wrapped message is ``MAGIC + flags + b"|" + sender + b"|" + id + b"\\n" + payload``,
 where ``sender`` is the origin, followed by ``/`` and the uid when there is one
@@ -69,7 +74,7 @@ class BusMessage:
     id: str | None = None
     #: The channel it came on (its id is a position in that channel's history).
     channel: str | None = None
-    #: Set when it was published to several channels: the same on each copy.
+    #: Set when it was published to several channels (the same on each copy) or through the durable outbox.
     uid: str | None = None
     #: A notice of the server's own (``!join\n<username>``...): sent as it is, never behind a token.
     notice: bool = False
@@ -93,6 +98,20 @@ def with_token(token: str, payload: bytes) -> bytes:
 def new_uid() -> str:
     """A uid for a message published to several channels: 64 random bits, 11 characters."""
     return base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
+
+
+#: Length of a durable message's uid (:func:`new_durable_uid`); :func:`new_uid` makes 11 characters.
+DURABLE_UID_LENGTH = 22
+
+
+def new_durable_uid() -> str:
+    """A uid for a message of the durable outbox: 128 random bits, 22 characters."""
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+
+
+def is_durable_uid(uid: str) -> bool:
+    """Whether ``uid`` is a durable message's: a copy may come again on the same channel, under another id."""
+    return len(uid) == DURABLE_UID_LENGTH
 
 
 def plausible_id(order: tuple[int, int], redis_now_ms: int) -> bool:

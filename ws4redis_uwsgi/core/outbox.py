@@ -7,8 +7,10 @@ back). :class:`Outbox` decides, for one websocket:
 
 * **one message once**: by its position in its channel (ids grow per
   channel), whichever way it came; a message published to several of the
-  websocket's channels by its uid (:data:`RECENT_UIDS` looked back at);
-  messages without an id (raw publishes by other programs) are never held back;
+  websocket's channels, and a message of the durable outbox (which may be
+  published again after a crash, under another id or with none), by its
+  uid (:data:`RECENT_UIDS` looked back at); messages without an id or a
+  uid (raw publishes by other programs) are never held back;
 * **the fast path**: a live message is written at once, straight to the
   socket by the hub, only while nothing waits before it;
 * **the bounded inbox**: what cannot be written at once waits, up to
@@ -33,13 +35,14 @@ from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from itertools import islice
 
-from .envelope import BusMessage, plausible_id, with_token
+from .envelope import BusMessage, is_durable_uid, plausible_id, with_token
 from .frames import server_frame
 from .positions import TOKEN_UIDS, Order, decode_token, encode_token
 
 #: Sent to a resuming client whose missed messages are no longer all in history.
 GAP_NOTICE = b"!gap\n"
-#: Uids of multi-channel messages a websocket remembers: a copy arriving later than that many such messages is sent again.
+#: Uids a websocket remembers (of multi-channel messages when it has several channels, of durable
+#: messages always): a copy arriving later than that many such messages is sent again.
 RECENT_UIDS = 64
 
 
@@ -72,6 +75,7 @@ class Outbox:
         "_positions",
         "_recent",
         "_resumed",
+        "_stored",
         "arrived_ms",
         "catch_up_owed",
         "channels",
@@ -106,7 +110,9 @@ class Outbox:
         self._positions: dict[str | None, Order] | None = None
         # The positions the client resumed from, per channel.
         self._resumed: dict[str, Order] | None = None
-        # Uids of recent multi-channel messages (an insertion-ordered dict as a bounded set).
+        # The stored message handed out per channel when it was older than the channel's position.
+        self._stored: dict[str | None, Order] | None = None
+        # Uids of recent multi-channel and durable messages (an insertion-ordered dict as a bounded set).
         self._recent: dict[str, None] | None = None
         self._inbox: deque[BusMessage] | None = None  # made when a message waits: an empty deque holds 0.6 KiB
         #: More than max_pending messages waited: the websocket is too slow and is closed.
@@ -133,7 +139,7 @@ class Outbox:
             self.resume = None  # from now on, like a fresh resuming client
             return Opening.GAP
         self._resumed = known
-        if token.uids and len(self.channels) > 1:
+        if token.uids:
             self._recent = dict.fromkeys(token.uids)
         self.gap_owed = bool(ambiguous)
         self.owe_catch_up()
@@ -155,22 +161,18 @@ class Outbox:
         if write is not None and self._inbox is None and self._caught_up:
             order = message.order
             positions = self._positions
-            if positions is not None and message.uid is None and self._resumed is None:
+            before = positions.get(message.channel) if positions is not None else None
+            if before is not None and message.uid is None and self._resumed is None:
                 # The common case, inlined (every live message to every idle websocket comes here):
-                # a message of one channel, to a websocket that did not resume.
-                channel = message.channel
-                before = positions.get(channel)
+                # a message of one channel that has a position, to a websocket that did not resume.
                 if order is not None:
-                    if before is not None and order <= before:
+                    if order <= before:
                         return True  # already handed out
-                    positions[channel] = order
+                    positions[message.channel] = order  # type: ignore[index]
                 if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
                     return True
                 if order is not None:
-                    if before is None:
-                        del positions[channel]
-                    else:
-                        positions[channel] = before
+                    positions[message.channel] = before  # type: ignore[index]
             else:
                 if self._seen(message):
                     self._advance(message)
@@ -226,14 +228,21 @@ class Outbox:
 
         Each is recorded as handed out when it is yielded, so :meth:`payload`
         called for it right then carries the token that includes it. A
-        ``stored`` message from before the websocket arrived is recorded
-        too, since its live copy may still be on its way (the arrival is
-        Redis's clock as this worker estimates it), but the catch-up and the
-        token do not start before the arrival (see :meth:`position`).
+        message older than the channel's position (a stored message
+        published before the websocket arrived) is handed out without moving
+        the position back, since what came between it and the arrival is not
+        owed; it is remembered apart, as its live copy may still be on its
+        way (the arrival is Redis's clock as this worker estimates it).
         """
         for message in messages:
             if self._seen(message):
                 self._advance(message)
+            elif message.order is not None and message.order <= self.position(message.channel):  # type: ignore[arg-type]
+                if self._stored is None:
+                    self._stored = {}
+                self._stored[message.channel] = message.order
+                self._remember(message.uid)
+                yield message
             else:
                 self._record(message)
                 yield message
@@ -246,21 +255,16 @@ class Outbox:
     def position(self, channel: str) -> Order:
         """Where the client is on ``channel``: a catch-up starts after it.
 
-        The last id handed out there, but never before where the client
-        started on the channel: the position it resumed from, else the
-        moment it arrived (ids follow Redis's clock). So a websocket that
-        opened while Redis was away gets what was published once it was
-        back, and a stored message from before the arrival does not make
-        owed what came between it and the arrival (published before the
-        client came, with expire=0).
+        The last id handed out there; before any, the position it resumed
+        from; else the moment it arrived (ids follow Redis's clock), so that
+        a websocket that opened while Redis was away gets what was published
+        once it was back.
         """
-        if self._resumed is not None and channel in self._resumed:
-            start = self._resumed[channel]
-        else:
-            start = (self.arrived_ms, 0)
         if self._positions is not None and channel in self._positions:
-            return max(self._positions[channel], start)
-        return start
+            return self._positions[channel]
+        if self._resumed is not None and channel in self._resumed:
+            return self._resumed[channel]
+        return (self.arrived_ms, 0)
 
     def positions(self) -> dict[str, Order]:
         """:meth:`position` of every channel."""
@@ -269,8 +273,9 @@ class Outbox:
     def token(self) -> str:
         """The resume token for what was handed out so far (see :mod:`~ws4redis_uwsgi.core.positions`).
 
-        It carries the uids of the last multi-channel messages too: their
-        copies on the client's other channels may not have come by yet.
+        It carries the uids of the last multi-channel and durable messages
+        too: their copies on the client's other channels (or a durable
+        message published again) may not have come by yet.
         """
         uids = reversed(list(islice(reversed(self._recent), TOKEN_UIDS))) if self._recent else ()
         return encode_token(((channel, self.position(channel)) for channel in self.channels), uids)
@@ -290,41 +295,50 @@ class Outbox:
     def _seen(self, message: BusMessage) -> bool:
         """Whether the client has ``message`` already (by its position in its channel, or its uid)."""
         order = message.order
-        if order is None:
-            return False
-        channel = message.channel
-        if self._positions is not None and channel in self._positions:
-            if order <= self._positions[channel]:
+        if order is not None:
+            channel = message.channel
+            if self._positions is not None and channel in self._positions:
+                if order <= self._positions[channel]:
+                    return True
+            elif self._resumed is not None and channel in self._resumed and order <= self._resumed[channel]:
                 return True
-        elif self._resumed is not None and channel in self._resumed and order <= self._resumed[channel]:
-            return True
+            elif self._stored is not None and channel in self._stored and order <= self._stored[channel]:
+                return True  # the live copy of the stored message the websocket got first
         return message.uid is not None and self._recent is not None and message.uid in self._recent
 
     def _record(self, message: BusMessage) -> Order | None:
         """Record ``message`` as handed out; returns its channel's previous position (for :meth:`_unrecord`)."""
         order = message.order
-        if order is None:
-            return None
-        if self._positions is None:
-            self._positions = {}
-        before = self._positions.get(message.channel)
-        self._positions[message.channel] = order
-        if message.uid is not None and len(self.channels) > 1:
+        before = None
+        if order is not None:
+            if self._positions is None:
+                self._positions = {}
+            before = self._positions.get(message.channel)
+            self._positions[message.channel] = order
+        self._remember(message.uid)
+        return before
+
+    def _remember(self, uid: str | None) -> None:
+        """Remember the uid of a message handed out, when a copy may come again.
+
+        A websocket on one channel gets a multi-channel message once anyway
+        (its id says so); a durable message it must know by its uid, since
+        the outbox may publish it again.
+        """
+        if uid is not None and (len(self.channels) > 1 or is_durable_uid(uid)):
             if self._recent is None:
                 self._recent = {}
-            self._recent[message.uid] = None
+            self._recent[uid] = None
             if len(self._recent) > RECENT_UIDS:
                 del self._recent[next(iter(self._recent))]
-        return before
 
     def _unrecord(self, message: BusMessage, before: Order | None) -> None:
         """Undo :meth:`_record`: the message was not written after all."""
-        if message.order is None or self._positions is None:
-            return
-        if before is None:
-            self._positions.pop(message.channel, None)
-        else:
-            self._positions[message.channel] = before
+        if message.order is not None and self._positions is not None:
+            if before is None:
+                self._positions.pop(message.channel, None)
+            else:
+                self._positions[message.channel] = before
         if message.uid is not None and self._recent is not None:
             self._recent.pop(message.uid, None)
 

@@ -15,10 +15,11 @@ back as ``resume=<token>``. The token lists the client's positions::
 ``tag`` (4 characters naming the channel, a hash of its name), how many
 milliseconds its position is behind ``base``, and the sequence part when it is
 not 0; all numbers in base 36. A message published to several channels has a
-copy with its own id in each; the uids of the last such messages
-(:data:`TOKEN_UIDS`, 12 characters each) follow, so that a copy not yet seen
-on another channel is not sent again after a resume. So a token is 8
-characters plus 6 to 14 per channel (plus 13 per uid): about 40 for a page
+copy with its own id in each; the uids of the last such messages, and of
+durable messages (which the outbox may publish again), follow
+(:data:`TOKEN_UIDS`, 12 or 23 characters each), so that a copy not yet seen
+on another channel, or published again, is not sent after a resume. So a token is 8
+characters plus 6 to 14 per channel (plus 13 or 24 per uid): about 40 for a page
 on its user, session and broadcast channels. It is ASCII without ``\\n`` or
 ``&`` and needs no URL quoting.
 

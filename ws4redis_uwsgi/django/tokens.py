@@ -42,6 +42,35 @@ def session_ref(session_key: str) -> str:
     return hashlib.sha256(f"ws4redis-session:{session_key}".encode()).hexdigest()[:32]
 
 
+def _pad(old_key: str) -> bytes:
+    """A one-time pad that only a holder of ``old_key`` and ``SECRET_KEY`` can make."""
+    from django.conf import settings as django_settings
+
+    secret = str(django_settings.SECRET_KEY).encode()
+    return hmac.new(secret, f"ws4redis-moved-session:{old_key}".encode(), hashlib.sha512).digest()
+
+
+def seal_key(old_key: str, new_key: str) -> str | None:
+    """``new_key``, readable only with ``old_key`` and ``SECRET_KEY`` (None: too long to seal)."""
+    data = new_key.encode()
+    pad = _pad(old_key)
+    if len(data) > len(pad):
+        return None
+    return bytes(a ^ b for a, b in zip(data, pad, strict=False)).hex()
+
+
+def open_sealed_key(old_key: str, sealed: str) -> str | None:
+    """The key :func:`seal_key` sealed, or None when ``sealed`` is not one."""
+    try:
+        data = bytes.fromhex(sealed)
+        pad = _pad(old_key)
+        if len(data) > len(pad):
+            return None
+        return bytes(a ^ b for a, b in zip(data, pad, strict=False)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def issue_token(
     user: Any,
     *,
@@ -80,6 +109,8 @@ class Claims:
     session_ref: str | None
     facilities: frozenset[str] | None
     audiences: frozenset[str] | None
+    #: The part of the user's session auth hash it was issued with (a password change ends it).
+    auth_hash: str = ""
 
     def allows(self, facility: str, channels: Iterable[str]) -> str | None:
         """Why the token does not allow ``channels`` (``'subscribe-user'``...) on ``facility``, or None."""
@@ -106,15 +137,28 @@ def read_token(token: str) -> Claims:
         raise TokenError("invalid token") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("u"), str) or not isinstance(claims.get("h"), str):
         raise TokenError("invalid token")
-    user = get_user_model()._default_manager.filter(pk=claims["u"]).first()
-    if user is None or not getattr(user, "is_active", True):
-        raise TokenError("token for a user who is gone or inactive")
-    if not hmac.compare_digest(user.get_session_auth_hash()[:_HASH_CHARS], claims["h"]):
-        raise TokenError("token from before a password change")
+    user = current_user(claims["u"], claims["h"])
     facilities, audiences = claims.get("f"), claims.get("a")
     return Claims(
         user,
         claims.get("s"),
         frozenset(facilities) if isinstance(facilities, list) else None,
         frozenset(audiences) if isinstance(audiences, list) else None,
+        claims["h"],
     )
+
+
+def current_user(pk: str, auth_hash: str) -> Any:
+    """The user ``pk`` as the database has it now, if a token with ``auth_hash`` still lets them in.
+
+    :raises TokenError: the user is gone, inactive, or changed the password since.
+    """
+    try:
+        user = get_user_model()._default_manager.filter(pk=pk).first()
+    except (ValueError, TypeError):  # a pk the model's field cannot take
+        user = None
+    if user is None or not getattr(user, "is_active", True):
+        raise TokenError("token for a user who is gone or inactive")
+    if not hmac.compare_digest(user.get_session_auth_hash()[:_HASH_CHARS], auth_hash):
+        raise TokenError("token from before a password change")
+    return user

@@ -40,6 +40,7 @@ from ..core.text import loggable
 from ..django.identity import load_session_and_user
 from ..django.tokens import Claims, TokenError, read_token
 from .adapter import StartResponse, Waiter, Websocket
+from .authority import get_authority
 from .db_workers import get_workers
 from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
 from .session import Session, Turn
@@ -146,6 +147,7 @@ class WebsocketWSGIServer:
             websocket = self.upgrade_websocket(environ, start_response)
         except BaseException as exc:
             self.active_connections -= 1
+            get_authority().forget(subscriber)
             subscriber.release()
             if isinstance(exc, HandshakeError):  # refused before anything was written
                 return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
@@ -187,6 +189,7 @@ class WebsocketWSGIServer:
         """
         self.active_connections -= 1
         try:
+            get_authority().forget(subscriber)
             subscriber.release()
         finally:
             websocket.close(CloseCode.NORMAL_CLOSURE)
@@ -229,6 +232,7 @@ class WebsocketWSGIServer:
         if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
             subscriber.release()
             raise TooManyChannelsError("too many channels")
+        get_authority().watch(subscriber)  # from now on, its session ending closes it
         subscriber.presence = presence.membership(subscriber, events=query.presence)
         return subscriber
 
@@ -281,6 +285,11 @@ class WebsocketWSGIServer:
 
         :returns: True when the client sent more than one turn handles: take another turn soon.
         """
+        if subscriber.session_ended:
+            if not websocket.closed:
+                logger.info("closing a websocket whose session ended")
+                websocket.close(CloseCode.SESSION_ENDED, "session ended")
+            return False
         more = self.receive_all(websocket, subscriber, inbound)
         # A catch-up waits until Redis confirmed the subscriptions: what is published
         # from then on arrives live, behind the backlog.

@@ -40,6 +40,7 @@ from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
 from .loop import WebsocketWSGIServer
+from .outbox_drain import start_drain
 from .sockets import RawSocket
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
 
     _watching_pid: int | None = None
     _keepalive_pid: int | None = None
+    _drain_pid: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -153,6 +155,31 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         self.sessions: set[DetachedSession] = set()
         if uwsgi is not None:
             check_descriptors(int(uwsgi.cores))
+            self._start_drain_in_workers()
+
+    def _start_drain_in_workers(self) -> None:
+        """Every worker drains the durable outbox, whether a websocket came or not: from its start.
+
+        (A hook set later in the master, as importing ``uwsgidecorators`` does, replaces this one:
+        the worker's first websocket starts the drain then, see :meth:`_start_drain`.)
+        """
+        if uwsgi.worker_id() > 0:  # the application is loaded in the worker (lazy-apps)
+            self._start_drain()
+            return
+        previous = getattr(uwsgi, "post_fork_hook", None)
+
+        def post_fork() -> None:
+            if previous is not None:
+                previous()
+            if uwsgi.worker_id() > 0:
+                self._start_drain()
+
+        uwsgi.post_fork_hook = post_fork
+
+    def _start_drain(self) -> None:
+        if self._drain_pid != os.getpid():
+            self._drain_pid = os.getpid()
+            start_drain()
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
@@ -242,6 +269,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             raise
 
     def run_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, path: str) -> None:
+        self._start_drain()
         if not isinstance(websocket, DetachedWebsocket):
             super().run_websocket(websocket, subscriber, path)
             return

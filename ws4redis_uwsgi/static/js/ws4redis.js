@@ -49,6 +49,12 @@
  *                       client adds resume=<token of the last message> to the URL of every
  *                       connection, the server replays exactly what was missed, and
  *                       receive_message still gets only the payloads
+ *   session_ended(evt)  called (after disconnected) when the server closed with 4001: the
+ *                       page's Django session ended (logout, password change elsewhere, user
+ *                       deactivated or deleted); say so, or send the user to the login page
+ *   reconnect_after_session_end   false (default): after a 4001 the client does not reconnect
+ *                       (it would come back as someone else, or as no one); true: it does, as
+ *                       after any other close
  *   history_gap()       with resume: called when the server could not replay
  *                       everything (its history was trimmed): reload the page's state
  *   presence(event, username)
@@ -76,7 +82,7 @@
  * presence events gets its frames so too, and an event as "!join\n<username>" or
  * "!leave\n<username>" (tokens never start with "!"; other "!" notices are ignored).
  *
- * Reconnection: after any close not asked for by close(), the client reconnects
+ * Reconnection: after any close not asked for by close() (or, by default, a 4001), the client reconnects
  * after WS4Redis.backoff_delay(attempt) ms: exponential backoff with jitter (see
  * there). The attempt count restarts once a connection opens.
  *
@@ -99,6 +105,8 @@
   const CLOSING = 2;
   const CLOSED = 3;
 
+  // The close code of a websocket whose Django session ended (logout, password change, user deactivated).
+  const SESSION_ENDED = 4001;
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 30000;
   const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
@@ -329,8 +337,14 @@
       }
       ws = null;
       stop_heartbeat();
+      if (evt && evt.code === SESSION_ENDED && !opts.reconnect_after_session_end) {
+        closed_for_good = true;   // logged out: a reconnection would come back as someone else, or no one
+      }
       schedule_reconnect();   // before the callback, so that a throwing callback cannot stop it
       callback('disconnected', evt);
+      if (evt && evt.code === SESSION_ENDED) {
+        callback('session_ended', evt);
+      }
     }
 
     this.send_message = function (message) {

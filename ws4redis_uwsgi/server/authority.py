@@ -1,0 +1,238 @@
+"""Live authorization, the worker's side: close a session's websockets when it ends, follow group changes.
+
+Each worker knows the websockets of logged-in users it serves, by session
+and by user. It listens on the control channel
+(:mod:`ws4redis_uwsgi.core.control`) through its hub, so that is no extra
+Redis connection, and acts:
+
+* ``end``, ``gone``: the websockets of that session, or of that user, close
+  with 4001 at once (no database);
+* ``moved``: the session got a new key (Django's ``cycle_key``): its
+  websockets stay and follow the key (its session channel too);
+* ``user``, ``groups``: the user's websockets are looked at again on the
+  worker's database greenlets, batched: repeats of one user between two
+  batches cost one look, and users without websockets here cost nothing.
+  A session that no longer lets the user in (deleted, expired, another
+  password, user inactive or gone) closes with 4001; new groups are
+  subscribed, old ones left, without a reconnect.
+
+Every ``WS4REDIS_SESSION_RECHECK`` seconds, and when the control channel was
+down, every watched websocket is looked at again: that bounds the delay for
+what Django sends no signal for (the ``cache`` engine's deletes, a raw
+``UPDATE``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from gevent.event import Event
+
+from .. import process, settings
+from ..bus import revocations
+from ..bus.connection import sharded
+from ..bus.resources import get_hub
+from ..bus.subscriber import Grant, RedisSubscriber
+from ..core import control
+from ..core.channels import Audience
+from ..core.envelope import BusMessage
+from ..django import auth_lookup
+from ..django.tokens import TokenError, current_user, open_sealed_key
+from .db_workers import get_workers
+
+logger = logging.getLogger("ws4redis_uwsgi")
+
+#: Seconds the worker gathers ``user`` and ``groups`` commands before it looks at the users again.
+BATCH_DELAY = 0.05
+
+
+class Authority:
+    """This worker's websockets of logged-in users, and what it does when Django says their session or user changed."""
+
+    def __init__(self) -> None:
+        self._by_ref: dict[str, set[RedisSubscriber]] = {}
+        self._by_user: dict[str, set[RedisSubscriber]] = {}
+        self._pending: set[str] = set()  # users to look at again
+        self._everyone = False  # look at every watched websocket again
+        self._wake = Event()
+        self._listening = False
+        self._runner: gevent.Greenlet | None = None
+        #: Websockets closed because their session ended (for tests and metrics).
+        self.ended = 0
+
+    # -- websockets arrive and leave ------------------------------------------------------
+
+    def watch(self, subscriber: RedisSubscriber) -> None:
+        """Follow ``subscriber``'s session and user from now on (it has a :class:`Grant`)."""
+        grant = subscriber.grant
+        if grant is None:
+            return
+        self._index(subscriber, grant)
+        if not self._listening:
+            self._listening = True
+            get_hub().add(self, [control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())])
+            self._runner = gevent.spawn(self._run)
+
+    def forget(self, subscriber: RedisSubscriber) -> None:
+        grant = subscriber.grant
+        if grant is not None:
+            self._unindex(subscriber, grant)
+
+    def watched(self) -> int:
+        """How many websockets are watched (for tests)."""
+        return sum(len(s) for s in self._by_user.values())
+
+    def _index(self, subscriber: RedisSubscriber, grant: Grant) -> None:
+        self._by_user.setdefault(grant.user_pk, set()).add(subscriber)
+        if grant.ref is not None:
+            self._by_ref.setdefault(grant.ref, set()).add(subscriber)
+
+    def _unindex(self, subscriber: RedisSubscriber, grant: Grant) -> None:
+        for index, key in ((self._by_user, grant.user_pk), (self._by_ref, grant.ref)):
+            if key is None:
+                continue
+            members = index.get(key)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del index[key]
+
+    # -- the control channel (a listener of the hub) ------------------------------------------
+
+    def deliver(self, message: BusMessage) -> None:
+        command = control.decode(message.payload)
+        if command is None:
+            logger.warning("ignored a message on the control channel that is not a command")
+            return
+        verb = command.verb
+        if verb is control.Verb.END:
+            self._end(self._by_ref.get(command.subject))
+        elif verb is control.Verb.GONE:
+            self._end(self._by_user.get(command.subject))
+        elif verb is control.Verb.MOVED:
+            self._move(command.subject, command.extra or "")
+        else:  # USER, GROUPS: the database says what changed
+            if command.subject in self._by_user:
+                self._pending.add(command.subject)
+                self._wake.set()
+
+    def resync(self) -> None:
+        """The control channel was down: commands may have gone by, look at everyone again."""
+        self._everyone = True
+        self._wake.set()
+
+    def _end(self, subscribers: set[RedisSubscriber] | None) -> None:
+        for subscriber in tuple(subscribers or ()):
+            self._close(subscriber)
+
+    def _close(self, subscriber: RedisSubscriber) -> None:
+        if subscriber.grant is not None:
+            self._unindex(subscriber, subscriber.grant)
+        if not subscriber.session_ended:
+            self.ended += 1
+            subscriber.end_session()
+
+    def _move(self, ref: str, extra: str) -> None:
+        new_ref, sealed = control.moved_parts(extra)
+        for subscriber in tuple(self._by_ref.get(ref, ())):
+            grant = subscriber.grant
+            assert grant is not None
+            self._unindex(subscriber, grant)
+            if grant.session_key is not None:
+                new_key = open_sealed_key(grant.session_key, sealed)
+                if new_key is None:
+                    self._close(subscriber)
+                    continue
+                subscriber.reidentify(session_key=new_key)
+            else:
+                grant.ref = new_ref
+            self._index(subscriber, grant)
+
+    # -- looking again, on the database greenlets ---------------------------------------------
+
+    def _run(self) -> None:
+        interval = float(settings.get("WS4REDIS_SESSION_RECHECK") or 0)
+        next_round = time.monotonic() + interval if interval > 0 else None
+        while True:
+            timeout = None if next_round is None else max(0.0, next_round - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            gevent.sleep(BATCH_DELAY)  # gather a burst of commands into one batch
+            if next_round is not None and time.monotonic() >= next_round:
+                self._everyone = True
+                next_round = time.monotonic() + interval
+            if self._everyone:
+                self._everyone = False
+                self._pending.clear()
+                users = list(self._by_user)
+            else:
+                users, self._pending = list(self._pending), set()
+            for pk in users:
+                # One look per session and one groups query per user, however many tabs.
+                looked: dict[Any, Any] = {}
+                groups: dict[str, tuple[str, ...]] = {}
+                for subscriber in tuple(self._by_user.get(pk, ())):
+                    try:
+                        self.recheck(subscriber, looked, groups)
+                    except Exception:
+                        logger.exception("could not look again at the session of a websocket; it stays open")
+                gevent.sleep(0)
+
+    def recheck(
+        self, subscriber: RedisSubscriber, looked: dict[Any, Any] | None = None, groups: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
+        """Close ``subscriber`` if its session no longer lets its user in; else follow the user's groups.
+
+        ``looked`` and ``groups`` keep what was read for other websockets of the same session and user.
+        """
+        grant = subscriber.grant
+        if grant is None or subscriber.session_ended:
+            return
+        looked = {} if looked is None else looked
+        groups = {} if groups is None else groups
+        key = (grant.session_key, grant.token_hash, grant.ref)
+        if key not in looked:
+            looked[key] = get_workers().run(current_user_of, grant)
+        user = looked[key]
+        if user is None:
+            self._close(subscriber)
+            return
+        if Audience.GROUP in grant.wanted.subscribe | grant.wanted.publish:
+            if grant.user_pk not in groups:
+                groups[grant.user_pk] = get_workers().run(auth_lookup.group_names, user)
+            if groups[grant.user_pk] != grant.groups:
+                subscriber.reidentify(groups=groups[grant.user_pk])
+
+
+def current_user_of(grant: Grant) -> Any:
+    """The user ``grant``'s session or token lets in now, or None (runs on a database greenlet)."""
+    if grant.session_key is None and grant.token_hash is not None:  # a websocket token of this package
+        if grant.ref is not None and revocations.is_revoked(grant.ref):
+            return None
+        try:
+            return current_user(grant.user_pk, grant.token_hash)
+        except TokenError:
+            return None
+    if grant.session_key is None:  # the site's own scheme (WS4REDIS_PROCESS_REQUEST): the user must still be let in
+        user = get_user_model()._default_manager.filter(pk=grant.user_pk).first()
+        return user if user is not None and getattr(user, "is_active", True) else None
+    store = import_module(django_settings.SESSION_ENGINE).SessionStore(grant.session_key)
+    if not auth_lookup.load_session(store):
+        store.keys()  # loads it the engine's way: a missing or expired session is empty
+    request = SimpleNamespace(session=store)
+    user = auth_lookup.get_user(request)
+    if not getattr(user, "is_authenticated", False) or str(user.pk) != grant.user_pk:
+        return None
+    return user
+
+
+def get_authority() -> Authority:
+    """This process's :class:`Authority`."""
+    return process.resource("authority", Authority)
