@@ -22,6 +22,7 @@ from tests.servers import TIMING, UwsgiServer, wait_for
 from tests.topologies import ClusterSet, SentinelSet
 from ws4redis_uwsgi import presence
 from ws4redis_uwsgi.bus import presence as bus
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.core.presence import LocalPresence, PresenceKeys
 from ws4redis_uwsgi.publisher import RedisPublisher
 
@@ -293,3 +294,21 @@ def test_changes_while_redis_is_away_are_written_once_it_is_back(private_stack, 
         redis_server.start()
         present(fac, {"mary": 1}, 1)
     present(fac, {}, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_logout_that_closes_a_users_websockets_sends_the_leave(uwsgi_server):
+    from tests.integration.test_live_auth import closed_with, login, logout, new_user
+
+    fac = presence_facility()
+    user = new_user()
+    cookie, key = login(user)
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&presence") as watcher:
+        with client(uwsgi_server, f"/ws/{fac}?subscribe-user", cookie) as tab:
+            assert recv(watcher) == f"!join\n{user.username}"
+            started = time.monotonic()
+            logout(key, user)
+            code, _ = closed_with(tab, started)
+            assert code == CloseCode.SESSION_ENDED
+        assert recv(watcher) == f"!leave\n{user.username}"
+        present(fac, {}, 1)
