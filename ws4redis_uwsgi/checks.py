@@ -10,6 +10,7 @@ from django.utils.module_loading import import_string
 
 from . import settings
 from .bus.connection import connection_problems
+from .core import presence
 
 _HEARTBEAT = re.compile(r"[\w .:-]{1,64}")
 
@@ -90,6 +91,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 errors.append(_error(name, f"cannot be imported: {exc}.", "Give the dotted path of an importable object.", n))
         elif value is not None and not callable(value):
             errors.append(_error(name, f"is {value!r}.", "Give a callable or the dotted path of one.", n))
+    return errors
+
+
+@register()
+def check_presence(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """WS4REDIS_PRESENCE (E020) and WS4REDIS_PRESENCE_TTL (E021)."""
+    errors: list[Error] = []
+    value = settings.get("WS4REDIS_PRESENCE")
+    problem = presence.setting_problem(value)
+    if problem is None and isinstance(value, str):
+        try:
+            import_string(value)
+        except ImportError as exc:
+            problem = f"cannot be imported: {exc}"
+    if problem is not None:
+        hint = (
+            "Use False, True (every facility), a list of facility names such as ['chat'], "
+            "or a function f(facility) -> bool or its dotted path."
+        )
+        errors.append(_error("WS4REDIS_PRESENCE", f"{problem}.", hint, 20))
+    ttl = settings.get("WS4REDIS_PRESENCE_TTL")
+    if presence.ttl_problem(ttl) is not None:
+        hint = f"Use a number of seconds from 1 to 86400, such as {presence.DEFAULT_TTL}."
+        errors.append(_error("WS4REDIS_PRESENCE_TTL", f"is {ttl!r}.", hint, 21))
     return errors
 
 

@@ -65,6 +65,11 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_OUTBOX_DRAIN_INTERVAL": None,
     # Seconds a row must be old before a drain publishes it: the committing process publishes it first.
     "WS4REDIS_OUTBOX_GRACE": 10,
+    # Presence (ws4redis_uwsgi.presence): False, True (every facility), a collection of
+    # facility names, or f(facility) -> bool (or its dotted path).
+    "WS4REDIS_PRESENCE": False,
+    # Seconds a killed worker's connections may still count as present.
+    "WS4REDIS_PRESENCE_TTL": 30,
 }
 
 

@@ -91,6 +91,9 @@ WS4REDIS_MAX_CONNECTIONS = (
 if "WS4REDIS_TEST_OUTBOX_DRAIN" in os.environ:
     WS4REDIS_OUTBOX_DRAIN_INTERVAL = float(os.environ["WS4REDIS_TEST_OUTBOX_DRAIN"])
     WS4REDIS_OUTBOX_GRACE = float(os.environ["WS4REDIS_TEST_OUTBOX_GRACE"])
+# Presence on the facilities the presence tests use; a short TTL for the worker the SIGKILL test starts.
+WS4REDIS_PRESENCE = "tests.testsite.hooks.has_presence"
+WS4REDIS_PRESENCE_TTL = float(os.environ.get("WS4REDIS_TEST_PRESENCE_TTL", "30"))
 
 LOGGING = {
     "version": 1,

@@ -24,6 +24,7 @@ from ..django.identity import identity_from_request
 from ..django.tokens import session_ref
 from . import history, resources
 from .connection import mget, sharded
+from .presence import Membership
 from .store import RedisStore
 
 #: How long a handshake waits for Redis to confirm the new subscriptions
@@ -80,6 +81,8 @@ class RedisSubscriber(RedisStore):
         self.notify: Callable[[], None] = _nothing
         # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
         self._write_now: Callable[[bytes], bool] | None = None
+        #: This websocket's presence on its facility, if it has presence (set by the server).
+        self.presence: Membership | None = None
 
     def configure(self, *, echo: bool, resume: str | None) -> None:
         """What the client asked for: its own messages back (``echo``), message ids and a position (``resume``).
@@ -259,6 +262,8 @@ class RedisSubscriber(RedisStore):
 
     def release(self) -> None:
         """Leave all channels; called when the websocket closes."""
+        if self.presence is not None:
+            self.presence.leave()
         self._hub.remove(self, self._channels)
         self._channels = []
         self.outbox.clear()

@@ -22,7 +22,7 @@ from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 
-from .. import settings
+from .. import presence, settings
 from ..bus import history, revocations
 from ..bus.budget import BacklogBudgetError
 from ..bus.resources import backlog_budget
@@ -234,12 +234,14 @@ class WebsocketWSGIServer:
         self.process_request(request)
         channels, echo = self.process_subscriptions(request)
         subscriber = self.Subscriber(self._redis_connection)
-        subscriber.configure(echo=echo, resume=parse_query(request.META.get("QUERY_STRING", "")).resume)
+        query = parse_query(request.META.get("QUERY_STRING", ""))
+        subscriber.configure(echo=echo, resume=query.framing)
         subscriber.set_pubsub_channels(request, channels)
         if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
             subscriber.release()
             raise TooManyChannelsError("too many channels")
         get_authority().watch(subscriber)  # from now on, its session ending closes it
+        subscriber.presence = presence.membership(subscriber, events=query.presence)
         return subscriber
 
     def refuse(
@@ -265,6 +267,8 @@ class WebsocketWSGIServer:
         catches up from history once it can. ``waiter`` is anything with a
         ``wake()`` that makes the loop take its next :meth:`step`.
         """
+        if subscriber.presence is not None:
+            subscriber.presence.join()
         outbox = subscriber.outbox
         opening = outbox.opening(subscriber.redis_now_ms())
         if opening is not Opening.STORED:  # it resumed from a token
