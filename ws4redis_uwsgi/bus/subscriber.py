@@ -63,6 +63,8 @@ class RedisSubscriber(RedisStore):
     grant: Grant | None = None
     #: Set by :meth:`end_session`: its session ended, the loop closes it with 4001.
     session_ended = False
+    #: This websocket's presence on its facility, if the facility has presence (set by the server).
+    presence: Membership | None = None
 
     subscription_channels = ["subscribe-session", "subscribe-group", "subscribe-user", "subscribe-broadcast"]
     publish_channels = ["publish-session", "publish-group", "publish-user", "publish-broadcast"]
@@ -81,8 +83,6 @@ class RedisSubscriber(RedisStore):
         self.notify: Callable[[], None] = _nothing
         # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
         self._write_now: Callable[[bytes], bool] | None = None
-        #: This websocket's presence on its facility, if it has presence (set by the server).
-        self.presence: Membership | None = None
 
     def configure(self, *, echo: bool, resume: str | None) -> None:
         """What the client asked for: its own messages back (``echo``), message ids and a position (``resume``).

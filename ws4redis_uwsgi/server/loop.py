@@ -241,7 +241,9 @@ class WebsocketWSGIServer:
             subscriber.release()
             raise TooManyChannelsError("too many channels")
         get_authority().watch(subscriber)  # from now on, its session ending closes it
-        subscriber.presence = presence.membership(subscriber, events=query.presence)
+        membership = presence.membership(subscriber, events=query.presence)
+        if membership is not None:  # (an attribute set only then: idle websockets stay small)
+            subscriber.presence = membership
         return subscriber
 
     def refuse(
