@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="a smaller run: 300 clients, 2,000 idle, 500 in the burst, 2 s per rate"
     )
-    parser.add_argument("--peers", default=",".join(p.name for p in PEERS), help="comma-separated peers (default: all three)")
+    parser.add_argument("--peers", default=",".join(p.name for p in PEERS), help="comma-separated peers (default: all)")
     parser.add_argument("--scenarios", default="a,c,d", help="comma-separated among a (with b), c, d (default: all)")
     parser.add_argument("--clients", type=int, help="fan-out clients (default 1,000; quick 300)")
     parser.add_argument("--rates", help="publish rates in msg/s, comma-separated (default 10,50,100,200)")

@@ -1,8 +1,10 @@
-"""The three systems under comparison, each in a virtual environment and with a redis-server of its own.
+"""The systems under comparison, each in a virtual environment and with a redis-server of its own.
 
 * **ws4redis_uwsgi** from this checkout (``pip install -e``), one uWSGI
   websocket worker under gevent, ``ws4redis_uwsgi.wsgi_websocket:application``,
   settings ``bench/peersite/settings_ws4redis_uwsgi.py``;
+* **ws4redis_uwsgi+metrics**: the same, its worker's metrics endpoint on and
+  scraped every second (what metrics cost; the same environment);
 * **ws4redis 0.6** (``django-websocket-redis`` 0.6.0 from PyPI), one uWSGI
   worker under gevent, its documented ``wsgi_websocket.py``
   (``bench/peersite/wsgi_ws4redis06.py``); pinned to what it ran on in 2019
@@ -30,7 +32,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +74,8 @@ class PeerSpec:
     settings: str  # DJANGO_SETTINGS_MODULE
     publisher: str  # "redis" (PUBLISH) or "channels" (group_send)
     dists: tuple[str, ...]  # distributions whose versions the run prints
+    env_name: str = ""  # the virtual environment under bench/.envs, when another peer's (default: name)
+    metrics: bool = False  # serve WS4REDIS_METRICS_PORT and have it scraped every second meanwhile
 
 
 PEERS: tuple[PeerSpec, ...] = (
@@ -81,6 +87,19 @@ PEERS: tuple[PeerSpec, ...] = (
         settings="peersite.settings_ws4redis_uwsgi",
         publisher="redis",
         dists=("ws4redis-uwsgi", "Django", "redis", "gevent", "greenlet", "uWSGI"),
+    ),
+    # The same, with each worker's metrics endpoint on and scraped every second (Prometheus at
+    # its most eager): what the counting and the scraping cost (issue 13: at most 5%).
+    PeerSpec(
+        name="ws4redis_uwsgi+metrics",
+        requirements=("-e", str(REPO)),
+        server="uwsgi",
+        app="ws4redis_uwsgi.wsgi_websocket:application",
+        settings="peersite.settings_ws4redis_uwsgi_metrics",
+        publisher="redis",
+        dists=("ws4redis-uwsgi", "prometheus-client"),
+        env_name="ws4redis_uwsgi",
+        metrics=True,
     ),
     # django-websocket-redis 0.6.0 (September 2019) with what it was released against:
     # Django 2.2 LTS and redis-py 3.x (StrictRedis, PubSub.connection._sock). Newer Django
@@ -197,6 +216,9 @@ class Server(Child):
         env = clean_env(BENCH_REDIS_PORT=str(self.redis_port), DJANGO_SETTINGS_MODULE=self.spec.settings)
         if self.db is not None:
             env["BENCH_DB"] = str(self.db)
+        if self.spec.metrics:
+            self.metrics_port = free_port()
+            env["BENCH_METRICS_PORT"] = str(self.metrics_port)
         if self.spec.server == "uwsgi":
             # The options of tests/servers.py: one worker, gevent, HTTP straight into the worker.
             cmd = [str(bindir / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets"]
@@ -218,7 +240,21 @@ class Server(Child):
             )
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; log: {tail(self.log_path)}") from None
+        if self.spec.metrics:
+            threading.Thread(target=self._scrape, name="scraper", daemon=True).start()
         return self
+
+    def _scrape(self) -> None:
+        """GET /metrics every second while the server lives (its answers are counted in ``scrapes``)."""
+        self.scrapes = 0
+        while self.alive():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                    if response.status == 200 and b"ws4redis_deliveries_total" in response.read():
+                        self.scrapes += 1
+            except OSError:
+                pass
+            time.sleep(1.0)
 
     def worker_pids(self) -> list[int]:
         return descendants(self.proc.pid) if self.proc is not None else []
@@ -245,7 +281,7 @@ class Server(Child):
 
 def build_env(spec: PeerSpec, rebuild: bool, log: Callable[[str], None]) -> EnvInfo:
     """The peer's virtual environment under bench/.envs, created or reused."""
-    path = ENVS / spec.name
+    path = ENVS / (spec.env_name or spec.name)
     info = EnvInfo(spec, path, path / "bin" / "python")
     stamp = path / ".bench-requirements"
     wanted = {"python": sys.version.split()[0], "requirements": list(spec.requirements)}

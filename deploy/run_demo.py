@@ -106,6 +106,9 @@ def main() -> None:
         print(f"\n  The demo is at http://{host}:{port}/")
         print("  Log in as john, mary or erin, password: demo (two browsers, or a private window).")
         print(f"  Redis: {redis_url}{' (private, started by the demo)' if redis_cmd else ''}; logs in {run}")
+        metrics = int(os.environ.get("DEMO_METRICS_PORT", "9300"))
+        if metrics:
+            print(f"  Metrics and health (loopback only): http://127.0.0.1:{metrics}/metrics and /health")
         print("  Ctrl-C stops everything.\n", flush=True)
     else:
         print(f"demo: not answering on {host}:{port} yet; see the logs in {run}", file=sys.stderr)

@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import psutil
@@ -30,6 +32,8 @@ class Demo(str):
     """The demo's base URL, knowing the pid of its run_demo.py process."""
 
     pid: int
+    #: Where the websocket vassal's worker serves its metrics and health (loopback).
+    metrics_port: int
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
     port = free_port()
     run = tmp_path_factory.mktemp("demo-run")
     env = {k: v for k, v in os.environ.items() if k not in ("WS4REDIS_CONNECTION", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
-    env.update(DEMO_HTTP_PORT=str(port), DEMO_RUN=str(run))
+    env.update(DEMO_HTTP_PORT=str(port), DEMO_RUN=str(run), DEMO_METRICS_PORT=str(free_port()))
     log = open(run / "run_demo.out", "wb")
     proc = subprocess.Popen([sys.executable, str(REPO / "deploy" / "run_demo.py")], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -47,6 +51,7 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
         assert proc.poll() is None, (run / "run_demo.out").read_text()
         url = Demo(f"http://127.0.0.1:{port}")
         url.pid = proc.pid
+        url.metrics_port = int(env["DEMO_METRICS_PORT"])
         yield url
     finally:
         tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))] if proc.poll() is None else []
@@ -169,6 +174,36 @@ def test_a_view_publishes_into_the_page(demo, browser):
     mary.wait_for_selector(f"#counter:text-is('{before + 1}')", timeout=WAIT_MS)
     john.wait_for_selector("#bell-count:text-is('1')", timeout=WAIT_MS)  # the view notified john only
     assert mary.text_content("#bell-count") == "0"
+
+
+def test_the_websocket_vassal_serves_metrics_and_health_on_loopback_only(demo, browser):
+    """After the chats above: the worker's figures count that traffic; nginx does not serve them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    john = logged_in_page(browser, demo, "john")
+    open_chat(john, demo, "/broadcast/")
+    say(john, "counted")
+    expect_message(john, "john: counted")
+    with urllib.request.urlopen(f"http://127.0.0.1:{demo.metrics_port}/health", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{demo.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    figures = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker"))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert figures["ws4redis_handshakes_total", (("outcome", "accepted"),)] >= 10  # the pages of the chats above
+    assert figures["ws4redis_client_messages_total", ()] >= 4  # what the broadcast pages published
+    assert figures["ws4redis_deliveries_total", (("path", "fast"),)] >= 4
+    assert figures["ws4redis_redis_subscribed", ()] == 1
+    assert sum(v for (name, _), v in figures.items() if name == "ws4redis_websockets_open") >= 1  # john's page
+    for path in ("/metrics", "/health", "/ws/metrics"):
+        try:
+            with urllib.request.urlopen(f"{demo}{path}", timeout=5) as response:
+                assert b"ws4redis_" not in response.read()
+        except urllib.error.HTTPError:
+            pass  # refused: as good
 
 
 def websocket_vassal_pids(demo: Demo) -> list[int]:

@@ -49,3 +49,22 @@ def test_handshakes_by_outcome_and_the_latency_histogram():
     }
     buckets = samples(metrics, "ws4redis_handshake_seconds_bucket")
     assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
+
+
+def test_the_grafana_dashboard_shows_only_metrics_that_exist():
+    import json
+    import re
+
+    from prometheus_client import REGISTRY
+
+    from tests.servers import REPO
+
+    metrics = WorkerMetrics()
+    metrics.handshake("accepted")
+    metrics.opened("chat")
+    exposed = {s.name for family in metrics.registry.collect() for s in family.samples}
+    exposed |= {s.name for family in REGISTRY.collect() for s in family.samples if s.name.startswith("ws4redis_")}
+    dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"ws4redis_[a-z_]+", expr)}
+    assert used and used <= exposed, used - exposed

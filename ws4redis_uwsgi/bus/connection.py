@@ -20,6 +20,8 @@ refuses is a system check error carrying its reason.
 from __future__ import annotations
 
 import inspect
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -350,6 +352,15 @@ def node_client(host: str, port: int, **overrides: Any) -> redis.Redis:
     """A client of one Cluster node, with the setting's password, TLS and timeouts (for pub/sub)."""
     parsed = target()
     return redis.Redis(host=host, port=port, **{**DEFAULT_TIMEOUTS, **parsed.options, **overrides})
+
+
+#: What a worker's hub names its pub/sub connections (``CLIENT SETNAME``), before ``:<host>:<pid>``.
+HUB_CLIENT_NAME = "ws4redis-hub"
+
+
+def client_name() -> str:
+    """The name of this process's hub connections: ``manage.py ws4redis workers`` lists them from ``CLIENT LIST``."""
+    return f"{HUB_CLIENT_NAME}:{socket.gethostname()}:{os.getpid()}"
 
 
 def get_client() -> Any:

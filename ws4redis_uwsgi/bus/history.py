@@ -435,6 +435,17 @@ class BacklogReader:
         return Page(messages, nbytes)
 
 
+def recent(client: Any, channel: str, count: int) -> list[envelope.BusMessage]:
+    """The last ``count`` messages of ``channel``'s history, oldest first (entries this package did not write skipped)."""
+    entries = client.xrevrange(stream_key(channel), count=count)
+    messages = (_message_of(_text(entry_id), fields, channel) for entry_id, fields in reversed(entries))
+    return [m for m in messages if m is not None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
 def _parse_stored_id(value: bytes | None) -> tuple[int, int] | None:
     if not value:
         return None

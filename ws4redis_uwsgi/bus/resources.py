@@ -14,7 +14,7 @@ from redis.retry import Retry
 from .. import process
 from .batched_reader import BatchedReader
 from .budget import BACKLOG_BUDGET, BacklogBudget
-from .connection import make_client, sharded
+from .connection import client_name, make_client, sharded
 from .hub import SubscriptionHub
 from .shards import ClusterShards, Shards, SingleShard
 
@@ -31,7 +31,7 @@ def _shards() -> Shards:
     if sharded():
         return ClusterShards()
     # The hub reconnects itself, with backoff: its client must not retry.
-    return SingleShard(lambda: make_client(retry=Retry(NoBackoff(), 0)))
+    return SingleShard(lambda: make_client(retry=Retry(NoBackoff(), 0), client_name=client_name()))
 
 
 def command_client() -> Any:

@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from redis.exceptions import SlotNotCoveredError
 from redis.retry import Retry
 
-from .connection import make_client, node_client
+from .connection import client_name, make_client, node_client
 
 
 class Shards(Protocol):
@@ -76,7 +76,7 @@ class ClusterShards:
 
     def client(self, target: str) -> redis.Redis:
         host, _, port = target.rpartition(":")
-        return node_client(host, int(port), retry=Retry(NoBackoff(), 0))
+        return node_client(host, int(port), retry=Retry(NoBackoff(), 0), client_name=client_name())
 
     def refresh(self) -> None:
         if self._cluster is None:

@@ -69,6 +69,8 @@ WS4REDIS_CONNECTION = os.environ.get("WS4REDIS_CONNECTION") or os.environ.get("R
 WS4REDIS_PREFIX = "demo"
 WS4REDIS_EXPIRE = 300
 WS4REDIS_HEARTBEAT = "--heartbeat--"
+# Metrics and health of the websocket vassal's worker on loopback: http://127.0.0.1:9300/metrics and /health.
+WS4REDIS_METRICS_PORT = int(os.environ.get("DEMO_METRICS_PORT", "9300")) or None
 # Browsers may not publish on the counter: only the view does.
 WS4REDIS_ALLOWED_CHANNELS = "chat.channels.allowed_channels"
 

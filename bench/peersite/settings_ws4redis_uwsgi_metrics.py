@@ -1,0 +1,7 @@
+"""ws4redis_uwsgi with its worker's metrics endpoint on (bench/systems.py scrapes it every second)."""
+
+import os
+
+from peersite.settings_ws4redis_uwsgi import *  # noqa: F403 - the same site, plus:
+
+WS4REDIS_METRICS_PORT = int(os.environ["BENCH_METRICS_PORT"])
