@@ -38,7 +38,8 @@ def session_key(cookie: str) -> str:
 
 def test_broadcast_reaches_every_subscriber_and_returns_the_receivers(uwsgi_server):
     fac = facility()
-    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as one, client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as two:
+    path = f"/ws/{fac}?subscribe-broadcast"
+    with client(uwsgi_server, path) as one, client(uwsgi_server, path) as two:
         receivers, _ = apublish("hello from async", facility=fac, broadcast=True)
         assert receivers == 1  # one worker process, however many websockets
         assert recv(one) == "hello from async"
