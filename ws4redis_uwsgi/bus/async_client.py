@@ -105,8 +105,8 @@ async def get_async_client() -> Any:
     value = settings.get("WS4REDIS_CONNECTION")
     key = setting_key(value)
     clients = _clients()
-    for gone in [other for other in clients if other.is_closed()]:
-        del clients[gone]
+    for gone in [other for other in list(clients) if other.is_closed()]:  # list(): other threads run other loops
+        clients.pop(gone, None)
     per_loop = clients.setdefault(loop, {})
     try:
         return per_loop[key][0]
@@ -133,7 +133,10 @@ async def _closed_with_loop(key: str, client: Any) -> AsyncGenerator[None, None]
         per_loop = _clients().get(asyncio.get_running_loop(), {})
         if key in per_loop and per_loop[key][0] is client:
             del per_loop[key]
-        await client.aclose()
+        try:
+            await client.aclose()
+        except Exception:  # a connection that broke meanwhile: closed all the same, nothing to report
+            pass
 
 
 async def aclose_clients() -> None:

@@ -124,8 +124,9 @@ class RedisPublisher(RedisStore):
         transaction on-commit publishing is at once too), and ``using`` only
         stands for symmetry. ``on_commit=True`` and ``durable=True`` (or
         ``WS4REDIS_DURABLE_OUTBOX`` without ``on_commit=False`` or
-        ``durable=False``) raise ValueError: call the sync method from the
-        code that holds the transaction, e.g. ``await sync_to_async(publisher.publish_message)(...)``.
+        ``durable=False``) raise ValueError: call :meth:`publish_message`
+        from the sync function that opens the transaction, and await that
+        function through ``sync_to_async``.
         """
         if on_commit or durable:
             what = "on_commit=True" if on_commit else "durable=True"
@@ -135,9 +136,9 @@ class RedisPublisher(RedisStore):
             what = ""
         if what:
             raise ValueError(
-                f"apublish_message publishes at once, it cannot do {what} (a transaction and the outbox are sync): "
-                "use `await sync_to_async(publisher.publish_message)(..., on_commit=True)` in the code that holds the "
-                "transaction, or pass durable=False to publish at once without the outbox"
+                f"apublish_message publishes at once, it cannot do {what} (transactions and the outbox are sync): "
+                "call publish_message(..., on_commit=True) in the sync function that opens the transaction and "
+                "await it with sync_to_async, or pass durable=False to publish at once without the outbox"
             )
         if self._self_pending:
             from ..django.identity import aidentity_from_request
