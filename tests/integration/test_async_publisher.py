@@ -216,3 +216,16 @@ def test_one_client_per_loop_closed_with_its_loop(redis_server, redis_client):
 def test_redis_away_raises_a_connection_error(redis_server):
     with override_settings(WS4REDIS_CONNECTION="redis://127.0.0.1:1/0"), pytest.raises(redis.ConnectionError):
         apublish("nowhere", facility=facility(), broadcast=True)
+
+
+def test_a_redis_that_forgot_the_script_learns_it_again(uwsgi_server, redis_client):
+    fac = facility()
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        redis_client.script_flush()  # as after a restart
+        assert apublish("after a flush", facility=fac, broadcast=True)[0] == 1
+        assert recv(ws) == "after a flush"
+        with override_settings(WS4REDIS_WAIT_REPLICAS=1, WS4REDIS_WAIT_TIMEOUT=0.05):
+            redis_client.script_flush()
+            with pytest.raises(NotReplicatedError):  # the script ran (loaded again), only WAIT found no replica
+                apublish("flushed, then unacknowledged", facility=fac, broadcast=True)
+        assert recv(ws) == "flushed, then unacknowledged"
