@@ -10,6 +10,7 @@ from django.utils.module_loading import import_string
 
 from . import settings
 from .bus.connection import connection_problems
+from .core import presence
 
 _HEARTBEAT = re.compile(r"[\w .:-]{1,64}")
 
@@ -66,6 +67,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(
             _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
         )
+    port = settings.get("WS4REDIS_METRICS_PORT")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+        errors.append(_error("WS4REDIS_METRICS_PORT", f"is {port!r}.", "Use a port number, such as 9300, or None.", 15))
+    host = settings.get("WS4REDIS_METRICS_HOST")
+    if not isinstance(host, str) or not host:
+        errors.append(_error("WS4REDIS_METRICS_HOST", f"is {host!r}.", "Use an address, such as '127.0.0.1'.", 16))
     on_commit = settings.get("WS4REDIS_PUBLISH_ON_COMMIT")
     if not isinstance(on_commit, bool):
         errors.append(_error("WS4REDIS_PUBLISH_ON_COMMIT", f"is {on_commit!r}.", "Use True or False.", 11))
@@ -84,6 +91,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 errors.append(_error(name, f"cannot be imported: {exc}.", "Give the dotted path of an importable object.", n))
         elif value is not None and not callable(value):
             errors.append(_error(name, f"is {value!r}.", "Give a callable or the dotted path of one.", n))
+    return errors
+
+
+@register()
+def check_presence(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """WS4REDIS_PRESENCE (E020) and WS4REDIS_PRESENCE_TTL (E021)."""
+    errors: list[Error] = []
+    value = settings.get("WS4REDIS_PRESENCE")
+    problem = presence.setting_problem(value)
+    if problem is None and isinstance(value, str):
+        try:
+            import_string(value)
+        except ImportError as exc:
+            problem = f"cannot be imported: {exc}"
+    if problem is not None:
+        hint = (
+            "Use False, True (every facility), a list of facility names such as ['chat'], "
+            "or a function f(facility) -> bool or its dotted path."
+        )
+        errors.append(_error("WS4REDIS_PRESENCE", f"{problem}.", hint, 20))
+    ttl = settings.get("WS4REDIS_PRESENCE_TTL")
+    if presence.ttl_problem(ttl) is not None:
+        hint = f"Use a number of seconds from 1 to 86400, such as {presence.DEFAULT_TTL}."
+        errors.append(_error("WS4REDIS_PRESENCE_TTL", f"is {ttl!r}.", hint, 21))
     return errors
 
 

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two looks of a worker at every logged-in websocket's session (live
     # authorization, for what Django sends no signal for); 0: only when Django says.
     "WS4REDIS_SESSION_RECHECK": 60,
+    # Each uWSGI worker's metrics and health on a loopback port: worker n on this + n - 1; None: off.
+    "WS4REDIS_METRICS_PORT": None,
+    "WS4REDIS_METRICS_HOST": "127.0.0.1",
     # The durable outbox (ws4redis_uwsgi.bus.durable): publish_message's default for durable=.
     "WS4REDIS_DURABLE_OUTBOX": False,
     # Databases whose outbox the drains empty; a durable publish must use one of them.
@@ -62,6 +65,11 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_OUTBOX_DRAIN_INTERVAL": None,
     # Seconds a row must be old before a drain publishes it: the committing process publishes it first.
     "WS4REDIS_OUTBOX_GRACE": 10,
+    # Presence (ws4redis_uwsgi.presence): False, True (every facility), a collection of
+    # facility names, or f(facility) -> bool (or its dotted path).
+    "WS4REDIS_PRESENCE": False,
+    # Seconds a killed worker's connections may still count as present.
+    "WS4REDIS_PRESENCE_TTL": 30,
 }
 
 

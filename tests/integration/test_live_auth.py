@@ -386,3 +386,27 @@ def test_a_deleted_session_ends_its_websockets_at_once_or_at_the_next_look(on_en
         code, elapsed = closed_with(ws, started)
         assert code == CloseCode.SESSION_ENDED
         assert elapsed < (SECOND if name.endswith("cached_db") else 2.5 * SECOND)
+
+
+def test_the_workers_look_at_a_session_changes_nothing(site_db):
+    """Django's get_user flushes a session whose hash fails and re-keys one that needs a fallback key: the look must not."""
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import HASH_SESSION_KEY
+    from django.test import override_settings
+
+    from ws4redis_uwsgi.server.authority import session_user
+
+    engine = import_module(settings.SESSION_ENGINE)
+    user = new_user()
+    _, key = login(user)
+    assert session_user(engine.SessionStore(key)) == user
+    with override_settings(SECRET_KEY="rotated " * 8, SECRET_KEY_FALLBACKS=[settings.SECRET_KEY]):
+        assert session_user(engine.SessionStore(key)) == user  # verified by the fallback
+    store = engine.SessionStore(key)
+    store[HASH_SESSION_KEY] = "not the hash"
+    store.save()
+    assert session_user(engine.SessionStore(key)) is None
+    assert engine.SessionStore().exists(key)  # not flushed, not re-keyed
+    assert session_user(engine.SessionStore("no-such-session")) is None

@@ -271,6 +271,58 @@ describe('ws4redis.js', () => {
     });
   });
 
+  describe('presence', () => {
+    it('asks for events in the URL and hands join and leave to the callback, messages to receive_message', () => {
+      const events = [];
+      const {client, log} = make_client({presence: (event, username) => events.push([event, username])});
+      assert.equal(last_socket().url, 'ws://example.test/ws/chat?subscribe-broadcast&publish-broadcast&echo&presence');
+      assert.equal(last_socket().binaryType, 'arraybuffer');
+      last_socket().open();
+      last_socket().receive('!join\njohn');
+      last_socket().receive('3-0\n!join\nnot an event');   // a message behind its token
+      last_socket().receive('!leave\nj\u00f6hn\nx');
+      last_socket().receive('!wave\nsomething new');     // a notice this client does not know
+      assert.deepEqual(events, [['join', 'john'], ['leave', 'j\u00f6hn\nx']]);
+      assert.deepEqual(log.filter((e) => e[0] === 'receive'), [['receive', '!join\nnot an event']]);
+      client.close();
+    });
+
+    it('adds presence once, with or without a query, and works with resume', () => {
+      assert.equal(WS4Redis.with_presence('ws://h/ws/chat'), 'ws://h/ws/chat?presence');
+      assert.equal(WS4Redis.with_presence('ws://h/ws/chat?'), 'ws://h/ws/chat?presence');
+      assert.equal(WS4Redis.with_presence('ws://h/ws/chat?presence&a'), 'ws://h/ws/chat?presence&a');
+      assert.equal(WS4Redis.with_presence('ws://h/ws/chat?a#x'), 'ws://h/ws/chat?a&presence');
+      const events = [];
+      let gaps = 0;
+      const {client, log} = make_client({
+        resume: true, uri: 'ws://h/ws/chat?subscribe-user',
+        presence: (event, username) => events.push([event, username]), history_gap: () => { gaps += 1; },
+      });
+      assert.equal(last_socket().url, 'ws://h/ws/chat?subscribe-user&resume=&presence');
+      last_socket().open();
+      last_socket().receive('7-0\nhello');
+      last_socket().receive('!gap\n');
+      last_socket().receive('!leave\nmary');
+      assert.equal(client.get_last_id(), '7-0');
+      assert.deepEqual(events, [['leave', 'mary']]);
+      assert.equal(gaps, 1);
+      assert.deepEqual(log.filter((e) => e[0] === 'receive'), [['receive', 'hello']]);
+      last_socket().drop();
+      tick(WS4Redis.backoff_delay(1, 0.5));
+      assert.equal(last_socket().url, 'ws://h/ws/chat?subscribe-user&resume=7-0&presence');
+      client.close();
+    });
+
+    it('leaves clients without the callback as they were', () => {
+      const {client, log} = make_client();
+      assert.ok(!last_socket().url.includes('presence'));
+      last_socket().open();
+      last_socket().receive('!join\njohn');
+      assert.deepEqual(log.at(-1), ['receive', '!join\njohn']);
+      client.close();
+    });
+  });
+
   describe('construction', () => {
     it('works with and without new, and exports backoff_delay', () => {
       const a = WS4Redis({uri: 'ws://x/ws/a', WebSocket: FakeWebSocket});

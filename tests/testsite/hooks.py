@@ -46,3 +46,8 @@ def fresh_state(facility, channels, username):
     if not facility.startswith("gap-"):
         return []
     return [f"state of {facility} for {username or 'anonymous'} on {len(channels)} channel(s)"]
+
+
+def has_presence(facility):
+    """WS4REDIS_PRESENCE: the facilities of the presence tests."""
+    return facility.startswith("presence-")

@@ -82,6 +82,7 @@ WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
+WS4REDIS_METRICS_PORT = int(os.environ["WS4REDIS_TEST_METRICS_PORT"]) if "WS4REDIS_TEST_METRICS_PORT" in os.environ else None
 WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
@@ -90,6 +91,9 @@ WS4REDIS_MAX_CONNECTIONS = (
 if "WS4REDIS_TEST_OUTBOX_DRAIN" in os.environ:
     WS4REDIS_OUTBOX_DRAIN_INTERVAL = float(os.environ["WS4REDIS_TEST_OUTBOX_DRAIN"])
     WS4REDIS_OUTBOX_GRACE = float(os.environ["WS4REDIS_TEST_OUTBOX_GRACE"])
+# Presence on the facilities the presence tests use; a short TTL for the worker the SIGKILL test starts.
+WS4REDIS_PRESENCE = "tests.testsite.hooks.has_presence"
+WS4REDIS_PRESENCE_TTL = float(os.environ.get("WS4REDIS_TEST_PRESENCE_TTL", "30"))
 
 LOGGING = {
     "version": 1,

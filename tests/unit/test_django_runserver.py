@@ -139,8 +139,17 @@ def test_the_handshake_answers_with_the_accept_token():
 
 
 def call(environ: dict) -> tuple[str, bytes]:
+    """The application called as a WSGI server calls it, ``close()`` included (PEP 3333)."""
     statuses: list[str] = []
-    body = b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    response = application(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    try:
+        body = b"".join(response)
+    finally:
+        # Django sends request_finished from close(): without it, live authorization
+        # would keep this process's later session changes for a request that never ends.
+        close = getattr(response, "close", None)
+        if close is not None:
+            close()
     return statuses[0], body
 
 

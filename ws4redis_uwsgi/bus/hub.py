@@ -122,6 +122,9 @@ class SubscriptionHub:
         self._refresh_backoff = min_backoff
         #: How many times a subscription connection was lost; for tests and metrics.
         self.disconnects = 0
+        #: Messages handed to listeners (one per listener), and those a listener had to queue (metrics).
+        self.deliveries = 0
+        self.queued = 0
         #: Redis's clock minus this process's (seconds), measured at every connection.
         self.clock_offset = 0.0
         self._dropped = 0
@@ -192,6 +195,10 @@ class SubscriptionHub:
     def connected(self) -> bool:
         """Whether every shard this worker needs is subscribed (False while one is away)."""
         return not self._unrouted and all(link.connected for link in self._links.values() if link.wanted)
+
+    def channel_count(self) -> int:
+        """Channels with listeners (for metrics)."""
+        return len(self._listeners)
 
     def connections(self) -> dict[str, bool]:
         """The pub/sub connection of each shard with listeners, and whether it is up (for tests and health)."""
@@ -278,6 +285,7 @@ class SubscriptionHub:
             bus_message = self.accept(data, channel)
             if bus_message is None:
                 return
+            self.deliveries += len(listeners)
             for listener in tuple(listeners):
                 listener.deliver(bus_message)
 

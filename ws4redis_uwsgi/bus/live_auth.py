@@ -56,6 +56,8 @@ _state = threading.local()
 #: Seconds between a session's creation and another's deletion within which they are one ``cycle_key()``
 #: (which does both at once): a session key given up for a new one with the same data.
 CYCLE_WINDOW = 0.5
+#: Seconds a request's commands wait for its end at most.
+REQUEST_HOLD = 10.0
 
 
 def connect() -> None:
@@ -107,8 +109,17 @@ def publish(commands: list[Command]) -> None:
 
 
 def _send(command: Command, using: str | None = None) -> None:
-    """Send ``command`` once the transaction commits: at the end of the request when one is served."""
+    """Send ``command`` once the transaction commits: at the end of the request when one is served.
+
+    A request that has not finished after :data:`REQUEST_HOLD` seconds holds
+    nothing more (a server or test client that never closes its responses
+    would otherwise hold every later command of the thread).
+    """
     pending: list[Command] | None = getattr(_state, "pending", None)
+    if pending is not None and time.monotonic() - _state.started > REQUEST_HOLD:
+        _state.pending = None
+        publish(pending)  # what it held was committed already
+        pending = None
     if pending is not None:
         transaction.on_commit(lambda: pending.append(command), using=using)
     else:
@@ -117,12 +128,13 @@ def _send(command: Command, using: str | None = None) -> None:
 
 def _on_request_started(**kwargs: Any) -> None:
     _state.pending = []
+    _state.started = time.monotonic()
     _state.created = None
 
 
 def _on_request_finished(**kwargs: Any) -> None:
     pending = getattr(_state, "pending", None)
-    _state.pending = None
+    _state.pending = _state.held = None
     _state.created = None
     if pending:
         publish(pending)
@@ -146,6 +158,9 @@ def _on_session_saved(sender: Any, instance: Any, created: bool = False, using: 
 def _on_session_deleted(sender: Any, instance: Any, using: str | None = None, **kwargs: Any) -> None:
     created = getattr(_state, "created", None)
     _state.created = None
+    data = _decoded(instance)
+    if not data or SESSION_KEY not in data:
+        return  # no user's session (as login() gives up an anonymous one): no websocket stands on it
     ref = session_ref(instance.session_key)
     if created is not None and _is_cycle(instance, *created):
         sealed = seal_key(instance.session_key, created[0])

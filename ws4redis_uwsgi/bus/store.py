@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from prometheus_client import Histogram
 
 from .. import settings
 from ..core import envelope
@@ -73,6 +75,15 @@ def needs_identity(request: Any = None, groups: Any = (), users: Any = (), sessi
     return request is not None and any(
         v is True or (isinstance(v, (list, tuple, set, frozenset)) and SELF in v) for v in (groups, users, sessions)
     )
+
+
+#: Publish latency in this process (a Django web worker), in prometheus-client's default registry:
+#: the site exports it with the rest of its metrics (see the README's "Metrics and health").
+PUBLISH_SECONDS = Histogram(
+    "ws4redis_publish_seconds",
+    "Time a publish_message took to reach Redis (failed ones included).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 
 
 class RedisStore:
@@ -154,7 +165,11 @@ class RedisStore:
         :raises redis.RedisError: when Redis cannot be reached within the
             connection's timeouts.
         """
-        return self._publish(message, expire, binary, None)
+        started = time.perf_counter()
+        try:
+            return self._publish(message, expire, binary, None)
+        finally:
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     def _publish(self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None) -> int:
         """:meth:`publish_message`, every copy carrying ``uid`` when given (the durable outbox's, history on or off)."""

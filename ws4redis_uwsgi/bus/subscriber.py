@@ -24,6 +24,7 @@ from ..django.identity import identity_from_request
 from ..django.tokens import session_ref
 from . import history, resources
 from .connection import mget, sharded
+from .presence import Membership
 from .store import RedisStore
 
 #: How long a handshake waits for Redis to confirm the new subscriptions
@@ -62,6 +63,8 @@ class RedisSubscriber(RedisStore):
     grant: Grant | None = None
     #: Set by :meth:`end_session`: its session ended, the loop closes it with 4001.
     session_ended = False
+    #: This websocket's presence on its facility, if the facility has presence (set by the server).
+    presence: Membership | None = None
 
     subscription_channels = ["subscribe-session", "subscribe-group", "subscribe-user", "subscribe-broadcast"]
     publish_channels = ["publish-session", "publish-group", "publish-user", "publish-broadcast"]
@@ -245,6 +248,7 @@ class RedisSubscriber(RedisStore):
         websocket's loop); otherwise it waits and the loop is woken.
         """
         if not self.outbox.take_live(message, self._write_now):
+            self._hub.queued += 1
             self.notify()
 
     def parse_response(self) -> envelope.BusMessage | None:
@@ -258,6 +262,8 @@ class RedisSubscriber(RedisStore):
 
     def release(self) -> None:
         """Leave all channels; called when the websocket closes."""
+        if self.presence is not None:
+            self.presence.leave()
         self._hub.remove(self, self._channels)
         self._channels = []
         self.outbox.clear()

@@ -163,6 +163,13 @@ class ClientRequest:
     echo: bool = False
     #: None: a plain ws4redis client; "": wants resume tokens; a token: resume after it.
     resume: str | None = None
+    #: Wants presence events (``!join``/``!leave`` notices): its messages come framed, as with ``resume``.
+    presence: bool = False
+
+    @property
+    def framing(self) -> str | None:
+        """The ``resume`` the outbox works with: presence events need framed messages, tokens from now on."""
+        return "" if self.presence and self.resume is None else self.resume
 
     @property
     def subscribe(self) -> frozenset[Audience]:
@@ -175,7 +182,7 @@ class ClientRequest:
 
 @functools.lru_cache(maxsize=256)  # a handshake parses its query three times; pages mostly share theirs
 def parse_query(query_string: str) -> ClientRequest:
-    """Parse ``subscribe-*``, ``publish-*``, ``echo`` and ``resume`` from a query string.
+    """Parse ``subscribe-*``, ``publish-*``, ``echo``, ``resume`` and ``presence`` from a query string.
 
     Parameter names are matched case-insensitively, ignoring surrounding
     blanks, as ws4redis did; unknown parameters are ignored so that pages may
@@ -183,6 +190,7 @@ def parse_query(query_string: str) -> ClientRequest:
     """
     wanted: list[str] = []
     echo = False
+    presence = False
     resume = None
     for name, value in parse_qsl(query_string, keep_blank_values=True):
         param = name.strip().lower()
@@ -191,6 +199,8 @@ def parse_query(query_string: str) -> ClientRequest:
                 wanted.append(param)
         elif param == "echo":
             echo = True
+        elif param == "presence":
+            presence = True
         elif param == "resume":
             resume = value.strip()
             if resume:
@@ -198,10 +208,10 @@ def parse_query(query_string: str) -> ClientRequest:
                     decode_token(resume)
                 except ValueError:
                     raise HandshakeError("invalid resume token") from None
-    return ClientRequest(tuple(wanted), echo, resume)
+    return ClientRequest(tuple(wanted), echo, resume, presence)
 
 
 def restrict(request: ClientRequest, allowed: Iterable[str]) -> ClientRequest:
     """Keep only the channel parameters that an allowed-channels hook returned."""
     permitted = set(allowed)
-    return ClientRequest(tuple(c for c in request.channels if c in permitted), request.echo, request.resume)
+    return ClientRequest(tuple(c for c in request.channels if c in permitted), request.echo, request.resume, request.presence)

@@ -76,6 +76,8 @@ class BusMessage:
     channel: str | None = None
     #: Set when it was published to several channels (the same on each copy) or through the durable outbox.
     uid: str | None = None
+    #: A notice of the server's own (``!join\n<username>``...): sent as it is, never behind a token.
+    notice: bool = False
 
     @cached_property
     def order(self) -> tuple[int, int] | None:

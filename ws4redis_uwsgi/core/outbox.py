@@ -213,8 +213,9 @@ class Outbox:
 
         A resuming client gets it behind its token, which then says that the
         client has this message and everything before it on every channel.
+        A notice (a presence event) goes as it is: it starts with ``!``, which no token does.
         """
-        return with_token(self.token(), message.payload) if self.with_ids else message.payload
+        return with_token(self.token(), message.payload) if self.with_ids and not message.notice else message.payload
 
     def gap_notice(self) -> bytes | None:
         """What tells this client that history lost messages: ``!gap`` for a resuming client, nothing for a plain one."""

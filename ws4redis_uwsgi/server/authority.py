@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import time
 from importlib import import_module
-from types import SimpleNamespace
 from typing import Any
 
 import gevent
 from django.conf import settings as django_settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.core.exceptions import ValidationError
+from django.utils.crypto import constant_time_compare
 from gevent.event import Event
 
 from .. import process, settings
@@ -75,6 +76,10 @@ class Authority:
         if grant is None:
             return
         self._index(subscriber, grant)
+        self.listen()
+
+    def listen(self) -> None:
+        """Subscribe the control channel (once): from the worker's start, or its first logged-in websocket."""
         if not self._listening:
             self._listening = True
             get_hub().add(self, [control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())])
@@ -226,11 +231,34 @@ def current_user_of(grant: Grant) -> Any:
     store = import_module(django_settings.SESSION_ENGINE).SessionStore(grant.session_key)
     if not auth_lookup.load_session(store):
         store.keys()  # loads it the engine's way: a missing or expired session is empty
-    request = SimpleNamespace(session=store)
-    user = auth_lookup.get_user(request)
-    if not getattr(user, "is_authenticated", False) or str(user.pk) != grant.user_pk:
+    user = session_user(store)
+    if user is None or str(user.pk) != grant.user_pk:
         return None
     return user
+
+
+def session_user(session: Any) -> Any:
+    """The user ``session`` lets in now, or None: what ``django.contrib.auth.get_user`` decides, read only.
+
+    Django's own function flushes a session whose hash does not verify, and
+    gives a new key to one that verifies only with ``SECRET_KEY_FALLBACKS``:
+    a worker looking on must change nothing (the browser's cookie names the key).
+    """
+    try:
+        user_pk = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None
+    if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_pk)  # None for a user gone, or inactive with ModelBackend
+    if user is None or not hasattr(user, "get_session_auth_hash"):
+        return user
+    session_hash = session.get(HASH_SESSION_KEY)
+    if not session_hash:
+        return None
+    hashes = [user.get_session_auth_hash(), *getattr(user, "get_session_auth_fallback_hash", list)()]
+    return user if any(constant_time_compare(session_hash, h) for h in hashes) else None
 
 
 def get_authority() -> Authority:

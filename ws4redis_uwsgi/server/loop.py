@@ -22,7 +22,7 @@ from django.apps import apps
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 
-from .. import settings
+from .. import presence, settings
 from ..bus import history, revocations
 from ..bus.budget import BacklogBudgetError
 from ..bus.resources import backlog_budget
@@ -43,6 +43,7 @@ from .adapter import StartResponse, Waiter, Websocket
 from .authority import get_authority
 from .db_workers import get_workers
 from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
+from .metrics import get_metrics
 from .session import Session, Turn
 
 logger = logging.getLogger("ws4redis_uwsgi")
@@ -129,6 +130,7 @@ class WebsocketWSGIServer:
     # -- the WSGI application --------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
         try:
             subscriber = self.open_subscription(environ)
         except PermissionDenied as exc:
@@ -151,7 +153,12 @@ class WebsocketWSGIServer:
             subscriber.release()
             if isinstance(exc, HandshakeError):  # refused before anything was written
                 return self.refuse(start_response, exc.status, str(exc), environ, list(exc.headers))
+            get_metrics().handshake("error")
             raise
+        metrics = get_metrics()
+        metrics.handshake("accepted")
+        metrics.handshake_seconds.observe(time.perf_counter() - started)
+        metrics.opened(subscriber.facility)
         self.run_websocket(websocket, subscriber, environ.get("PATH_INFO", ""))
         return []
 
@@ -188,6 +195,7 @@ class WebsocketWSGIServer:
         Adapters' ``close`` never raises for a client that is gone, whatever the errno.
         """
         self.active_connections -= 1
+        get_metrics().closed(subscriber.facility)
         try:
             get_authority().forget(subscriber)
             subscriber.release()
@@ -226,12 +234,16 @@ class WebsocketWSGIServer:
         self.process_request(request)
         channels, echo = self.process_subscriptions(request)
         subscriber = self.Subscriber(self._redis_connection)
-        subscriber.configure(echo=echo, resume=parse_query(request.META.get("QUERY_STRING", "")).resume)
+        query = parse_query(request.META.get("QUERY_STRING", ""))
+        subscriber.configure(echo=echo, resume=query.framing)
         subscriber.set_pubsub_channels(request, channels)
         if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
             subscriber.release()
             raise TooManyChannelsError("too many channels")
         get_authority().watch(subscriber)  # from now on, its session ending closes it
+        membership = presence.membership(subscriber, events=query.presence)
+        if membership is not None:  # (an attribute set only then: idle websockets stay small)
+            subscriber.presence = membership
         return subscriber
 
     def refuse(
@@ -243,6 +255,7 @@ class WebsocketWSGIServer:
         headers: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
         logger.info("websocket refused (%s, %s): %s", status, reason, loggable(environ.get("PATH_INFO")))
+        get_metrics().handshake(status.partition(" ")[0])
         body = f"{status}: {reason}\n".encode()
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(headers or [])])
         return [body]
@@ -256,8 +269,12 @@ class WebsocketWSGIServer:
         catches up from history once it can. ``waiter`` is anything with a
         ``wake()`` that makes the loop take its next :meth:`step`.
         """
+        if subscriber.presence is not None:
+            subscriber.presence.join()
         outbox = subscriber.outbox
         opening = outbox.opening(subscriber.redis_now_ms())
+        if opening is not Opening.STORED:  # it resumed from a token
+            get_metrics().resumes += 1
         if opening is Opening.GAP:
             # Never given out by this Redis: resuming from it would silence every later message.
             logger.warning("websocket resumed from a position far ahead of Redis's clock: told of a gap")
@@ -338,6 +355,7 @@ class WebsocketWSGIServer:
         when it fails, the client has ``!gap`` alone and the failure is logged.
         """
         websocket.send(GAP_NOTICE, binary=False)
+        get_metrics().gaps += 1
         hook = settings.get_callable("WS4REDIS_ON_GAP")
         if hook is None:
             return
@@ -370,6 +388,7 @@ class WebsocketWSGIServer:
             logger.warning("closing a websocket that waited too long for its backlog (%s)", exc)
             websocket.close(CloseCode.TRY_AGAIN_LATER, "try again later")
         except SlowConsumerError:
+            get_metrics().slow_consumer_closes += 1
             logger.warning("closing a websocket that did not take its backlog in time")
             raise
 
@@ -410,8 +429,10 @@ class WebsocketWSGIServer:
                 return bool(getattr(websocket, "pending", False)) and not websocket.closed
             verdict = inbound.judge(message, time.monotonic())
             if verdict is Verdict.HEARTBEAT:
+                get_metrics().heartbeats += 1
                 websocket.send(message, binary=False)
             elif verdict is Verdict.PUBLISH:
+                get_metrics().client_messages += 1
                 try:
                     subscriber.publish_message(RedisMessage(message))
                 except redis.RedisError as exc:
@@ -428,5 +449,6 @@ class WebsocketWSGIServer:
         while not websocket.closed and (message := outbox.next()) is not None:
             self.send_message(websocket, subscriber, message)
         if outbox.overflowed and not websocket.closed:
+            get_metrics().slow_consumer_closes += 1
             logger.warning("closing a websocket that fell %d messages behind", outbox.max_pending)
             websocket.close(CloseCode.SLOW_CONSUMER, "too slow")

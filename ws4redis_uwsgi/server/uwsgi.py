@@ -36,6 +36,7 @@ from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
+from . import ops_endpoint
 from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
@@ -177,9 +178,11 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         uwsgi.post_fork_hook = post_fork
 
     def _start_drain(self) -> None:
+        """The worker's own services, once per process: the outbox drain, metrics and health."""
         if self._drain_pid != os.getpid():
             self._drain_pid = os.getpid()
             start_drain()
+            ops_endpoint.start()
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.

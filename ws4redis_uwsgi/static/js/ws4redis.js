@@ -57,6 +57,12 @@
  *                       after any other close
  *   history_gap()       with resume: called when the server could not replay
  *                       everything (its history was trimmed): reload the page's state
+ *   presence(event, username)
+ *                       join and leave events of the facility (WS4REDIS_PRESENCE on the
+ *                       server): event is 'join' when a user's first connection opens
+ *                       (on any worker), 'leave' when the last one closes. The client
+ *                       adds the parameter presence to the URL; messages still reach
+ *                       receive_message as before
  *
  * Methods of the returned object:
  *   send_message(msg)   sends a string, Blob, ArrayBuffer or view; true if sent,
@@ -72,7 +78,9 @@
  *                       any); opaque, it names a position in each of the socket's channels
  *
  * The resume protocol: every frame is "<token>\n<payload>" (an empty header keeps the last token), a
- * frame "!gap\n" announces a gap, heartbeat answers come without a header.
+ * frame "!gap\n" announces a gap, heartbeat answers come without a header. A client that asks for
+ * presence events gets its frames so too, and an event as "!join\n<username>" or
+ * "!leave\n<username>" (tokens never start with "!"; other "!" notices are ignored).
  *
  * Reconnection: after any close not asked for by close() (or, by default, a 4001), the client reconnects
  * after WS4Redis.backoff_delay(attempt) ms: exponential backoff with jitter (see
@@ -140,6 +148,8 @@
       throw new TypeError('WS4Redis: "heartbeat_interval" must be a positive number of milliseconds');
     }
     const heartbeat_msg = opts.heartbeat_msg || null;
+    // Frames carry a header ("<token>\n" or a "!" notice) with resume, and with presence events.
+    const framed = Boolean(opts.resume) || typeof opts.presence === 'function';
 
     let ws = null;                 // the current socket, null between a close and the next connection
     let closed_for_good = false;   // set by close()
@@ -179,10 +189,13 @@
     }
 
     function open_socket(WebSocketClass, token) {
-      const url = opts.resume ? with_resume(opts.uri, last_id) : opts.uri;
+      let url = opts.resume ? with_resume(opts.uri, last_id) : opts.uri;
+      if (typeof opts.presence === 'function') {
+        url = with_presence(url);
+      }
       // The token travels as a subprotocol: a header, which access logs do not record.
       const socket = token ? new WebSocketClass(url, ['ws4redis', 'ws4redis.token.' + token]) : new WebSocketClass(url);
-      if (opts.resume) {
+      if (framed) {
         socket.binaryType = 'arraybuffer';   // to split the id from binary payloads
       } else if (opts.binary_type) {
         socket.binaryType = opts.binary_type;
@@ -285,13 +298,17 @@
         missed_heartbeats = 0;
         return;
       }
-      if (!opts.resume) {
+      if (!framed) {
         callback('receive_message', evt.data);
         return;
       }
       const [header, payload] = split_header(evt.data);
-      if (header === '!gap') {
-        callback('history_gap');
+      if (header.startsWith('!')) {
+        if (header === '!gap') {
+          callback('history_gap');
+        } else if ((header === '!join' || header === '!leave') && typeof payload === 'string') {
+          callback('presence', header.slice(1), payload);
+        }
         return;
       }
       if (header !== '') {
@@ -379,6 +396,18 @@
     return path + '?' + params.join('&');
   }
 
+  // `uri` with the parameter presence added (unless there already).
+  function with_presence(uri) {
+    const hash = uri.indexOf('#');
+    const base = hash < 0 ? uri : uri.slice(0, hash);
+    const q = base.indexOf('?');
+    const query = q < 0 ? '' : base.slice(q + 1);
+    if (query.split('&').some((p) => p === 'presence' || p.startsWith('presence='))) {
+      return base;
+    }
+    return base + (q < 0 ? '?' : (query === '' ? '' : '&')) + 'presence';
+  }
+
   // The global WebSocket, looked up by name (globalThis is newer than ES2017).
   function root_websocket() {
     return typeof WebSocket === 'undefined' ? undefined : WebSocket;
@@ -386,6 +415,7 @@
 
   WS4Redis.backoff_delay = backoff_delay;
   WS4Redis.with_resume = with_resume;
+  WS4Redis.with_presence = with_presence;
   WS4Redis.BACKOFF_BASE_MS = BACKOFF_BASE_MS;
   WS4Redis.BACKOFF_CAP_MS = BACKOFF_CAP_MS;
   return WS4Redis;

@@ -1,0 +1,145 @@
+"""Each worker's metrics and health on its loopback port, scraped after real traffic.
+
+Two uWSGI workers behind one port, a private redis-server (so that the
+health check can watch it go away), real websocket clients. The counts are
+summed over the workers, as Prometheus does with ``sum``.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from contextlib import ExitStack
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import SITE_ENV, session_cookie
+from tests.integration.helpers import client, facility, recv
+from tests.servers import RedisServer, UwsgiServer, free_port, wait_for
+from ws4redis_uwsgi.publisher import RedisPublisher
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+WORKERS = 2
+
+
+@pytest.fixture
+def stack(site_db, tmp_path):
+    """A private Redis and a two-worker uWSGI whose workers serve metrics on ``base`` and ``base + 1``."""
+    from django.test import override_settings
+
+    redis_server = RedisServer(workdir=tmp_path).start()
+    base = free_port()
+    while not all(port_free(base + i) for i in range(WORKERS)):
+        base = free_port()
+    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url, "WS4REDIS_TEST_METRICS_PORT": str(base)}
+    server = UwsgiServer(env, cores=100, extra=["--workers", str(WORKERS)], log_path=tmp_path / "uwsgi.log")
+    with ExitStack() as stack:
+        stack.callback(redis_server.stop)
+        server.start()
+        stack.callback(server.stop)
+        stack.enter_context(override_settings(WS4REDIS_CONNECTION=redis_server.url))
+        ports = [base + i for i in range(WORKERS)]
+        wait_for(lambda: all(health(p)[0] == 200 for p in ports), 20, f"every worker's health (see {server.log_path})")
+        yield redis_server, server, ports
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def health(port: int) -> tuple[int, str]:
+    try:
+        return get(port, "/health")
+    except OSError:
+        return 0, "not listening"
+
+
+def scrape(ports: list[int]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of every worker, summed over the workers (the ``worker`` label dropped)."""
+    totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+    for port in ports:
+        status, text = get(port, "/metrics")
+        assert status == 200
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "worker"))
+                totals[sample.name, labels] += sample.value
+    return totals
+
+
+def test_the_counts_follow_real_traffic(stack):
+    _, server, ports = stack
+    fac = facility()
+    with ExitStack() as sockets:
+        plain = [sockets.enter_context(client(server, f"/ws/{fac}?subscribe-broadcast")) for _ in range(6)]
+        talker = sockets.enter_context(client(server, f"/ws/{fac}?subscribe-broadcast&publish-broadcast"))
+        john = sockets.enter_context(client(server, f"/ws/{fac}?subscribe-user", session_cookie("john")))
+        for _ in range(3):
+            with pytest.raises(InvalidStatus):  # not staff: 403
+                sockets.enter_context(client(server, "/ws/staff-only?subscribe-broadcast", session_cookie("john")))
+        publisher = RedisPublisher(facility=fac, broadcast=True)
+        for n in range(5):
+            publisher.publish_message(f"m{n}", expire=0)
+        for ws in [*plain, talker]:
+            assert [recv(ws) for _ in range(5)] == [f"m{n}" for n in range(5)]
+        talker.send("from a client")
+        for ws in plain:
+            assert recv(ws) == "from a client"
+        talker.send("--heartbeat--")
+        assert recv(talker) == "--heartbeat--"
+        with client(server, f"/ws/{fac}?subscribe-broadcast&resume=0-0") as resumed:
+            assert recv(resumed).startswith("!gap")
+        figures = scrape(ports)
+        assert figures["ws4redis_websockets_open", (("facility", fac),)] == 8
+        assert figures["ws4redis_handshakes_total", (("outcome", "accepted"),)] == 9
+        assert figures["ws4redis_handshakes_total", (("outcome", "403"),)] == 3
+        assert figures["ws4redis_handshake_seconds_count", ()] == 9
+        # 6 broadcasts to the 7 websockets on the channel, whichever worker serves them (the
+        # talker's own one is handed to it too, and skipped: no echo asked for).
+        delivered = sum(v for (name, labels), v in figures.items() if name == "ws4redis_deliveries_total")
+        assert delivered == 6 * 7
+        assert figures["ws4redis_client_messages_total", ()] == 1
+        assert figures["ws4redis_heartbeats_total", ()] == 1
+        assert figures["ws4redis_resumes_total", ()] == 1
+        assert figures["ws4redis_gaps_total", ()] == 1
+        assert figures["ws4redis_redis_subscribed", ()] == WORKERS
+        assert john is not None
+    # Closed: the gauge goes back down.
+    wait_for(lambda: scrape(ports)["ws4redis_websockets_open", (("facility", fac),)] == 0, 5, "the websockets counted closed")
+
+
+def test_health_answers_503_while_redis_is_away(stack):
+    redis_server, _, ports = stack
+    redis_server.stop()
+    wait_for(lambda: all(health(p)[0] == 503 for p in ports), 10, "503 from every worker")
+    assert all(scrape(ports)[name, ()] == 0 for name in ["ws4redis_redis_subscribed"])
+    redis_server.start()
+    wait_for(lambda: all(health(p)[0] == 200 for p in ports), 15, "200 again")
+    assert scrape(ports)["ws4redis_redis_reconnects_total", ()] >= WORKERS
+
+
+def test_neither_is_served_on_the_websocket_port(stack):
+    _, server, ports = stack
+    for path in ("/metrics", "/health"):
+        status, body = get(server.port, path)
+        assert status != 200 and "ws4redis_" not in body
+    assert get(ports[0], "/other") == (404, "not found\n")

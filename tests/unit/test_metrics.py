@@ -1,0 +1,51 @@
+"""A worker's counters and their exposition (ws4redis_uwsgi.server.metrics): values in, text out."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ws4redis_uwsgi.server.metrics import MAX_FACILITY_LABELS, OTHER, WorkerMetrics
+
+
+def samples(metrics: WorkerMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_facility_labels_stay_bounded_and_a_facility_keeps_its_label():
+    metrics = WorkerMetrics()
+    for n in range(MAX_FACILITY_LABELS + 10):
+        metrics.opened(f"f{n}")
+    metrics.opened("f0")
+    open_now = samples(metrics, "ws4redis_websockets_open")
+    assert len(open_now) == MAX_FACILITY_LABELS + 1  # the named ones, and "other"
+    assert open_now[(("facility", "f0"),)] == 2
+    assert open_now[(("facility", OTHER),)] == 10
+    for n in range(MAX_FACILITY_LABELS + 10):
+        metrics.closed(f"f{n}")
+    metrics.closed("f0")
+    open_now = samples(metrics, "ws4redis_websockets_open")
+    assert set(open_now.values()) == {0}
+    metrics.closed("never opened")  # never below zero
+    assert samples(metrics, "ws4redis_websockets_open")[(("facility", OTHER),)] == 0
+
+
+def test_handshakes_by_outcome_and_the_latency_histogram():
+    metrics = WorkerMetrics()
+    for outcome in ["accepted", "accepted", "403", "503"]:
+        metrics.handshake(outcome)
+    metrics.handshake_seconds.observe(0.0004)
+    metrics.handshake_seconds.observe(0.003)
+    assert samples(metrics, "ws4redis_handshakes_total") == {
+        (("outcome", "accepted"),): 2,
+        (("outcome", "403"),): 1,
+        (("outcome", "503"),): 1,
+    }
+    buckets = samples(metrics, "ws4redis_handshake_seconds_bucket")
+    assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
