@@ -229,3 +229,11 @@ def test_a_redis_that_forgot_the_script_learns_it_again(uwsgi_server, redis_clie
             with pytest.raises(NotReplicatedError):  # the script ran (loaded again), only WAIT found no replica
                 apublish("flushed, then unacknowledged", facility=fac, broadcast=True)
         assert recv(ws) == "flushed, then unacknowledged"
+
+
+def test_counted_in_the_publish_latency_histogram(redis_server):
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("ws4redis_publish_seconds_count") or 0
+    apublish("timed", facility=facility(), broadcast=True)
+    assert REGISTRY.get_sample_value("ws4redis_publish_seconds_count") == before + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import redis
@@ -16,7 +17,7 @@ from . import async_publish
 from . import durable as outbox
 from .async_client import get_async_client
 from .connection import get_client, mget, sharded
-from .store import RedisMessage, RedisStore, needs_identity
+from .store import PUBLISH_SECONDS, RedisMessage, RedisStore, needs_identity
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -147,10 +148,14 @@ class RedisPublisher(RedisStore):
             own = await aidentity_from_request(self._targets["request"])
             self._publishers = self._get_message_channels(**self._targets, own=own)
             self._self_pending = False
-        outgoing = self._outgoing(message, expire, binary, None)
-        if outgoing is None:
-            return 0
-        message_id, receivers = await async_publish.publish(await get_async_client(), outgoing)
+        started = time.perf_counter()
+        try:
+            outgoing = self._outgoing(message, expire, binary, None)
+            if outgoing is None:
+                return 0
+            message_id, receivers = await async_publish.publish(await get_async_client(), outgoing)
+        finally:
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)  # as publish_message's, SELF read before
         if message_id is not None:
             self.last_message_id = message_id
         return receivers
