@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
@@ -115,10 +116,10 @@ def connection_problems(value: Any) -> list[str]:
 def target() -> RedisTarget:
     """The current setting, read once per process and value."""
     value = settings.get("WS4REDIS_CONNECTION")
-    return process.resource(f"redis target {_key(value)}", lambda: parse(value))
+    return process.resource(f"redis target {setting_key(value)}", lambda: parse(value))
 
 
-def _key(value: Any) -> str:
+def setting_key(value: Any) -> str:
     return repr(sorted(value.items())) if isinstance(value, dict) else str(value)
 
 
@@ -370,12 +371,12 @@ def get_client() -> Any:
     for the overridden server.
     """
     value = settings.get("WS4REDIS_CONNECTION")
-    return process.resource(f"publisher client {_key(value)}", lambda: make_client(value))
+    return process.resource(f"publisher client {setting_key(value)}", lambda: make_client(value))
 
 
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` talks to a Redis Cluster (sharded pub/sub, one slot per script)."""
-    return isinstance(client, (RedisCluster, LazyCluster))
+    """Whether ``client`` (sync or asyncio) talks to a Redis Cluster (sharded pub/sub, one slot per script)."""
+    return isinstance(client, (RedisCluster, LazyCluster, AsyncRedisCluster))
 
 
 def sharded() -> bool:

@@ -48,7 +48,7 @@ logger = logging.getLogger("ws4redis_uwsgi")
 # Returns {id, receivers, repaired}: repaired is 1 when a stream held an id this
 # script never wrote (one far in the future, or beyond its newest entry) and was
 # started again.
-_PUBLISH = """
+PUBLISH_SCRIPT = """
 local n = math.floor(#KEYS / 3)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -168,7 +168,7 @@ def trimmed_key(channel: str) -> str:
     return f"{prefix}history-trimmed:{channel[len(prefix) :]}"
 
 
-_PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
 def shard_groups(client: Any, channels: Sequence[str]) -> list[list[str]]:
@@ -189,6 +189,89 @@ class NotReplicatedError(redis.exceptions.RedisError):
     """
 
 
+@dataclass(frozen=True)
+class ScriptCalls:
+    """One publish as calls of the publish script: what the sync and the async publishers both run.
+
+    Built by :func:`script_calls` (no I/O); the replies go through
+    :func:`publish_result`. Only how the calls reach Redis differs between
+    redis-py's sync and asyncio clients.
+    """
+
+    channels: tuple[str, ...]
+    #: The KEYS of each call: one call per slot on a Cluster, else one.
+    keys: list[list[str]]
+    #: The ARGV every call shares.
+    args: list[bytes | int | str]
+    #: ``WS4REDIS_WAIT_REPLICAS`` (0: no WAIT) and ``WS4REDIS_WAIT_TIMEOUT`` in ms.
+    replicas: int
+    timeout_ms: int
+
+    def command(self, keys: list[str]) -> tuple[Any, ...]:
+        """The EVALSHA command of one call, as ``execute_command`` takes it."""
+        return ("EVALSHA", PUBLISH_SHA, len(keys), *keys, *self.args)
+
+
+def script_calls(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> ScriptCalls:
+    """The script calls that publish one wrapped message to ``channels`` (settings read here, no I/O)."""
+    cluster = is_cluster(client)
+    args: list[bytes | int | str] = [
+        head,
+        tail,
+        int(expire or 0),
+        int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0),
+        int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000,
+        envelope.MAX_ID_AHEAD_MS,
+        "SPUBLISH" if cluster else "PUBLISH",
+        LEGACY_COUNTER_TTL_MS,
+    ]
+    keys = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
+    if not cluster:  # no earlier version ran on a Cluster
+        keys[0].append(legacy_counter_key())
+    return ScriptCalls(
+        tuple(channels),
+        keys,
+        args,
+        int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0),
+        int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000),
+    )
+
+
+def publish_result(calls: ScriptCalls, replies: Sequence[Any]) -> tuple[str, int]:
+    """(the id of the first copy, receivers) from the script's replies, one per call (pure, but for a log line)."""
+    first_id = replies[0][0]
+    if any(reply[2] for reply in replies):
+        logger.warning(
+            "a history stream of %s held an id this package never wrote; started again (resuming clients get !gap)",
+            ", ".join(calls.channels),
+        )
+    return first_id.decode() if isinstance(first_id, bytes) else str(first_id), sum(int(reply[1]) for reply in replies)
+
+
+def check_acknowledged(calls: ScriptCalls, acknowledged: Any) -> None:
+    """Raise what ``WAIT``'s reply means: its error, or :class:`NotReplicatedError` when too few replicas took it."""
+    if isinstance(acknowledged, Exception):
+        raise acknowledged
+    if int(acknowledged) < calls.replicas:
+        raise NotReplicatedError(
+            f"{acknowledged} of {calls.replicas} replicas acknowledged the message within {calls.timeout_ms} ms; "
+            "it was published but a failover may lose it"
+        )
+
+
+def is_no_script(reply: Any) -> bool:
+    """Whether a reply says that Redis does not know the script (a new or restarted Redis): load it and call again."""
+    return isinstance(reply, redis.exceptions.NoScriptError)
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """``replies``, unless one is an error: then the first one is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> tuple[str, int]:
     """Publish one wrapped message to ``channels``; returns (the id of its first copy, receivers).
 
@@ -196,102 +279,63 @@ def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expi
     shard at once; redis-py follows a slot that moved (MOVED, ASK). A shard
     that still refuses makes this raise: what other shards took stays published.
     With ``WS4REDIS_WAIT_REPLICAS``, each shard's scripts are followed by
-    ``WAIT`` on the same connection.
+    ``WAIT`` on the same connection. :mod:`.async_publish` does the same on redis.asyncio.
 
     :raises NotReplicatedError: fewer replicas than asked for took the message in time.
     :raises redis.RedisError: when a shard cannot be reached within the timeouts.
     """
-    max_length = int(settings.get("WS4REDIS_HISTORY_LENGTH") or 0)
-    max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000
-    cluster = is_cluster(client)
-    command = "SPUBLISH" if cluster else "PUBLISH"
-    args: list[bytes | int | str] = [
-        head,
-        tail,
-        int(expire or 0),
-        max_length,
-        max_age_ms,
-        envelope.MAX_ID_AHEAD_MS,
-        command,
-        LEGACY_COUNTER_TTL_MS,
-    ]
-    calls = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
-    if not cluster:  # no earlier version ran on a Cluster
-        calls[0].append(legacy_counter_key())
-    replicas = int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0)
-    if replicas:
-        replies = _run_acknowledged(client, calls, args, replicas, int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000))
-    else:
-        replies = _run_scripts(client, calls, args)
-    first_id = replies[0][0]
-    if any(reply[2] for reply in replies):
-        logger.warning(
-            "a history stream of %s held an id this package never wrote; started again (resuming clients get !gap)",
-            ", ".join(channels),
-        )
-    return first_id.decode() if isinstance(first_id, bytes) else str(first_id), sum(int(reply[1]) for reply in replies)
+    calls = script_calls(client, channels, head, tail, expire)
+    replies = _run_acknowledged(client, calls) if calls.replicas else _run_scripts(client, calls)
+    return publish_result(calls, replies)
 
 
-def _run_scripts(client: Any, calls: list[list[str]], args: list[Any]) -> list[Any]:
+def _run_scripts(client: Any, calls: ScriptCalls) -> list[Any]:
     """EVALSHA of the publish script for each list of keys in one pipeline; a Redis that does not know it learns it once."""
-    if len(calls) == 1:
-        keys = calls[0]
+    if len(calls.keys) == 1:
         try:
-            return [client.evalsha(_PUBLISH_SHA, len(keys), *keys, *args)]
+            return [client.execute_command(*calls.command(calls.keys[0]))]
         except redis.exceptions.NoScriptError:  # a new or restarted Redis
-            return [client.eval(_PUBLISH, len(keys), *keys, *args)]
-    replies = _pipelined(client, calls, args)
-    if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-        client.script_load(_PUBLISH)  # on every primary of a Cluster
-        again = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
-        for i, reply in zip(again, _pipelined(client, [calls[i] for i in again], args), strict=True):
+            keys = calls.keys[0]
+            return [client.eval(PUBLISH_SCRIPT, len(keys), *keys, *calls.args)]
+    replies = _pipelined(client, calls, calls.keys)
+    again = [i for i, r in enumerate(replies) if is_no_script(r)]
+    if again:
+        client.script_load(PUBLISH_SCRIPT)  # on every primary of a Cluster
+        for i, reply in zip(again, _pipelined(client, calls, [calls.keys[i] for i in again]), strict=True):
             replies[i] = reply
-    return _raise_first(replies)
+    return raise_first(replies)
 
 
-def _pipelined(client: Any, calls: list[list[str]], args: list[Any], wait: tuple[int, int] | None = None) -> list[Any]:
+def _pipelined(client: Any, calls: ScriptCalls, keys_list: list[list[str]], wait: bool = False) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     cluster = is_cluster(client)
-    for keys in calls:
+    for keys in keys_list:
         # A ClusterPipeline has no evalsha(); told the node, it does not ask a node for the
         # keys of each call (COMMAND GETKEYS, one round trip per channel in redis-py 8).
         target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
-        pipe.execute_command("EVALSHA", _PUBLISH_SHA, len(keys), *keys, *args, **target)
-    if wait is not None:
-        pipe.execute_command("WAIT", *wait)
+        pipe.execute_command(*calls.command(keys), **target)
+    if wait:
+        pipe.execute_command("WAIT", calls.replicas, calls.timeout_ms)
     return list(pipe.execute(raise_on_error=False))
 
 
-def _run_acknowledged(client: Any, calls: list[list[str]], args: list[Any], replicas: int, timeout_ms: int) -> list[Any]:
+def _run_acknowledged(client: Any, calls: ScriptCalls) -> list[Any]:
     """The scripts, then ``WAIT replicas timeout`` on the same connection of each shard (one round trip per shard)."""
     by_shard: dict[Any, list[int]] = {}
-    for i, keys in enumerate(calls):
+    for i, keys in enumerate(calls.keys):
         # WAIT counts the writes of its own connection: a Cluster's shard gets a pipeline of its own.
         node = client.get_redis_connection(client.get_node_from_key(keys[0])) if is_cluster(client) else client
         by_shard.setdefault(node, []).append(i)
-    replies: list[Any] = [None] * len(calls)
+    replies: list[Any] = [None] * len(calls.keys)
     for node, indexes in by_shard.items():
-        shard_calls = [calls[i] for i in indexes]
-        *done, acknowledged = _pipelined(node, shard_calls, args, (replicas, timeout_ms))
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in done):
-            node.script_load(_PUBLISH)
-            *done, acknowledged = _pipelined(node, shard_calls, args, (replicas, timeout_ms))
-        for i, reply in zip(indexes, _raise_first(done), strict=True):
+        shard_keys = [calls.keys[i] for i in indexes]
+        *done, acknowledged = _pipelined(node, calls, shard_keys, wait=True)
+        if any(is_no_script(r) for r in done):
+            node.script_load(PUBLISH_SCRIPT)
+            *done, acknowledged = _pipelined(node, calls, shard_keys, wait=True)
+        for i, reply in zip(indexes, raise_first(done), strict=True):
             replies[i] = reply
-        if isinstance(acknowledged, Exception):
-            raise acknowledged
-        if int(acknowledged) < replicas:
-            raise NotReplicatedError(
-                f"{acknowledged} of {replicas} replicas acknowledged the message within {timeout_ms} ms; "
-                "it was published but a failover may lose it"
-            )
-    return replies
-
-
-def _raise_first(replies: list[Any]) -> list[Any]:
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+        check_acknowledged(calls, acknowledged)
     return replies
 
 

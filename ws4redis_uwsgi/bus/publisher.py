@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import redis
@@ -10,10 +12,12 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import settings
 from ..core import envelope
-from ..core.channels import Audience, audience_channels
+from ..core.channels import Audience, Identity, audience_channels
+from . import async_publish
 from . import durable as outbox
+from .async_client import get_async_client
 from .connection import get_client, mget, sharded
-from .store import RedisMessage, RedisStore
+from .store import PUBLISH_SECONDS, RedisMessage, RedisStore, needs_identity
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -39,9 +43,16 @@ class RedisPublisher(RedisStore):
         super().__init__(get_client())
         # What a durable publish writes in its outbox row (SELF resolved then).
         self._targets: dict[str, Any] | None = None
+        # Made in async code with SELF: Django's sync APIs may not run there, so
+        # apublish_message resolves SELF through Django's async ones.
+        self._self_pending = False
         if "facility" in kwargs:
-            self._publishers = self._get_message_channels(**kwargs)
             self._targets = kwargs
+            if needs_identity(**kwargs) and _in_event_loop():
+                self._audiences(**{**kwargs, "own": Identity()})  # a bad facility or argument raises now
+                self._self_pending = True
+            else:
+                self._publishers = self._get_message_channels(**kwargs)
 
     def publish_message(  # type: ignore[override]
         self,
@@ -72,6 +83,10 @@ class RedisPublisher(RedisStore):
         the commit, Redis away) is not lost: a drain publishes the row later
         (None is returned outside a transaction then, with a log line).
         """
+        if self._self_pending:  # made in async code, published from sync code
+            assert self._targets is not None
+            self._publishers = self._get_message_channels(**self._targets)
+            self._self_pending = False
         if durable is None:
             durable = on_commit is not False and bool(settings.get("WS4REDIS_DURABLE_OUTBOX"))
         elif durable and on_commit is False:
@@ -85,6 +100,65 @@ class RedisPublisher(RedisStore):
         data = message if isinstance(message, RedisMessage) else RedisMessage(message)  # a bad message raises now
         transaction.on_commit(lambda: self._publish_after_commit(data, expire, binary), using=using)
         return None
+
+    async def apublish_message(
+        self,
+        message: RedisMessage | str | bytes,
+        expire: int | None = None,
+        binary: bool = False,
+        *,
+        on_commit: bool | None = None,
+        using: str | None = None,
+        durable: bool | None = None,
+    ) -> int:
+        """:meth:`publish_message` for async code, on redis.asyncio, at once: ``await publisher.apublish_message(...)``.
+
+        The same channels, history ids, ``WAIT`` acknowledgement
+        (:class:`~.history.NotReplicatedError`) and return value (the
+        receivers) as :meth:`publish_message`, on the running event loop's own
+        client (:mod:`.async_client`), without a thread. ``SELF`` is read
+        through Django's async APIs (:func:`~ws4redis_uwsgi.django.identity.aidentity_from_request`).
+
+        Async code holds no transaction (Django's ``transaction.atomic`` is
+        sync only), so the message always goes out at once:
+        ``WS4REDIS_PUBLISH_ON_COMMIT`` changes nothing here (outside a
+        transaction on-commit publishing is at once too), and ``using`` only
+        stands for symmetry. ``on_commit=True`` and ``durable=True`` (or
+        ``WS4REDIS_DURABLE_OUTBOX`` without ``on_commit=False`` or
+        ``durable=False``) raise ValueError: call :meth:`publish_message`
+        from the sync function that opens the transaction, and await that
+        function through ``sync_to_async``.
+        """
+        if on_commit or durable:
+            what = "on_commit=True" if on_commit else "durable=True"
+        elif durable is None and on_commit is None and settings.get("WS4REDIS_DURABLE_OUTBOX"):
+            what = "the durable outbox (WS4REDIS_DURABLE_OUTBOX)"
+        else:
+            what = ""
+        if what:
+            raise ValueError(
+                f"apublish_message publishes at once, it cannot do {what} (transactions and the outbox are sync): "
+                "call publish_message(..., on_commit=True) in the sync function that opens the transaction and "
+                "await it with sync_to_async, or pass durable=False to publish at once without the outbox"
+            )
+        if self._self_pending:
+            from ..django.identity import aidentity_from_request
+
+            assert self._targets is not None
+            own = await aidentity_from_request(self._targets["request"])
+            self._publishers = self._get_message_channels(**self._targets, own=own)
+            self._self_pending = False
+        started = time.perf_counter()
+        try:
+            outgoing = self._outgoing(message, expire, binary, None)
+            if outgoing is None:
+                return 0
+            message_id, receivers = await async_publish.publish(await get_async_client(), outgoing)
+        finally:
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)  # as publish_message's, SELF read before
+        if message_id is not None:
+            self.last_message_id = message_id
+        return receivers
 
     def _publish_durable(self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, using: str) -> int | None:
         outbox.check_database(using)
@@ -126,3 +200,12 @@ class RedisPublisher(RedisStore):
             if value:
                 return RedisMessage(envelope.decode(value).payload)
         return None
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (where Django refuses its sync database APIs)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -69,6 +70,13 @@ def _names(value: Any, own: Iterable[str], argument: str) -> list[str]:
     return names
 
 
+def needs_identity(request: Any = None, groups: Any = (), users: Any = (), sessions: Any = (), **others: Any) -> bool:
+    """Whether these publisher arguments need the request's user, groups or session (``SELF`` or ``True``, with a request)."""
+    return request is not None and any(
+        v is True or (isinstance(v, (list, tuple, set, frozenset)) and SELF in v) for v in (groups, users, sessions)
+    )
+
+
 #: Publish latency in this process (a Django web worker), in prometheus-client's default registry:
 #: the site exports it with the rest of its metrics (see the README's "Metrics and health").
 PUBLISH_SECONDS = Histogram(
@@ -101,8 +109,10 @@ class RedisStore:
         groups: Any = (),
         users: Any = (),
         sessions: Any = (),
+        *,
+        own: Identity | None = None,
     ) -> list[str]:
-        audiences = self._audiences(request, facility, broadcast, groups, users, sessions)
+        audiences = self._audiences(request, facility, broadcast, groups, users, sessions, own=own)
         return named_channels(settings.get("WS4REDIS_PREFIX"), **audiences, sharded=sharded())
 
     @staticmethod
@@ -113,19 +123,24 @@ class RedisStore:
         groups: Any = (),
         users: Any = (),
         sessions: Any = (),
+        *,
+        own: Identity | None = None,
     ) -> dict[str, Any]:
-        """The audiences as :func:`~ws4redis_uwsgi.core.channels.named_channels` takes them, ``SELF`` resolved."""
+        """The audiences as :func:`~ws4redis_uwsgi.core.channels.named_channels` takes them, ``SELF`` resolved.
+
+        ``SELF`` stands for ``own`` when given, else for what the request says
+        (read from Django now, :func:`needs_identity`).
+        """
         try:
             validate_facility(facility)
         except HandshakeError as exc:
             raise ValueError(f"invalid facility {facility!r}: {exc}") from None
-        own = Identity()
-        if request is not None and any(
-            v is True or (isinstance(v, (list, tuple, set, frozenset)) and SELF in v) for v in (groups, users, sessions)
-        ):
-            from ..django.identity import identity_from_request
+        if own is None:
+            own = Identity()
+            if needs_identity(request, groups, users, sessions):
+                from ..django.identity import identity_from_request
 
-            own = identity_from_request(request)
+                own = identity_from_request(request)
         return {
             "facility": facility,
             "broadcast": broadcast is True,
@@ -158,26 +173,68 @@ class RedisStore:
 
     def _publish(self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None) -> int:
         """:meth:`publish_message`, every copy carrying ``uid`` when given (the durable outbox's, history on or off)."""
+        outgoing = self._outgoing(message, expire, binary, uid)
+        if outgoing is None:
+            return 0
+        if isinstance(outgoing, WithHistory):
+            self.last_message_id, receivers = history.publish(
+                self._connection, outgoing.channels, outgoing.head, outgoing.tail, outgoing.expire
+            )
+            return receivers
+        pipe = self._connection.pipeline(transaction=False)
+        for command in outgoing.commands(is_cluster(self._connection)):
+            pipe.execute_command(*command)
+        return outgoing.receivers(pipe.execute())
+
+    def _outgoing(
+        self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None
+    ) -> WithHistory | WithoutHistory | None:
+        """What a publish sends, wrapped (no I/O; the sync and the async publishers send it): None for nothing."""
         data = message if isinstance(message, RedisMessage) else RedisMessage(message)
         if data is None or not self._publishers:
-            return 0
+            return None
         if expire is None:
             expire = settings.get("WS4REDIS_EXPIRE")
+        expire = max(int(expire or 0), 0)
+        channels = tuple(self._publishers)
         if history.enabled():
             # A message on several channels carries a uid: a client on more than one gets it once
             # (without history there are no ids, and no repeats are held back).
-            if uid is None and len(self._publishers) > 1:
+            if uid is None and len(channels) > 1:
                 uid = envelope.new_uid()
             head, tail = envelope.encode_parts(bytes(data), binary=binary, origin=self._origin, uid=uid)
-            self.last_message_id, receivers = history.publish(self._connection, self._publishers, head, tail, expire)
-            return receivers
-        payload = envelope.encode(bytes(data), binary=binary, origin=self._origin, uid=uid)
-        command = "SPUBLISH" if is_cluster(self._connection) else "PUBLISH"
-        pipe = self._connection.pipeline(transaction=False)
-        for channel in self._publishers:
-            pipe.execute_command(command, channel, payload)
-            if expire and expire > 0:
-                pipe.set(channel, payload, ex=int(expire))
-        replies = pipe.execute()
-        step = 2 if expire and expire > 0 else 1
-        return sum(int(n) for n in replies[::step])
+            return WithHistory(channels, expire, head, tail)
+        return WithoutHistory(channels, expire, envelope.encode(bytes(data), binary=binary, origin=self._origin, uid=uid))
+
+
+@dataclass(frozen=True)
+class WithHistory:
+    """A publish with history on: the message around its id, which the publish script assigns (:mod:`.history`)."""
+
+    channels: tuple[str, ...]
+    expire: int
+    head: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True)
+class WithoutHistory:
+    """A publish with history off: PUBLISH (SPUBLISH on a Cluster) and SET-with-expiry per channel, pipelined."""
+
+    channels: tuple[str, ...]
+    expire: int
+    payload: bytes
+
+    def commands(self, cluster: bool) -> list[tuple[Any, ...]]:
+        """The commands, as ``execute_command`` takes them."""
+        publish = "SPUBLISH" if cluster else "PUBLISH"
+        commands: list[tuple[Any, ...]] = []
+        for channel in self.channels:
+            commands.append((publish, channel, self.payload))
+            if self.expire > 0:
+                commands.append(("SET", channel, self.payload, "EX", self.expire))
+        return commands
+
+    def receivers(self, replies: list[Any]) -> int:
+        """The receivers Redis reported, from the replies of :meth:`commands`."""
+        return sum(int(n) for n in replies[:: 2 if self.expire > 0 else 1])

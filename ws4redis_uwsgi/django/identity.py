@@ -52,3 +52,31 @@ def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
         session.keys()
         session_key = session.session_key
     return Identity(username, groups, session_key)
+
+
+async def aidentity_from_request(request: Any, with_groups: bool = True) -> Identity:
+    """:func:`identity_from_request` for async code, through Django's async APIs: the loop never waits on the database.
+
+    ``request.auser()`` (Django's authentication middleware, 5.0+), the
+    session's ``akeys()`` (Django 5.1+) and an async iteration of the user's
+    groups (Django's async ORM). A request without ``auser`` (older Django,
+    no middleware) is read by :func:`identity_from_request` through
+    ``sync_to_async``, in Django's own thread.
+    """
+    session = getattr(request, "session", None)
+    if not hasattr(request, "auser") or (session is not None and not hasattr(session, "akeys")):
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(identity_from_request)(request, with_groups)
+    username = None
+    groups: tuple[str, ...] = ()
+    user = await request.auser()
+    if user is not None and user.is_authenticated:
+        username = user.get_username()
+        if with_groups and hasattr(user, "groups"):
+            groups = tuple(sorted([name async for name in user.groups.values_list("name", flat=True)]))
+    session_key = None
+    if session is not None:
+        await session.akeys()  # loaded first: a forged, unknown or expired cookie yields no key
+        session_key = session.session_key
+    return Identity(username, groups, session_key)
