@@ -37,6 +37,11 @@ def resource(name: str, factory: Callable[[], T]) -> T:
         return value
 
 
+def existing(name: str) -> Any:
+    """This process's resource ``name`` if it was made, else None (never makes it)."""
+    return _resources.get(name) if _pid == os.getpid() else None
+
+
 def forget(name: str) -> None:
     """Drop resource ``name`` (closing it when it can be), so that the next use makes it again."""
     _close(_resources.pop(name, None))

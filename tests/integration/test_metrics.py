@@ -108,7 +108,9 @@ def test_the_counts_follow_real_traffic(stack):
         assert recv(talker) == "--heartbeat--"
         with client(server, f"/ws/{fac}?subscribe-broadcast&resume=0-0") as resumed:
             assert recv(resumed).startswith("!gap")
+        sockets.enter_context(client(server, f"/ws/presence-{fac}?subscribe-broadcast"))
         figures = scrape(ports)
+        assert figures["ws4redis_presence_connections", ()] == 1
         assert figures["ws4redis_websockets_open", (("facility", fac),)] == 8
         assert figures["ws4redis_handshakes_total", (("outcome", "accepted"),)] == 9
         assert figures["ws4redis_handshakes_total", (("outcome", "403"),)] == 3

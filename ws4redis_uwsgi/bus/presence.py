@@ -289,6 +289,10 @@ class PresenceBoard:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
 
+    def connections(self) -> int:
+        """This worker's open connections to facilities with presence (metrics)."""
+        return sum(local.total for local in self._local.values())
+
     def keys(self, facility: str) -> PresenceKeys:
         keys = self._keys.get(facility)
         if keys is None:

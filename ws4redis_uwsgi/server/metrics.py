@@ -131,6 +131,29 @@ class WorkerCollector(Collector):
             metric = family(name, documentation, labels=["worker"])
             metric.add_metric([worker], value)
             yield metric
+        yield from self._made_elsewhere(worker)
+
+    def _made_elsewhere(self, worker: str) -> Iterator[Metric]:
+        """Figures of the presence board and the outbox drain, when this worker has them."""
+        board = process.existing("presence board")
+        if board is not None:
+            metric = GaugeMetricFamily(
+                "ws4redis_presence_connections", "Connections to facilities with presence.", labels=["worker"]
+            )
+            metric.add_metric([worker], board.connections())
+            yield metric
+        drain = process.existing("outbox drain")
+        if drain is not None:
+            published = CounterMetricFamily(
+                "ws4redis_outbox_published", "Messages the outbox drain published (a publisher died first).", labels=["worker"]
+            )
+            published.add_metric([worker], drain.published)
+            yield published
+            failed = CounterMetricFamily(
+                "ws4redis_outbox_failed_rounds", "Outbox drain rounds a database or Redis failed.", labels=["worker"]
+            )
+            failed.add_metric([worker], drain.failed_rounds)
+            yield failed
 
 
 def subscribed(hub: Any) -> bool:

@@ -31,6 +31,9 @@ class OutboxDrain:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        #: Messages this drain published, and rounds that failed on a database (metrics).
+        self.published = 0
+        self.failed_rounds = 0
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> OutboxDrain:
@@ -53,19 +56,23 @@ class OutboxDrain:
             try:
                 published = durable.drain(alias)
             except redis.RedisError as exc:
+                self.failed_rounds += 1
                 logger.warning("outbox of database %r not drained: Redis cannot be reached (%s)", alias, exc)
                 continue
             except DatabaseError as exc:
+                self.failed_rounds += 1
                 logger.warning("outbox of database %r not drained: %s", alias, exc)
                 with contextlib.suppress(DatabaseError):  # this greenlet's connection may be dead: the next round opens another
                     connections[alias].close()
                 continue
             except Exception:
+                self.failed_rounds += 1
                 logger.exception("outbox of database %r not drained", alias)
                 continue
             if published:
                 logger.info("published %d message(s) a publisher left in the outbox of database %r", published, alias)
             total += published
+        self.published += total
         return total
 
 
