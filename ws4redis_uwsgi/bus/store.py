@@ -73,6 +73,8 @@ class RedisStore:
     def __init__(self, connection: redis.Redis) -> None:
         self._connection = connection
         self._publishers: list[str] = []
+        # The audiences behind ``_publishers`` (facility and names, SELF resolved), for ws4redis_uwsgi.testing.
+        self._audience_names: dict[str, Any] | None = None
         # Set by a websocket connection so that it can recognise its own messages.
         self._origin: str | None = None
         #: The id of the last message published (of its copy on the first channel), when history is on.
@@ -91,7 +93,7 @@ class RedisStore:
         users: Any = (),
         sessions: Any = (),
     ) -> list[str]:
-        audiences = self._audiences(request, facility, broadcast, groups, users, sessions)
+        audiences = self._audience_names = self._audiences(request, facility, broadcast, groups, users, sessions)
         return named_channels(settings.get("WS4REDIS_PREFIX"), **audiences, sharded=sharded())
 
     @staticmethod
