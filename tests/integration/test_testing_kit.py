@@ -107,3 +107,14 @@ class MixinTest(LiveWebsocketMixin, unittest.TestCase):
         RedisPublisher(facility="mixin", broadcast=True).publish_message("kept", expire=60)
         self.live_server.reset()
         self.websocket("mixin").assert_nothing(within=0.2)
+
+
+def test_a_worker_that_cannot_start_raises_with_its_log_and_leaves_nothing_running(site_db):
+    import redis
+
+    server = LiveServer(settings_module="no_such_project.settings", startup_timeout=30)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with status \d+; its log ends:.*No module named 'no_such_project'"):
+        server.start()
+    assert server._worker is None and server._redis is None and server.log_path is None
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(server.redis_url, socket_timeout=1).ping()  # its redis-server was stopped too

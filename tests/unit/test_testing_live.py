@@ -9,6 +9,7 @@ import pytest
 from django.test import override_settings
 
 from tests.conftest import default_database
+from tests.servers import REPO
 from ws4redis_uwsgi.testing import LiveServer
 from ws4redis_uwsgi.testing.live import _default_origin, _query_string, worker_databases
 
@@ -77,3 +78,31 @@ def test_query_strings(query, expected):
 def test_the_default_origin_is_one_the_worker_allows(settings, origin):
     with override_settings(**settings):
         assert _default_origin() == origin
+
+
+def test_capturing_needs_no_testing_extra_and_the_live_part_says_which_it_needs():
+    """Without websockets installed (a None in sys.modules hides it) capture_publishes imports; LiveServer names the extra."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["websockets"] = None
+import django
+django.setup()
+from ws4redis_uwsgi.testing import capture_publishes
+from ws4redis_uwsgi.publisher import RedisPublisher
+with capture_publishes() as published:
+    RedisPublisher(facility="chat", broadcast=True).publish_message("no extra")
+assert published.one().text == "no extra"
+try:
+    from ws4redis_uwsgi.testing import LiveServer
+except ImportError as exc:
+    print(exc)
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert (
+        run.stdout.strip()
+        == "ws4redis_uwsgi.testing's live server needs the testing extra: pip install 'ws4redis-uwsgi[testing]'"
+    )
