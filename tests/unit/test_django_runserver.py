@@ -140,7 +140,12 @@ def test_the_handshake_answers_with_the_accept_token():
 
 def call(environ: dict) -> tuple[str, bytes]:
     statuses: list[str] = []
-    body = b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    response = application(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    try:
+        body = b"".join(response)
+    finally:
+        # As a WSGI server does: Django sends request_finished then, which ends live authorization's request state.
+        getattr(response, "close", lambda: None)()
     return statuses[0], body
 
 
