@@ -118,3 +118,19 @@ def test_a_worker_that_cannot_start_raises_with_its_log_and_leaves_nothing_runni
     assert server._worker is None and server._redis is None and server.log_path is None
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(server.redis_url, socket_timeout=1).ping()  # its redis-server was stopped too
+
+
+def test_a_given_redis_is_used_and_never_flushed(redis_server, redis_client, site_db, monkeypatch):
+    from django.test import override_settings
+
+    monkeypatch.setenv("WS4REDIS_TESTING_REDIS_URL", redis_server.url)
+    redis_client.set("kit:not-ours", "stays")
+    with LiveServer() as server, override_settings(WS4REDIS_CONNECTION=server.redis_url):
+        assert server.redis_url == redis_server.url
+        page = server.connect("kit-given", "subscribe-broadcast&publish-broadcast&echo")
+        page.send("sent by the page")  # echo: the page's own message comes back through that Redis
+        page.assert_receives("sent by the page")
+        server.reset()
+        assert page.close_code == 1000  # reset closed the test's websockets (the server answered the close)
+    assert redis_client.get("kit:not-ours") == b"stays"
+    assert redis_server.ping()
