@@ -63,6 +63,7 @@ def test_a_django_test_clients_session_is_the_browser(live):
     browser = Client()
     browser.force_login(User.objects.get(username="mary"))
     staff = live.connect("kit", "subscribe-group&subscribe-session", client=browser)
+    other_tab = live.connect("kit", "subscribe-group", client=browser)
     RedisPublisher(facility="kit", groups=["staff"]).publish_message("to staff")
     staff.assert_receives("to staff")
     RedisPublisher(facility="kit", sessions=[browser.session.session_key]).publish_message("to this browser")
@@ -71,6 +72,7 @@ def test_a_django_test_clients_session_is_the_browser(live):
     with pytest.raises(AssertionError, match=r"expected 'more', but the server closed the connection with 4001"):
         staff.assert_receives("more")
     assert staff.close_code == 4001
+    assert other_tab.wait_closed() == 4001  # the messages meanwhile are dropped
 
 
 def test_a_refused_handshake_says_its_status(live):
