@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# uWSGI builds from source; its websocket handshake needs OpenSSL headers.
-	$(PY) -m pip install -q -e '.[test,lint,demo,bench]' || { echo "install failed: uWSGI needs a C compiler and libssl-dev (apt-get install build-essential libssl-dev)"; exit 1; }
+	$(PY) -m pip install -q -e '.[test,testing,lint,demo,bench]' || { echo "install failed: uWSGI needs a C compiler and libssl-dev (apt-get install build-essential libssl-dev)"; exit 1; }
 	touch $@
 
 venv: $(VENV)/.installed

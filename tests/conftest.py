@@ -38,6 +38,9 @@ import django  # noqa: E402
 
 django.setup()
 
+# The kit users get (ws4redis_uwsgi.testing), enabled as its README section says; its own tests use it.
+pytest_plugins = ["ws4redis_uwsgi.testing.pytest_plugin"]
+
 
 @pytest.fixture(autouse=True)
 def fresh_process_state() -> Iterator[None]:

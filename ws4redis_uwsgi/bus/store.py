@@ -92,6 +92,8 @@ class RedisStore:
     def __init__(self, connection: redis.Redis) -> None:
         self._connection = connection
         self._publishers: list[str] = []
+        # The audiences behind ``_publishers`` (facility and names, SELF resolved), for ws4redis_uwsgi.testing.
+        self._audience_names: dict[str, Any] | None = None
         # Set by a websocket connection so that it can recognise its own messages.
         self._origin: str | None = None
         #: The id of the last message published (of its copy on the first channel), when history is on.
@@ -112,7 +114,7 @@ class RedisStore:
         *,
         own: Identity | None = None,
     ) -> list[str]:
-        audiences = self._audiences(request, facility, broadcast, groups, users, sessions, own=own)
+        audiences = self._audience_names = self._audiences(request, facility, broadcast, groups, users, sessions, own=own)
         return named_channels(settings.get("WS4REDIS_PREFIX"), **audiences, sharded=sharded())
 
     @staticmethod

@@ -53,6 +53,9 @@ DATABASES = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": RUN_DIR / "demo.sqlite3",
         "OPTIONS": {"timeout": 20},
+        # A file, not SQLite's default in-memory test database: the tests' websocket worker
+        # (ws4redis_uwsgi.testing) is another process and opens it too.
+        "TEST": {"NAME": RUN_DIR / "test-demo.sqlite3"},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
