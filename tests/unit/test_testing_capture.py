@@ -196,3 +196,15 @@ def test_captures_nest_and_the_publisher_is_restored():
 def test_the_pytest_fixture_records(ws4redis_published):
     RedisPublisher(facility="chat", groups=["staff"]).publish_message("from a fixture")
     assert ws4redis_published.to_group("staff")[0].text == "from a fixture"
+
+
+def test_async_publishes_are_recorded_too():
+    import asyncio
+
+    async def view() -> int:
+        return await RedisPublisher(facility="chat", users=["john"]).apublish_message("from an async view", expire=0)
+
+    with capture_publishes() as published:
+        assert asyncio.run(view()) == 0
+    assert published.one(facility="chat").users == ("john",)
+    assert [p.text for p in published.to_user("john")] == ["from an async view"]

@@ -2,7 +2,8 @@
 
 ``with capture_publishes() as published:`` replaces the one place every
 publish goes through (``RedisStore._publish``: ``RedisPublisher.publish_message``
-at once, after the commit, or through the durable outbox) by a recorder, so
+at once, after the commit, or through the durable outbox; and its async twin
+``RedisPublisher._apublish``: ``await apublish_message(...)``) by a recorder, so
 the code under test runs as it would, audiences resolved (``SELF`` included),
 and nothing reaches Redis. A publish deferred to a commit is recorded when
 the transaction commits, and never after a rollback. The control messages of
@@ -26,6 +27,7 @@ from typing import Any, overload
 
 from .. import settings
 from ..bus import live_auth
+from ..bus.publisher import RedisPublisher
 from ..bus.store import RedisMessage, RedisStore
 
 __all__ = ["Publish", "Publishes", "capture_publishes"]
@@ -221,6 +223,13 @@ def _record_publish(
     return 0  # nobody is subscribed: no server process received it
 
 
+async def _record_apublish(
+    store: RedisStore, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None
+) -> int:
+    """``RedisPublisher._apublish`` (``await apublish_message(...)``) while capturing."""
+    return _record_publish(store, message, expire, binary, uid)
+
+
 def _record_commands(commands: list[Any]) -> None:
     for capture in list(_active):
         capture.control_commands.extend(commands)
@@ -237,8 +246,10 @@ def capture_publishes() -> Iterator[Publishes]:
     with _active_lock:
         if not _active:
             _originals["publish"] = RedisStore.__dict__["_publish"]
+            _originals["apublish"] = RedisPublisher.__dict__["_apublish"]
             _originals["commands"] = live_auth.publish
             RedisStore._publish = _record_publish  # type: ignore[method-assign,assignment]
+            RedisPublisher._apublish = _record_apublish  # type: ignore[method-assign,assignment]
             live_auth.publish = _record_commands
         _active.append(published)
     try:
@@ -248,4 +259,5 @@ def capture_publishes() -> Iterator[Publishes]:
             _active.remove(published)
             if not _active:
                 RedisStore._publish = _originals.pop("publish")  # type: ignore[method-assign]
+                RedisPublisher._apublish = _originals.pop("apublish")  # type: ignore[method-assign]
                 live_auth.publish = _originals.pop("commands")
