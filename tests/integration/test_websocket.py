@@ -113,9 +113,12 @@ def test_groups_are_read_when_the_socket_opens(site_server, login):
     cookie = login("john")  # john logs in while not yet a baker
     bakers = Group.objects.create(name=f"bakers-{fac}")
     User.objects.get(username="john").groups.add(bakers)
-    with client(site_server, f"/ws/{fac}?subscribe-group", cookie) as ws:
-        RedisPublisher(facility=fac, groups=[bakers.name]).publish_message("fresh bread", expire=0)
-        assert recv(ws) == "fresh bread"
+    try:
+        with client(site_server, f"/ws/{fac}?subscribe-group", cookie) as ws:
+            RedisPublisher(facility=fac, groups=[bakers.name]).publish_message("fresh bread", expire=0)
+            assert recv(ws) == "fresh bread"
+    finally:
+        bakers.delete()  # john is shared by the other tests: a cook only
 
 
 # -- publishing from clients -------------------------------------------------------

@@ -69,8 +69,8 @@ class ClusterShards:
                 return None
             try:
                 node = self._cluster.nodes_manager.get_node_from_slot(key_slot(channel.encode("utf-8")))
-            except SlotNotCoveredError:
-                return None
+            except (SlotNotCoveredError, redis.RedisError):
+                return None  # no slot map (yet): the channel waits for the hub's next refresh
             target = self._targets[channel] = f"{node.host}:{node.port}"
         return target
 

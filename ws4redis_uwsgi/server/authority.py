@@ -173,22 +173,32 @@ class Authority:
             if next_round is not None and time.monotonic() >= next_round:
                 self._everyone = True
                 next_round = time.monotonic() + interval
+            everyone: list[str] = []
             if self._everyone:
                 self._everyone = False
-                self._pending.clear()
-                users = list(self._by_user)
-            else:
-                users, self._pending = list(self._pending), set()
-            for pk in users:
-                # One look per session and one groups query per user, however many tabs.
-                looked: dict[Any, Any] = {}
-                groups: dict[str, tuple[str, ...]] = {}
-                for subscriber in tuple(self._by_user.get(pk, ())):
-                    try:
-                        self.recheck(subscriber, looked, groups)
-                    except Exception:
-                        logger.exception("could not look again at the session of a websocket; it stays open")
+                everyone = list(self._by_user)
+            self._look_at_pending()
+            for pk in everyone:
+                self._look_at(pk)
+                self._look_at_pending()  # a command that came meanwhile does not wait for the round
                 gevent.sleep(0)
+
+    def _look_at_pending(self) -> None:
+        while self._pending:
+            users, self._pending = list(self._pending), set()
+            for pk in users:
+                self._look_at(pk)
+                gevent.sleep(0)
+
+    def _look_at(self, pk: str) -> None:
+        """Look again at every websocket of user ``pk``: one look per session, one groups query, however many tabs."""
+        looked: dict[Any, Any] = {}
+        groups: dict[str, tuple[str, ...]] = {}
+        for subscriber in tuple(self._by_user.get(pk, ())):
+            try:
+                self.recheck(subscriber, looked, groups)
+            except Exception:
+                logger.exception("could not look again at the session of a websocket; it stays open")
 
     def recheck(
         self, subscriber: RedisSubscriber, looked: dict[Any, Any] | None = None, groups: dict[str, tuple[str, ...]] | None = None
