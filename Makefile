@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all unit lint bench clean
+.PHONY: venv demo demo-runserver test test-slow test-all unit lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
@@ -19,6 +19,10 @@ venv: $(VENV)/.installed
 ## The demo chat on http://127.0.0.1:8000/ under the uWSGI emperor (Ctrl-C stops it).
 demo: venv
 	$(PY) deploy/run_demo.py
+
+## The same demo under `manage.py runserver` (the development path), on http://127.0.0.1:8000/.
+demo-runserver: venv
+	$(PY) deploy/run_demo.py --runserver
 
 ## The test suite: unit tests and integration tests against real redis-server and uWSGI (about 3 minutes).
 test: venv

@@ -70,6 +70,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     port = settings.get("WS4REDIS_METRICS_PORT")
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
         errors.append(_error("WS4REDIS_METRICS_PORT", f"is {port!r}.", "Use a port number, such as 9300, or None.", 15))
+    ws_port = settings.get("WS4REDIS_WEBSOCKET_PORT")
+    if ws_port is not None and (not isinstance(ws_port, int) or isinstance(ws_port, bool) or not 0 < ws_port < 65536):
+        errors.append(_error("WS4REDIS_WEBSOCKET_PORT", f"is {ws_port!r}.", "Use a port number, such as 8001, or None.", 17))
     host = settings.get("WS4REDIS_METRICS_HOST")
     if not isinstance(host, str) or not host:
         errors.append(_error("WS4REDIS_METRICS_HOST", f"is {host!r}.", "Use an address, such as '127.0.0.1'.", 16))

@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # Each uWSGI worker's metrics and health on a loopback port: worker n on this + n - 1; None: off.
     "WS4REDIS_METRICS_PORT": None,
     "WS4REDIS_METRICS_HOST": "127.0.0.1",
+    # The port of the page's host where websockets are served, when not behind the pages'
+    # own address (no proxy in front): the context processor's WEBSOCKET_URI; None: the page's.
+    "WS4REDIS_WEBSOCKET_PORT": None,
     # The durable outbox (ws4redis_uwsgi.bus.durable): publish_message's default for durable=.
     "WS4REDIS_DURABLE_OUTBOX": False,
     # Databases whose outbox the drains empty; a durable publish must use one of them.

@@ -36,16 +36,24 @@ class Demo(str):
     metrics_port: int
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Iterator[Demo]:
-    if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+@pytest.fixture(scope="module", params=["nginx", "direct"])
+def demo(request, tmp_path_factory) -> Iterator[Demo]:
+    """The demo as `make demo` runs it, behind nginx (where installed) and with no proxy (the vassals' own ports)."""
+    if request.param == "nginx" and shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it; the direct entry runs")
+    yield from run_demo(tmp_path_factory, DEMO_ENTRY=request.param)
+
+
+def run_demo(tmp_path_factory, *args: str, **extra: str) -> Iterator[Demo]:
     port = free_port()
+    ws_port = free_port()
     run = tmp_path_factory.mktemp("demo-run")
     env = {k: v for k, v in os.environ.items() if k not in ("WS4REDIS_CONNECTION", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
-    env.update(DEMO_HTTP_PORT=str(port), DEMO_RUN=str(run), DEMO_METRICS_PORT=str(free_port()))
+    env.update(DEMO_HTTP_PORT=str(port), DEMO_WS_PORT=str(ws_port), DEMO_RUN=str(run), DEMO_METRICS_PORT=str(free_port()))
+    env.update(extra)
     log = open(run / "run_demo.out", "wb")
-    proc = subprocess.Popen([sys.executable, str(REPO / "deploy" / "run_demo.py")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(REPO / "deploy" / "run_demo.py"), *args]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: b"The demo is at" in (run / "run_demo.out").read_bytes() or proc.poll() is not None, 90, "the demo")
         assert proc.poll() is None, (run / "run_demo.out").read_text()
@@ -118,6 +126,24 @@ def expect_message(page, text: str) -> None:
 
 def messages(page) -> list[str]:
     return page.locator("#messages li").all_text_contents()
+
+
+@pytest.fixture(scope="module")
+def demo_runserver(tmp_path_factory) -> Iterator[Demo]:
+    """The demo under `manage.py runserver` (`make demo-runserver`)."""
+    yield from run_demo(tmp_path_factory, "--runserver")
+
+
+def test_the_demo_under_runserver_chats(demo_runserver, browser):
+    john, mary = (logged_in_page(browser, demo_runserver, name) for name in ("john", "mary"))
+    for page in (john, mary):
+        open_chat(page, demo_runserver, "/broadcast/")
+    say(john, "from the development server")
+    expect_message(mary, "john: from the development server")
+    for page in (john, mary):
+        open_chat(page, demo_runserver, "/userchat/")
+    say(mary, "in private", target="john")
+    expect_message(john, "mary → john: in private")
 
 
 def test_john_and_mary_chat_in_every_audience(demo, browser):

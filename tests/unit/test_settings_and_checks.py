@@ -168,6 +168,8 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_METRICS_PORT", "9300", "ws4redis_uwsgi.E015"),
         ("WS4REDIS_METRICS_PORT", 70000, "ws4redis_uwsgi.E015"),
         ("WS4REDIS_METRICS_HOST", "", "ws4redis_uwsgi.E016"),
+        ("WS4REDIS_WEBSOCKET_PORT", "8001", "ws4redis_uwsgi.E017"),
+        ("WS4REDIS_WEBSOCKET_PORT", 0, "ws4redis_uwsgi.E017"),
         ("WS4REDIS_SESSION_RECHECK", -1, "ws4redis_uwsgi.E014"),
         ("WS4REDIS_SESSION_RECHECK", "60", "ws4redis_uwsgi.E014"),
         ("WS4REDIS_SESSION_RECHECK", True, "ws4redis_uwsgi.E014"),

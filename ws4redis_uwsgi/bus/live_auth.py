@@ -58,6 +58,18 @@ _state = threading.local()
 CYCLE_WINDOW = 0.5
 #: Seconds a request's commands wait for its end at most.
 REQUEST_HOLD = 10.0
+#: Seconds between two log lines about commands Redis did not take.
+LOG_INTERVAL = 60.0
+
+
+class _Lost:
+    """Commands lost since the last log line, and when that was."""
+
+    count = 0
+    logged = -LOG_INTERVAL
+
+
+_lost = _Lost()
 
 
 def connect() -> None:
@@ -103,9 +115,14 @@ def publish(commands: list[Command]) -> None:
             pipe.execute_command(command, channel, item.encode())
         pipe.execute()
     except redis.RedisError as exc:
-        logger.warning(
-            "websocket workers not told of %d session/user change(s) (%s); their re-check will find them", len(commands), exc
-        )
+        # One line per LOG_INTERVAL at most: a Redis away while users are saved would flood the log.
+        _lost.count += len(commands)
+        now = time.monotonic()
+        if now - _lost.logged >= LOG_INTERVAL:
+            logger.warning(
+                "websocket workers not told of %d session/user change(s) (%s); their re-check will find them", _lost.count, exc
+            )
+            _lost.count, _lost.logged = 0, now
 
 
 def _send(command: Command, using: str | None = None) -> None:

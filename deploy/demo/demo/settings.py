@@ -20,8 +20,10 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    # Above staticfiles: its runserver (pages, static files and websockets) is the one
+    # `manage.py runserver` runs.
     "ws4redis_uwsgi",
+    "django.contrib.staticfiles",
     "chat",
 ]
 MIDDLEWARE = [
@@ -33,7 +35,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 ROOT_URLCONF = "demo.urls"
-WSGI_APPLICATION = "demo.wsgi.application"
+# What `manage.py runserver` serves: pages and websockets on one port (the uWSGI vassals name
+# their own modules: demo.wsgi for the pages, ws4redis_uwsgi.wsgi_websocket for the websockets).
+WSGI_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -74,6 +78,8 @@ WS4REDIS_EXPIRE = 300
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 # Metrics and health of the websocket vassal's worker on loopback: http://127.0.0.1:9300/metrics and /health.
 WS4REDIS_METRICS_PORT = int(os.environ.get("DEMO_METRICS_PORT", "9300")) or None
+# Without nginx (run_demo.py's DEMO_DIRECT), the websocket vassal listens on a port of its own.
+WS4REDIS_WEBSOCKET_PORT = int(os.environ["DEMO_WS_PORT"]) if os.environ.get("DEMO_DIRECT") else None
 # Browsers may not publish on the counter: only the view does.
 WS4REDIS_ALLOWED_CHANNELS = "chat.channels.allowed_channels"
 
