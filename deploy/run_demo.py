@@ -24,6 +24,7 @@ Ctrl-C stops everything.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -159,7 +160,8 @@ def serve_with_runserver(
     """``manage.py runserver``: pages, static files and websockets on one port; a private Redis beside it when needed."""
     redis_proc = None
     if redis_cmd:
-        redis_proc = subprocess.Popen(redis_cmd, shell=True, cwd=run, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # The command itself, not a shell around it: terminate() must reach redis-server.
+        redis_proc = subprocess.Popen(shlex.split(redis_cmd), cwd=run, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     env = {**env, "DEMO_DEBUG": "1"}  # runserver serves static files with DEBUG on
     server = subprocess.Popen([*manage, "runserver", f"{host}:{port}"], env=env)
 
