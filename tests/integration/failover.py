@@ -78,8 +78,9 @@ def under_fault(
 ) -> list[ResumingClient]:
     """Run ``fault()`` while ``publisher`` publishes and resuming clients read ``url``.
 
-    Publishing goes on until 100 more messages were accepted after the
-    fault; then every client is given the time to receive the last one.
+    The fault comes once 100 messages were accepted, and publishing goes on
+    until 100 more were accepted after it; then every client is given the
+    time to receive the last one.
     ``before_leaving`` runs while the clients are still connected.
     """
 
@@ -89,7 +90,10 @@ def under_fault(
         tasks = [asyncio.ensure_future(r.run(stop)) for r in resumers]
         await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in resumers)), 20 * TIMING)
         publisher.start()
-        await asyncio.sleep(0.5)
+        # 100 accepted before the fault too (a count, not a time: a loaded machine publishes slower).
+        deadline = time.monotonic() + 30 * TIMING
+        while len(publisher.accepted) < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await asyncio.to_thread(fault)
         accepted_after = len(publisher.accepted)
         deadline = time.monotonic() + 30 * TIMING
