@@ -24,10 +24,11 @@ one drain at a time per database holds a Redis lock (``{p}ws4redis:outbox-drain:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -153,35 +154,35 @@ def drain(alias: str, older_than: float | None = None, *, client: Any = None, ba
     client = client if client is not None else get_client()
     cutoff = timezone.now() - timedelta(seconds=grace() if older_than is None else older_than)
     due = OutboxMessage.objects.using(alias).filter(created__lte=cutoff).order_by("created", "id")
-    total = 0
     if connections[alias].features.has_select_for_update_skip_locked:
-        while True:
-            with transaction.atomic(using=alias):
-                rows = list(due.select_for_update(skip_locked=True)[:batch])
-                published, failure = _publish_rows(rows, client)
-                if published:
-                    OutboxMessage.objects.using(alias).filter(pk__in=published).delete()
-            total += len(published)
-            if failure is not None:
-                raise failure
-            if len(rows) < batch or len(published) < len(rows):
-                return total
+        # Rows locked by another drain are skipped: each row is published by one drain.
+        return _drain_batches(alias, client, batch, lambda: list(due.select_for_update(skip_locked=True)[:batch]), locked=True)
     lock = _Lock(client, f"{prefix_string(settings.get('WS4REDIS_PREFIX'))}ws4redis:outbox-drain:{alias}")
     if not lock.acquire(wait):
         return 0
     try:
-        while True:
-            rows = list(due[:batch])
+        return _drain_batches(alias, client, batch, lambda: list(due[:batch]), locked=False)
+    finally:
+        lock.release()
+
+
+def _drain_batches(alias: str, client: Any, batch: int, take: Callable[[], list[Any]], *, locked: bool) -> int:
+    """Publish and delete the rows ``take()`` gives, ``batch`` at a time, until fewer come (each batch in a
+    transaction when ``locked``: the rows' locks last until they are deleted)."""
+    from ..models import OutboxMessage
+
+    total = 0
+    while True:
+        with transaction.atomic(using=alias) if locked else contextlib.nullcontext():
+            rows = take()
             published, failure = _publish_rows(rows, client)
             if published:
                 OutboxMessage.objects.using(alias).filter(pk__in=published).delete()
-            total += len(published)
-            if failure is not None:
-                raise failure
-            if len(rows) < batch or len(published) < len(rows):
-                return total
-    finally:
-        lock.release()
+        total += len(published)
+        if failure is not None:
+            raise failure
+        if len(rows) < batch or len(published) < len(rows):
+            return total
 
 
 def _publish_rows(rows: Iterable[OutboxMessage], client: Any) -> tuple[list[int], redis.RedisError | None]:
