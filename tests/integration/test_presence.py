@@ -125,6 +125,23 @@ def test_two_vassals_sharing_one_redis_see_each_others_users(uwsgi_server, login
 
 
 @pytest.mark.timeout(90)
+def test_a_worker_that_reloads_takes_its_connections_away_at_once(login, tmp_path, redis_server, site_db):
+    """A graceful reload (SIGHUP: a deploy) closes the websockets with 1012 and says so to Redis before the worker exits."""
+    fac = presence_facility()
+    with vassal(tmp_path, "reloading", WS4REDIS_TEST_PRESENCE_TTL="30") as reloading:
+        old_workers = reloading.worker_pids()
+        with contextlib.ExitStack() as sockets:
+            for cookie in (login("john"), login("mary"), None):
+                sockets.enter_context(client(reloading, f"/ws/{fac}?subscribe-broadcast", cookie))
+            present(fac, {"john": 1, "mary": 1}, 3)
+            reloading.proc.send_signal(signal.SIGHUP)
+            reloaded = time.monotonic()
+            wait_for(lambda: reloading.worker_pids() and reloading.worker_pids() != old_workers, 30, "the reload")
+        present(fac, {}, 0)
+        assert time.monotonic() - reloaded < 10 * TIMING  # not the 30 s of the TTL
+
+
+@pytest.mark.timeout(90)
 def test_a_killed_worker_leaves_no_ghost_for_longer_than_the_ttl(login, tmp_path, redis_server, site_db):
     ttl = 3.0
     fac = presence_facility()
