@@ -68,6 +68,12 @@ local function add_total(total, d)
     if redis.call('INCRBY', total, d) <= 0 then redis.call('DEL', total) end
   end
 end
+-- A worker leaves a facility: its entry, its total and its own counts go.
+local function forget(workers, wtotals, mine, worker)
+  redis.call('DEL', mine)
+  redis.call('HDEL', wtotals, worker)
+  redis.call('ZREM', workers, worker)
+end
 -- Take back what workers that did not refresh in time counted.
 local function reap(base, users, total, workers, wtotals, channel, sharded, now)
   local dead = redis.call('ZRANGEBYSCORE', workers, '-inf', now, 'LIMIT', 0, REAP_LIMIT)
@@ -76,9 +82,7 @@ local function reap(base, users, total, workers, wtotals, channel, sharded, now)
     local counts = redis.call('HGETALL', mine)
     for i = 1, #counts, 2 do bump(users, channel, sharded, counts[i], -tonumber(counts[i + 1])) end
     add_total(total, -tonumber(redis.call('HGET', wtotals, worker) or 0))
-    redis.call('DEL', mine)
-    redis.call('HDEL', wtotals, worker)
-    redis.call('ZREM', workers, worker)
+    forget(workers, wtotals, mine, worker)
   end
   return #dead
 end
@@ -101,9 +105,7 @@ for i = 5, #ARGV, 2 do
 end
 if mine_total <= 0 then
   -- This worker's last connection here closed: it leaves the facility (a later one SYNCs).
-  redis.call('HDEL', KEYS[4], worker)
-  redis.call('ZREM', KEYS[3], worker)
-  redis.call('DEL', KEYS[5])
+  forget(KEYS[3], KEYS[4], KEYS[5], worker)
 end
 return 1
 """
@@ -136,9 +138,7 @@ if new_total > 0 then
   redis.call('HSET', KEYS[4], worker, new_total)
   redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), worker)
 else
-  redis.call('HDEL', KEYS[4], worker)
-  redis.call('ZREM', KEYS[3], worker)
-  redis.call('DEL', KEYS[5])
+  forget(KEYS[3], KEYS[4], KEYS[5], worker)
 end
 return 1
 """
