@@ -90,10 +90,6 @@ class Authority:
         if grant is not None:
             self._unindex(subscriber, grant)
 
-    def watched(self) -> int:
-        """How many websockets are watched (for tests)."""
-        return sum(len(s) for s in self._by_user.values())
-
     def _index(self, subscriber: RedisSubscriber, grant: Grant) -> None:
         self._by_user.setdefault(grant.user_pk, set()).add(subscriber)
         if grant.ref is not None:
@@ -196,13 +192,11 @@ class Authority:
         groups: dict[str, tuple[str, ...]] = {}
         for subscriber in tuple(self._by_user.get(pk, ())):
             try:
-                self.recheck(subscriber, looked, groups)
+                self._recheck(subscriber, looked, groups)
             except Exception:
                 logger.exception("could not look again at the session of a websocket; it stays open")
 
-    def recheck(
-        self, subscriber: RedisSubscriber, looked: dict[Any, Any] | None = None, groups: dict[str, tuple[str, ...]] | None = None
-    ) -> None:
+    def _recheck(self, subscriber: RedisSubscriber, looked: dict[Any, Any], groups: dict[str, tuple[str, ...]]) -> None:
         """Close ``subscriber`` if its session no longer lets its user in; else follow the user's groups.
 
         ``looked`` and ``groups`` keep what was read for other websockets of the same session and user.
@@ -210,8 +204,6 @@ class Authority:
         grant = subscriber.grant
         if grant is None or subscriber.session_ended:
             return
-        looked = {} if looked is None else looked
-        groups = {} if groups is None else groups
         key = (grant.session_key, grant.token_hash, grant.ref)
         if key not in looked:
             looked[key] = get_workers().run(current_user_of, grant)
