@@ -158,7 +158,7 @@ class SubscriptionHub:
                     self._unrouted.discard(channel)
                     link = self._route.pop(channel, None)
                     if link is not None:
-                        link.wanted.discard(channel)
+                        link.unwant(channel)
                         link.wake()
                     if link is None or channel not in link.subscribed:
                         # Subscribed channels lose theirs when the link unsubscribes them.
@@ -234,7 +234,7 @@ class SubscriptionHub:
         if link is None:
             link = self._links[target] = _Link(self, target, self._shards)
         self._route[channel] = link
-        link.wanted.add(channel)
+        link.want(channel)
         link.wake()
 
     def refresh(self) -> None:
@@ -267,7 +267,7 @@ class SubscriptionHub:
             if old is not None and old.target == target:
                 continue
             if old is not None:
-                old.wanted.discard(channel)
+                old.unwant(channel)
                 old.wake()
             event = self._confirmed.get(channel)
             if event is not None:
@@ -362,13 +362,25 @@ class _Link:
         self.target = target
         self._shards = shards
         #: Channels this shard should be subscribed to (with listeners, routed here).
+        #: Changed only through want() and unwant().
         self.wanted: set[str] = set()
         self.subscribed: set[str] = set()  # SUBSCRIBE sent on the current connection
+        #: Channels whose wanted and subscribed states may differ: what _sync looks at. Comparing
+        #: the two whole sets instead cost every handshake time in proportion to the channels held.
+        self._changed: set[str] = set()
         self.connected = False
         self._waiter = FdWaiter()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = hub.min_backoff
         self._sharded = shards.sharded
+
+    def want(self, channel: str) -> None:
+        self.wanted.add(channel)
+        self._changed.add(channel)
+
+    def unwant(self, channel: str) -> None:
+        self.wanted.discard(channel)
+        self._changed.add(channel)
 
     def wake(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
@@ -431,6 +443,7 @@ class _Link:
         self._waiter.unwatch()
         self.hub._lost(self, self.wanted | self.subscribed)
         self.subscribed.clear()
+        self._changed = set(self.wanted)  # the next connection subscribes them all
         if pubsub is not None:
             try:
                 pubsub.close()
@@ -460,8 +473,11 @@ class _Link:
 
     def _sync(self, pubsub: Any) -> None:
         """Bring the Redis subscription in line with the channels that have listeners here."""
-        new = self.wanted - self.subscribed
-        gone = self.subscribed - self.wanted
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, set()
+        new = {c for c in changed if c in self.wanted and c not in self.subscribed}
+        gone = {c for c in changed if c in self.subscribed and c not in self.wanted}
         if new:
             self.subscribed |= new
             if self._sharded:
@@ -516,5 +532,6 @@ class _Link:
             # up once it is subscribed where it lives now.
             logger.info("Redis Cluster moved %s away from %s; following it", loggable(channel), self.target)
             self.subscribed.discard(channel)  # type: ignore[arg-type]
+            self._changed.add(channel)  # type: ignore[arg-type]
             self.hub._lost(self, [channel])  # type: ignore[list-item]
             self.hub.refresh()

@@ -1,0 +1,64 @@
+"""What a hub link sends to Redis when channels come and go: only the change, never the whole set again."""
+
+from __future__ import annotations
+
+from ws4redis_uwsgi.bus.hub import SubscriptionHub, _Link
+from ws4redis_uwsgi.bus.shards import SingleShard
+
+
+class RecordingPubSub:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[str, ...]]] = []
+
+    def subscribe(self, *channels: str) -> None:
+        self.sent.append(("SUBSCRIBE", channels))
+
+    def unsubscribe(self, *channels: str) -> None:
+        self.sent.append(("UNSUBSCRIBE", channels))
+
+
+def link() -> _Link:
+    shards = SingleShard(lambda: None)  # type: ignore[arg-type,return-value] # no connection is opened here
+    return _Link(SubscriptionHub(shards), "redis", shards)
+
+
+def test_sync_subscribes_only_channels_that_are_new() -> None:
+    one, pubsub = link(), RecordingPubSub()
+    one.want("a")
+    one.want("b")
+    one._sync(pubsub)
+    one.want("c")
+    one._sync(pubsub)
+    assert pubsub.sent == [("SUBSCRIBE", ("a", "b")), ("SUBSCRIBE", ("c",))]
+
+
+def test_sync_unsubscribes_only_channels_that_left_and_sends_nothing_without_a_change() -> None:
+    one, pubsub = link(), RecordingPubSub()
+    for channel in "abc":
+        one.want(channel)
+    one._sync(pubsub)
+    one.unwant("b")
+    one._sync(pubsub)
+    one._sync(pubsub)
+    assert pubsub.sent[1:] == [("UNSUBSCRIBE", ("b",))]
+    assert one.subscribed == {"a", "c"}
+
+
+def test_a_channel_left_and_taken_again_before_a_sync_sends_nothing() -> None:
+    one, pubsub = link(), RecordingPubSub()
+    one.want("a")
+    one._sync(pubsub)
+    one.unwant("a")
+    one.want("a")
+    one._sync(pubsub)
+    assert pubsub.sent == [("SUBSCRIBE", ("a",))]
+
+
+def test_after_a_lost_connection_the_next_sync_subscribes_every_wanted_channel() -> None:
+    one, pubsub = link(), RecordingPubSub()
+    one.want("a")
+    one.want("b")
+    one._sync(pubsub)
+    one._on_disconnect(None)
+    one._sync(pubsub)
+    assert pubsub.sent == [("SUBSCRIBE", ("a", "b")), ("SUBSCRIBE", ("a", "b"))]
