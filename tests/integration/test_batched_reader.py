@@ -6,8 +6,9 @@ import gevent
 import pytest
 import redis
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 from ws4redis_uwsgi.bus.batched_reader import BatchedReader
+from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +55,95 @@ def test_a_reader_that_never_answers_ends_the_wait_with_a_timeout(monkeypatch) -
     reader._read = lambda: gevent.sleep(10)  # type: ignore[method-assign]  # as if stuck or killed
     with pytest.raises(redis.TimeoutError):
         reader.mget(["k"])
+
+
+# -- the short memory of stored messages: against a real hub subscribed on a real Redis -------------------
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def deliver(self, message) -> None:
+        self.messages.append(message.payload)
+
+    def resync(self) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_on(redis_server):
+    hub = SubscriptionHub(lambda: redis.Redis.from_url(redis_server.url, socket_timeout=2))
+    yield hub
+    hub.close()
+
+
+def subscribed(hub: SubscriptionHub, channel: str) -> Listener:
+    listener = Listener()
+    hub.add(listener, [channel])
+    assert hub.wait_subscribed([channel], 5)
+    return listener
+
+
+def test_a_value_read_for_a_subscribed_channel_is_served_again_without_redis(redis_server, hub_on) -> None:
+    client = CountingRedis.from_url(redis_server.url)
+    client.set("kept:a", b"A")
+    subscribed(hub_on, "kept:a")
+    reader = BatchedReader(client, hub_on)
+    assert [reader.mget(["kept:a"]) for _ in range(5)] == [[b"A"]] * 5
+    assert client.mgets == [["kept:a"]]
+
+
+def test_a_message_published_on_the_channel_makes_the_next_read_go_to_redis(redis_server, hub_on) -> None:
+    client = CountingRedis.from_url(redis_server.url)
+    client.set("kept:b", b"old")
+    listener = subscribed(hub_on, "kept:b")
+    reader = BatchedReader(client, hub_on)
+    assert reader.mget(["kept:b"]) == [b"old"]
+    client.set("kept:b", b"new")
+    client.publish("kept:b", b"new")
+    wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"new"], 5, "the hub to pass the message")
+    assert reader.mget(["kept:b"]) == [b"new"]
+    assert len(client.mgets) == 2
+
+
+def test_channels_the_hub_does_not_hold_are_read_from_redis_every_time(redis_server, hub_on) -> None:
+    client = CountingRedis.from_url(redis_server.url)
+    client.set("kept:c", b"C")
+    reader = BatchedReader(client, hub_on)
+    reader.mget(["kept:c"])
+    client.set("kept:c", b"C2")  # no message announces it, but nothing was kept either
+    assert reader.mget(["kept:c"]) == [b"C2"]
+    assert len(client.mgets) == 2
+
+
+def test_a_message_that_passes_while_the_read_is_under_way_keeps_nothing(redis_server, hub_on) -> None:
+    class PublishingDuringRead(CountingRedis):
+        def mget(self, keys, *args):  # type: ignore[override]
+            values = super().mget(keys, *args)
+            if len(self.mgets) == 1:  # the first read: a message on the channel passes the hub meanwhile
+                self.publish("kept:d", b"D2")
+                wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"D2"], 5, "the hub to pass the message")
+            return values
+
+    client = PublishingDuringRead.from_url(redis_server.url)
+    client.set("kept:d", b"D1")
+    listener = subscribed(hub_on, "kept:d")
+    reader = BatchedReader(client, hub_on)
+    assert reader.mget(["kept:d"]) == [b"D1"]  # what Redis held when it was read
+    client.set("kept:d", b"D2")
+    assert reader.mget(["kept:d"]) == [b"D2"]  # not the value read before the message
+    assert len(client.mgets) == 2
+
+
+def test_what_no_message_announces_shows_within_the_memory_window(redis_server, hub_on, monkeypatch) -> None:
+    import ws4redis_uwsgi.bus.batched_reader as batched_reader
+
+    monkeypatch.setattr(batched_reader, "REMEMBER_SECONDS", 0.2)
+    client = CountingRedis.from_url(redis_server.url)
+    client.set("kept:e", b"E")
+    subscribed(hub_on, "kept:e")
+    reader = BatchedReader(client, hub_on)
+    assert reader.mget(["kept:e"]) == [b"E"]
+    client.delete("kept:e")  # as a program that deletes the key without publishing
+    wait_for(lambda: reader.mget(["kept:e"]) == [None], 2, "the deleted key to show")

@@ -1,6 +1,29 @@
-"""The stored-message reads of concurrent handshakes in one MGET."""
+"""The stored-message reads of handshakes: one MGET for concurrent ones, and no Redis at all for a value just read.
+
+Every websocket reads the stored message of each of its channels when it
+opens. Through redis-py a command costs tens of microseconds of the worker's
+CPU, a large share of a handshake, and a reconnect storm asks thousands at
+once. Two things keep that down:
+
+- **Batching.** Callers queue their keys and wait; one greenlet sends all
+  that is queued as a single MGET and answers each caller, then sends what
+  queued meanwhile. A lone caller waits no longer than for its own MGET.
+- **A short memory of what was read.** A value (or its absence) read while
+  the hub holds a confirmed subscription of its channel is kept, with the
+  hub's :meth:`~ws4redis_uwsgi.bus.hub.SubscriptionHub.stamp` of that
+  moment, for :data:`REMEMBER_SECONDS`. Every message published on the
+  channel reaches the hub and changes the stamp, and so does any loss of the
+  subscription: a kept value is served only while nothing was published on
+  its channel since it was read. So the websockets of one channel (a
+  broadcast, a group) opening at once cost a read per half second, not one
+  each. What no message announces shows within :data:`REMEMBER_SECONDS`:
+  the key's expiry, or a program that SETs or DELs it without publishing.
+"""
 
 from __future__ import annotations
+
+import time
+from typing import Any, Protocol
 
 import gevent
 import redis
@@ -10,27 +33,47 @@ from .connection import mget
 
 #: Seconds a handshake waits for the batched read of its stored messages at most.
 READ_TIMEOUT = 30.0
+#: Seconds a value read from Redis is served again at most (see the module docstring).
+REMEMBER_SECONDS = 0.5
+
+
+class Stamps(Protocol):
+    def stamp(self, channel: str) -> int | None: ...
+
+
+class _NoStamps:
+    def stamp(self, channel: str) -> int | None:
+        return None
 
 
 class BatchedReader:
-    """The GETs of many websockets in one MGET: a burst of handshakes costs a round trip per batch.
+    """The stored messages of many websockets' channels (see the module docstring)."""
 
-    Every websocket reads the stored message of its channels when it opens.
-    Through redis-py each command costs tens of microseconds of CPU, a large
-    share of an anonymous handshake, and a reconnect storm asks thousands at once.
-    Callers queue their keys and wait; one greenlet sends all that is queued
-    as a single MGET and answers each caller, then sends what queued
-    meanwhile (a burst of handshakes on one worker sends far fewer MGETs
-    than handshakes). A lone caller waits no longer than for its own MGET.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, stamps: Stamps | None = None) -> None:
         self._client = client
+        self._stamps: Stamps = stamps if stamps is not None else _NoStamps()
         self._queued: list[tuple[list[str], AsyncResult]] = []
         self._reader: gevent.Greenlet | None = None
+        #: key -> (monotonic deadline, hub stamp when read, value)
+        self._kept: dict[str, tuple[float, int, Any]] = {}
+        self._next_purge = 0.0
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         """The values of ``keys`` (None where unset), as ``client.mget`` returns them; raises what it raises."""
+        now = time.monotonic()
+        known: dict[str, Any] = {}
+        missing: list[str] = []
+        for key in keys:
+            kept = self._kept.get(key)
+            if kept is not None and kept[0] > now and kept[1] == self._stamps.stamp(key):
+                known[key] = kept[2]
+            else:
+                missing.append(key)
+        if missing:
+            known.update(zip(missing, self._read_batched(missing), strict=True))
+        return [known[key] for key in keys]
+
+    def _read_batched(self, keys: list[str]) -> list[bytes | None]:
         result: AsyncResult = AsyncResult()
         self._queued.append((keys, result))
         if self._reader is None or self._reader.dead:
@@ -46,6 +89,8 @@ class BatchedReader:
         while self._queued:
             batch, self._queued = self._queued, []
             keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
+            # Taken before the MGET: a message that passes the hub after this changes the stamp.
+            stamps = {key: self._stamps.stamp(key) for key in keys}
             try:
                 values = dict(zip(keys, mget(self._client, keys), strict=True))
             except Exception as exc:
@@ -54,3 +99,15 @@ class BatchedReader:
                 continue
             for wanted, result in batch:
                 result.set([values[key] for key in wanted])
+            self._keep(values, stamps)
+
+    def _keep(self, values: dict[str, Any], stamps: dict[str, int | None]) -> None:
+        """Remember ``values`` for REMEMBER_SECONDS, those whose stamp held since the read."""
+        now = time.monotonic()
+        for key, value in values.items():
+            stamp = stamps[key]
+            if stamp is not None and stamp == self._stamps.stamp(key):
+                self._kept[key] = (now + REMEMBER_SECONDS, stamp, value)
+        if now >= self._next_purge:
+            self._next_purge = now + REMEMBER_SECONDS
+            self._kept = {key: kept for key, kept in self._kept.items() if kept[0] > now}

@@ -28,6 +28,7 @@ message is live in :mod:`ws4redis_uwsgi.core.envelope`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -115,6 +116,9 @@ class SubscriptionHub:
         self._links: dict[str, _Link] = {}
         self._unrouted: set[str] = set()  # channels waiting for the Cluster's slot map
         self._confirmed: dict[str, Event] = {}  # set once Redis confirmed the subscription
+        # A number per confirmed channel, new whenever a message on it passed (see stamp()).
+        self._stamps: dict[str, int] = {}
+        self._next_stamp = itertools.count(1).__next__
         # Channels whose listeners must catch up from history once they are subscribed
         # again: they had listeners when their connection was lost, or got them meanwhile.
         self._resync: set[str] = set()
@@ -154,6 +158,7 @@ class SubscriptionHub:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[channel]
+                    self._stamps.pop(channel, None)
                     self._resync.discard(channel)
                     self._unrouted.discard(channel)
                     link = self._route.pop(channel, None)
@@ -182,6 +187,18 @@ class SubscriptionHub:
                 self._resync.update(c for c in channels if c in self._listeners and not self.confirmed([c]))
                 return False
         return True
+
+    def stamp(self, channel: str) -> int | None:
+        """A number that stays the same as long as no message on ``channel`` passed here; None while it is not subscribed.
+
+        Every live message on the channel, and every loss or renewal of its
+        subscription, gives it a number never used before. So a value read
+        from Redis while the stamp stayed the same is still the channel's
+        latest, as far as messages published on it can tell
+        (:class:`~ws4redis_uwsgi.bus.batched_reader.BatchedReader` keeps the
+        stored messages of handshakes by it).
+        """
+        return self._stamps.get(channel)
 
     def confirmed(self, channels: Iterable[str]) -> bool:
         """Whether Redis confirmed the subscription of every one of ``channels`` on its current connection."""
@@ -215,6 +232,7 @@ class SubscriptionHub:
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
+        self._stamps.clear()  # nothing read from Redis is current any more
         for link in self._links.values():
             link.close()
         if self._refresher is not None:
@@ -269,6 +287,7 @@ class SubscriptionHub:
             if old is not None:
                 old.unwant(channel)
                 old.wake()
+            self._stamps.pop(channel, None)
             event = self._confirmed.get(channel)
             if event is not None:
                 event.clear()
@@ -280,6 +299,8 @@ class SubscriptionHub:
     # -- what links report -----------------------------------------------------------
 
     def _deliver(self, data: Any, channel: str) -> None:
+        if channel in self._stamps:
+            self._stamps[channel] = self._next_stamp()
         listeners = self._listeners.get(channel)
         if listeners:
             bus_message = self.accept(data, channel)
@@ -294,6 +315,7 @@ class SubscriptionHub:
         if self._route.get(channel) is not link or channel not in self._listeners:
             return
         self._confirmed.setdefault(channel, Event()).set()
+        self._stamps[channel] = self._next_stamp()
         if channel in self._resync:
             # Messages may have gone by while the subscription was down.
             self._resync.discard(channel)
@@ -312,6 +334,7 @@ class SubscriptionHub:
         """``link`` lost the subscription of ``channels``: their listeners catch up once they are back."""
         for channel in channels:
             if self._route.get(channel) is link and channel in self._listeners:
+                self._stamps.pop(channel, None)
                 self._resync.add(channel)
                 event = self._confirmed.get(channel)
                 if event is not None:

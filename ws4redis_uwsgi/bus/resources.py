@@ -41,7 +41,7 @@ def command_client() -> Any:
 
 def batched_reader() -> BatchedReader:
     """This process's :class:`BatchedReader` on :func:`command_client`."""
-    return process.resource("batched reader", lambda: BatchedReader(command_client()))
+    return process.resource("batched reader", lambda: BatchedReader(command_client(), get_hub()))
 
 
 def backlog_budget() -> BacklogBudget:
