@@ -21,6 +21,7 @@ the session and user Django would have given it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -29,8 +30,9 @@ from django.conf import settings as django_settings
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends import db as db_sessions
+from django.core.exceptions import FieldDoesNotExist
 from django.core.signals import setting_changed
-from django.db import connections
+from django.db import connections, router
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -198,11 +200,25 @@ def get_user(request: Any) -> Any:
 
 def group_names(user: Any) -> tuple[str, ...]:
     """The sorted names of ``user``'s groups (``user.groups``), by a compiled query where it may be."""
-    if not hasattr(user, "groups"):
-        return ()
     query = None
     if type(user) is auth.get_user_model() and isinstance(user.pk, int):
-        query = _compiled(_groups_query, user.groups.db)  # type: ignore[attr-defined]
+        groups = _groups_field(type(user))
+        if groups is None:
+            return ()
+        # What user.groups.db answers, without building the related manager (twice per handshake, before).
+        query = _compiled(_groups_query, router.db_for_read(groups.related_model, instance=user))
+    elif not hasattr(user, "groups"):
+        return ()
     if query is None:
         return tuple(sorted(user.groups.values_list("name", flat=True)))
     return tuple(sorted(row[0] for row in query.rows(user.pk)))
+
+
+@functools.cache
+def _groups_field(user_model: type[Model]) -> Any:
+    """The many-to-many field ``groups`` of ``user_model`` (PermissionsMixin's), or None."""
+    try:
+        field = user_model._meta.get_field("groups")
+    except FieldDoesNotExist:
+        return None
+    return field if field.many_to_many else None
