@@ -288,7 +288,8 @@ def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
             notes.extend(saturation_notes(label, w, "burst"))
             notes.extend(f"{label}: {n}" for n in res["notes"])
     notes.append(
-        "logged in: a session cookie of a different user per client; sessions and users in SQLite (Django's db sessions)"
+        "logged in: a session cookie of a different user per client, each user in 2 of 10 groups, "
+        "subscribe-broadcast&subscribe-user&subscribe-group; sessions, users and groups in SQLite (Django's db sessions)"
     )
     print_table(
         f"(d) {args.burst:,} connections opened as fast as the client can, {args.burst_concurrency} handshakes in flight "

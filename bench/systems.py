@@ -51,9 +51,12 @@ PEERS_PY = BENCH / "peers.py"
 
 FACILITY = "bench"
 WS_PATH = f"/ws/{FACILITY}?subscribe-broadcast"
-#: The logged-in clients also ask for their user's channel, so both ws4redis peers look the user up
-#: (Channels' AuthMiddlewareStack always does).
-WS_PATH_USER = f"/ws/{FACILITY}?subscribe-broadcast&subscribe-user"
+#: The logged-in clients also ask for their user's channel and their groups' channels, so both ws4redis
+#: peers look the user and the groups up (Channels' consumer joins the same groups: peersite/asgi_channels.py).
+WS_PATH_USER = f"/ws/{FACILITY}?subscribe-broadcast&subscribe-user&subscribe-group"
+#: Groups of the logged-in scenario: each user is in GROUPS_PER_USER of them.
+GROUPS = 10
+GROUPS_PER_USER = 2
 #: Where both ws4redis peers listen for the facility's broadcasts (no WS4REDIS_PREFIX).
 REDIS_CHANNEL = f"broadcast:{FACILITY}"
 #: The group every Channels consumer joins (peersite/asgi_channels.py).
@@ -417,6 +420,7 @@ def make_sessions_main(count: int) -> int:
     django.setup()
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import Group
     from django.contrib.sessions.backends.db import SessionStore
     from django.contrib.sessions.models import Session
     from django.core.management import call_command
@@ -427,6 +431,16 @@ def make_sessions_main(count: int) -> int:
     user_model = get_user_model()
     password = make_password("bench")
     user_model.objects.bulk_create([user_model(username=f"user{i}", password=password) for i in range(count)])
+    Group.objects.bulk_create([Group(name=f"group{g}") for g in range(GROUPS)])
+    groups = list(Group.objects.order_by("pk"))  # (Django 2.2 sets no primary keys in bulk_create on SQLite)
+    membership = user_model.groups.through
+    membership.objects.bulk_create(
+        [
+            membership(user_id=pk, group_id=groups[(n + k) % GROUPS].pk)
+            for n, pk in enumerate(user_model.objects.order_by("pk").values_list("pk", flat=True))
+            for k in range(GROUPS_PER_USER)
+        ]
+    )
     store, expires = SessionStore(), timezone.now() + timedelta(days=1)
     sessions, cookies = [], []
     for user in user_model.objects.order_by("pk"):

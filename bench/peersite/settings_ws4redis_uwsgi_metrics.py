@@ -4,4 +4,5 @@ import os
 
 from peersite.settings_ws4redis_uwsgi import *  # noqa: F403 - the same site, plus:
 
-WS4REDIS_METRICS_PORT = int(os.environ["BENCH_METRICS_PORT"])
+# Unset for the helper commands (--make-sessions, --publisher), which serve no websocket.
+WS4REDIS_METRICS_PORT = int(os.environ["BENCH_METRICS_PORT"]) if "BENCH_METRICS_PORT" in os.environ else None
