@@ -42,6 +42,12 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else 0.0
 
 
+def proc_kernel_cpu(pid: int) -> float:
+    """stime of ``pid`` in seconds: the part of :func:`proc_cpu` spent in the kernel (0 if it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[12]) / CLK_TCK if fields else 0.0
+
+
 def proc_rss_kib(pid: int) -> float:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE / 1024
@@ -86,11 +92,15 @@ class CpuWindow:
         self.before: dict[int, float] = {}
         self.delta: dict[str, float] = {}
         self.per_pid: dict[int, float] = {}
+        #: Of ``delta``, the kernel's part (stime) per group.
+        self.kernel: dict[str, float] = {}
+        self._kernel_before: dict[int, float] = {}
         self.wall = 0.0
         self.others = 0.0
 
     def start(self) -> CpuWindow:
         self.before = {pid: proc_cpu(pid) for pids in self.groups.values() for pid in pids}
+        self._kernel_before = {pid: proc_kernel_cpu(pid) for pids in self.groups.values() for pid in pids}
         self._machine = machine_busy()
         self._t0 = time.monotonic()
         return self
@@ -104,6 +114,7 @@ class CpuWindow:
                 self.per_pid[pid] = used
                 total += used
             self.delta[name] = total
+            self.kernel[name] = sum(max(0.0, proc_kernel_cpu(pid) - self._kernel_before.get(pid, 0.0)) for pid in pids)
         self.others = max(0.0, machine_busy() - self._machine - sum(self.delta.values()))
         return self
 
