@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-runserver test test-slow test-all unit lint bench clean
+.PHONY: venv demo demo-runserver test test-slow test-all unit lint bench bench-storm clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
@@ -47,6 +47,10 @@ lint: venv
 ## ws4redis_uwsgi against ws4redis 0.6 and Channels 4 (environments built once under bench/.envs).
 bench: venv
 	$(PY) bench/peers.py
+
+## The reconnect storm: 10,000 resuming clients through a worker crash and a reload (bench/README.md).
+bench-storm: venv
+	$(PY) bench/storm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -202,9 +202,13 @@ class EnvInfo:
 class Server(Child):
     """The peer's websocket server: one uWSGI worker (plus its master), or one daphne process."""
 
-    def __init__(self, env: EnvInfo, workdir: Path, redis_port: int, cores: int, db: Path | None = None) -> None:
+    def __init__(
+        self, env: EnvInfo, workdir: Path, redis_port: int, cores: int, db: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.env = env
         self.db = db
+        #: More uWSGI options, after the common ones (a later option of the same name wins).
+        self.extra = extra
         self.spec = env.spec
         self.workdir = workdir
         self.redis_port = redis_port
@@ -228,6 +232,7 @@ class Server(Child):
             cmd += ["--gevent", str(self.cores), "--master", "--workers", "1", "--module", self.spec.app]
             cmd += ["--virtualenv", str(self.env.path), "--pythonpath", str(BENCH), "--listen", str(BACKLOG)]
             cmd += ["--die-on-term", "--buffer-size", "8192", "--need-app", "--disable-logging", "--max-fd", "20000"]
+            cmd += self.extra
         else:
             env["PYTHONPATH"] = str(BENCH)
             # -v 0: no access log (uWSGI runs with --disable-logging); the backlog as uWSGI's.

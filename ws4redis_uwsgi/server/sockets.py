@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import gevent
+import gevent.monkey
 import gevent.socket
 
 from ..core.close_codes import CloseCode, close_frame
@@ -210,3 +211,40 @@ def abort_on_close(fd: int) -> None:
         _on_fd(fd, lambda sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
     except OSError:
         pass  # already closed
+
+
+def forget_in_event_loop(fd: int) -> None:
+    """Take ``fd`` out of the event loop's epoll set before uWSGI closes it while a duplicate lives on.
+
+    libev never deletes a descriptor from its epoll set: it counts on close()
+    to do it. But epoll forgets a registration only when the last descriptor
+    of the socket closes, and a detached websocket keeps a duplicate of its
+    request's descriptor (:mod:`~ws4redis_uwsgi.server.detached`): when uWSGI
+    closes the request's, its registration stays, and the socket's next event
+    comes under a descriptor number libev no longer knows (closed, or already
+    another connection's). libev then rebuilds its whole epoll set, one
+    epoll_ctl per open websocket: during a reconnect storm that is once per
+    handshake, and the worker accepted about 10 handshakes a second with
+    8,000 websockets open (bench/storm.py). Deleting the registration here
+    (through a duplicate of the loop's epoll descriptor, the same epoll set)
+    leaves libev nothing stale; when it next registers that number it finds it
+    missing and adds it, as it does after any close.
+    """
+    try:
+        backend = gevent.get_hub().loop.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    if not isinstance(backend, int) or backend < 0:
+        return
+    try:
+        # gevent's monkey-patching takes epoll out of the select module: the original, then.
+        epoll_class = gevent.monkey.get_original("select", "epoll")
+        epoll = epoll_class.fromfd(os.dup(backend))
+    except (AttributeError, ImportError, OSError):  # not Linux, or not an epoll loop
+        return
+    try:
+        epoll.unregister(fd)
+    except OSError:
+        pass  # not registered (another backend, or uWSGI never waited on it)
+    finally:
+        epoll.close()

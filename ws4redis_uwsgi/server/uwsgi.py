@@ -42,7 +42,7 @@ from .detached import DetachedSession, DetachedWebsocket
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
 from .loop import WebsocketWSGIServer
 from .outbox_drain import start_drain
-from .sockets import RawSocket
+from .sockets import RawSocket, forget_in_event_loop
 
 if TYPE_CHECKING:
     from ..bus.subscriber import RedisSubscriber
@@ -253,6 +253,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             raise HandshakeError(f"uWSGI refused the handshake: {exc}") from None
         limits = websocket_limits()
         if fd is not None:
+            forget_in_event_loop(uwsgi.connection_fd())  # uWSGI is done with it; our duplicate lives on
             return DetachedWebsocket(fd, limits.max_message_size, limits.send_buffer)
         # Behind uWSGI's own TLS the socket carries ciphertext: no raw writes there.
         return uWSGIWebsocket(direct=environ.get("wsgi.url_scheme") != "https", send_buffer=limits.send_buffer)
