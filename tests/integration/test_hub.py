@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import gevent
 import pytest
 import redis
@@ -83,3 +85,40 @@ def test_a_listener_that_arrives_during_an_outage_is_told_to_catch_up(redis_and_
     assert newcomer.resyncs == 0
     redis.Redis.from_url(server.url).publish("c", b"hello")
     run_gevent_until(lambda: newcomer.messages == [b"hello"], what="the message")
+
+
+def test_a_burst_to_many_listeners_lets_the_rest_of_the_worker_run_every_few_thousand_deliveries(redis_and_hub, monkeypatch):
+    """With 10,000 websockets on a channel, 64 messages in a row held the event loop for seconds: no handshake got in."""
+    import ws4redis_uwsgi.bus.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "DRAIN_DELIVERIES", 500)
+    server, hub = redis_and_hub
+    delivered = [0]
+
+    class Counting:
+        def deliver(self, message) -> None:
+            delivered[0] += 1
+
+        def resync(self) -> None:
+            pass
+
+    listeners = [Counting() for _ in range(200)]
+    for listener in listeners:
+        hub.add(listener, ["busy"])
+    assert hub.wait_subscribed(["busy"], 5)
+    pipe = redis.Redis.from_url(server.url).pipeline(transaction=False)
+    for i in range(60):  # fewer than DRAIN_BATCH messages: only the count of deliveries can make the hub yield
+        pipe.publish("busy", f"m{i}")
+    pipe.execute()
+    seen: list[int] = []
+
+    def other_work() -> None:  # what a handshake or a websocket's turn would be
+        while delivered[0] < 60 * 200:
+            seen.append(delivered[0])
+            gevent.sleep(0)
+        seen.append(delivered[0])
+
+    gevent.spawn(other_work).join(timeout=20)
+    assert delivered[0] == 60 * 200
+    steps = [b - a for a, b in itertools.pairwise(seen)]
+    assert max(steps) <= 500 + 200  # at most one message past the bound between two turns of the rest

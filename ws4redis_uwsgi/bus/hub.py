@@ -48,6 +48,10 @@ logger = logging.getLogger("ws4redis_uwsgi.bus.hub")
 
 #: Messages the hub hands out before it lets the websockets run.
 DRAIN_BATCH = 64
+#: Deliveries (a message times its listeners) after which the hub lets the rest of the worker run
+#: (handshakes, the websockets' turns), whatever the count of messages: with 10,000 websockets on
+#: a channel, 64 messages held the event loop for seconds and the worker accepted no connection.
+DRAIN_DELIVERIES = 10_000
 #: Seconds between two log lines about messages the hub dropped (a flood logs a count).
 DROP_LOG_INTERVAL = 10.0
 #: Round trips to Redis's TIME when a connection opens; the quickest measures the clock offset.
@@ -525,16 +529,19 @@ class _Link:
         cut short by a zero timeout.
         """
         count = 0
+        hub = self.hub
+        yielded_at = hub.deliveries
         while connection.can_read(timeout=0):
             response = pubsub.parse_response(block=True)
             if response is None:
                 continue
             count += 1
             self._handle(pubsub.handle_message(response))
-            if count % DRAIN_BATCH == 0:
+            if count % DRAIN_BATCH == 0 or hub.deliveries - yielded_at >= DRAIN_DELIVERIES:
                 # Let the websockets send what they got before handing out more,
                 # or a burst would fill every inbox while nobody writes.
                 gevent.sleep(0)
+                yielded_at = hub.deliveries
         return count
 
     def _handle(self, message: dict[str, Any] | None) -> None:
