@@ -43,6 +43,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from .frames import server_frame
 
@@ -88,6 +89,22 @@ class BusMessage:
     def frame(self) -> bytes:
         """The websocket frame for a plain client, built once however many receive it."""
         return server_frame(self.payload, self.binary)
+
+    @cached_property
+    def _last_token_frame(self) -> list[Any]:
+        return [None, b""]
+
+    def frame_with_token(self, token: str) -> bytes:
+        """The websocket frame for a resuming client whose token is ``token`` (:func:`with_token`).
+
+        The last one is kept: the resuming clients of one channel (and no
+        other) all get the same token with a message, so the frame is built
+        once for them as it is for plain clients.
+        """
+        last = self._last_token_frame
+        if last[0] != token:
+            last[0], last[1] = token, server_frame(with_token(token, self.payload), self.binary)
+        return last[1]  # type: ignore[no-any-return]
 
 
 def with_token(token: str, payload: bytes) -> bytes:

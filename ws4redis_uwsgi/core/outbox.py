@@ -30,14 +30,17 @@ its tests feed it values and check what comes out.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from itertools import islice
 
 from .envelope import BusMessage, is_durable_uid, plausible_id, with_token
-from .frames import server_frame
 from .positions import TOKEN_UIDS, Order, decode_token, encode_token
+
+#: Tokens kept by _token: the resuming clients of a channel get the same one with each message.
+TOKEN_CACHE = 1024
 
 #: Sent to a resuming client whose missed messages are no longer all in history.
 GAP_NOTICE = b"!gap\n"
@@ -169,7 +172,7 @@ class Outbox:
                     if order <= before:
                         return True  # already handed out
                     positions[message.channel] = order  # type: ignore[index]
-                if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
+                if write(self.frame(message)):
                     return True
                 if order is not None:
                     positions[message.channel] = before  # type: ignore[index]
@@ -178,7 +181,7 @@ class Outbox:
                     self._advance(message)
                     return True
                 recorded = self._record(message)
-                if write(server_frame(self.payload(message), message.binary) if self.with_ids else message.frame):
+                if write(self.frame(message)):
                     return True
                 self._unrecord(message, recorded)
         self._queue(message)
@@ -216,6 +219,12 @@ class Outbox:
         A notice (a presence event) goes as it is: it starts with ``!``, which no token does.
         """
         return with_token(self.token(), message.payload) if self.with_ids and not message.notice else message.payload
+
+    def frame(self, message: BusMessage) -> bytes:
+        """The websocket frame of :meth:`payload`: for a plain client (and notices) the one every websocket shares."""
+        if self.with_ids and not message.notice:
+            return message.frame_with_token(self.token())
+        return message.frame
 
     def gap_notice(self) -> bytes | None:
         """What tells this client that history lost messages: ``!gap`` for a resuming client, nothing for a plain one."""
@@ -277,8 +286,8 @@ class Outbox:
         too: their copies on the client's other channels (or a durable
         message published again) may not have come by yet.
         """
-        uids = reversed(list(islice(reversed(self._recent), TOKEN_UIDS))) if self._recent else ()
-        return encode_token(((channel, self.position(channel)) for channel in self.channels), uids)
+        uids = tuple(reversed(list(islice(reversed(self._recent), TOKEN_UIDS)))) if self._recent else ()
+        return _token(tuple([(channel, self.position(channel)) for channel in self.channels]), uids)
 
     def begin_catch_up(self) -> dict[str, Order]:
         """Start the owed catch-up (live messages wait until :meth:`end_catch_up`); returns where each channel starts."""
@@ -356,3 +365,9 @@ class Outbox:
             return False
         self._record(message)
         return True
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE)
+def _token(positions: tuple[tuple[str, Order], ...], uids: tuple[str, ...]) -> str:
+    """:func:`encode_token`, once for all the websockets that stand at the same positions."""
+    return encode_token(positions, uids)
