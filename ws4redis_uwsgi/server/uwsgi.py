@@ -38,7 +38,7 @@ from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
 from . import ops_endpoint
 from .adapter import StartResponse, Websocket
-from .detached import DetachedSession, DetachedWebsocket
+from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
 from .loop import WebsocketWSGIServer
 from .outbox_drain import start_drain
@@ -154,6 +154,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         super().__init__(*args, **kwargs)
         #: The detached websockets this process serves.
         self.sessions: set[DetachedSession] = set()
+        #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
+        self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         if uwsgi is not None:
             check_descriptors(int(uwsgi.cores))
             self._start_drain_in_workers()
@@ -277,8 +279,12 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             super().run_websocket(websocket, subscriber, path)
             return
         self._start_keepalive()
+        session = DetachedSession(self, websocket, subscriber, path, self.sessions, self.keepalive)
         # Returns once the first messages are sent; uWSGI then ends the request.
-        DetachedSession(self, websocket, subscriber, path, self.sessions).start()
+        session.start()
+        if session in self.sessions:  # not ended already
+            limits = websocket_limits()
+            self.keepalive.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
 
     def _start_keepalive(self) -> None:
         if self._keepalive_pid != os.getpid():
@@ -286,15 +292,22 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             gevent.spawn(self._keepalive)
 
     def _keepalive(self) -> None:
-        """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering."""
+        """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering.
+
+        Every ``KEEPALIVE_ROUND`` seconds, uWSGI's rule decides for the websockets that may be
+        due (:class:`KeepAliveWheel`: not all of them each round), which then go back by their next due time.
+        """
         limits = websocket_limits()
+        wheel = self.keepalive
         while True:
             gevent.sleep(KEEPALIVE_ROUND)
             now = time.monotonic()
-            for session in tuple(self.sessions):
+            for session in wheel.take_due(now):
                 websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
                 if not websocket.keep_alive(now, limits.ping_freq, limits.pong_tolerance):
                     logger.info(
                         "websocket on %s: no pong within %g seconds, closing", loggable(session.path), limits.pong_tolerance
                     )
                     session.wake()
+                if session in self.sessions:  # not ended meanwhile
+                    wheel.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
