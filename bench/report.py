@@ -210,16 +210,17 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
     notes: list[str] = []
     for name, res in results.items():
         if not isinstance(res, dict):
-            rows.append([name, failure_cell(name, res, notes), *[""] * 11])
+            rows.append([name, failure_cell(name, res, notes), *[""] * 12])
             continue
         ka = res["keepalive"]
-        ka_cells = ["-", "-", "-"]
+        ka_cells = ["-", "-", "-", "-"]
         if ka is not None:
             w: CpuWindow = ka["window"]
             share = w.share(w.delta["server"])
             per_ping = 1e6 * w.delta["server"] / ka["pings"] if ka["pings"] else float("nan")
             base_share = base_ka["window"].share(base_ka["window"].delta["server"]) if base_ka else None
             ka_cells = [
+                fmt_num(ka["per_conn"], 2),
                 f"{ka['pings']:,}",
                 f"{100 * share:.2f}% {fmt_ratio(share, base_share)}".strip(),
                 fmt_num(per_ping, 1),
@@ -262,7 +263,8 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
     if args.keepalive_window > 0:
         notes.append(
             f"keep-alive: the server's CPU (utime+stime) over {args.keepalive_window:g} s with every websocket idle, "
-            "as a share of one core; pings: those the clients answered in that window; us/ping: server CPU per ping"
+            "as a share of one core; pings: those the clients answered in that window; us/ping: server CPU per ping; "
+            "KiB/conn pinged: the same growth of RSS after that window"
         )
         if base_ka is not None and base_ka["held"]:
             w = base_ka["window"]
@@ -284,6 +286,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
             "redis KiB/conn",
             "server fds",
             "open s",
+            "KiB/conn pinged",
             "pings",
             "keep-alive CPU",
             "us/ping",

@@ -174,7 +174,14 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
             window.stop()
             pings = stack.pool.pings() - pings_before
             held_after, _ = stack.pool.status()
-            keepalive = {"window": window, "pings": pings, "held": held_after}
+            # After a ping round, every websocket has answered once: what that left behind counts too.
+            rss_pinged = stack.server.rss_kib()
+            keepalive = {
+                "window": window,
+                "pings": pings,
+                "held": held_after,
+                "per_conn": (rss_pinged - rss_before) / held_after if held_after else float("nan"),
+            }
         out.update(
             redis_clients=redis_clients,
             requested=args.idle,
