@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from .. import settings
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
@@ -112,22 +113,25 @@ class uWSGIWebsocket(RawSocket):  # noqa: N801 - the name ws4redis used
 FD_RESERVE = 64
 
 
-def check_descriptors(cores: int) -> None:
-    """Warn when uWSGI's ``max-fd`` cannot serve ``cores`` websockets.
+def check_descriptors(cores: int, max_connections: int | None = None) -> None:
+    """Warn when uWSGI's ``max-fd`` cannot serve ``cores`` async cores and the websockets the worker holds.
 
     Each websocket holds a descriptor, and a handshake in progress two (the
-    request's socket and the duplicate the websocket keeps). Past the limit a
-    handshake is refused with 503 instead of being dropped, but the operator
-    should size ``max-fd`` so that it does not happen.
+    request's socket and the duplicate the websocket keeps). A worker holds
+    ``WS4REDIS_MAX_CONNECTIONS`` websockets (``max_connections``), or about as
+    many as it has cores when that is not set. Past the limit a handshake is
+    refused with 503 instead of being dropped, but the operator should size
+    ``max-fd`` so that it does not happen.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = 2 * cores + FD_RESERVE
+    needed = (max_connections if max_connections is not None else cores) + cores + FD_RESERVE
     if soft < needed:
         logger.warning(
-            "max-fd is %d, but %d async cores can need %d descriptors: handshakes past it are refused with 503; "
-            "raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
+            "max-fd is %d, but %d async cores and %d websockets can need %d descriptors: handshakes past it are "
+            "refused with 503; raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
             soft,
             cores,
+            max_connections if max_connections is not None else cores,
             needed,
         )
 
@@ -157,7 +161,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
         self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         if uwsgi is not None:
-            check_descriptors(int(uwsgi.cores))
+            check_descriptors(int(uwsgi.cores), settings.get("WS4REDIS_MAX_CONNECTIONS"))
             self._start_drain_in_workers()
 
     def _start_drain_in_workers(self) -> None:
