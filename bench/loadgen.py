@@ -15,6 +15,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import time
 from array import array
 from collections.abc import Callable
@@ -28,6 +29,31 @@ ORIGIN = "http://127.0.0.1"
 WARMUP = "warmup"
 #: The fan-out stops waiting for a phase's deliveries when the client processes reported none for this long.
 IDLE_TIMEOUT = 6.0
+#: Connections per loopback source address at most. One source address has one range of ephemeral
+#: ports towards the server's address and port (``net.ipv4.ip_local_port_range``: 32768-60999 by
+#: default, about 28,000), so past this many the clients connect from 127.0.0.2, 127.0.0.3, ...
+#: (all of 127.0.0.0/8 is the loopback interface's on Linux, nothing to configure).
+PER_SOURCE_ADDRESS = 25_000
+#: Descriptors a client process keeps for itself (its pipe, the event loop, Python's own).
+CLIENT_FD_RESERVE = 200
+
+
+def source_addresses(count: int) -> list[str | None]:
+    """The local addresses ``count`` connections are spread over: none to choose up to :data:`PER_SOURCE_ADDRESS`."""
+    if count <= PER_SOURCE_ADDRESS:
+        return [None]
+    return [f"127.0.0.{2 + i}" for i in range(-(-count // PER_SOURCE_ADDRESS))]
+
+
+def client_processes(count: int, wanted: int) -> int:
+    """Client processes for ``count`` connections: ``wanted``, or more when one process cannot open its share.
+
+    Each connection is a descriptor of the client process, and a process may not open more than its
+    hard limit (``ulimit -Hn``), which an unprivileged process cannot raise.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_process = max(1000, (hard if hard != resource.RLIM_INFINITY else 1 << 20) - CLIENT_FD_RESERVE)
+    return max(wanted, -(-count // per_process))
 
 
 @dataclass
@@ -66,7 +92,7 @@ def client_process(conn: Connection, url: str) -> None:
 async def _client_main(conn: Connection, url: str) -> None:
     from urllib.parse import urlsplit
 
-    from wsclient import HandshakeError, connect
+    from wsclient import HandshakeError, WebsocketClient, connect
 
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, f"{parts.path}?{parts.query}"
@@ -115,12 +141,17 @@ async def _client_main(conn: Connection, url: str) -> None:
             finish_one()
 
     async def open_one(
-        semaphore: asyncio.Semaphore, errors: dict[str, int], opened_at: list[int], timeout: float, cookie: str | None
+        semaphore: asyncio.Semaphore,
+        errors: dict[str, int],
+        opened_at: list[int],
+        timeout: float,
+        cookie: str | None,
+        source: str | None,
     ) -> None:
         async with semaphore:
             c = Conn(None)
             try:
-                c.ws = await connect(host, port, path, receiver(c), origin=ORIGIN, cookie=cookie, timeout=timeout)
+                c.ws = await connect(host, port, path, receiver(c), origin=ORIGIN, cookie=cookie, timeout=timeout, source=source)
             except HandshakeError as exc:
                 key = f"HTTP {exc.status}" if exc.status else "HandshakeError"
                 errors[key] = errors.get(key, 0) + 1
@@ -148,14 +179,21 @@ async def _client_main(conn: Connection, url: str) -> None:
         command = await commands.get()
         kind = command[0]
         if kind == "open":
-            count, concurrency, timeout, cookies = command[1], command[2], command[3], command[4]
+            count, concurrency, timeout, cookies, sources = command[1], command[2], command[3], command[4], command[5]
             errors: dict[str, int] = {}
             opened_at: list[int] = []
             semaphore = asyncio.Semaphore(max(1, concurrency))
             started = time.monotonic_ns()
             per_client = [cookies[i % len(cookies)] for i in range(count)] if cookies else [None] * count
-            await asyncio.gather(*(open_one(semaphore, errors, opened_at, timeout, cookie) for cookie in per_client))
+            await asyncio.gather(
+                *(
+                    open_one(semaphore, errors, opened_at, timeout, cookie, sources[i] if sources else None)
+                    for i, cookie in enumerate(per_client)
+                )
+            )
             conn.send(("opened", len(opened_at), errors, started, max(opened_at, default=started)))
+        elif kind == "pings":
+            conn.send(("pings", WebsocketClient.pings_answered))
         elif kind == "warm_reset":
             for c in conns:
                 c.warm = False
@@ -251,6 +289,8 @@ class ClientPool:
         #: that arrives in a call that then times out, or while the pool waits for another kind, stays here
         #: until a collect() of its kind takes it.
         self.unclaimed: list[dict[str, list[tuple]]] = []
+        #: Connections opened so far, over all processes: the next open() goes on from there over the source addresses.
+        self.opened_total = 0
         for url in urls:
             parent, child = context.Pipe()
             proc = context.Process(target=client_process, args=(child, url), daemon=True)
@@ -310,13 +350,23 @@ class ClientPool:
     def open(self, count: int, concurrency: int, timeout: float, cookies: list[str] | None = None) -> dict[str, Any]:
         """Open ``count`` websockets with at most ``concurrency`` handshakes in flight, over all processes.
 
-        With ``cookies``, the clients send them in turn (``Cookie:`` headers of logged-in users).
+        With ``cookies``, the clients send them in turn (``Cookie:`` headers of logged-in users). Past
+        :data:`PER_SOURCE_ADDRESS` connections of this pool (this call's and the earlier ones'), they
+        come from several loopback addresses, at most that many from each (:func:`source_addresses`).
         """
         n = len(self.conns)
+        addresses = source_addresses(self.opened_total + count)
         self.forget("opened")
+        first = self.opened_total
         for i, conn in enumerate(self.conns):
             share = count // n + (1 if i < count % n else 0)
-            conn.send(("open", share, max(1, concurrency // n), 30.0, cookies[i::n] if cookies else None))
+            sources = None
+            if addresses != [None]:
+                # Connection k of the scenario (over all processes and calls) from address k // PER_SOURCE_ADDRESS.
+                sources = [addresses[min(len(addresses) - 1, (first + j) // PER_SOURCE_ADDRESS)] for j in range(share)]
+            conn.send(("open", share, max(1, concurrency // n), 30.0, cookies[i::n] if cookies else None, sources))
+            first += share
+        self.opened_total = first
         replies = self.collect("opened", timeout)
         errors: dict[str, int] = {}
         for reply in replies:
@@ -334,6 +384,10 @@ class ClientPool:
             for key, value in reply[2].items():
                 codes[key] = codes.get(key, 0) + value
         return sum(r[1] for r in replies), codes
+
+    def pings(self) -> int:
+        """Pings the clients of all processes answered since they started."""
+        return sum(r[1] for r in self.ask("pings", "pings"))
 
     def close_all(self, timeout: float = 30) -> None:
         self.ask("closed", "close", timeout, timeout=timeout + 30)

@@ -9,13 +9,13 @@ ratio to ws4redis_uwsgi, and the load generator's own CPU (``report.py``):
 
 (a) broadcast fan-out to N clients at increasing publish rates;
 (b) server CPU per delivered message, same phases;
-(c) many idle connections: server RSS per connection;
+(c) many idle connections: server RSS per connection, and keep-alive's CPU;
 (d) a burst of connections opened as fast as the client can.
 
 Usage (from the repository root)::
 
     python bench/peers.py [--quick] [--peers ws4redis_uwsgi,ws4redis-0.6,channels-4]
-                          [--scenarios a,c,d] [--rebuild] [--keep]
+                          [--scenarios a,c,d] [--idle 100000] [--rebuild] [--keep]
 
 A peer that cannot be installed or started is reported as such in the tables;
 every server this starts is stopped at the end, also on Ctrl-C. The exit
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadgen import ORIGIN, loop_name
+from loadgen import ORIGIN, client_processes, loop_name
 from processes import raise_open_files, run_stopping_all, stop_all_and_clean
 from report import exit_status, table_burst, table_fanout, table_idle
 from scenarios import run_burst, run_fanout, run_idle
@@ -45,7 +45,7 @@ from systems import BASELINE, PEERS, EnvInfo, Failure, build_env, make_sessions_
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    raise_open_files(max(args.idle, args.burst, args.clients) // args.procs + 1000)
+    raise_open_files(max(n // client_processes(n, args.procs) for n in (args.idle, args.burst, args.clients)) + 1000)
 
     specs = [p for p in PEERS if p.name in args.peers]
     print(
@@ -134,6 +134,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="seconds of publishing per rate (default 4; quick 2)")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for deliveries after publishing (default 30)")
     parser.add_argument("--idle", type=int, help="idle connections (default 10,000; quick 2,000)")
+    parser.add_argument(
+        "--idle-step", type=int, default=10000, help="idle connections opened between two checks of the server (default 10,000)"
+    )
+    parser.add_argument(
+        "--idle-rss-limit",
+        type=float,
+        default=2048,
+        help="MiB of server RSS past which the idle scenario opens no more connections (default 2,048)",
+    )
+    parser.add_argument(
+        "--keepalive-window",
+        type=float,
+        help="seconds of idle connections over which keep-alive CPU is measured (default 40, past one ping round; quick 0: none)",
+    )
     parser.add_argument("--burst", type=int, help="connections in the handshake burst (default 2,000; quick 500)")
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight while opening clients (default 200)")
     parser.add_argument(
@@ -159,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle = 2000 if args.quick else 10000
     if args.burst is None:
         args.burst = 500 if args.quick else 2000
+    if args.keepalive_window is None:
+        args.keepalive_window = 0.0 if args.quick else 40.0
     args.rates = parse_rates(parser, args.rates, "10,50,100,200")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = {s.strip() for s in args.scenarios.split(",")}
@@ -168,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     positive = [
         ("--clients", args.clients),
         ("--idle", args.idle),
+        ("--idle-step", args.idle_step),
+        ("--idle-rss-limit", args.idle_rss_limit),
         ("--burst", args.burst),
         ("--procs", args.procs),
         ("--concurrency", args.concurrency),
@@ -180,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"counts, rates and seconds must be positive: {', '.join(wrong)}")
     if not args.drain >= 0:
         parser.error(f"--drain must not be negative: {args.drain:g}")
+    if not args.keepalive_window >= 0:
+        parser.error(f"--keepalive-window must not be negative: {args.keepalive_window:g}")
     return args
 
 

@@ -220,12 +220,31 @@ def table_fanout(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
     base = results.get(BASELINE) if isinstance(results.get(BASELINE), dict) else None
+    base_ka = base["keepalive"] if base else None
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, res in results.items():
         if not isinstance(res, dict):
-            rows.append([name, failure_cell(name, res, notes), *[""] * 8])
+            rows.append([name, failure_cell(name, res, notes), *[""] * 12])
             continue
+        ka = res["keepalive"]
+        ka_cells = ["-", "-", "-", "-"]
+        if ka is not None:
+            w: CpuWindow = ka["window"]
+            share = w.share(w.delta["server"])
+            per_ping = 1e6 * w.delta["server"] / ka["pings"] if ka["pings"] else float("nan")
+            base_share = base_ka["window"].share(base_ka["window"].delta["server"]) if base_ka else None
+            ka_cells = [
+                fmt_num(ka["per_conn"], 2),
+                f"{ka['pings']:,}",
+                f"{100 * share:.2f}% {fmt_ratio(share, base_share)}".strip(),
+                fmt_num(per_ping, 1),
+            ]
+            if ka["held"] < res["held"]:
+                notes.append(f"{name}: {res['held'] - ka['held']:,} websockets closed during the keep-alive window")
+            if ka["pings"] < ka["held"]:
+                notes.append(f"{name}: {ka['pings']:,} pings answered in the window, fewer than the {ka['held']:,} websockets")
+            notes.extend(saturation_notes(name, w, "keep-alive window"))
         rows.append(
             [
                 name,
@@ -233,19 +252,42 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"{res['held']:,}",
                 f"{res['got_broadcast']:,}",
                 f"{res['rss_before'] / 1024:.1f} -> {res['rss_after'] / 1024:.1f}",
-                with_ratio(res["per_conn"], base and base["per_conn"], 1),
+                with_ratio(res["per_conn"], base and base["per_conn"], 2),
                 f"{res['redis_clients']:,}",
                 fmt_num(res["redis_per_conn"], 1),
                 f"{res['fds_before']:,} -> {res['fds_after']:,}",
                 fmt_num(res["open_s"], 1),
+                *ka_cells,
             ]
         )
         if res["errors"]:
             notes.append(f"{name}: handshakes failed: {res['errors']}")
         if res["closed_codes"]:
             notes.append(f"{name}: closed by the server after the handshake, by close code: {res['closed_codes']}")
+        if res["held"] < res["requested"] and res["max_fd"] < res["requested"] + 100:
+            notes.append(
+                f"{name}: its max-fd was {res['max_fd']:,}, the hard limit on open files (ulimit -Hn) of this machine: "
+                f"one process cannot hold {res['requested']:,} websockets here"
+            )
         notes.extend(f"{name}: {n}" for n in res["notes"])
     notes.append("redis conns: connections Redis holds with the websockets open, the publisher's included")
+    notes.append(
+        "KiB/conn: growth of the server's RSS (uWSGI master + worker, or daphne) while the clients connected, "
+        "divided by the websockets held"
+    )
+    if args.keepalive_window > 0:
+        notes.append(
+            f"keep-alive: the server's CPU (utime+stime) over {args.keepalive_window:g} s with every websocket idle, "
+            "as a share of one core; pings: those the clients answered in that window; us/ping: server CPU per ping; "
+            "KiB/conn pinged: the same growth of RSS after that window"
+        )
+        if base_ka is not None and base_ka["held"]:
+            w = base_ka["window"]
+            share = w.share(w.delta["server"])
+            notes.append(
+                f"{BASELINE}: at {100_000:,} websockets, keep-alive at this cost per websocket would use "
+                f"{100 * share * 100_000 / base_ka['held']:.2f}% of a core (linear in the websockets; goal under 5%)"
+            )
     print_table(
         f"(c) {args.idle:,} idle connections (ratio: peer / ws4redis_uwsgi)",
         [
@@ -259,6 +301,10 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
             "redis KiB/conn",
             "server fds",
             "open s",
+            "KiB/conn pinged",
+            "pings",
+            "keep-alive CPU",
+            "us/ping",
         ],
         rows,
         notes,

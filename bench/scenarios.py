@@ -4,10 +4,11 @@
     lost deliveries, p50/p99 publish-to-receive latency;
 (b) server CPU per delivered message, same phases (utime+stime from
     ``/proc`` of the server's processes only; Redis shown apart);
-(c) many idle connections: server RSS per connection; ws4redis 0.6 waits in
-    ``select()`` with two descriptors per socket (its own Redis connection),
-    so it keeps only the sockets whose descriptors stay below 1024: the table
-    records how many it held;
+(c) many idle connections: server RSS per connection, and the server's CPU
+    over an idle window that contains a full round of keep-alive pings;
+    ws4redis 0.6 waits in ``select()`` with two descriptors per socket (its
+    own Redis connection), so it keeps only the sockets whose descriptors
+    stay below 1024: the table records how many it held;
 (d) a burst of connections opened as fast as the client can: handshakes/s and
     server CPU per handshake.
 """
@@ -20,7 +21,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from loadgen import IDLE_TIMEOUT, ClientPool
+from loadgen import IDLE_TIMEOUT, ClientPool, client_processes
 from processes import CpuWindow, proc_rss_kib
 from systems import EnvInfo, Publisher, Stack
 
@@ -126,24 +127,69 @@ def fanout_phase(
 
 
 def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """Scenario (c): many idle websockets; memory per connection, and how many the server keeps."""
+    """Scenario (c): many idle websockets; memory per connection, how many the server keeps, and what keep-alive costs.
+
+    The websockets are opened in steps of ``--idle-step``; after each the harness checks the server:
+    opening stops early when the server exited, its RSS passed ``--idle-rss-limit`` MiB, or it held
+    fewer than half of the websockets opened so far (a peer that cannot hold them would otherwise take
+    minutes, or gigabytes, to show it). Then, with ``--keepalive-window`` seconds, the server's CPU
+    over that long an idle window: no message is published, so what it spends is keep-alive (pings
+    sent, pongs read, the rounds that decide them) and its idle loop. The window should be longer
+    than the ping interval plus ws4redis_uwsgi's round (30 + 5 s by default), so that every websocket
+    is pinged in it; the pings the clients answered are counted.
+    """
     out: dict[str, Any] = {"notes": []}
-    with Stack(env, run_dir, args.idle, args.procs) as stack:
+    procs = client_processes(args.idle, args.procs)
+    with Stack(env, run_dir, args.idle, procs, idle=True) as stack:
         assert stack.pool is not None and stack.server is not None and stack.redis is not None
         rss_before, redis_before, fds_before = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
-        opened = stack.pool.open(args.idle, args.concurrency, 120 + args.idle / 20)
+        asked = opened_count = 0
+        errors: dict[str, int] = {}
+        open_s = 0.0
+        while asked < args.idle:
+            count = min(args.idle_step, args.idle - asked)
+            opened = stack.pool.open(count, args.concurrency, 120 + count / 20)
+            asked += count
+            opened_count += opened["opened"]
+            open_s += opened["seconds"] if opened["opened"] else 0.0
+            for key, value in opened["errors"].items():
+                errors[key] = errors.get(key, 0) + value
+            if asked >= args.idle:
+                break
+            stop = _stop_opening(stack, asked, args.idle_rss_limit)
+            if stop:
+                out["notes"].append(f"stopped opening after {asked:,} of {args.idle:,}: {stop}")
+                break
         time.sleep(2.0)
         held, codes = stack.pool.status()
         got_broadcast, still_open = stack.warm_all(timeout=20)
         time.sleep(1.0)
         rss_after, redis_after, fds_after = stack.server.rss_kib(), proc_rss_kib(stack.redis.pid), stack.server.fds()
         redis_clients = stack.redis.clients()
+        keepalive: dict[str, Any] | None = None
+        if args.keepalive_window > 0 and stack.server.alive():
+            pings_before = stack.pool.pings()
+            window = CpuWindow(stack.cpu_groups()).start()
+            time.sleep(args.keepalive_window)
+            window.stop()
+            pings = stack.pool.pings() - pings_before
+            held_after, _ = stack.pool.status()
+            # After a ping round, every websocket has answered once: what that left behind counts too.
+            rss_pinged = stack.server.rss_kib()
+            keepalive = {
+                "window": window,
+                "pings": pings,
+                "held": held_after,
+                "per_conn": (rss_pinged - rss_before) / held_after if held_after else float("nan"),
+            }
         out.update(
             redis_clients=redis_clients,
             requested=args.idle,
-            opened=opened["opened"],
-            errors=opened["errors"],
-            open_s=opened["seconds"],
+            asked=asked,
+            procs=procs,
+            opened=opened_count,
+            errors=errors,
+            open_s=open_s,
             held=held,
             closed_codes=codes,
             got_broadcast=got_broadcast,
@@ -153,11 +199,27 @@ def run_idle(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str,
             redis_per_conn=(redis_after - redis_before) / held if held else float("nan"),
             fds_before=fds_before,
             fds_after=fds_after,
+            max_fd=stack.server.max_fd,
+            keepalive=keepalive,
         )
         if still_open != held:
             out["notes"].append(f"{held - still_open} more closed while the harness checked the others with a broadcast")
         out["notes"].extend(stack.findings())
     return out
+
+
+def _stop_opening(stack: Stack, asked: int, rss_limit_mib: float) -> str | None:
+    """Why the idle scenario opens no more websockets after ``asked`` of them, or None to go on."""
+    assert stack.server is not None and stack.pool is not None
+    if not stack.server.alive():
+        return "the server exited"
+    rss = stack.server.rss_kib() / 1024
+    if rss > rss_limit_mib:
+        return f"the server's RSS is {rss:,.0f} MiB, over --idle-rss-limit {rss_limit_mib:,.0f}"
+    held, _ = stack.pool.status()
+    if held < asked / 2:
+        return f"the server holds {held:,} of them"
+    return None
 
 
 def run_burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:

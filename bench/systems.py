@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import select
 import shutil
 import subprocess
@@ -63,6 +64,13 @@ REDIS_CHANNEL = f"broadcast:{FACILITY}"
 CHANNELS_GROUP = FACILITY
 #: The listen backlog of every server (uWSGI --listen, daphne's endpoint; Twisted's default is 50).
 BACKLOG = 1024
+#: Async cores of ws4redis_uwsgi's worker in the idle scenario: handshakes in flight, not websockets.
+#: A detached websocket leaves its core after the handshake, and uWSGI touches every core's memory at
+#: start-up (about 6 KiB each: 100,000 cores are 600 MiB of RSS before the first client), so for many
+#: idle websockets the worker has a few cores and ``WS4REDIS_MAX_CONNECTIONS`` says how many it holds.
+IDLE_CORES = 1000
+#: Descriptors of a worker besides its websockets and handshakes (ws4redis_uwsgi's FD_RESERVE, and some).
+FD_RESERVE = 100
 
 #: The peer every ratio is to, and whose lost, repeated or reordered message fails the run.
 BASELINE = "ws4redis_uwsgi"
@@ -199,12 +207,26 @@ class EnvInfo:
     built: bool = False
 
 
+def hard_open_files() -> int:
+    """The hard limit on open files of this process and its children (what ``ulimit -Hn`` says)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+
+
 class Server(Child):
     """The peer's websocket server: one uWSGI worker (plus its master), or one daphne process."""
 
     def __init__(
-        self, env: EnvInfo, workdir: Path, redis_port: int, cores: int, db: Path | None = None, extra: tuple[str, ...] = ()
+        self,
+        env: EnvInfo,
+        workdir: Path,
+        redis_port: int,
+        cores: int,
+        db: Path | None = None,
+        held: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
+        """``held``: the idle scenario's websockets; the server is then set up for that many (:meth:`idle_settings`)."""
         self.env = env
         self.db = db
         #: More uWSGI options, after the common ones (a later option of the same name wins).
@@ -213,7 +235,31 @@ class Server(Child):
         self.workdir = workdir
         self.redis_port = redis_port
         self.cores = cores
+        self.held = held
         self.port = free_port()
+        #: uWSGI's max-fd: what the server may need, at most the hard limit (uWSGI cannot raise that).
+        self.max_fd = 20000
+
+    def detaches(self) -> bool:
+        """Whether this is ws4redis_uwsgi, whose websockets leave their uWSGI request and core after the handshake."""
+        return self.spec.app.startswith("ws4redis_uwsgi.")
+
+    def idle_settings(self) -> tuple[int, int | None, int]:
+        """Async cores, WS4REDIS_MAX_CONNECTIONS (None: the default) and max-fd, as a user sets them for ``held`` websockets.
+
+        ws4redis_uwsgi: :data:`IDLE_CORES` cores, ``held`` connections (plus the harness's own), and a
+        descriptor per websocket, two per handshake in flight and a reserve; ws4redis 0.6 keeps a core per
+        websocket, and a descriptor for its Redis connection besides. Never more than the hard limit.
+        """
+        if self.held is None:
+            return self.cores, None, 20000
+        if self.detaches():
+            cores, limit = min(self.cores, IDLE_CORES), self.held + 100
+            needed = limit + 2 * cores + FD_RESERVE
+        else:
+            cores, limit = self.cores, None
+            needed = 3 * cores + FD_RESERVE
+        return cores, limit, min(max(20000, needed), hard_open_files())
 
     def url(self, path: str = WS_PATH) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -227,11 +273,14 @@ class Server(Child):
             self.metrics_port = free_port()
             env["BENCH_METRICS_PORT"] = str(self.metrics_port)
         if self.spec.server == "uwsgi":
+            cores, limit, self.max_fd = self.idle_settings()
+            if limit is not None:
+                env["BENCH_MAX_CONNECTIONS"] = str(limit)
             # The options of tests/servers.py: one worker, gevent, HTTP straight into the worker.
             cmd = [str(bindir / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}", "--http-websockets"]
-            cmd += ["--gevent", str(self.cores), "--master", "--workers", "1", "--module", self.spec.app]
+            cmd += ["--gevent", str(cores), "--master", "--workers", "1", "--module", self.spec.app]
             cmd += ["--virtualenv", str(self.env.path), "--pythonpath", str(BENCH), "--listen", str(BACKLOG)]
-            cmd += ["--die-on-term", "--buffer-size", "8192", "--need-app", "--disable-logging", "--max-fd", "20000"]
+            cmd += ["--die-on-term", "--buffer-size", "8192", "--need-app", "--disable-logging", "--max-fd", str(self.max_fd)]
             cmd += self.extra
         else:
             env["PYTHONPATH"] = str(BENCH)
@@ -547,8 +596,10 @@ def warm_all(pool: ClientPool, publisher: Publisher, timeout: float = 60) -> tup
 class Stack:
     """redis-server, the peer's server, its publisher and the client pool, for one scenario."""
 
-    def __init__(self, env: EnvInfo, run_dir: Path, clients: int, procs: int, users: int = 0) -> None:
+    def __init__(self, env: EnvInfo, run_dir: Path, clients: int, procs: int, users: int = 0, idle: bool = False) -> None:
+        """``idle``: the server is set up to hold ``clients`` idle websockets (:meth:`Server.idle_settings`)."""
         self.env = env
+        self.idle = idle
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{env.spec.name}-", dir=run_dir))
         self.clients = clients
         self.procs = procs
@@ -564,7 +615,9 @@ class Stack:
         try:
             self.redis = RedisProcess(self.workdir).start()
             db = self.make_sessions() if self.users else None
-            self.server = Server(self.env, self.workdir, self.redis.port, uwsgi_cores(self.clients), db).start()
+            self.server = Server(
+                self.env, self.workdir, self.redis.port, uwsgi_cores(self.clients), db, self.clients if self.idle else None
+            ).start()
             self.publisher = Publisher(self.env, self.workdir, self.redis.port)
             self.warm_single()
             self.pool = ClientPool([self.server.url(WS_PATH_USER if self.users else WS_PATH)] * self.procs)

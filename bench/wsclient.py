@@ -19,7 +19,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import ClassVar, cast
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -56,6 +56,9 @@ class WebsocketClient(asyncio.Protocol):
     gone, and ``close_code`` then holds the server's close code (1006 when the
     connection ended without a closing handshake).
     """
+
+    #: Pings answered with a pong by every client of this process (the keep-alive the server really sent).
+    pings_answered: ClassVar[int] = 0
 
     __slots__ = (
         "_buffer",
@@ -183,6 +186,7 @@ class WebsocketClient(asyncio.Protocol):
             elif opcode == OP_PING:
                 if self.transport is not None:
                     self.transport.write(client_frame(OP_PONG, payload))
+                    WebsocketClient.pings_answered += 1
             elif opcode == OP_CLOSE:
                 self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 if self.transport is not None:
@@ -239,8 +243,14 @@ async def connect(
     origin: str | None = None,
     cookie: str | None = None,
     timeout: float = 30.0,
+    source: str | None = None,
 ) -> WebsocketClient:
-    """Open one websocket to ``ws://host:port/path``; raises HandshakeError or OSError on failure."""
+    """Open one websocket to ``ws://host:port/path``; raises HandshakeError or OSError on failure.
+
+    ``source``: the local address to connect from (``127.0.0.x``): one source address has
+    one range of ephemeral ports (``net.ipv4.ip_local_port_range``, about 28,000) towards a
+    server's address and port, so more connections than that need several.
+    """
     key = base64.b64encode(os.urandom(16))
     lines = [
         f"GET {path} HTTP/1.1",
@@ -257,7 +267,9 @@ async def connect(
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, client = await loop.create_connection(lambda: WebsocketClient(request, key, on_message), host, port)
+        _, client = await loop.create_connection(
+            lambda: WebsocketClient(request, key, on_message), host, port, local_addr=(source, 0) if source else None
+        )
         try:
             await client.opened
         except BaseException:

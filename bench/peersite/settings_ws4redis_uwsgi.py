@@ -21,6 +21,9 @@ WS4REDIS_CONNECTION = f"redis://127.0.0.1:{os.environ.get('BENCH_REDIS_PORT', '6
 WS4REDIS_PREFIX = None  # channel names as ws4redis 0.6 has them: broadcast:<facility>
 WS4REDIS_HEARTBEAT = None
 WS4REDIS_ALLOW_MISSING_ORIGIN = True
+# The idle scenario's worker has a few async cores and holds this many websockets (bench/systems.py).
+if os.environ.get("BENCH_MAX_CONNECTIONS"):
+    WS4REDIS_MAX_CONNECTIONS = int(os.environ["BENCH_MAX_CONNECTIONS"])
 
 LOGGING = {
     "version": 1,

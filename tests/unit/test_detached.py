@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import socket
 import struct
 import time
@@ -25,7 +26,7 @@ from tests.wsproto_client import Client, receive_soon
 from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket
 from ws4redis_uwsgi.exceptions import SlowConsumerError, WebSocketError
-from ws4redis_uwsgi.server.detached import DetachedWebsocket
+from ws4redis_uwsgi.server.detached import DetachedWebsocket, KeepAliveWheel
 from ws4redis_uwsgi.server.limits import FRAMES_PER_CALL
 
 
@@ -321,3 +322,135 @@ def test_closing_a_connection_the_client_reset_raises_nothing():
     assert websocket.closed
     websocket.dispose()
     listener.close()
+
+
+def readable(websocket: DetachedWebsocket) -> None:
+    """Wait until the client's bytes are there, as the event loop's watcher does before take_pong()."""
+    assert select.select([websocket.get_file_descriptor()], [], [], 5)[0], "the client's frame did not arrive"
+
+
+def test_a_lone_pong_is_taken_without_a_turn_and_the_next_ping_is_due_ping_freq_after_the_last(pair):
+    websocket, client = pair
+    websocket.inbound = InboundPolicy()
+    opened = time.monotonic()
+    assert websocket.keepalive_due(30, 3) < opened + 30 <= websocket.keepalive_due(30, 3) + 0.01
+    assert websocket.keep_alive(opened + 31, ping_freq=30, pong_tolerance=3)
+    assert client.events() == [Ping(payload=b"")]
+    assert websocket.keepalive_due(30, 3) == pytest.approx(opened + 31 + 3, abs=0.01)  # the end, unless a pong comes
+    client.send(Pong(payload=b""))
+    readable(websocket)
+    assert websocket.take_pong()
+    assert websocket.keepalive_due(30, 3) == pytest.approx(opened + 31 + 30, abs=0.01)
+    assert websocket.keep_alive(opened + 40, ping_freq=30, pong_tolerance=3)  # answered: not gone
+    assert nothing_sent(client)
+    assert websocket.receive() is None  # nothing left behind
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param((TextMessage(data="hello"),), id="a message"),
+        pytest.param((Pong(payload=b""), TextMessage(data="hello")), id="a pong and a message"),
+        pytest.param((TextMessage(data="hello"), Pong(payload=b"")), id="a message and a pong"),
+    ],
+)
+def test_what_take_pong_read_besides_a_lone_pong_is_acted_on_by_the_next_receive(pair, events):
+    websocket, client = pair
+    websocket.inbound = InboundPolicy()
+    client.send(*events)
+    readable(websocket)
+    assert not websocket.take_pong()
+    assert receive_soon(websocket) == b"hello"
+
+
+def test_a_pong_past_the_rate_is_left_to_the_turn_which_closes_with_1008(pair):
+    websocket, client = pair
+    websocket.inbound = InboundPolicy(bucket=TokenBucket(rate=0.001, burst=1, now=time.monotonic()))
+    client.send(Pong(payload=b""))
+    readable(websocket)
+    assert websocket.take_pong()  # within the burst
+    client.send(Pong(payload=b""))
+    readable(websocket)
+    assert not websocket.take_pong()
+    REASONS[CloseCode.POLICY_VIOLATION] = "rate limit exceeded"
+    try:
+        assert refused_with(websocket, client, b"") == CloseCode.POLICY_VIOLATION
+    finally:
+        del REASONS[CloseCode.POLICY_VIOLATION]
+
+
+def test_take_pong_reads_nothing_without_the_client_s_limits_or_with_a_message_under_way(pair):
+    websocket, client = pair
+    client.send(Pong(payload=b""))
+    readable(websocket)
+    assert not websocket.take_pong()  # no inbound policy yet: the turn makes it
+    websocket.inbound = InboundPolicy()
+    assert websocket.take_pong()  # the pong was left in the socket
+    frame = client.connection.send(TextMessage(data="in two parts"))
+    client.sock.sendall(frame[:3])
+    readable(websocket)
+    assert websocket.receive() is None  # a frame begun: the parser holds it
+    client.sock.sendall(frame[3:])
+    readable(websocket)
+    assert not websocket.take_pong()
+    assert receive_soon(websocket) == b"in two parts"
+
+
+@pytest.mark.parametrize("awaiting", [False, True])
+@pytest.mark.parametrize(("ping_freq", "pong_tolerance"), [(30, 3), (30, 10), (1, 1), (1, 3), (25.5, 0.5)])
+def test_keep_alive_does_nothing_before_the_due_time(pair, awaiting, ping_freq, pong_tolerance):
+    """The due time is a lower bound: skipping a websocket until then (KeepAliveWheel) changes no decision."""
+    websocket, client = pair
+    last = time.monotonic()
+    websocket._last_ping, websocket._awaiting_pong = last, awaiting
+    due = websocket.keepalive_due(ping_freq, pong_tolerance)
+    for step in range(0, 4000):
+        now = last + step * 0.01
+        if now >= due:
+            break
+        assert websocket.keep_alive(now, ping_freq, pong_tolerance)
+        assert (websocket._last_ping, websocket._awaiting_pong) == (last, awaiting)
+    assert nothing_sent(client)
+    # And the rule acts within a round after it (here, at the due time plus the slack and one step).
+    now = due + 0.002
+    if awaiting and pong_tolerance <= ping_freq:
+        assert not websocket.keep_alive(now, ping_freq, pong_tolerance)
+    elif awaiting:  # due early (the pong may have come and the next ping be due): the rule still waits for the pong
+        assert websocket.keep_alive(now, ping_freq, pong_tolerance)
+        assert nothing_sent(client)
+    else:
+        assert websocket.keep_alive(now, ping_freq, pong_tolerance)
+        assert client.events() == [Ping(payload=b"")]
+
+
+class _Entry:
+    """What KeepAliveWheel keeps of a session: its bucket."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.keepalive_key: int | None = None
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def test_the_keepalive_wheel_gives_every_session_due_by_now_and_forgets_the_ended():
+    wheel = KeepAliveWheel(5.0)
+    entries = {name: _Entry(name) for name in ("a", "b", "c", "d", "e")}
+    wheel.schedule(entries["a"], 101.0)
+    wheel.schedule(entries["b"], 104.9)  # same period as a: may come early, which decides nothing
+    wheel.schedule(entries["c"], 105.0)
+    wheel.schedule(entries["d"], 250.0)
+    wheel.schedule(entries["e"], None)  # never due (closed)
+    assert len(wheel) == 4 and entries["e"].keepalive_key is None
+    wheel.cancel(entries["d"])  # ended
+    assert len(wheel) == 3
+    assert wheel.take_due(99.0) == []
+    assert sorted(map(repr, wheel.take_due(101.0))) == ["a", "b"]
+    assert entries["a"].keepalive_key is None
+    wheel.schedule(entries["a"], 104.0)  # put back into a period already taken: the next round has it
+    assert sorted(map(repr, wheel.take_due(105.0))) == ["a", "c"]
+    assert len(wheel) == 0 and wheel.take_due(1e9) == []
+    wheel.schedule(entries["b"], 10.0)
+    wheel.schedule(entries["b"], 20.0)  # moved, not twice
+    assert len(wheel) == 1 and wheel.take_due(20.0) == [entries["b"]]

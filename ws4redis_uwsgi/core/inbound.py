@@ -14,7 +14,13 @@ def is_heartbeat(message: bytes, heartbeat: str | None) -> bool:
 
 
 class TokenBucket:
-    """Allows ``rate`` events per second on average with bursts of ``burst``; pure, time passed in."""
+    """Allows ``rate`` events per second on average with bursts of ``burst``; pure, time passed in.
+
+    Slotted, as :class:`InboundPolicy`: every websocket that sent a frame (a pong to a keep-alive
+    ping, at least) keeps one, so 100,000 idle websockets keep 100,000 of each.
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
@@ -41,7 +47,7 @@ class Verdict(Enum):
     TOO_FAST = (CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
 
-@dataclass
+@dataclass(slots=True)
 class InboundPolicy:
     """The limits on what one client sends: size and rate, and which message is the heartbeat.
 

@@ -65,16 +65,21 @@ class Session:
 
     def turn(self) -> Turn:
         """One turn of the loop (:meth:`~ws4redis_uwsgi.server.loop.WebsocketWSGIServer.step`)."""
-        if self.inbound is None:
-            self.inbound = inbound_policy(time.monotonic())
-            if hasattr(self.websocket, "inbound"):
-                self.websocket.inbound = self.inbound  # adapters that see pings and pongs count them too
+        inbound = self.inbound_policy()
         try:
-            more = self.server.step(self.websocket, self.subscriber, self.inbound)
+            more = self.server.step(self.websocket, self.subscriber, inbound)
         except Exception as exc:
             self._fail(exc)
             return Turn.END
         return Turn.MORE if more else Turn.DONE
+
+    def inbound_policy(self) -> InboundPolicy:
+        """The client's limits, made the first time a turn (or anything else) reads what it sent."""
+        if self.inbound is None:
+            self.inbound = inbound_policy(time.monotonic())
+            if hasattr(self.websocket, "inbound"):
+                self.websocket.inbound = self.inbound  # adapters that see pings and pongs count them too
+        return self.inbound
 
     def close_if_stopping(self) -> None:
         """When the worker stops or reloads, close with 1012 so that the client reconnects (and resumes) elsewhere."""

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from .. import settings
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
 from . import ops_endpoint
 from .adapter import StartResponse, Websocket
-from .detached import DetachedSession, DetachedWebsocket
+from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
 from .loop import WebsocketWSGIServer
 from .outbox_drain import start_drain
@@ -112,22 +113,25 @@ class uWSGIWebsocket(RawSocket):  # noqa: N801 - the name ws4redis used
 FD_RESERVE = 64
 
 
-def check_descriptors(cores: int) -> None:
-    """Warn when uWSGI's ``max-fd`` cannot serve ``cores`` websockets.
+def check_descriptors(cores: int, max_connections: int | None = None) -> None:
+    """Warn when uWSGI's ``max-fd`` cannot serve ``cores`` async cores and the websockets the worker holds.
 
     Each websocket holds a descriptor, and a handshake in progress two (the
-    request's socket and the duplicate the websocket keeps). Past the limit a
-    handshake is refused with 503 instead of being dropped, but the operator
-    should size ``max-fd`` so that it does not happen.
+    request's socket and the duplicate the websocket keeps). A worker holds
+    ``WS4REDIS_MAX_CONNECTIONS`` websockets (``max_connections``), or about as
+    many as it has cores when that is not set. Past the limit a handshake is
+    refused with 503 instead of being dropped, but the operator should size
+    ``max-fd`` so that it does not happen.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = 2 * cores + FD_RESERVE
+    needed = (max_connections if max_connections is not None else cores) + cores + FD_RESERVE
     if soft < needed:
         logger.warning(
-            "max-fd is %d, but %d async cores can need %d descriptors: handshakes past it are refused with 503; "
-            "raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
+            "max-fd is %d, but %d async cores and %d websockets can need %d descriptors: handshakes past it are "
+            "refused with 503; raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
             soft,
             cores,
+            max_connections if max_connections is not None else cores,
             needed,
         )
 
@@ -154,8 +158,10 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         super().__init__(*args, **kwargs)
         #: The detached websockets this process serves.
         self.sessions: set[DetachedSession] = set()
+        #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
+        self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         if uwsgi is not None:
-            check_descriptors(int(uwsgi.cores))
+            check_descriptors(int(uwsgi.cores), settings.get("WS4REDIS_MAX_CONNECTIONS"))
             self._start_drain_in_workers()
 
     def _start_drain_in_workers(self) -> None:
@@ -278,8 +284,12 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             super().run_websocket(websocket, subscriber, path)
             return
         self._start_keepalive()
+        session = DetachedSession(self, websocket, subscriber, path, self.sessions, self.keepalive)
         # Returns once the first messages are sent; uWSGI then ends the request.
-        DetachedSession(self, websocket, subscriber, path, self.sessions).start()
+        session.start()
+        if session in self.sessions:  # not ended already
+            limits = websocket_limits()
+            self.keepalive.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
 
     def _start_keepalive(self) -> None:
         if self._keepalive_pid != os.getpid():
@@ -287,15 +297,22 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
             gevent.spawn(self._keepalive)
 
     def _keepalive(self) -> None:
-        """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering."""
+        """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering.
+
+        Every ``KEEPALIVE_ROUND`` seconds, uWSGI's rule decides for the websockets that may be
+        due (:class:`KeepAliveWheel`: not all of them each round), which then go back by their next due time.
+        """
         limits = websocket_limits()
+        wheel = self.keepalive
         while True:
             gevent.sleep(KEEPALIVE_ROUND)
             now = time.monotonic()
-            for session in tuple(self.sessions):
+            for session in wheel.take_due(now):
                 websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
                 if not websocket.keep_alive(now, limits.ping_freq, limits.pong_tolerance):
                     logger.info(
                         "websocket on %s: no pong within %g seconds, closing", loggable(session.path), limits.pong_tolerance
                     )
                     session.wake()
+                if session in self.sessions:  # not ended meanwhile
+                    wheel.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
