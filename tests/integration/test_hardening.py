@@ -110,6 +110,8 @@ def test_websockets_dropped_while_redis_is_down_leave_nothing_behind(site_db, tm
 # -- 2. One client could stall the whole worker ---------------------------------------
 
 PING = b"\x89\x80\0\0\0\0"  # a masked, empty ping
+#: Unasked pongs: detached websockets take pongs in the event loop, outside any turn, and count them too.
+PONG = b"\x8a\x80\0\0\0\0"
 HEARTBEAT = b"--heartbeat--"  # the test site's WS4REDIS_HEARTBEAT
 HEARTBEAT_FRAME = bytes((0x81, 0x80 | len(HEARTBEAT))) + b"\0\0\0\0" + HEARTBEAT
 RATE_LIMITED = close_frame(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
@@ -180,7 +182,7 @@ def bystander_latencies(server: UwsgiServer, fac: str, count: int = 10) -> tuple
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("frame", "kind"), [(PING, "pings"), (HEARTBEAT_FRAME, "heartbeats")])
+@pytest.mark.parametrize(("frame", "kind"), [(PING, "pings"), (PONG, "pongs"), (HEARTBEAT_FRAME, "heartbeats")])
 def test_a_client_flooding_pings_or_heartbeats_is_closed_with_1008_and_stalls_nobody(uwsgi_server, redis_client, frame, kind):
     fac = facility()
     with Flooder(raw_websocket(uwsgi_server, f"/ws/{fac}?subscribe-broadcast"), frame, seconds=5) as flooder:

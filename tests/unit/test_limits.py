@@ -93,3 +93,19 @@ def test_inbound_policy_follows_the_settings():
     with override_settings(WS4REDIS_RATE_LIMIT=(5, 7)):
         policy = inbound_policy(now=1.0)
         assert policy.bucket is not None and (policy.bucket.rate, policy.bucket.burst) == (5, 7)
+
+
+def test_a_bucket_is_rested_once_left_alone_long_enough_to_be_full_from_empty() -> None:
+    from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket
+
+    bucket = TokenBucket(rate=10, burst=20, now=100.0)  # full from empty in 2 s
+    assert not bucket.rested(101.9)
+    assert bucket.rested(102.0)
+    for _ in range(20):
+        bucket.take(102.0)
+    assert not bucket.rested(103.9)  # taken from at 102.0: rested again only 2 s later
+    assert bucket.rested(104.0)
+    assert InboundPolicy(bucket=TokenBucket(rate=10, burst=20, now=100.0)).rested(102.0)
+    assert not InboundPolicy(bucket=TokenBucket(rate=10, burst=20, now=100.0)).rested(100.5)
+    assert InboundPolicy().rested(100.0)  # no rate limit: nothing to keep
+    assert not TokenBucket(rate=0, burst=1, now=0.0).rested(1e9)  # a bucket that never refills is never rested

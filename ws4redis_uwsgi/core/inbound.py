@@ -28,6 +28,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = now
 
+    def rested(self, now: float) -> bool:
+        """Whether the bucket has been left alone long enough to be full from empty: a new one would be the same."""
+        return self.rate > 0 and now - self._last >= self.burst / self.rate
+
     def take(self, now: float) -> bool:
         """Spend one token at time ``now``; False when the bucket is empty."""
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
@@ -70,6 +74,14 @@ class InboundPolicy:
         if is_heartbeat(message, self.heartbeat):
             return Verdict.HEARTBEAT
         return Verdict.PUBLISH
+
+    def rested(self, now: float) -> bool:
+        """Whether a policy made anew at ``now`` would judge the same: the client sent nothing for long enough.
+
+        An idle websocket can then give its policy up until it sends again (100,000 websockets that
+        answer keep-alive pings would otherwise keep 100,000 of them).
+        """
+        return self.bucket is None or self.bucket.rested(now)
 
     def allow_frame(self, now: float) -> bool:
         """Count one frame (a message, a ping or a pong) at ``now``; False once the client sends too fast."""

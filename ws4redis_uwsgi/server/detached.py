@@ -164,6 +164,11 @@ class DetachedWebsocket(RawSocket):
         wait = min(ping_freq, pong_tolerance) if self._awaiting_pong else ping_freq
         return self._last_ping + wait - KEEPALIVE_SLACK
 
+    @property
+    def awaiting_pong(self) -> bool:
+        """Whether a keep-alive ping went out that no pong answered yet."""
+        return self._awaiting_pong
+
     def take_pong(self) -> bool:
         """Read what the client sent when it is a pong alone, and record it without a turn of the loop.
 
@@ -449,8 +454,14 @@ class DetachedSession(Session):
             # Mostly the pong to a keep-alive ping: taken here, in the event loop's callback,
             # without a greenlet or a turn (see DetachedWebsocket.take_pong).
             websocket: DetachedWebsocket = self.websocket  # type: ignore[assignment]
+            # The answer to our ping from a client that sent nothing else for a while: the policy
+            # goes until the client sends again, when one made anew judges as this one would (the
+            # token of this pong is given back, at most once per ping).
+            answer = websocket.awaiting_pong and (self.inbound is None or self.inbound.rested(time.monotonic()))
             self.inbound_policy()
             if websocket.take_pong():
+                if answer:
+                    self.inbound = websocket.inbound = None
                 return
         else:
             # Readable until read: pause the watcher until the running turn is over.
