@@ -149,11 +149,6 @@ class SubscriptionHub:
             link = self._route.get(channel)
             if self.disconnects and (link is None or not link.connected):
                 self._resync.add(channel)  # opened while Redis is away: catch up once it is back
-            if link is not None:
-                # Every arrival and departure wakes the shard's loop, as it always did: without
-                # that turn of the hub, detached websockets were seen to miss a close frame
-                # for seconds (see the CHANGELOG; the cause in the event loop is not found yet).
-                link.wake()
 
     def remove(self, listener: Listener, channels: Iterable[str]) -> None:
         for channel in channels:
@@ -172,8 +167,6 @@ class SubscriptionHub:
                     if link is None or channel not in link.subscribed:
                         # Subscribed channels lose theirs when the link unsubscribes them.
                         self._confirmed.pop(channel, None)
-                elif channel in self._route:
-                    self._route[channel].wake()
 
     def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
         """Wait until Redis confirmed the subscription of every channel; False on timeout.
