@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from tests.servers import free_port, wait_for
-from ws4redis_uwsgi.bus.batched_reader import BatchedReader
+from ws4redis_uwsgi.bus.batched_reader import BatchedPipeline, BatchedReader
 from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
 pytestmark = pytest.mark.integration
@@ -147,3 +147,52 @@ def test_what_no_message_announces_shows_within_the_memory_window(redis_server, 
     assert reader.mget(["kept:e"]) == [b"E"]
     client.delete("kept:e")  # as a program that deletes the key without publishing
     wait_for(lambda: reader.mget(["kept:e"]) == [None], 2, "the deleted key to show")
+
+
+# -- BatchedPipeline: the history reads of concurrent websockets ------------------------------------------
+
+
+class PipelineCounting(redis.Redis):
+    """A real client that records the commands of every pipeline it sends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipelines: list[list[tuple]] = []
+
+    def pipeline(self, *args, **kwargs):  # type: ignore[override]
+        pipe = super().pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def recording_execute(*a, **k):
+            self.pipelines.append([tuple(args) for args, _ in pipe.command_stack])
+            return execute(*a, **k)
+
+        pipe.execute = recording_execute
+        return pipe
+
+
+def test_concurrent_pipelines_send_each_distinct_command_once_and_answer_each_in_its_order(redis_server) -> None:
+    client = PipelineCounting.from_url(redis_server.url)
+    client.delete("bp:stream")
+    first = client.xadd("bp:stream", {"m": "one"}).decode()
+    client.xadd("bp:stream", {"m": "two"})
+    client.set("bp:trimmed", "0-1")
+    after_first = ("XRANGE", "bp:stream", f"({first}", "+", "COUNT", 10)
+    oldest = ("XRANGE", "bp:stream", "-", "+", "COUNT", 1)
+    trimmed = ("GET", "bp:trimmed")
+    batcher = BatchedPipeline(client)
+    jobs = [gevent.spawn(batcher.run, commands) for commands in ([after_first, oldest], [trimmed, after_first], [oldest])]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    one, two, three = (job.value for job in jobs)
+    assert [fields for _, fields in one[0]] == [{b"m": b"two"}]
+    assert one[1][0][0].decode() == first
+    assert two[0] == b"0-1" and two[1] == one[0]
+    assert three == [one[1]]
+    assert client.pipelines == [[after_first, oldest, trimmed]]  # one pipeline, each command once
+
+
+def test_a_failed_pipeline_raises_in_every_waiting_caller() -> None:
+    dead = BatchedPipeline(redis.Redis(port=free_port(), socket_connect_timeout=1))
+    jobs = [gevent.spawn(dead.run, [("GET", f"k{i}")]) for i in range(3)]
+    gevent.joinall(jobs, timeout=10)
+    assert all(isinstance(job.exception, redis.ConnectionError) for job in jobs)

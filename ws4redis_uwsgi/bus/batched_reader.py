@@ -111,3 +111,51 @@ class BatchedReader:
         if now >= self._next_purge:
             self._next_purge = now + REMEMBER_SECONDS
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] > now}
+
+
+class BatchedPipeline:
+    """Read commands of many websockets in one pipeline, each distinct command sent once.
+
+    After a worker restarts, thousands of resuming clients come back at once
+    and each reads its backlog from history: the same XRANGE after the same
+    position, the same oldest entry and trimmed id, for nearly all of them.
+    Callers queue their commands and wait; one greenlet sends what is queued,
+    every distinct command once, and answers each caller with the replies to
+    its own, in its order; then it sends what queued meanwhile. Every caller
+    queued before the pipeline went out, so each gets what Redis held after
+    it asked (a websocket asks only once its subscriptions are confirmed:
+    whatever is published after the read reaches it live). Only read
+    commands go through here: a reply is shared among callers.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._queued: list[tuple[list[tuple[Any, ...]], AsyncResult]] = []
+        self._reader: gevent.Greenlet | None = None
+
+    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to ``commands``, as ``pipeline.execute()`` gives them; raises what it raises."""
+        result: AsyncResult = AsyncResult()
+        self._queued.append((commands, result))
+        if self._reader is None or self._reader.dead:
+            self._reader = gevent.spawn(self._send)
+        result.wait(READ_TIMEOUT)
+        if not result.ready():
+            raise redis.TimeoutError(f"no answer to a pipeline within {READ_TIMEOUT:g} s")
+        return result.get()  # type: ignore[no-any-return]
+
+    def _send(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            distinct = list(dict.fromkeys(command for commands, _ in batch for command in commands))
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for command in distinct:
+                    pipe.execute_command(*command)
+                replies = dict(zip(distinct, pipe.execute(), strict=True))
+            except Exception as exc:
+                for _, result in batch:
+                    result.set_exception(exc)
+                continue
+            for commands, result in batch:
+                result.set([replies[command] for command in commands])

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,8 +395,17 @@ class BacklogReader:
     this package are skipped.
     """
 
-    def __init__(self, client: Any, positions: Mapping[str, Order]) -> None:
+    def __init__(
+        self, client: Any, positions: Mapping[str, Order], run: Callable[[list[tuple[Any, ...]]], list[Any]] | None = None
+    ) -> None:
+        """``run`` sends a list of commands in one pipeline and returns their replies (by default on ``client``).
+
+        The worker's websockets pass a shared one
+        (:class:`~ws4redis_uwsgi.bus.batched_reader.BatchedPipeline`): after a
+        restart thousands resume from the same few positions at once.
+        """
         self._client = client
+        self._run = run or self._pipelined
         self._cursors = [_Cursor(c, since, f"{since[0]}-{since[1]}") for c, since in positions.items()]
         self._count = FIRST_PAGE_ENTRIES
         self._started = False
@@ -421,14 +430,14 @@ class BacklogReader:
         dry = [c for c in self._cursors if not c.buffered and not c.exhausted]
         if not dry and self._started:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for cursor in dry:
-            pipe.xrange(stream_key(cursor.channel), min=f"({cursor.after}", max="+", count=self._count)
+        commands: list[tuple[Any, ...]] = [
+            ("XRANGE", stream_key(cursor.channel), f"({cursor.after}", "+", "COUNT", self._count) for cursor in dry
+        ]
         if not self._started:
             for cursor in self._cursors:
-                pipe.xrange(stream_key(cursor.channel), count=1)  # the oldest entry, if any
-                pipe.get(trimmed_key(cursor.channel))
-        replies = pipe.execute()
+                commands.append(("XRANGE", stream_key(cursor.channel), "-", "+", "COUNT", 1))  # the oldest entry, if any
+                commands.append(("GET", trimmed_key(cursor.channel)))
+        replies = self._run(commands)
         entries_read, bytes_read = 0, 0
         for cursor, entries in zip(dry, replies[: len(dry)], strict=True):
             if len(entries) < self._count:
@@ -448,6 +457,12 @@ class BacklogReader:
             average = max(1, bytes_read // entries_read)
             per_page = max(1, min(PAGE_ENTRIES, PAGE_BYTES // average))
             self._count = max(1, per_page // len(self._cursors))
+
+    def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def _check_gap(self, replies: list[Any]) -> None:
         max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000

@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import process
-from .batched_reader import BatchedReader
+from .batched_reader import BatchedPipeline, BatchedReader
 from .budget import BACKLOG_BUDGET, BacklogBudget
 from .connection import client_name, make_client, sharded
 from .hub import SubscriptionHub
@@ -42,6 +42,11 @@ def command_client() -> Any:
 def batched_reader() -> BatchedReader:
     """This process's :class:`BatchedReader` on :func:`command_client`."""
     return process.resource("batched reader", lambda: BatchedReader(command_client(), get_hub()))
+
+
+def batched_pipeline() -> BatchedPipeline:
+    """This process's :class:`BatchedPipeline` on :func:`command_client`: the history reads of websockets."""
+    return process.resource("batched pipeline", lambda: BatchedPipeline(command_client()))
 
 
 def backlog_budget() -> BacklogBudget:

@@ -230,6 +230,8 @@ class RedisSubscriber(RedisStore):
 
         Pass its pages through :meth:`fresh`.
         """
+        if self._connection is resources.command_client():
+            return history.BacklogReader(self._connection, positions, resources.batched_pipeline().run)
         return history.BacklogReader(self._connection, positions)
 
     def fresh(self, messages: Iterable[envelope.BusMessage]) -> Iterator[envelope.BusMessage]:
