@@ -89,14 +89,8 @@ def client_process(conn: Connection, url: str) -> None:
     conn.close()
 
 
-async def _client_main(conn: Connection, url: str) -> None:
-    from urllib.parse import urlsplit
-
-    from wsclient import HandshakeError, WebsocketClient, connect
-
-    parts = urlsplit(url)
-    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, f"{parts.path}?{parts.query}"
-    warmup = WARMUP.encode()
+def command_queue(conn: Connection) -> asyncio.Queue[tuple]:
+    """The coordinator's commands on ``conn`` as a queue of the running loop (``("exit",)`` once the pipe closes)."""
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple] = asyncio.Queue()
 
@@ -111,6 +105,18 @@ async def _client_main(conn: Connection, url: str) -> None:
     # uvloop makes the pipe non-blocking; results are larger than the pipe's buffer, and
     # Connection.send expects to block until the coordinator has read them.
     os.set_blocking(conn.fileno(), True)
+    return commands
+
+
+async def _client_main(conn: Connection, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from wsclient import HandshakeError, WebsocketClient, connect
+
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, f"{parts.path}?{parts.query}"
+    warmup = WARMUP.encode()
+    commands = command_queue(conn)
     conns: list[Conn] = []
     state = PhaseState()
 

@@ -231,21 +231,12 @@ def _stormclient_class() -> type:
 
 
 async def _client_main(conn: Connection, host: str, port: int, indexes: list[int], sources: list[str]) -> None:
+    from loadgen import command_queue
     from wsclient import HandshakeError
 
     storm_client = _stormclient_class()
     loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple] = asyncio.Queue()
-
-    def on_command() -> None:
-        try:
-            commands.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait(("exit",))
-
-    loop.add_reader(conn.fileno(), on_command)
-    os.set_blocking(conn.fileno(), True)  # replies may exceed the pipe's buffer; send() blocks until read
+    commands = command_queue(conn)
 
     clients = [Client(i, sources[i % len(sources)]) for i in indexes]
     phase = Phase("connect")

@@ -52,7 +52,7 @@ def test_a_reader_that_never_answers_ends_the_wait_with_a_timeout(monkeypatch) -
 
     monkeypatch.setattr(batched_reader, "READ_TIMEOUT", 0.2)
     reader = BatchedReader(redis.Redis(port=free_port()))
-    reader._read = lambda: gevent.sleep(10)  # type: ignore[method-assign]  # as if stuck or killed
+    reader._serve = lambda: gevent.sleep(10)  # type: ignore[method-assign]  # as if stuck or killed
     with pytest.raises(redis.TimeoutError):
         reader.mget(["k"])
 

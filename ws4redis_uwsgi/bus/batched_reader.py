@@ -1,4 +1,4 @@
-"""The stored-message reads of handshakes: one MGET for concurrent ones, and no Redis at all for a value just read.
+"""The reads of handshakes and catch-ups: one round trip for concurrent ones, and no Redis at all for a stored value just read.
 
 Every websocket reads the stored message of each of its channels when it
 opens. Through redis-py a command costs tens of microseconds of the worker's
@@ -46,14 +46,57 @@ class _NoStamps:
         return None
 
 
-class BatchedReader:
+class _Batches:
+    """The batching both readers share: callers queue a request and wait; one greenlet answers all that queued.
+
+    While it waits for Redis, more callers queue: they go in the next batch.
+    A lone caller waits no longer than for its own round trip.
+    """
+
+    _what = "a batched read"
+
+    def __init__(self) -> None:
+        self._queued: list[tuple[Any, AsyncResult]] = []
+        self._reader: gevent.Greenlet | None = None
+
+    def _ask(self, request: Any) -> Any:
+        result: AsyncResult = AsyncResult()
+        self._queued.append((request, result))
+        if self._reader is None or self._reader.dead:
+            self._reader = gevent.spawn(self._serve)
+        # The client's socket timeout ends a stuck read long before this; the bound
+        # is for a reader greenlet that was killed and so never answers.
+        result.wait(READ_TIMEOUT)
+        if not result.ready():
+            raise redis.TimeoutError(f"no answer to {self._what} within {READ_TIMEOUT:g} s")
+        return result.get()
+
+    def _serve(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                replies = self._answer([request for request, _ in batch])
+            except Exception as exc:
+                for _, result in batch:
+                    result.set_exception(exc)
+                continue
+            for (_, result), reply in zip(batch, replies, strict=True):
+                result.set(reply)
+
+    def _answer(self, requests: list[Any]) -> list[Any]:
+        """One reply per request, in their order, from one round trip."""
+        raise NotImplementedError
+
+
+class BatchedReader(_Batches):
     """The stored messages of many websockets' channels (see the module docstring)."""
 
+    _what = "MGET"
+
     def __init__(self, client: redis.Redis, stamps: Stamps | None = None) -> None:
+        super().__init__()
         self._client = client
         self._stamps: Stamps = stamps if stamps is not None else _NoStamps()
-        self._queued: list[tuple[list[str], AsyncResult]] = []
-        self._reader: gevent.Greenlet | None = None
         #: key -> (monotonic deadline, hub stamp when read, value)
         self._kept: dict[str, tuple[float, int, Any]] = {}
         self._next_purge = 0.0
@@ -70,36 +113,16 @@ class BatchedReader:
             else:
                 missing.append(key)
         if missing:
-            known.update(zip(missing, self._read_batched(missing), strict=True))
+            known.update(zip(missing, self._ask(missing), strict=True))
         return [known[key] for key in keys]
 
-    def _read_batched(self, keys: list[str]) -> list[bytes | None]:
-        result: AsyncResult = AsyncResult()
-        self._queued.append((keys, result))
-        if self._reader is None or self._reader.dead:
-            self._reader = gevent.spawn(self._read)
-        # The client's socket timeout ends a stuck MGET long before this; the bound
-        # is for a reader greenlet that was killed and so never answers.
-        result.wait(READ_TIMEOUT)
-        if not result.ready():
-            raise redis.TimeoutError(f"no answer to MGET within {READ_TIMEOUT:g} s")
-        return result.get()  # type: ignore[no-any-return]
-
-    def _read(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
-            keys = list(dict.fromkeys(key for wanted, _ in batch for key in wanted))
-            # Taken before the MGET: a message that passes the hub after this changes the stamp.
-            stamps = {key: self._stamps.stamp(key) for key in keys}
-            try:
-                values = dict(zip(keys, mget(self._client, keys), strict=True))
-            except Exception as exc:
-                for _, result in batch:
-                    result.set_exception(exc)
-                continue
-            for wanted, result in batch:
-                result.set([values[key] for key in wanted])
-            self._keep(values, stamps)
+    def _answer(self, requests: list[list[str]]) -> list[list[bytes | None]]:
+        keys = list(dict.fromkeys(key for wanted in requests for key in wanted))
+        # Taken before the MGET: a message that passes the hub after this changes the stamp.
+        stamps = {key: self._stamps.stamp(key) for key in keys}
+        values = dict(zip(keys, mget(self._client, keys), strict=True))
+        self._keep(values, stamps)
+        return [[values[key] for key in wanted] for wanted in requests]
 
     def _keep(self, values: dict[str, Any], stamps: dict[str, int | None]) -> None:
         """Remember ``values`` for REMEMBER_SECONDS, those whose stamp held since the read."""
@@ -113,7 +136,7 @@ class BatchedReader:
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] > now}
 
 
-class BatchedPipeline:
+class BatchedPipeline(_Batches):
     """Read commands of many websockets in one pipeline, each distinct command sent once.
 
     After a worker restarts, thousands of resuming clients come back at once
@@ -128,34 +151,20 @@ class BatchedPipeline:
     commands go through here: a reply is shared among callers.
     """
 
+    _what = "a pipeline"
+
     def __init__(self, client: redis.Redis) -> None:
+        super().__init__()
         self._client = client
-        self._queued: list[tuple[list[tuple[Any, ...]], AsyncResult]] = []
-        self._reader: gevent.Greenlet | None = None
 
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies to ``commands``, as ``pipeline.execute()`` gives them; raises what it raises."""
-        result: AsyncResult = AsyncResult()
-        self._queued.append((commands, result))
-        if self._reader is None or self._reader.dead:
-            self._reader = gevent.spawn(self._send)
-        result.wait(READ_TIMEOUT)
-        if not result.ready():
-            raise redis.TimeoutError(f"no answer to a pipeline within {READ_TIMEOUT:g} s")
-        return result.get()  # type: ignore[no-any-return]
+        return self._ask(commands)  # type: ignore[no-any-return]
 
-    def _send(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
-            distinct = list(dict.fromkeys(command for commands, _ in batch for command in commands))
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for command in distinct:
-                    pipe.execute_command(*command)
-                replies = dict(zip(distinct, pipe.execute(), strict=True))
-            except Exception as exc:
-                for _, result in batch:
-                    result.set_exception(exc)
-                continue
-            for commands, result in batch:
-                result.set([replies[command] for command in commands])
+    def _answer(self, requests: list[list[tuple[Any, ...]]]) -> list[list[Any]]:
+        distinct = list(dict.fromkeys(command for commands in requests for command in commands))
+        pipe = self._client.pipeline(transaction=False)
+        for command in distinct:
+            pipe.execute_command(*command)
+        replies = dict(zip(distinct, pipe.execute(), strict=True))
+        return [[replies[command] for command in commands] for commands in requests]
