@@ -29,7 +29,7 @@ import gevent
 import redis
 from gevent.event import AsyncResult
 
-from .connection import mget
+from .connection import mget, pipelined
 
 #: Seconds a handshake waits for the batched read of its stored messages at most.
 READ_TIMEOUT = 30.0
@@ -163,8 +163,5 @@ class BatchedPipeline(_Batches):
 
     def _answer(self, requests: list[list[tuple[Any, ...]]]) -> list[list[Any]]:
         distinct = list(dict.fromkeys(command for commands in requests for command in commands))
-        pipe = self._client.pipeline(transaction=False)
-        for command in distinct:
-            pipe.execute_command(*command)
-        replies = dict(zip(distinct, pipe.execute(), strict=True))
+        replies = dict(zip(distinct, pipelined(self._client, distinct), strict=True))
         return [[replies[command] for command in commands] for commands in requests]

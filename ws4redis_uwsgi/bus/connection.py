@@ -389,3 +389,11 @@ def mget(client: Any, keys: list[str]) -> list[Any]:
     if is_cluster(client):
         return client.mget_nonatomic(keys)  # type: ignore[no-any-return]
     return client.mget(keys)  # type: ignore[no-any-return]
+
+
+def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The replies to ``commands`` (each a command and its arguments), sent in one pipeline without MULTI."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute()  # type: ignore[no-any-return]

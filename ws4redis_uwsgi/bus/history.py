@@ -20,6 +20,7 @@ is told that the gap cannot be recovered. Settings:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -34,7 +35,7 @@ from .. import settings
 from ..core import envelope
 from ..core.channels import prefix_string
 from ..core.positions import Order
-from .connection import is_cluster
+from .connection import is_cluster, pipelined
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -405,7 +406,7 @@ class BacklogReader:
         restart thousands resume from the same few positions at once.
         """
         self._client = client
-        self._run = run or self._pipelined
+        self._run = run or functools.partial(pipelined, client)
         self._cursors = [_Cursor(c, since, f"{since[0]}-{since[1]}") for c, since in positions.items()]
         self._count = FIRST_PAGE_ENTRIES
         self._started = False
@@ -457,12 +458,6 @@ class BacklogReader:
             average = max(1, bytes_read // entries_read)
             per_page = max(1, min(PAGE_ENTRIES, PAGE_BYTES // average))
             self._count = max(1, per_page // len(self._cursors))
-
-    def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute()  # type: ignore[no-any-return]
 
     def _check_gap(self, replies: list[Any]) -> None:
         max_age_ms = int(settings.get("WS4REDIS_HISTORY_SECONDS") or 0) * 1000

@@ -15,7 +15,7 @@ from ..core import envelope
 from ..core.channels import Identity, named_channels, prefix_string, validate_facility
 from ..core.exceptions import HandshakeError
 from . import history
-from .connection import is_cluster, sharded
+from .connection import is_cluster, pipelined, sharded
 
 
 class _SelfType:
@@ -183,10 +183,7 @@ class RedisStore:
                 self._connection, outgoing.channels, outgoing.head, outgoing.tail, outgoing.expire
             )
             return receivers
-        pipe = self._connection.pipeline(transaction=False)
-        for command in outgoing.commands(is_cluster(self._connection)):
-            pipe.execute_command(*command)
-        return outgoing.receivers(pipe.execute())
+        return outgoing.receivers(pipelined(self._connection, outgoing.commands(is_cluster(self._connection))))
 
     def _outgoing(
         self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None
