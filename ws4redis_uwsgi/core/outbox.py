@@ -218,13 +218,15 @@ class Outbox:
         client has this message and everything before it on every channel.
         A notice (a presence event) goes as it is: it starts with ``!``, which no token does.
         """
-        return with_token(self.token(), message.payload) if self.with_ids and not message.notice else message.payload
+        return with_token(self.token(), message.payload) if self._tokened(message) else message.payload
 
     def frame(self, message: BusMessage) -> bytes:
         """The websocket frame of :meth:`payload`: for a plain client (and notices) the one every websocket shares."""
-        if self.with_ids and not message.notice:
-            return message.frame_with_token(self.token())
-        return message.frame
+        return message.frame_with_token(self.token()) if self._tokened(message) else message.frame
+
+    def _tokened(self, message: BusMessage) -> bool:
+        """Whether ``message`` goes to this client behind its token."""
+        return self.with_ids and not message.notice
 
     def gap_notice(self) -> bytes | None:
         """What tells this client that history lost messages: ``!gap`` for a resuming client, nothing for a plain one."""

@@ -40,7 +40,7 @@ from ..core.text import loggable
 from . import ops_endpoint
 from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
-from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, websocket_limits
+from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, WebsocketLimits, websocket_limits
 from .loop import WebsocketWSGIServer
 from .outbox_drain import start_drain
 from .sockets import RawSocket, forget_in_event_loop
@@ -124,14 +124,15 @@ def check_descriptors(cores: int, max_connections: int | None = None) -> None:
     ``max-fd`` so that it does not happen.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = (max_connections if max_connections is not None else cores) + cores + FD_RESERVE
+    websockets = max_connections if max_connections is not None else cores
+    needed = websockets + cores + FD_RESERVE
     if soft < needed:
         logger.warning(
             "max-fd is %d, but %d async cores and %d websockets can need %d descriptors: handshakes past it are "
             "refused with 503; raise uWSGI's max-fd (and the hard limit, LimitNOFILE= in systemd)",
             soft,
             cores,
-            max_connections if max_connections is not None else cores,
+            websockets,
             needed,
         )
 
@@ -287,9 +288,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         session = DetachedSession(self, websocket, subscriber, path, self.sessions, self.keepalive)
         # Returns once the first messages are sent; uWSGI then ends the request.
         session.start()
-        if session in self.sessions:  # not ended already
-            limits = websocket_limits()
-            self.keepalive.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
+        self._schedule_keepalive(session, websocket_limits())
 
     def _start_keepalive(self) -> None:
         if self._keepalive_pid != os.getpid():
@@ -303,16 +302,20 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         due (:class:`KeepAliveWheel`: not all of them each round), which then go back by their next due time.
         """
         limits = websocket_limits()
-        wheel = self.keepalive
         while True:
             gevent.sleep(KEEPALIVE_ROUND)
             now = time.monotonic()
-            for session in wheel.take_due(now):
+            for session in self.keepalive.take_due(now):
                 websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
                 if not websocket.keep_alive(now, limits.ping_freq, limits.pong_tolerance):
                     logger.info(
                         "websocket on %s: no pong within %g seconds, closing", loggable(session.path), limits.pong_tolerance
                     )
                     session.wake()
-                if session in self.sessions:  # not ended meanwhile
-                    wheel.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
+                self._schedule_keepalive(session, limits)
+
+    def _schedule_keepalive(self, session: DetachedSession, limits: WebsocketLimits) -> None:
+        """Put ``session`` in the keep-alive wheel by its next due time, unless it ended already."""
+        if session in self.sessions:
+            websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
+            self.keepalive.schedule(session, websocket.keepalive_due(limits.ping_freq, limits.pong_tolerance))
