@@ -99,6 +99,24 @@ def test_logged_in_user_is_read_with_two_queries_and_matches_the_orm(user: User)
     assert fields(ours.user) == fields(User.objects.get(pk=user.pk))  # type: ignore[attr-defined]
 
 
+def test_a_sites_execute_wrappers_see_the_lookups(user: User) -> None:
+    """Without DEBUG the lookups skip Django's cursor wrapper; a site that installed an execute wrapper still sees them."""
+    key = login_session(user)
+    assert not connection.queries_logged
+    seen: list[str] = []
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        request = with_lookup(key)
+        identity_from_request(request)
+    assert len(seen) == 3 and request.user.pk == user.pk  # type: ignore[attr-defined]
+    seen.clear()
+    assert same(key)[0].user.pk == user.pk and seen == []  # nobody watching: the backend's cursor
+
+
 def test_groups_are_read_only_when_asked(user: User) -> None:
     request = with_lookup(login_session(user))
     with CaptureQueriesContext(connection) as queries:
