@@ -13,7 +13,9 @@ from __future__ import annotations
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from tests.conftest import SITE_ENV
 from tests.integration.helpers import client, facility, recv
+from tests.servers import UwsgiServer
 from ws4redis_uwsgi.core import envelope
 from ws4redis_uwsgi.publisher import RedisPublisher
 from ws4redis_uwsgi.redis_store import SELF
@@ -325,3 +327,27 @@ def test_process_request_hook_authenticates_by_token(site_server):
     with client(site_server, f"/ws/{fac}?subscribe-user&token=token-mary") as ws:
         RedisPublisher(facility=fac, users=["mary"]).publish_message("hello mary", expire=0)
         assert recv(ws) == "hello mary"
+
+
+# -- the stock set-up (no site hooks): anonymous handshakes skip the database greenlets --------
+
+
+@pytest.fixture
+def stock_server(redis_server, site_db, tmp_path):
+    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url, "WS4REDIS_TEST_STOCK": "1"}
+    server = UwsgiServer(env, cores=50, log_path=tmp_path / "uwsgi.log").start()
+    yield server
+    server.stop()
+
+
+def test_stock_set_up_serves_visitors_without_a_cookie_and_logged_in_users(stock_server, login):
+    fac = facility()
+    RedisPublisher(facility=fac, broadcast=True).publish_message("kept", expire=30)
+    path = f"/ws/{fac}?subscribe-broadcast&subscribe-user"
+    with client(stock_server, path) as anon, client(stock_server, path, login("john")) as john:
+        assert recv(anon) == "kept" and recv(john) == "kept"
+        RedisPublisher(facility=fac, users=["john"]).publish_message("for john", expire=0)
+        assert recv(john) == "for john"
+        RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
+        assert recv(anon) == "live" and recv(john) == "live"
+

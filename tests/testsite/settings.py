@@ -79,6 +79,9 @@ WS4REDIS_ALLOWED_CHANNELS = "tests.testsite.hooks.allowed_channels"
 WS4REDIS_ON_GAP = "tests.testsite.hooks.fresh_state"
 WS4REDIS_PROCESS_REQUEST = "tests.testsite.hooks.process_request"
 WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
+if os.environ.get("WS4REDIS_TEST_STOCK"):  # a worker of the stock set-up: none of the site's hooks
+    WS4REDIS_ALLOWED_CHANNELS = WS4REDIS_PROCESS_REQUEST = None
+    WS4REDIS_SUBSCRIBER = "ws4redis_uwsgi.subscriber.RedisSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))

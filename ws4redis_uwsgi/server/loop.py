@@ -19,6 +19,7 @@ import django
 import gevent
 import redis
 from django.apps import apps
+from django.conf import settings as django_settings
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 
@@ -222,12 +223,28 @@ class WebsocketWSGIServer:
         # too, or a burst would pass the check all at once.
         self.active_connections += 1
         try:
+            request = WSGIRequest(environ)
+            if not self.may_read_database(request):
+                return self.subscribe_request(request)
             # Session, user, groups and the hooks may query the database: that runs on
             # the worker's few database greenlets, which keep their connections.
-            return get_workers().run(self.subscribe_request, WSGIRequest(environ))
+            return get_workers().run(self.subscribe_request, request)
         except BaseException:
             self.active_connections -= 1
             raise
+
+    def may_read_database(self, request: WSGIRequest) -> bool:
+        """Whether authenticating ``request`` and agreeing on its channels may query the database.
+
+        Not for a visitor without a session cookie or a websocket token on the
+        stock set-up: the session is empty and the user anonymous without a
+        query, so the handshake skips the hop to the database greenlets. A site
+        hook or another subscriber class may query it: those keep the hop.
+        """
+        if django_settings.SESSION_COOKIE_NAME in request.COOKIES or request.META.get("HTTP_SEC_WEBSOCKET_PROTOCOL"):
+            return True
+        hooks = settings.get("WS4REDIS_PROCESS_REQUEST"), settings.get("WS4REDIS_ALLOWED_CHANNELS")
+        return any(hook is not None for hook in hooks) or self.Subscriber is not RedisSubscriber
 
     def subscribe_request(self, request: WSGIRequest) -> RedisSubscriber:
         """Authenticate ``request``, agree on its channels and subscribe; may use the database."""
