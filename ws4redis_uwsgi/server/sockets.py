@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.monkey
@@ -230,21 +231,43 @@ def forget_in_event_loop(fd: int) -> None:
     leaves libev nothing stale; when it next registers that number it finds it
     missing and adds it, as it does after any close.
     """
-    try:
-        backend = gevent.get_hub().loop.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    if not isinstance(backend, int) or backend < 0:
-        return
-    try:
-        # gevent's monkey-patching takes epoll out of the select module: the original, then.
-        epoll_class = gevent.monkey.get_original("select", "epoll")
-        epoll = epoll_class.fromfd(os.dup(backend))
-    except (AttributeError, ImportError, OSError):  # not Linux, or not an epoll loop
+    epoll = _loop_epoll()
+    if epoll is None:
         return
     try:
         epoll.unregister(fd)
     except OSError:
         pass  # not registered (another backend, or uWSGI never waited on it)
-    finally:
-        epoll.close()
+
+
+#: (process, loop, the loop's epoll descriptor) and our duplicate of that descriptor.
+_loop_duplicate: tuple[tuple[int, Any, int], Any] | None = None
+
+
+def _loop_epoll() -> Any:
+    """A duplicate of the event loop's epoll descriptor (the same epoll set), made once per process and loop; None without one.
+
+    Once, not per handshake: a duplicate and its close cost a third of an
+    anonymous handshake's time in the worker's upgrade.
+    """
+    global _loop_duplicate
+    try:
+        loop = gevent.get_hub().loop
+        backend = loop.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not isinstance(backend, int) or backend < 0:
+        return None
+    key = (os.getpid(), loop, backend)
+    if _loop_duplicate is not None and _loop_duplicate[0] == key:
+        return _loop_duplicate[1]
+    try:
+        # gevent's monkey-patching takes epoll out of the select module: the original, then.
+        epoll_class = gevent.monkey.get_original("select", "epoll")
+        epoll = epoll_class.fromfd(os.dup(backend))
+    except (AttributeError, ImportError, OSError):  # not Linux, or not an epoll loop
+        return None
+    if _loop_duplicate is not None and _loop_duplicate[0][0] == key[0]:
+        _loop_duplicate[1].close()  # this process's loop changed: its old duplicate goes
+    _loop_duplicate = (key, epoll)
+    return epoll
