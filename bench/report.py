@@ -314,7 +314,7 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
 def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
     rows: list[list[str]] = []
     notes: list[str] = []
-    for mode in ("anonymous", "logged in"):
+    for mode in ("anonymous", "logged in", "logged in, again"):
         base = results.get(BASELINE)
         base = base.get(mode) if isinstance(base, dict) else None
         for name, by_mode in results.items():
@@ -352,6 +352,7 @@ def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
         "logged in: a session cookie of a different user per client, each user in 2 of 10 groups, "
         "subscribe-broadcast&subscribe-user&subscribe-group; sessions, users and groups in SQLite (Django's db sessions)"
     )
+    notes.append("logged in, again: the same clients once more, right after all of them closed (a page change of each user)")
     print_table(
         f"(d) {args.burst:,} connections opened as fast as the client can, {args.burst_concurrency} handshakes in flight "
         "(ratio: peer / ws4redis_uwsgi)",
