@@ -1,10 +1,13 @@
-"""The per-worker identity cache (ws4redis_uwsgi.django.identity_cache): values in, values out."""
+"""The per-worker identity cache (ws4redis_uwsgi.django.identity_cache) and live authorization's evictions: values in and out."""
 
 from __future__ import annotations
 
 import pytest
 
-from ws4redis_uwsgi.django.identity_cache import Entry, IdentityCache
+from ws4redis_uwsgi.core.control import Command, Verb, moved_to
+from ws4redis_uwsgi.core.envelope import BusMessage
+from ws4redis_uwsgi.django.identity_cache import Entry, IdentityCache, get_identity_cache
+from ws4redis_uwsgi.server.authority import Authority
 
 ENGINE = "django.contrib.sessions.backends.db"
 
@@ -134,3 +137,39 @@ def test_groups_read_while_an_eviction_came_are_not_kept():
     assert cache.groups_of(held) is None
     assert cache.add_groups(held, ("new group",), cache.ticket())
     assert cache.groups_of(held) == ("new group",)
+
+
+# -- what live authorization evicts (Authority.deliver and resync, no Redis: the commands are handed in) ------------------
+
+
+def filled() -> IdentityCache:
+    cache = get_identity_cache()
+    cache.live = lambda: True
+    cache.put(key("a"), entry("1", "ref-a"), cache.ticket(), ttl=60)
+    cache.put(key("b"), entry("1", "ref-b"), cache.ticket(), ttl=60)
+    cache.put(key("c"), entry("2", "ref-c"), cache.ticket(), ttl=60)
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("command", "left"),
+    [
+        (Command(Verb.END, "ref-a"), "bc"),
+        (Command(Verb.MOVED, "ref-a", moved_to("ref-new", "00ff")), "bc"),
+        (Command(Verb.GONE, "1"), "c"),
+        (Command(Verb.USER, "1"), "c"),
+        (Command(Verb.GROUPS, "1"), "c"),
+        (Command(Verb.GROUPS, "3"), "abc"),
+    ],
+    ids=lambda value: value.verb.value if isinstance(value, Command) else value,
+)
+def test_each_control_command_evicts_its_session_or_user_even_without_websockets_here(command, left):
+    cache = filled()
+    Authority().deliver(BusMessage(command.encode()))
+    assert "".join(c for c in "abc" if cache.get(key(c)) is not None) == left
+
+
+def test_a_control_channel_that_was_down_empties_the_cache():
+    cache = filled()
+    Authority().resync()
+    assert len(cache) == 0
