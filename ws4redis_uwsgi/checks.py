@@ -67,6 +67,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(
             _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
         )
+    cached = settings.get("WS4REDIS_IDENTITY_CACHE")
+    if cached is not None and not _seconds(cached):
+        hint = "Use seconds, such as 5 (0 or None: no cache)."
+        errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
     port = settings.get("WS4REDIS_METRICS_PORT")
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
         errors.append(_error("WS4REDIS_METRICS_PORT", f"is {port!r}.", "Use a port number, such as 9300, or None.", 15))

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two looks of a worker at every logged-in websocket's session (live
     # authorization, for what Django sends no signal for); 0: only when Django says.
     "WS4REDIS_SESSION_RECHECK": 60,
+    # Seconds a websocket worker keeps what a logged-in handshake read (session, user, groups) for
+    # the same session cookie's next handshakes, evicted by live authorization; 0 or None: off.
+    "WS4REDIS_IDENTITY_CACHE": 5,
     # Each uWSGI worker's metrics and health on a loopback port: worker n on this + n - 1; None: off.
     "WS4REDIS_METRICS_PORT": None,
     "WS4REDIS_METRICS_HOST": "127.0.0.1",

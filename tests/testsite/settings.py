@@ -87,6 +87,9 @@ WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "non
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
 WS4REDIS_METRICS_PORT = int(os.environ["WS4REDIS_TEST_METRICS_PORT"]) if "WS4REDIS_TEST_METRICS_PORT" in os.environ else None
 WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))
+# The identity cache's seconds for a worker a test starts with WS4REDIS_TEST_IDENTITY_CACHE; else the default (5).
+if "WS4REDIS_TEST_IDENTITY_CACHE" in os.environ:
+    WS4REDIS_IDENTITY_CACHE = float(os.environ["WS4REDIS_TEST_IDENTITY_CACHE"])
 WS4REDIS_MAX_CONNECTIONS = (
     int(os.environ["WS4REDIS_TEST_MAX_CONNECTIONS"]) if "WS4REDIS_TEST_MAX_CONNECTIONS" in os.environ else None
 )

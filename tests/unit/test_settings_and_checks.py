@@ -115,6 +115,9 @@ def test_the_defaults_pass_the_checks():
         ("WS4REDIS_ALLOWED_CHANNELS", None),
         ("WS4REDIS_ALLOWED_CHANNELS", lambda request, channels: channels),
         ("WS4REDIS_PROCESS_REQUEST", "tests.testsite.hooks.process_request"),
+        ("WS4REDIS_IDENTITY_CACHE", 0),
+        ("WS4REDIS_IDENTITY_CACHE", None),
+        ("WS4REDIS_IDENTITY_CACHE", 2.5),
     ],
 )
 def test_good_values_pass(setting, value):
@@ -173,6 +176,9 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_SESSION_RECHECK", -1, "ws4redis_uwsgi.E014"),
         ("WS4REDIS_SESSION_RECHECK", "60", "ws4redis_uwsgi.E014"),
         ("WS4REDIS_SESSION_RECHECK", True, "ws4redis_uwsgi.E014"),
+        ("WS4REDIS_IDENTITY_CACHE", -1, "ws4redis_uwsgi.E018"),
+        ("WS4REDIS_IDENTITY_CACHE", "5", "ws4redis_uwsgi.E018"),
+        ("WS4REDIS_IDENTITY_CACHE", True, "ws4redis_uwsgi.E018"),
         ("WS4REDIS_PUBLISH_ON_COMMIT", "yes", "ws4redis_uwsgi.E011"),
         ("WS4REDIS_PUBLISH_ON_COMMIT", 1, "ws4redis_uwsgi.E011"),
         ("WS4REDIS_WAIT_TIMEOUT", 0, "ws4redis_uwsgi.E010"),

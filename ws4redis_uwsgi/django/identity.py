@@ -2,18 +2,41 @@
 
 Both the websocket side (when a socket opens) and publishers using ``SELF``
 go through here, so both see the same user and the same groups, read from
-the database at that moment rather than frozen at login.
+the database at that moment rather than frozen at login. (A websocket
+worker serves a logged-in session that reconnects within
+``WS4REDIS_IDENTITY_CACHE`` seconds from what it read then, until live
+authorization says the session or its user changed: :mod:`.identity_cache`.)
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
+from .. import settings
 from ..core.channels import Identity
 from . import auth_lookup
+from .identity_cache import Entry, IdentityCache, clear_identity_cache, get_identity_cache
+from .tokens import session_ref
+
+#: The session engines whose sessions may be cached (:mod:`.identity_cache`): Django's own, whose
+#: ends live authorization hears of or the README documents. A site's engine may end sessions its own way.
+CACHED_ENGINES = frozenset(f"django.contrib.sessions.backends.{name}" for name in ("db", "cached_db", "cache", "signed_cookies"))
+
+
+@dataclass(slots=True)
+class _Held:
+    """The cache entry a handshake's session and user came from or went to (``request.ws4redis_identity``)."""
+
+    cache: IdentityCache
+    entry: Entry
+    #: The user object the request was given: its groups come through the entry only while it is still the request's.
+    user: Any
 
 
 def load_session_and_user(request: Any) -> None:
@@ -22,14 +45,62 @@ def load_session_and_user(request: Any) -> None:
     This is what Django's session and authentication middleware would do; the
     websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
     it (for token authentication, say). The result is Django's, but the
-    lookups take the compiled queries of :mod:`.auth_lookup` where they can.
+    lookups take the compiled queries of :mod:`.auth_lookup` where they can,
+    and a logged-in session that reconnects within ``WS4REDIS_IDENTITY_CACHE``
+    seconds is served from what this worker read for it then
+    (:mod:`.identity_cache`), as long as live authorization may evict it.
     """
-    engine = import_module(django_settings.SESSION_ENGINE)
+    engine_name = django_settings.SESSION_ENGINE
+    engine = import_module(engine_name)
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
+    ttl = settings.get("WS4REDIS_IDENTITY_CACHE") or 0
+    cache = get_identity_cache() if session_key and ttl > 0 and engine_name in CACHED_ENGINES else None
+    ticket = 0
+    if cache is not None:
+        entry = cache.get((engine_name, session_key))
+        if entry is not None:
+            # Copies: one websocket's hooks must not change what another one is given.
+            request.session = engine.SessionStore(session_key)
+            request.session._session_cache = copy.deepcopy(entry.session)
+            request.user = copy.copy(entry.user)
+            request.ws4redis_identity = _Held(cache, entry, request.user)
+            return
+        ticket = cache.ticket()  # before the reads: an eviction meanwhile voids them (see IdentityCache.put)
     request.session = engine.SessionStore(session_key)
     if session_key is not None:
         auth_lookup.load_session(request.session)
     request.user = auth_lookup.get_user(request)
+    if cache is not None and _cacheable(request.session, request.user, session_key):
+        entry = Entry(
+            session=copy.deepcopy(request.session._session_cache),
+            user=copy.copy(request.user),
+            user_pk=str(request.user.pk),
+            ref=session_ref(session_key),
+        )
+        if cache.put((engine_name, session_key), entry, ticket, ttl):
+            request.ws4redis_identity = _Held(cache, entry, request.user)
+
+
+def _cacheable(session: Any, user: Any, cookie_key: str) -> bool:
+    """Whether what was read is a logged-in session exactly as the cookie named it.
+
+    Anonymous, unknown, expired or forged cookies are never kept (each costs
+    its lookups, and no entry); nor a session Django re-keyed, flushed or
+    changed while verifying it (``SECRET_KEY_FALLBACKS``).
+    """
+    return (
+        user.is_authenticated
+        and session.session_key == cookie_key
+        and not session.modified
+        and isinstance(getattr(session, "_session_cache", None), dict)
+    )
+
+
+def _forget(**kwargs: Any) -> None:
+    clear_identity_cache()  # a test changed SECRET_KEY, AUTH_USER_MODEL...: what was read may no longer hold
+
+
+setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.identity")
 
 
 def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
@@ -43,7 +114,7 @@ def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
     if user is not None and user.is_authenticated:
         username = user.get_username()
         if with_groups:
-            groups = auth_lookup.group_names(user)
+            groups = _group_names(request, user)
     session_key = None
     session = getattr(request, "session", None)
     if session is not None:
@@ -52,6 +123,20 @@ def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
         session.keys()
         session_key = session.session_key
     return Identity(username, groups, session_key)
+
+
+def _group_names(request: Any, user: Any) -> tuple[str, ...]:
+    """``user``'s group names: from the request's identity cache entry when it holds them, else read (and kept there)."""
+    held: _Held | None = getattr(request, "ws4redis_identity", None)
+    if held is None or held.user is not user:  # no entry, or a hook gave the request another user
+        return auth_lookup.group_names(user)
+    groups = held.cache.groups_of(held.entry)
+    if groups is not None:
+        return groups
+    ticket = held.cache.ticket()
+    groups = auth_lookup.group_names(user)
+    held.cache.add_groups(held.entry, groups, ticket)
+    return groups
 
 
 async def aidentity_from_request(request: Any, with_groups: bool = True) -> Identity:

@@ -20,6 +20,12 @@ Every ``WS4REDIS_SESSION_RECHECK`` seconds, and when the control channel was
 down, every watched websocket is looked at again: that bounds the delay for
 what Django sends no signal for (the ``cache`` engine's deletes, a raw
 ``UPDATE``).
+
+Each command first evicts what the worker's identity cache
+(:mod:`ws4redis_uwsgi.django.identity_cache`) holds for that session or
+user, whether or not the worker serves it a websocket now; the cache serves
+nothing while the control channel's subscription is not confirmed, and is
+emptied when it was down.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from ..core import control
 from ..core.channels import Audience
 from ..core.envelope import BusMessage
 from ..django import auth_lookup
+from ..django.identity_cache import get_identity_cache
 from ..django.tokens import TokenError, current_user, open_sealed_key
 from .db_workers import get_workers
 
@@ -64,6 +71,7 @@ class Authority:
         self._everyone = False  # look at every watched websocket again
         self._wake = Event()
         self._listening = False
+        self._channel = ""
         self._runner: gevent.Greenlet | None = None
         #: Websockets closed because their session ended (for tests and metrics).
         self.ended = 0
@@ -82,8 +90,14 @@ class Authority:
         """Subscribe the control channel (once): from the worker's start, or its first logged-in websocket."""
         if not self._listening:
             self._listening = True
-            get_hub().add(self, [control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())])
+            self._channel = control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())
+            get_hub().add(self, [self._channel])
             self._runner = gevent.spawn(self._run)
+            get_identity_cache().live = self.hearing
+
+    def hearing(self) -> bool:
+        """Whether commands reach this worker now: Redis confirmed the control channel's subscription."""
+        return self._listening and get_hub().confirmed([self._channel])
 
     def forget(self, subscriber: RedisSubscriber) -> None:
         grant = subscriber.grant
@@ -113,6 +127,7 @@ class Authority:
             logger.warning("ignored a message on the control channel that is not a command")
             return
         verb = command.verb
+        self._evict(verb, command.subject)
         if verb is control.Verb.END:
             self._end(self._by_ref.get(command.subject))
         elif verb is control.Verb.GONE:
@@ -126,8 +141,17 @@ class Authority:
 
     def resync(self) -> None:
         """The control channel was down: commands may have gone by, look at everyone again."""
+        get_identity_cache().clear()
         self._everyone = True
         self._wake.set()
+
+    @staticmethod
+    def _evict(verb: control.Verb, subject: str) -> None:
+        """Forget what handshakes of that session (``end``, ``moved``) or user (the others) read."""
+        if verb is control.Verb.END or verb is control.Verb.MOVED:
+            get_identity_cache().evict_ref(subject)
+        else:
+            get_identity_cache().evict_user(subject)
 
     def _end(self, subscribers: set[RedisSubscriber] | None) -> None:
         for subscriber in tuple(subscribers or ()):
@@ -209,12 +233,15 @@ class Authority:
             looked[key] = get_workers().run(current_user_of, grant)
         user = looked[key]
         if user is None:
+            # What no signal said (a raw UPDATE, an expiry): no handshake may be served what was read before.
+            get_identity_cache().evict_user(grant.user_pk)
             self._close(subscriber)
             return
         if Audience.GROUP in grant.wanted.subscribe | grant.wanted.publish:
             if grant.user_pk not in groups:
                 groups[grant.user_pk] = get_workers().run(auth_lookup.group_names, user)
             if groups[grant.user_pk] != grant.groups:
+                get_identity_cache().evict_user(grant.user_pk)
                 subscriber.reidentify(groups=groups[grant.user_pk])
 
 

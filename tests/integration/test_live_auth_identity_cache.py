@@ -1,0 +1,126 @@
+"""The worker's identity cache with live authorization: reconnects skip the database, Django's signals still win at once.
+
+What a user can see from outside the worker: a session row deleted by raw
+SQL (no signal) still lets its cookie in while the worker keeps what it read,
+and no longer after ``WS4REDIS_IDENTITY_CACHE`` seconds; after a logout or a
+group change (signals) the very next reconnect is what the database says.
+Each test runs with the site on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import ExitStack
+
+import pytest
+
+from tests.conftest import SITE_ENV
+from tests.integration.helpers import client, facility
+from tests.integration.test_live_auth import SECOND, closed_with, login, logout, new_user, subscribers
+from tests.servers import TIMING, UwsgiServer, wait_for
+from ws4redis_uwsgi.core.channels import Audience, channel_name
+from ws4redis_uwsgi.core.close_codes import CloseCode
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+#: The cache's seconds in the worker of the first test: long enough to reconnect within, short to wait out.
+TTL = 3.0 * TIMING
+
+
+@pytest.fixture
+def caching_worker(db_backend, redis_server, tmp_path, request):
+    """A worker of its own that keeps what a handshake read for ``TTL`` seconds."""
+    env = {**SITE_ENV, "WS4REDIS_TEST_IDENTITY_CACHE": str(TTL)}
+    if db_backend == "postgresql":
+        env["WS4REDIS_TEST_DB"] = request.getfixturevalue("postgres_site_db")
+    with ExitStack() as stack:
+        server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+        stack.callback(server.stop)
+        # Once a websocket opened, the worker's hub holds its subscriptions: the control
+        # channel's among them, asked for first (at the worker's start), so the cache is on.
+        with client(server, f"/ws/{facility()}?subscribe-broadcast"):
+            pass
+        yield server
+
+
+def raw_sql(sql: str, *params: object) -> None:
+    """A statement Django sends no signal for."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def channels_of(fac: str, user, group: str) -> tuple[str, str]:
+    return channel_name("test", Audience.USER, fac, user.username), channel_name("test", Audience.GROUP, fac, group)
+
+
+def test_a_session_that_reconnects_within_the_seconds_is_served_without_the_database_and_not_after(caching_worker):
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.models import Session
+
+    fac, group = facility(), "g" + uuid.uuid4().hex[:8]
+    user = new_user(group)
+    cookie, key = login(user)
+    user_channel, group_channel = channels_of(fac, user, group)
+    path = f"/ws/{fac}?subscribe-user&subscribe-group"
+    read = time.monotonic()
+    with client(caching_worker, path, cookie):  # the worker reads session, user and groups, and keeps them
+        assert subscribers(user_channel) == 1 and subscribers(group_channel) == 1
+    wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
+    # The session row and the group membership go without a signal: only the database knows.
+    raw_sql(f"DELETE FROM {Session._meta.db_table} WHERE session_key = %s", key)
+    raw_sql(f"DELETE FROM {User.groups.through._meta.db_table} WHERE user_id = %s", user.pk)
+    with client(caching_worker, path, cookie):
+        assert subscribers(user_channel) == 1 and subscribers(group_channel) == 1  # as it was read before
+        assert time.monotonic() - read < TTL, "too slow to reconnect within the cache's seconds"
+    wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
+
+    def anonymous() -> bool:
+        with client(caching_worker, path, cookie):
+            return subscribers(user_channel) == 0 and subscribers(group_channel) == 0
+
+    wait_for(anonymous, TTL + 5, "a reconnect without the user once the cache's seconds are up")
+    assert time.monotonic() - read < TTL + 2 * SECOND  # never much later: a hit does not extend an entry
+
+
+def test_a_logout_is_not_undone_by_the_cache(site_server):
+    fac = facility()
+    user = new_user()
+    cookie, key = login(user)
+    user_channel = channel_name("test", Audience.USER, fac, user.username)
+    path = f"/ws/{fac}?subscribe-user"
+    with client(site_server, path, cookie) as ws:
+        with client(site_server, path, cookie):  # a reconnect while the first is open: from the cache
+            assert subscribers(user_channel) == 1
+        started = time.monotonic()
+        logout(key, user)
+        # The worker heard it: this websocket closes, and what it kept for the session went first.
+        assert closed_with(ws, started)[0] == CloseCode.SESSION_ENDED
+    wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
+    with client(site_server, path, cookie):  # at once, well within the cache's seconds
+        assert subscribers(user_channel) == 0  # anonymous, as the database says
+
+
+def test_a_group_left_is_not_given_back_by_the_cache(site_server):
+    from django.contrib.auth.models import Group
+
+    fac, watcher_fac, name = facility(), facility(), "g" + uuid.uuid4().hex[:8]
+    user, watcher = new_user(name), new_user(name)
+    cookie, _ = login(user)
+    old_channel = channel_name("test", Audience.GROUP, fac, name)
+    watched_channel = channel_name("test", Audience.GROUP, watcher_fac, name)
+    path = f"/ws/{fac}?subscribe-group"
+    with client(site_server, f"/ws/{watcher_fac}?subscribe-group", login(watcher)[0]):
+        with client(site_server, path, cookie):
+            assert subscribers(old_channel) == 1
+        wait_for(lambda: subscribers(old_channel) == 0, 5, "the websocket's departure")
+        # The user has no websocket now: only the command itself can tell the worker to forget.
+        group = Group.objects.get(name=name)
+        user.groups.remove(group)
+        watcher.groups.remove(group)
+        # Commands arrive in order: once the watcher's websocket left the group, the worker heard both.
+        wait_for(lambda: subscribers(watched_channel) == 0, SECOND, "the watcher's websocket leaving the group")
+        with client(site_server, path, cookie):  # at once, well within the cache's seconds
+            assert subscribers(old_channel) == 0

@@ -1,0 +1,157 @@
+"""load_session_and_user and identity_from_request with the identity cache: what is served, what is never kept.
+
+Real sessions in the test site's database (SQLite and PostgreSQL, ``db_backend``);
+queries are counted on the connection. The cache is made to hear evictions, as a
+worker's live authorization makes it once Redis confirmed the control channel.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.models import Group, User
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+from ws4redis_uwsgi.django import auth_lookup
+from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
+from ws4redis_uwsgi.django.identity_cache import IdentityCache, get_identity_cache
+
+
+class Request:
+    def __init__(self, cookie: str | None) -> None:
+        self.COOKIES = {settings.SESSION_COOKIE_NAME: cookie} if cookie else {}
+
+
+@pytest.fixture
+def cache(db_backend: str) -> IdentityCache:
+    cache = get_identity_cache()  # after db_backend: switching databases forgets the process's resources
+    cache.live = lambda: True
+    return cache
+
+
+@pytest.fixture
+def user(db_backend: str) -> User:
+    user = User.objects.create_user(f"cached-{User.objects.count()}", password="secret")
+    user.groups.add(*Group.objects.filter(name__in=["staff", "cooks"]))
+    return user
+
+
+def login_session(user: User, store_class: type = SessionStore) -> str:
+    store = store_class()
+    store[auth.SESSION_KEY] = str(user.pk)
+    store[auth.BACKEND_SESSION_KEY] = auth_lookup.MODEL_BACKEND
+    store[auth.HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store["cart"] = ["apple"]
+    store.save()
+    return store.session_key
+
+
+def handshake(cookie: str | None, with_groups: bool = True) -> tuple[Request, int]:
+    """What a websocket handshake reads: the request, and the queries it took."""
+    request = Request(cookie)
+    with CaptureQueriesContext(connection) as queries:
+        load_session_and_user(request)
+        request.identity = identity_from_request(request, with_groups=with_groups)  # type: ignore[attr-defined]
+    return request, len(queries)
+
+
+def test_a_session_that_reconnects_is_served_without_a_query_each_websocket_its_own_copy(cache, user):
+    cookie = login_session(user)
+    first, queries = handshake(cookie)
+    assert queries == 3  # session, user, groups
+    second, queries = handshake(cookie)
+    assert queries == 0
+    assert second.identity == first.identity  # type: ignore[attr-defined]
+    assert second.identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
+    assert second.user.pk == user.pk and second.session.session_key == cookie  # type: ignore[attr-defined]
+    # One websocket's hooks change their request's session and user: no other websocket sees it.
+    second.session["cart"].append("pear")  # type: ignore[attr-defined]
+    second.user.first_name = "changed"  # type: ignore[attr-defined]
+    third, queries = handshake(cookie)
+    assert queries == 0
+    assert third.session["cart"] == ["apple"] and third.user.first_name == ""  # type: ignore[attr-defined]
+    assert third.user is not second.user and third.session is not second.session  # type: ignore[attr-defined]
+
+
+def test_groups_not_asked_for_are_read_by_the_first_handshake_that_asks(cache, user):
+    cookie = login_session(user)
+    assert handshake(cookie, with_groups=False)[1] == 2
+    assert handshake(cookie, with_groups=False)[1] == 0
+    assert handshake(cookie)[1] == 1
+    assert handshake(cookie)[1] == 0
+
+
+def test_anonymous_unknown_and_forged_cookies_are_never_kept(cache, db_backend):
+    anonymous = SessionStore()
+    anonymous["cart"] = 3
+    anonymous.save()
+    for cookie in (anonymous.session_key, "x" * 32, "forged-" + "y" * 25):
+        for _ in range(2):
+            request, queries = handshake(cookie)
+            assert not request.user.is_authenticated and queries == 1  # type: ignore[attr-defined]
+    assert len(cache) == 0
+
+
+def test_an_ended_session_found_by_the_next_miss_is_not_served(cache, user):
+    cookie = login_session(user)
+    handshake(cookie)
+    cache.clear()  # live authorization heard it ended
+    SessionStore(cookie).delete()
+    request, queries = handshake(cookie)
+    assert not request.user.is_authenticated and queries == 1  # type: ignore[attr-defined]
+    assert len(cache) == 0
+
+
+def test_nothing_is_served_while_evictions_may_be_missed(cache, user):
+    cookie = login_session(user)
+    handshake(cookie)
+    cache.live = lambda: False
+    assert handshake(cookie)[1] == 3
+
+
+@pytest.mark.parametrize("off", [0, None])
+def test_the_setting_turns_it_off(cache, user, off):
+    cookie = login_session(user)
+    with override_settings(WS4REDIS_IDENTITY_CACHE=off):
+        assert handshake(cookie)[1] == 3
+        assert handshake(cookie)[1] == 3
+    assert len(cache) == 0
+
+
+def test_a_session_engine_of_the_sites_own_is_not_cached(cache, user, monkeypatch):
+    """It may end sessions in ways live authorization never hears of."""
+    monkeypatch.setitem(sys.modules, "site_sessions", types.SimpleNamespace(SessionStore=SessionStore))
+    cookie = login_session(user)
+    with override_settings(SESSION_ENGINE="site_sessions"):
+        assert handshake(cookie)[1] == 3
+        assert handshake(cookie)[1] == 3
+    assert len(cache) == 0
+
+
+def test_signed_cookie_sessions_are_served_too(cache, user):
+    from django.contrib.sessions.backends.signed_cookies import SessionStore as CookieStore
+
+    with override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies"):
+        cookie = login_session(user, CookieStore)
+        assert handshake(cookie)[1] == 2  # user, groups
+        request, queries = handshake(cookie)
+        assert queries == 0 and request.user.pk == user.pk  # type: ignore[attr-defined]
+
+
+def test_a_hook_that_gives_the_request_another_user_gets_that_users_groups(cache, user):
+    """A WS4REDIS_PROCESS_REQUEST that calls load_session_and_user, then decides who the request is."""
+    cookie = login_session(user)
+    handshake(cookie)
+    other = User.objects.create_user(f"other-{User.objects.count()}")
+    request = Request(cookie)
+    load_session_and_user(request)
+    request.user = other  # type: ignore[attr-defined]
+    assert identity_from_request(request).groups == ()
+    assert handshake(cookie)[0].identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]

@@ -1,0 +1,172 @@
+"""What logged-in handshakes read from the database, kept a few seconds per worker for sessions that reconnect.
+
+A browser opens a new websocket with the same session cookie on every page
+of a multi-page site, after each network blip, on each restored tab. The
+handshake's three database reads (the session, its user, the user's group
+names) cost most of its CPU, so a worker keeps what one handshake read,
+under ``(SESSION_ENGINE, cookie value)``, for ``WS4REDIS_IDENTITY_CACHE``
+seconds from the read (a hit does not extend it).
+
+Entries are evicted by live authorization
+(:mod:`ws4redis_uwsgi.server.authority`): by user for ``user``, ``groups``
+and ``gone``, by session reference for ``end`` and ``moved``, all of them
+when the control channel was down. The cache answers only while
+:attr:`IdentityCache.live` says those evictions arrive (the authority sets
+it), so nothing is served that an eviction may have missed.
+
+A read that was under way when an eviction came must not be stored: the
+database may have answered before the change and the eviction found nothing
+to evict (a handshake's query yields to other greenlets on PostgreSQL). So a
+handshake takes a :meth:`~IdentityCache.ticket` before it reads, and
+:meth:`~IdentityCache.put` refuses the result if any eviction happened
+since. One counter for all users keeps that simple and always right; an
+eviction storm costs only cache misses.
+
+Plain Python, no I/O: the clock is handed in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import process
+
+#: Entries per worker at most, least recently used dropped first. An entry is
+#: a decoded session and a user object, a few kilobytes at most: 10,000 stay
+#: within tens of megabytes, and a worker rarely sees more distinct sessions
+#: reconnect within a few seconds (a reconnect storm of a whole site spreads
+#: over the workers). Beyond that the cache only misses; it never grows.
+MAX_ENTRIES = 10_000
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """What one handshake read for a session cookie: a copy, never handed out as is."""
+
+    session: dict[str, Any]
+    user: Any
+    user_pk: str
+    #: The session's reference (:func:`~ws4redis_uwsgi.django.tokens.session_ref`), as control commands name it.
+    ref: str
+    #: The user's group names, once a handshake read them (None: not yet).
+    groups: tuple[str, ...] | None = None
+    expires: float = 0.0
+    #: False once evicted or expired: a handshake that holds the entry stops trusting it.
+    current: bool = True
+
+
+def _never() -> bool:
+    return False
+
+
+class IdentityCache:
+    """Entries by key (``(SESSION_ENGINE, cookie value)``), with their expiry, an LRU bound and eviction by user and session."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._by_user: dict[str, set[Hashable]] = {}
+        self._by_ref: dict[str, set[Hashable]] = {}
+        self._epoch = 0
+        #: Whether evictions reach this worker now (set by live authorization); until then nothing is served or kept.
+        self.live: Callable[[], bool] = _never
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def ticket(self) -> int:
+        """Take before reading the database; give to :meth:`put` (or :meth:`add_groups`) with what was read."""
+        return self._epoch
+
+    def get(self, key: Hashable) -> Entry | None:
+        """The current entry of ``key``, or None (expired ones are dropped)."""
+        entry = self._entries.get(key)
+        if entry is None or not self.live():
+            return None
+        if entry.expires <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Hashable, entry: Entry, ticket: int, ttl: float) -> bool:
+        """Keep ``entry`` under ``key`` for ``ttl`` seconds, unless an eviction came since ``ticket`` was taken."""
+        if ticket != self._epoch or ttl <= 0 or not self.live():
+            return False
+        if key in self._entries:
+            self._drop(key)
+        entry.expires = self._clock() + ttl
+        entry.current = True
+        self._entries[key] = entry
+        self._by_user.setdefault(entry.user_pk, set()).add(key)
+        self._by_ref.setdefault(entry.ref, set()).add(key)
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+        return True
+
+    def groups_of(self, entry: Entry) -> tuple[str, ...] | None:
+        """``entry``'s group names if they were read and it is still current, else None."""
+        if entry.groups is None or not self.fresh(entry):
+            return None
+        return entry.groups
+
+    def add_groups(self, entry: Entry, groups: tuple[str, ...], ticket: int) -> bool:
+        """Keep the group names read for ``entry``'s user, unless an eviction came since ``ticket``."""
+        if ticket != self._epoch or not self.fresh(entry):
+            return False
+        entry.groups = groups
+        return True
+
+    def fresh(self, entry: Entry) -> bool:
+        """Whether ``entry`` may still be trusted: not evicted, not expired, evictions arriving."""
+        return entry.current and entry.expires > self._clock() and self.live()
+
+    def evict_user(self, user_pk: str) -> None:
+        """Forget every session of user ``user_pk`` (its groups, password or state changed, or it is gone)."""
+        self._epoch += 1
+        for key in tuple(self._by_user.get(user_pk, ())):
+            self._drop(key)
+
+    def evict_ref(self, ref: str) -> None:
+        """Forget the session whose reference is ``ref`` (it ended, or took a new key)."""
+        self._epoch += 1
+        for key in tuple(self._by_ref.get(ref, ())):
+            self._drop(key)
+
+    def clear(self) -> None:
+        """Forget everything (evictions may have been missed)."""
+        self._epoch += 1
+        for entry in self._entries.values():
+            entry.current = False
+        self._entries.clear()
+        self._by_user.clear()
+        self._by_ref.clear()
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key)
+        entry.current = False
+        for index, name in ((self._by_user, entry.user_pk), (self._by_ref, entry.ref)):
+            keys = index[name]
+            keys.discard(key)
+            if not keys:
+                del index[name]
+
+
+_RESOURCE = "identity cache"
+
+
+def get_identity_cache() -> IdentityCache:
+    """This process's :class:`IdentityCache`."""
+    return process.resource(_RESOURCE, IdentityCache)
+
+
+def clear_identity_cache() -> None:
+    """Empty this process's cache if it has one (making none)."""
+    cache: IdentityCache | None = process.existing(_RESOURCE)
+    if cache is not None:
+        cache.clear()
