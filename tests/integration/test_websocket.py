@@ -350,4 +350,3 @@ def test_stock_set_up_serves_visitors_without_a_cookie_and_logged_in_users(stock
         assert recv(john) == "for john"
         RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
         assert recv(anon) == "live" and recv(john) == "live"
-
