@@ -1,9 +1,11 @@
 """The worker's identity cache with live authorization: reconnects skip the database, Django's signals still win at once.
 
 What a user can see from outside the worker: a session row deleted by raw
-SQL (no signal) still lets its cookie in while the worker keeps what it read,
-and no longer after ``WS4REDIS_IDENTITY_CACHE`` seconds; after a logout or a
-group change (signals) the very next reconnect is what the database says.
+SQL (no signal) still lets its cookie in while the worker keeps what it read
+(while a websocket of the session is open there, and
+``WS4REDIS_IDENTITY_CACHE`` seconds after the read or the last close), and
+no longer after; after a logout or a group change (signals) the very next
+reconnect is what the database says.
 Each test runs with the site on SQLite and on PostgreSQL.
 """
 
@@ -16,11 +18,12 @@ from contextlib import ExitStack
 import pytest
 
 from tests.conftest import SITE_ENV
-from tests.integration.helpers import client, facility
+from tests.integration.helpers import client, facility, recv
 from tests.integration.test_live_auth import SECOND, closed_with, login, logout, new_user, subscribers
 from tests.servers import TIMING, UwsgiServer, wait_for
 from ws4redis_uwsgi.core.channels import Audience, channel_name
 from ws4redis_uwsgi.core.close_codes import CloseCode
+from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -75,14 +78,38 @@ def test_a_session_that_reconnects_within_the_seconds_is_served_without_the_data
     with client(caching_worker, path, cookie):
         assert subscribers(user_channel) == 1 and subscribers(group_channel) == 1  # as it was read before
         assert time.monotonic() - read < TTL, "too slow to reconnect within the cache's seconds"
+    closed = time.monotonic()  # its last websocket closed: the entry is kept TTL seconds more
     wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
+    wait_for(lambda: time.monotonic() - closed > TTL + SECOND, 2 * TTL + 5, "the cache's seconds to pass")
+    with client(caching_worker, path, cookie):
+        assert subscribers(user_channel) == 0 and subscribers(group_channel) == 0  # what the database says now
 
-    def anonymous() -> bool:
-        with client(caching_worker, path, cookie):
-            return subscribers(user_channel) == 0 and subscribers(group_channel) == 0
 
-    wait_for(anonymous, TTL + 5, "a reconnect without the user once the cache's seconds are up")
-    assert time.monotonic() - read < TTL + 2 * SECOND  # never much later: a hit does not extend an entry
+def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_when_it_closes(caching_worker):
+    """A page change: the next page's websocket opens right after the last one closed, however long that one lived."""
+    from django.contrib.sessions.models import Session
+
+    fac = facility()
+    user = new_user()
+    cookie, key = login(user)
+    user_channel = channel_name("test", Audience.USER, fac, user.username)
+    path = f"/ws/{fac}?subscribe-user"
+    with client(caching_worker, path, cookie):  # the first page: read, kept
+        read = time.monotonic()
+        raw_sql(f"DELETE FROM {Session._meta.db_table} WHERE session_key = %s", key)  # no signal
+        wait_for(lambda: time.monotonic() - read > TTL + SECOND, 2 * TTL + 5, "the cache's seconds to pass")
+        with client(caching_worker, path, cookie) as tab:  # another tab meanwhile: the open websocket keeps the entry
+            RedisPublisher(facility=fac, users=[user.username]).publish_message("to the user", expire=0)
+            assert recv(tab) == "to the user"
+    closed = time.monotonic()
+    wait_for(lambda: subscribers(user_channel) == 0, 5, "the websockets' departure")
+    with client(caching_worker, path, cookie):  # the next page, right after the last close
+        assert subscribers(user_channel) == 1
+    closed = time.monotonic()
+    wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
+    wait_for(lambda: time.monotonic() - closed > TTL + SECOND, 2 * TTL + 5, "the cache's seconds to pass")
+    with client(caching_worker, path, cookie):
+        assert subscribers(user_channel) == 0  # read again: the session is gone
 
 
 def test_a_logout_is_not_undone_by_the_cache(site_server):

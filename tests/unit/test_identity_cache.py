@@ -46,6 +46,48 @@ def test_an_entry_is_served_until_its_seconds_are_up_and_a_hit_does_not_extend_t
     assert len(cache) == 0 and not kept.current
 
 
+def test_an_entry_of_a_session_with_a_websocket_here_stays_and_gets_its_seconds_again_from_the_last_close():
+    cache, clock = live_cache()
+    open_here = {"ref-a"}
+    cache.held = open_here.__contains__
+    kept = entry(ref="ref-a")
+    assert cache.put(key("a"), kept, cache.ticket(), ttl=5, max_age=3600)
+    clock.now += 600  # a user who stayed ten minutes on the page
+    assert cache.get(key("a")) is kept and cache.fresh(kept)
+    open_here.clear()
+    cache.release("ref-a", ttl=5)  # the page's websocket closed: the next page's opens within seconds
+    clock.now += 4.9
+    assert cache.get(key("a")) is kept
+    clock.now += 0.1
+    assert cache.get(key("a")) is None and not kept.current
+
+
+def test_an_entry_is_read_again_after_its_max_age_however_its_websockets_come_and_go():
+    """The periodic re-check's bound: a session ended without a signal is read again within WS4REDIS_SESSION_RECHECK."""
+    cache, clock = live_cache()
+    open_here = {"ref-a"}
+    cache.held = open_here.__contains__
+    kept = entry(ref="ref-a")
+    assert cache.put(key("a"), kept, cache.ticket(), ttl=5, max_age=60)
+    for _ in range(11):  # a websocket closes and the next opens every 5 s
+        clock.now += 5
+        cache.release("ref-a", ttl=5)
+        assert cache.get(key("a")) is kept
+    clock.now += 5
+    assert cache.get(key("a")) is None and not kept.current  # 60 s after the read, held or not
+
+
+def test_a_release_never_shortens_an_entry_and_leaves_other_sessions_alone():
+    cache, clock = live_cache()
+    young, other = entry(ref="ref-a"), entry(ref="ref-b")
+    cache.put(key("a"), young, cache.ticket(), ttl=60)
+    cache.put(key("b"), other, cache.ticket(), ttl=5)
+    cache.release("ref-a", ttl=5)
+    cache.release("ref-unknown", ttl=5)
+    clock.now += 30
+    assert cache.get(key("a")) is young and cache.get(key("b")) is None
+
+
 def test_nothing_is_kept_for_no_seconds_or_while_evictions_do_not_arrive():
     cache, _ = live_cache()
     assert not cache.put(key("a"), entry(), cache.ticket(), ttl=0)

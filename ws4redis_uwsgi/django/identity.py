@@ -77,7 +77,8 @@ def load_session_and_user(request: Any) -> None:
             user_pk=str(request.user.pk),
             ref=session_ref(session_key),
         )
-        if cache.put((engine_name, session_key), entry, ticket, ttl):
+        max_age = settings.get("WS4REDIS_SESSION_RECHECK") or 0  # see identity_cache: the re-check's bound
+        if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
 
 

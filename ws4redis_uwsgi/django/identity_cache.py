@@ -4,8 +4,19 @@ A browser opens a new websocket with the same session cookie on every page
 of a multi-page site, after each network blip, on each restored tab. The
 handshake's three database reads (the session, its user, the user's group
 names) cost most of its CPU, so a worker keeps what one handshake read,
-under ``(SESSION_ENGINE, cookie value)``, for ``WS4REDIS_IDENTITY_CACHE``
-seconds from the read (a hit does not extend it).
+under ``(SESSION_ENGINE, cookie value)``: for as long as a websocket of
+that session is open on the worker, and ``WS4REDIS_IDENTITY_CACHE`` seconds
+after the read or after its last websocket closed, whichever is later; but
+never longer than ``WS4REDIS_SESSION_RECHECK`` seconds from the read.
+
+Why that long: live authorization watches a session while it has a websocket
+here, and the next websocket of a page change opens right after the last
+one closed, however long the user stayed on the page. A new websocket is
+let in on exactly what keeps the open ones open: the signals, which evict,
+and the periodic re-check of open websockets, which evicts what it closes.
+The bound from the read stands in for that re-check when the session's
+websockets come and go between its rounds: what no signal announces (a raw
+``DELETE``, an expiry) is read again within the re-check's seconds.
 
 Entries are evicted by live authorization
 (:mod:`ws4redis_uwsgi.server.authority`): by user for ``user``, ``groups``
@@ -55,11 +66,17 @@ class Entry:
     #: The user's group names, once a handshake read them (None: not yet).
     groups: tuple[str, ...] | None = None
     expires: float = 0.0
+    #: Never served past this, whatever its websockets (see the module docstring).
+    deadline: float = 0.0
     #: False once evicted or expired: a handshake that holds the entry stops trusting it.
     current: bool = True
 
 
 def _never() -> bool:
+    return False
+
+
+def _nobody(ref: str) -> bool:
     return False
 
 
@@ -75,6 +92,8 @@ class IdentityCache:
         self._epoch = 0
         #: Whether evictions reach this worker now (set by live authorization); until then nothing is served or kept.
         self.live: Callable[[], bool] = _never
+        #: Whether a session (by reference) has a websocket open here: its entries do not expire meanwhile.
+        self.held: Callable[[str], bool] = _nobody
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,19 +107,24 @@ class IdentityCache:
         entry = self._entries.get(key)
         if entry is None or not self.live():
             return None
-        if entry.expires <= self._clock():
+        if not self._alive(entry, self._clock()):
             self._drop(key)
             return None
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: Hashable, entry: Entry, ticket: int, ttl: float) -> bool:
-        """Keep ``entry`` under ``key`` for ``ttl`` seconds, unless an eviction came since ``ticket`` was taken."""
+    def put(self, key: Hashable, entry: Entry, ticket: int, ttl: float, max_age: float = 0.0) -> bool:
+        """Keep ``entry`` under ``key`` for ``ttl`` seconds, unless an eviction came since ``ticket`` was taken.
+
+        While a websocket of its session is open here it stays, for ``max_age`` seconds at most (at least ``ttl``).
+        """
         if ticket != self._epoch or ttl <= 0 or not self.live():
             return False
         if key in self._entries:
             self._drop(key)
-        entry.expires = self._clock() + ttl
+        now = self._clock()
+        entry.expires = now + ttl
+        entry.deadline = now + max(ttl, max_age)
         entry.current = True
         self._entries[key] = entry
         self._by_user.setdefault(entry.user_pk, set()).add(key)
@@ -124,7 +148,17 @@ class IdentityCache:
 
     def fresh(self, entry: Entry) -> bool:
         """Whether ``entry`` may still be trusted: not evicted, not expired, evictions arriving."""
-        return entry.current and entry.expires > self._clock() and self.live()
+        return entry.current and self._alive(entry, self._clock()) and self.live()
+
+    def _alive(self, entry: Entry, now: float) -> bool:
+        return now < entry.deadline and (now < entry.expires or self.held(entry.ref))
+
+    def release(self, ref: str, ttl: float) -> None:
+        """The last websocket of session ``ref`` here closed: its entries live ``ttl`` seconds more at least."""
+        expires = self._clock() + ttl
+        for key in self._by_ref.get(ref, ()):
+            entry = self._entries[key]
+            entry.expires = max(entry.expires, expires)
 
     def evict_user(self, user_pk: str) -> None:
         """Forget every session of user ``user_pk`` (its groups, password or state changed, or it is gone)."""

@@ -25,7 +25,10 @@ Each command first evicts what the worker's identity cache
 (:mod:`ws4redis_uwsgi.django.identity_cache`) holds for that session or
 user, whether or not the worker serves it a websocket now; the cache serves
 nothing while the control channel's subscription is not confirmed, and is
-emptied when it was down.
+emptied when it was down. What it holds for a session with a websocket open
+here does not expire, and gets ``WS4REDIS_IDENTITY_CACHE`` seconds more when
+the last one closes: the next page's websocket opens on what kept the
+previous one open.
 """
 
 from __future__ import annotations
@@ -93,7 +96,9 @@ class Authority:
             self._channel = control.control_channel(settings.get("WS4REDIS_PREFIX"), sharded=sharded())
             get_hub().add(self, [self._channel])
             self._runner = gevent.spawn(self._run)
-            get_identity_cache().live = self.hearing
+            cache = get_identity_cache()
+            cache.live = self.hearing
+            cache.held = self._by_ref.__contains__
 
     def hearing(self) -> bool:
         """Whether commands reach this worker now: Redis confirmed the control channel's subscription."""
@@ -118,6 +123,8 @@ class Authority:
                 members.discard(subscriber)
                 if not members:
                     del index[key]
+                    if index is self._by_ref:  # its last websocket here: what it read is kept a while more
+                        get_identity_cache().release(key, settings.get("WS4REDIS_IDENTITY_CACHE") or 0)
 
     # -- the control channel (a listener of the hub) ------------------------------------------
 
