@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,13 @@ def caching_worker(db_backend, redis_server, tmp_path, request):
         with client(server, f"/ws/{facility()}?subscribe-broadcast"):
             pass
         yield server
+
+
+def a_user_on(fac: str) -> tuple[Any, str, str, str, str]:
+    """A new user logged in: the user, the session cookie and key, the user's channel on ``fac``, the path that subscribes it."""
+    user = new_user()
+    cookie, key = login(user)
+    return user, cookie, key, channel_name("test", Audience.USER, fac, user.username), f"/ws/{fac}?subscribe-user"
 
 
 def raw_sql(sql: str, *params: object) -> None:
@@ -90,10 +98,7 @@ def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_w
     from django.contrib.sessions.models import Session
 
     fac = facility()
-    user = new_user()
-    cookie, key = login(user)
-    user_channel = channel_name("test", Audience.USER, fac, user.username)
-    path = f"/ws/{fac}?subscribe-user"
+    user, cookie, key, user_channel, path = a_user_on(fac)
     with client(caching_worker, path, cookie):  # the first page: read, kept
         read = time.monotonic()
         raw_sql(f"DELETE FROM {Session._meta.db_table} WHERE session_key = %s", key)  # no signal
@@ -101,7 +106,6 @@ def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_w
         with client(caching_worker, path, cookie) as tab:  # another tab meanwhile: the open websocket keeps the entry
             RedisPublisher(facility=fac, users=[user.username]).publish_message("to the user", expire=0)
             assert recv(tab) == "to the user"
-    closed = time.monotonic()
     wait_for(lambda: subscribers(user_channel) == 0, 5, "the websockets' departure")
     with client(caching_worker, path, cookie):  # the next page, right after the last close
         assert subscribers(user_channel) == 1
@@ -114,10 +118,7 @@ def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_w
 
 def test_a_logout_is_not_undone_by_the_cache(site_server):
     fac = facility()
-    user = new_user()
-    cookie, key = login(user)
-    user_channel = channel_name("test", Audience.USER, fac, user.username)
-    path = f"/ws/{fac}?subscribe-user"
+    user, cookie, key, user_channel, path = a_user_on(fac)
     with client(site_server, path, cookie) as ws:
         with client(site_server, path, cookie):  # a reconnect while the first is open: from the cache
             assert subscribers(user_channel) == 1
