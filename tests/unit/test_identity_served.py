@@ -19,9 +19,13 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from ws4redis_uwsgi.bus.subscriber import Grant
+from ws4redis_uwsgi.core.channels import ClientRequest
 from ws4redis_uwsgi.django import auth_lookup
 from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
 from ws4redis_uwsgi.django.identity_cache import IdentityCache, get_identity_cache
+from ws4redis_uwsgi.django.tokens import session_ref
+from ws4redis_uwsgi.server.authority import Authority
 
 
 class Request:
@@ -155,3 +159,40 @@ def test_a_hook_that_gives_the_request_another_user_gets_that_users_groups(cache
     request.user = other  # type: ignore[attr-defined]
     assert identity_from_request(request).groups == ()
     assert handshake(cookie)[0].identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
+
+
+class Watched:
+    """What live authorization needs of a websocket: its grant, and being told that its session ended."""
+
+    session_ended = False
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+
+    def end_session(self) -> None:
+        self.session_ended = True
+
+
+def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still_valid(cache, user):
+    """What no signal says (here a raw DELETE) is found by the re-check of open websockets, which forgets what was kept."""
+    cookie = login_session(user)
+    handshake(cookie)
+    grant = Grant(
+        user_pk=str(user.pk),
+        username=user.username,
+        session_key=cookie,
+        ref=session_ref(cookie),
+        wanted=ClientRequest(("subscribe-user",)),
+        groups=(),
+    )
+    authority, websocket = Authority(), Watched(grant)
+    authority._index(websocket, grant)  # type: ignore[arg-type] # what watch() does, without the worker's hub
+    authority._look_at(grant.user_pk)
+    assert not websocket.session_ended and handshake(cookie)[1] == 0  # still valid: still kept
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {SessionStore.get_model_class()._meta.db_table} WHERE session_key = %s", [cookie])
+    assert handshake(cookie)[1] == 0  # nothing told the worker yet
+    authority._look_at(grant.user_pk)
+    assert websocket.session_ended
+    request, queries = handshake(cookie)
+    assert not request.user.is_authenticated and queries == 1  # type: ignore[attr-defined]
