@@ -33,11 +33,13 @@ def run_gevent_until(condition, timeout: float = 10.0, what: str = "condition") 
     wait_for(lambda: gevent.sleep(0.01) or condition(), timeout, what)
 
 
-@pytest.fixture
-def redis_and_hub(tmp_path):
+@pytest.fixture(params=[None, 1.0], ids=["hiredis-reads", "redis-py-reads"])
+def redis_and_hub(tmp_path, request):
+    """A Redis and a hub on it; the hub reads the socket itself, or (with a socket timeout) through redis-py's PubSub."""
     server = RedisServer(workdir=tmp_path).start()
+    timeout = request.param
     hub = SubscriptionHub(
-        lambda: redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)),
+        lambda: redis.Redis.from_url(server.url, socket_timeout=timeout, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)),
         min_backoff=0.01,
         max_backoff=0.05,
     )

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ws4redis_uwsgi.bus.hub import SubscriptionHub, _Link
 from ws4redis_uwsgi.bus.shards import SingleShard
 
 
 class RecordingPubSub:
+    """The link's subscription (ws4redis_uwsgi.bus.subscription), recording what it is asked to send."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, tuple[str, ...]]] = []
 
-    def subscribe(self, *channels: str) -> None:
-        self.sent.append(("SUBSCRIBE", channels))
+    def subscribe(self, channels: Iterable[str]) -> None:
+        self.sent.append(("SUBSCRIBE", tuple(channels)))
 
-    def unsubscribe(self, *channels: str) -> None:
-        self.sent.append(("UNSUBSCRIBE", channels))
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        self.sent.append(("UNSUBSCRIBE", tuple(channels)))
 
 
 def link() -> _Link:

@@ -43,6 +43,7 @@ from gevent.event import Event
 from ..core import envelope
 from ..core.text import loggable
 from .shards import Shards, SingleShard
+from .subscription import Reply, Subscription, open_subscription
 
 logger = logging.getLogger("ws4redis_uwsgi.bus.hub")
 
@@ -416,15 +417,15 @@ class _Link:
     def _run(self) -> None:
         hub = self.hub
         while True:
-            pubsub = None
+            subscription = None
             try:
                 if not self.wanted:
                     self._waiter.wait(None)
                     continue
                 client = self._shards.client(self.target)
                 self._measure_clock(client)
-                pubsub = client.pubsub()  # on the connection TIME just used
-                self._serve(pubsub)
+                subscription = open_subscription(client, self._sharded)  # on the connection TIME just used
+                self._serve(subscription)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 hub.disconnects += 1
                 logger.warning("Redis subscription lost (%s); reconnecting in %.2fs", exc, self._backoff)
@@ -437,7 +438,7 @@ class _Link:
                 hub.disconnects += 1
                 logger.exception("Redis subscription failed; reconnecting in %.2fs", self._backoff)
             finally:
-                self._on_disconnect(pubsub)
+                self._on_disconnect(subscription)
             gevent.sleep(self._backoff * random.uniform(0.5, 1.0))
             self._backoff = min(self._backoff * 2, hub.max_backoff)
 
@@ -458,40 +459,39 @@ class _Link:
         assert best is not None
         self.hub.clock_offset = best[1]
 
-    def _on_disconnect(self, pubsub: Any) -> None:
+    def _on_disconnect(self, subscription: Subscription | None) -> None:
         self.connected = False
         self._waiter.unwatch()
         self.hub._lost(self, self.wanted | self.subscribed)
         self.subscribed.clear()
         self._changed = set(self.wanted)  # the next connection subscribes them all
-        if pubsub is not None:
+        if subscription is not None:
             try:
-                pubsub.close()
+                subscription.close()
             except Exception:  # the connection is gone already
                 pass
 
-    def _serve(self, pubsub: Any) -> None:
-        self._sync(pubsub)  # the first SUBSCRIBE opens the connection
-        connection = pubsub.connection
-        # redis-py offers no public accessor for the socket; ws4redis used the same.
-        self._waiter.watch(connection._sock.fileno())
+    def _serve(self, subscription: Subscription) -> None:
+        self._sync(subscription)  # the first SUBSCRIBE (redis-py's PubSub opens its connection with it)
+        self._waiter.watch(subscription.fileno())
         self.connected = True
-        logger.info("Redis subscription connected to %s (pid %d)", self.target, os.getpid())
+        target, reader = self.target, subscription.reader
+        logger.info("Redis subscription connected to %s (pid %d, replies read by %s)", target, os.getpid(), reader)
         ping_pending = False
         while True:
-            if self._drain(pubsub, connection):
+            if self._drain(subscription):
                 ping_pending = False
-            self._sync(pubsub)
+            self._sync(subscription)
             if self._waiter.wait(self.hub.ping_interval):
                 continue
             # Idle for a whole interval: make sure the connection is still alive.
             if ping_pending:
                 raise redis.ConnectionError("no answer to PING")
             if self.subscribed:
-                pubsub.ping()
+                subscription.ping()
                 ping_pending = True
 
-    def _sync(self, pubsub: Any) -> None:
+    def _sync(self, subscription: Subscription) -> None:
         """Bring the Redis subscription in line with the channels that have listeners here."""
         if not self._changed:
             return
@@ -500,36 +500,20 @@ class _Link:
         gone = {c for c in changed if c in self.subscribed and c not in self.wanted}
         if new:
             self.subscribed |= new
-            if self._sharded:
-                for channel in sorted(new):  # one slot per SSUBSCRIBE: each channel has its own hash tag
-                    pubsub.ssubscribe(channel)
-            else:
-                pubsub.subscribe(*sorted(new))
+            subscription.subscribe(sorted(new))
         if gone:
             self.subscribed -= gone
             self.hub._unsubscribed(gone)
-            if self._sharded:
-                for channel in sorted(gone):
-                    pubsub.sunsubscribe(channel)
-            else:
-                pubsub.unsubscribe(*sorted(gone))
+            subscription.unsubscribe(sorted(gone))
 
-    def _drain(self, pubsub: Any, connection: Any) -> int:
-        """Handle every message redis-py has buffered or the socket holds; the count handled.
-
-        Reading only after ``can_read`` says a reply is there, and then
-        reading it whole, means a message split across TCP segments is never
-        cut short by a zero timeout.
-        """
+    def _drain(self, subscription: Subscription) -> int:
+        """Handle every reply the connection holds now; the count handled."""
         count = 0
         hub = self.hub
         yielded_at = hub.deliveries
-        while connection.can_read(timeout=0):
-            response = pubsub.parse_response(block=True)
-            if response is None:
-                continue
+        for reply in subscription.replies():
             count += 1
-            self._handle(pubsub.handle_message(response))
+            self._handle(reply)
             if count % DRAIN_BATCH == 0 or hub.deliveries - yielded_at >= DRAIN_DELIVERIES:
                 # Let the websockets send what they got before handing out more,
                 # or a burst would fill every inbox while nobody writes.
@@ -537,24 +521,21 @@ class _Link:
                 yielded_at = hub.deliveries
         return count
 
-    def _handle(self, message: dict[str, Any] | None) -> None:
-        if message is None:
-            return
-        kind = message["type"]
-        channel = message.get("channel")
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "replace")
+    def _handle(self, reply: Reply) -> None:
+        kind, channel = reply.kind, reply.channel
+        if channel is None:
+            return  # a PONG
         if kind in ("message", "smessage"):
-            self.hub._deliver(message["data"], channel)  # type: ignore[arg-type]
+            self.hub._deliver(reply.data, channel)
         elif kind in ("subscribe", "ssubscribe"):
             self._backoff = self.hub.min_backoff  # Redis took a subscription: the next loss starts over
             if channel in self.subscribed:
-                self.hub._subscribed(self, channel)  # type: ignore[arg-type]
+                self.hub._subscribed(self, channel)
         elif kind == "sunsubscribe" and channel in self.wanted and channel in self.subscribed:
             # Not asked for: the slot moved to another shard. Its listeners catch
             # up once it is subscribed where it lives now.
             logger.info("Redis Cluster moved %s away from %s; following it", loggable(channel), self.target)
-            self.subscribed.discard(channel)  # type: ignore[arg-type]
-            self._changed.add(channel)  # type: ignore[arg-type]
-            self.hub._lost(self, [channel])  # type: ignore[list-item]
+            self.subscribed.discard(channel)
+            self._changed.add(channel)
+            self.hub._lost(self, [channel])
             self.hub.refresh()

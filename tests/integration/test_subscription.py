@@ -1,0 +1,75 @@
+"""The hub's connection (ws4redis_uwsgi.bus.subscription) against a real redis-server: what it sends, what it reads back."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.servers import RedisServer, wait_for
+from ws4redis_uwsgi.bus.subscription import PubSubSubscription, RawSubscription, Reply, Subscription, open_subscription
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = RedisServer(workdir=tmp_path).start()
+    yield server
+    server.stop()
+
+
+def collect(subscription: Subscription, count: int) -> list[Reply]:
+    """The next ``count`` replies, read as the hub reads them: whatever the socket holds, again until there are enough."""
+    got: list[Reply] = []
+    wait_for(lambda: got.extend(subscription.replies()) or len(got) >= count, 5, f"{count} replies")
+    assert len(got) == count, got
+    return got
+
+
+def test_a_plain_connection_is_read_by_hiredis_and_gives_what_redis_py_gives(server):
+    publisher = redis.Redis.from_url(server.url)
+    subscriptions = {
+        "hiredis, RESP2": open_subscription(redis.Redis.from_url(server.url, socket_timeout=None, protocol=2), sharded=False),
+        "hiredis, RESP3": open_subscription(redis.Redis.from_url(server.url, socket_timeout=None, protocol=3), sharded=False),
+        "redis-py": open_subscription(redis.Redis.from_url(server.url, socket_timeout=5), sharded=False),
+    }
+    assert isinstance(subscriptions["hiredis, RESP2"], RawSubscription)
+    assert isinstance(subscriptions["hiredis, RESP3"], RawSubscription)
+    assert isinstance(subscriptions["redis-py"], PubSubSubscription)  # a socket timeout outside gevent: redis-py reads
+    big = b"x" * 300_000  # several reads, parsed whole
+    for subscription in subscriptions.values():
+        subscription.subscribe(["a", "b"])
+        assert collect(subscription, 2) == [Reply("subscribe", "a", 1), Reply("subscribe", "b", 2)]
+    assert publisher.publish("a", "one") == 3 and publisher.publish("b", big) == 3
+    for subscription in subscriptions.values():
+        assert collect(subscription, 2) == [Reply("message", "a", b"one"), Reply("message", "b", big)]
+        subscription.ping()
+        assert [reply.kind.lower() for reply in collect(subscription, 1)] == ["pong"]
+        subscription.unsubscribe(["a"])
+        assert collect(subscription, 1) == [Reply("unsubscribe", "a", 1)]
+        assert list(subscription.replies()) == []  # nothing more: it does not wait
+        subscription.close()
+
+
+def test_a_connection_redis_closes_raises_a_connection_error_and_is_given_back(server):
+    client = redis.Redis.from_url(server.url, socket_timeout=None)
+    subscription = open_subscription(client, sharded=False)
+    assert isinstance(subscription, RawSubscription)
+    subscription.subscribe(["a"])
+    collect(subscription, 1)
+    redis.Redis.from_url(server.url).client_kill_filter(_type="pubsub")
+    with pytest.raises(redis.ConnectionError):
+        wait_for(lambda: list(subscription.replies()) and False, 5, "the connection to fail")
+    subscription.close()
+    assert client.connection_pool._in_use_connections == set()  # type: ignore[attr-defined]
+
+
+def test_sharded_subscriptions_send_one_command_per_channel(server):
+    """A Cluster takes one slot per SSUBSCRIBE: two channels are two commands (a standalone Redis 7 has SSUBSCRIBE too)."""
+    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=None), sharded=True)
+    assert isinstance(subscription, RawSubscription)
+    subscription.subscribe(["{a}x", "{b}y"])
+    assert collect(subscription, 2) == [Reply("ssubscribe", "{a}x", 1), Reply("ssubscribe", "{b}y", 2)]
+    redis.Redis.from_url(server.url).spublish("{b}y", "hello")
+    assert collect(subscription, 1) == [Reply("smessage", "{b}y", b"hello")]
+    subscription.close()

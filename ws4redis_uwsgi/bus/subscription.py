@@ -1,0 +1,216 @@
+"""One pub/sub connection of the hub: the commands it sends and the replies it reads.
+
+Why the hub does not read through redis-py's ``PubSub``: its layers (the
+retry wrapper, the parser's buffering, a dict per message, its own
+book-keeping of channels) cost the worker about 15 µs per reply, tens of
+µs inside a busy worker; hiredis alone parses one in about 1.5 µs. A worker
+reads one reply per message on a channel it holds and one per channel that
+a websocket's arrival or departure subscribes or leaves (a logged-in user's
+own channel, twice per page a user opens): with per-user messages that is
+most of what a delivery costs.
+
+So on a plain TCP or Unix connection (:class:`RawSubscription`) redis-py
+still opens the connection (authentication, the protocol, the database, the
+client name, the master a Sentinel names) and writes the commands, while the
+hub reads the socket itself, without waiting, and lets hiredis parse (RESP2
+or RESP3: in both a message is a list ``[kind, channel, data]``). Over TLS,
+or on a socket Python would wait on before reading (a blocking socket with
+a timeout, outside gevent), redis-py's ``PubSub`` does it all
+(:class:`PubSubSubscription`). Both give the hub the same :class:`Reply` values.
+"""
+
+from __future__ import annotations
+
+import _socket
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+import hiredis
+import redis
+
+#: Bytes read from the socket at a time.
+READ_SIZE = 64 * 1024
+
+
+class Reply(NamedTuple):
+    """A reply on a subscribed connection: ``kind`` as Redis names it (``message``, ``subscribe``, ``smessage``, ``pong``...)."""
+
+    kind: str
+    channel: str | None
+    data: Any
+
+
+class Subscription(Protocol):
+    """What the hub's link does with its connection."""
+
+    def subscribe(self, channels: Iterable[str]) -> None: ...
+    def unsubscribe(self, channels: Iterable[str]) -> None: ...
+    def ping(self) -> None: ...
+    def fileno(self) -> int: ...
+    def replies(self) -> Iterator[Reply]: ...
+    def close(self) -> None: ...
+
+    #: Who parses the replies: ``hiredis`` (read by the hub) or ``redis-py`` (its PubSub).
+    reader: str
+
+
+def open_subscription(client: redis.Redis, sharded: bool) -> Subscription:
+    """A connection of ``client``'s for subscriptions (``SSUBSCRIBE`` when ``sharded``), connected."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.connect()
+        raw = _raw_socket(connection)
+    except BaseException:
+        pool.release(connection)
+        raise
+    if raw is not None:
+        return RawSubscription(client, connection, raw, sharded)
+    pool.release(connection)  # redis-py's PubSub takes one of its own
+    return PubSubSubscription(client, sharded)
+
+
+def _raw_socket(connection: Any) -> _socket.socket | None:
+    """The connection's socket, readable without waiting; None where redis-py must read (TLS, a socket that waits)."""
+    if isinstance(connection, redis.SSLConnection):
+        return None
+    sock = getattr(connection, "_sock", None)
+    raw = getattr(sock, "_sock", sock)  # under gevent, the socket it wraps (never waits)
+    if not isinstance(raw, _socket.socket) or raw.gettimeout() not in (None, 0.0):
+        return None  # a timeout makes Python wait for data before reading
+    return raw
+
+
+def _name(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+class RawSubscription:
+    """Commands through redis-py's connection, replies read from its socket and parsed by hiredis."""
+
+    #: For the hub's log line.
+    reader = "hiredis"
+
+    def __init__(self, client: redis.Redis, connection: Any, raw: _socket.socket, sharded: bool) -> None:
+        # The client, not only its pool: a client that is collected disconnects its pool's connections.
+        self._client = client
+        self._connection = connection
+        self._raw = raw
+        self._sharded = sharded
+        self._reader = hiredis.Reader()
+        self._buffer = bytearray(READ_SIZE)
+
+    def subscribe(self, channels: Iterable[str]) -> None:
+        self._send("SSUBSCRIBE" if self._sharded else "SUBSCRIBE", channels)
+
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        self._send("SUNSUBSCRIBE" if self._sharded else "UNSUBSCRIBE", channels)
+
+    def _send(self, command: str, channels: Iterable[str]) -> None:
+        names = list(channels)
+        if not names:
+            return
+        # A Cluster takes one slot per SSUBSCRIBE, and each channel has its own hash tag.
+        commands = [(command, name) for name in names] if self._sharded else [(command, *names)]
+        self._connection.send_packed_command(self._connection.pack_commands(commands), check_health=False)
+
+    def ping(self) -> None:
+        self._connection.send_command("PING", check_health=False)
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def replies(self) -> Iterator[Reply]:
+        """Every reply the socket holds now, then stop (never waits); raises when the connection failed."""
+        reader = self._reader
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                if not self._fill():
+                    return
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))  # a Cluster's MOVED, say: the link reconnects where it lives now
+            if isinstance(reply, list) and reply:
+                kind = _name(reply[0]) or ""
+                yield Reply(kind, _name(reply[1]) if len(reply) > 1 else None, reply[2] if len(reply) > 2 else None)
+            else:
+                yield Reply(_name(reply) or "", None, None)  # PONG before any subscription
+
+    def _fill(self) -> bool:
+        """Feed what the socket holds to the parser; False when it holds nothing now."""
+        try:
+            count = self._raw.recv_into(self._buffer, READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error reading from Redis: {exc}") from exc
+        if count == 0:
+            raise redis.ConnectionError("Redis closed the subscription connection")
+        try:
+            self._reader.feed(self._buffer, 0, count)  # type: ignore[arg-type] # hiredis reads any buffer
+        except hiredis.ProtocolError as exc:
+            raise redis.ConnectionError(f"Redis protocol error: {exc}") from exc
+        return True
+
+    def close(self) -> None:
+        try:
+            self._connection.disconnect()
+        finally:
+            self._client.connection_pool.release(self._connection)
+
+
+class PubSubSubscription:
+    """redis-py's ``PubSub`` for all of it (TLS, a socket that waits)."""
+
+    reader = "redis-py"
+
+    def __init__(self, client: redis.Redis, sharded: bool) -> None:
+        self._client = client  # kept: a client that is collected disconnects its pool's connections
+        self._pubsub = client.pubsub()
+        self._sharded = sharded
+
+    def subscribe(self, channels: Iterable[str]) -> None:
+        names = list(channels)
+        if self._sharded:
+            for name in names:
+                self._pubsub.ssubscribe(name)
+        elif names:
+            self._pubsub.subscribe(*names)
+
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        names = list(channels)
+        if self._sharded:
+            for name in names:
+                self._pubsub.sunsubscribe(name)
+        elif names:
+            self._pubsub.unsubscribe(*names)
+
+    def ping(self) -> None:
+        self._pubsub.ping()
+
+    def fileno(self) -> int:
+        # redis-py offers no public accessor for the socket; ws4redis used the same.
+        return self._pubsub.connection._sock.fileno()  # type: ignore[no-any-return]
+
+    def replies(self) -> Iterator[Reply]:
+        """Every reply redis-py has buffered or the socket holds, then stop.
+
+        Reading only after ``can_read`` says a reply is there, and then
+        reading it whole, means a message split across TCP segments is never
+        cut short by a zero timeout.
+        """
+        connection = self._pubsub.connection
+        while connection.can_read(timeout=0):
+            response = self._pubsub.parse_response(block=True)
+            if response is None:
+                continue
+            message = self._pubsub.handle_message(response)
+            if message is not None:
+                yield Reply(message["type"], _name(message.get("channel")), message.get("data"))
+
+    def close(self) -> None:
+        self._pubsub.close()
