@@ -390,6 +390,8 @@ class _Link:
         #: the two whole sets instead cost every handshake time in proportion to the channels held.
         self._changed: set[str] = set()
         self.connected = False
+        #: Who parses the current connection's replies (``hiredis`` or ``redis-py``, see bus/subscription.py).
+        self.reader: str | None = None
         self._waiter = FdWaiter()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = hub.min_backoff
@@ -475,8 +477,8 @@ class _Link:
         self._sync(subscription)  # the first SUBSCRIBE (redis-py's PubSub opens its connection with it)
         self._waiter.watch(subscription.fileno())
         self.connected = True
-        target, reader = self.target, subscription.reader
-        logger.info("Redis subscription connected to %s (pid %d, replies read by %s)", target, os.getpid(), reader)
+        self.reader = subscription.reader
+        logger.info("Redis subscription connected to %s (pid %d, replies read by %s)", self.target, os.getpid(), self.reader)
         ping_pending = False
         while True:
             if self._drain(subscription):
