@@ -64,10 +64,11 @@ def test_a_connection_redis_closes_raises_a_connection_error_and_is_given_back(s
     assert client.connection_pool._in_use_connections == set()  # type: ignore[attr-defined]
 
 
-def test_sharded_subscriptions_send_one_command_per_channel(server):
+@pytest.mark.parametrize(("timeout", "kind"), [(None, RawSubscription), (5.0, PubSubSubscription)])
+def test_sharded_subscriptions_send_one_command_per_channel(server, timeout, kind):
     """A Cluster takes one slot per SSUBSCRIBE: two channels are two commands (a standalone Redis 7 has SSUBSCRIBE too)."""
-    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=None), sharded=True)
-    assert isinstance(subscription, RawSubscription)
+    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=timeout), sharded=True)
+    assert isinstance(subscription, kind)
     subscription.subscribe(["{a}x", "{b}y"])
     assert collect(subscription, 2) == [Reply("ssubscribe", "{a}x", 1), Reply("ssubscribe", "{b}y", 2)]
     redis.Redis.from_url(server.url).spublish("{b}y", "hello")

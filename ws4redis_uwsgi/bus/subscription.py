@@ -174,20 +174,18 @@ class PubSubSubscription:
         self._sharded = sharded
 
     def subscribe(self, channels: Iterable[str]) -> None:
-        names = list(channels)
-        if self._sharded:
-            for name in names:
-                self._pubsub.ssubscribe(name)
-        elif names:
-            self._pubsub.subscribe(*names)
+        self._send(self._pubsub.ssubscribe, self._pubsub.subscribe, channels)
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
+        self._send(self._pubsub.sunsubscribe, self._pubsub.unsubscribe, channels)
+
+    def _send(self, sharded_command: Any, command: Any, channels: Iterable[str]) -> None:
         names = list(channels)
         if self._sharded:
-            for name in names:
-                self._pubsub.sunsubscribe(name)
+            for name in names:  # one slot per SSUBSCRIBE
+                sharded_command(name)
         elif names:
-            self._pubsub.unsubscribe(*names)
+            command(*names)
 
     def ping(self) -> None:
         self._pubsub.ping()
