@@ -46,12 +46,18 @@ def test_an_entry_is_served_until_its_seconds_are_up_and_a_hit_does_not_extend_t
     assert len(cache) == 0 and not kept.current
 
 
-def test_an_entry_of_a_session_with_a_websocket_here_stays_and_gets_its_seconds_again_from_the_last_close():
+def held_entry(max_age: float) -> tuple[IdentityCache, Clock, set[str], Entry]:
+    """A cache with one entry (ttl 5 s) of session ``ref-a``, which has a websocket here while ``ref-a`` is in the set."""
     cache, clock = live_cache()
     open_here = {"ref-a"}
     cache.held = open_here.__contains__
     kept = entry(ref="ref-a")
-    assert cache.put(key("a"), kept, cache.ticket(), ttl=5, max_age=3600)
+    assert cache.put(key("a"), kept, cache.ticket(), ttl=5, max_age=max_age)
+    return cache, clock, open_here, kept
+
+
+def test_an_entry_of_a_session_with_a_websocket_here_stays_and_gets_its_seconds_again_from_the_last_close():
+    cache, clock, open_here, kept = held_entry(max_age=3600)
     clock.now += 600  # a user who stayed ten minutes on the page
     assert cache.get(key("a")) is kept and cache.fresh(kept)
     open_here.clear()
@@ -64,11 +70,7 @@ def test_an_entry_of_a_session_with_a_websocket_here_stays_and_gets_its_seconds_
 
 def test_an_entry_is_read_again_after_its_max_age_however_its_websockets_come_and_go():
     """The periodic re-check's bound: a session ended without a signal is read again within WS4REDIS_SESSION_RECHECK."""
-    cache, clock = live_cache()
-    open_here = {"ref-a"}
-    cache.held = open_here.__contains__
-    kept = entry(ref="ref-a")
-    assert cache.put(key("a"), kept, cache.ticket(), ttl=5, max_age=60)
+    cache, clock, _, kept = held_entry(max_age=60)
     for _ in range(11):  # a websocket closes and the next opens every 5 s
         clock.now += 5
         cache.release("ref-a", ttl=5)

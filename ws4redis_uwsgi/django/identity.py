@@ -3,9 +3,9 @@
 Both the websocket side (when a socket opens) and publishers using ``SELF``
 go through here, so both see the same user and the same groups, read from
 the database at that moment rather than frozen at login. (A websocket
-worker serves a logged-in session that reconnects within
-``WS4REDIS_IDENTITY_CACHE`` seconds from what it read then, until live
-authorization says the session or its user changed: :mod:`.identity_cache`.)
+worker serves a logged-in session that comes back from what it read for it,
+for as long as :mod:`.identity_cache` says, until live authorization says
+the session or its user changed.)
 """
 
 from __future__ import annotations
@@ -46,14 +46,13 @@ def load_session_and_user(request: Any) -> None:
     websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
     it (for token authentication, say). The result is Django's, but the
     lookups take the compiled queries of :mod:`.auth_lookup` where they can,
-    and a logged-in session that reconnects within ``WS4REDIS_IDENTITY_CACHE``
-    seconds is served from what this worker read for it then
-    (:mod:`.identity_cache`), as long as live authorization may evict it.
+    and a logged-in session that comes back is served from what this worker
+    read for it (:mod:`.identity_cache`), as long as live authorization may evict it.
     """
     engine_name = django_settings.SESSION_ENGINE
     engine = import_module(engine_name)
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
-    ttl = settings.get("WS4REDIS_IDENTITY_CACHE") or 0
+    ttl = cache_seconds()
     cache = get_identity_cache() if session_key and ttl > 0 and engine_name in CACHED_ENGINES else None
     ticket = 0
     if cache is not None:
@@ -80,6 +79,11 @@ def load_session_and_user(request: Any) -> None:
         max_age = settings.get("WS4REDIS_SESSION_RECHECK") or 0  # see identity_cache: the re-check's bound
         if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
+
+
+def cache_seconds() -> float:
+    """``WS4REDIS_IDENTITY_CACHE``: seconds an entry is kept after its read or its session's last websocket here (0: off)."""
+    return settings.get("WS4REDIS_IDENTITY_CACHE") or 0
 
 
 def _cacheable(session: Any, user: Any, cookie_key: str) -> bool:

@@ -54,6 +54,7 @@ from ..core import control
 from ..core.channels import Audience
 from ..core.envelope import BusMessage
 from ..django import auth_lookup
+from ..django.identity import cache_seconds
 from ..django.identity_cache import get_identity_cache
 from ..django.tokens import TokenError, current_user, open_sealed_key
 from .db_workers import get_workers
@@ -124,7 +125,7 @@ class Authority:
                 if not members:
                     del index[key]
                     if index is self._by_ref:  # its last websocket here: what it read is kept a while more
-                        get_identity_cache().release(key, settings.get("WS4REDIS_IDENTITY_CACHE") or 0)
+                        get_identity_cache().release(key, cache_seconds())
 
     # -- the control channel (a listener of the hub) ------------------------------------------
 
