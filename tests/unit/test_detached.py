@@ -396,6 +396,23 @@ def test_take_pong_reads_nothing_without_the_client_s_limits_or_with_a_message_u
     assert receive_soon(websocket) == b"in two parts"
 
 
+def test_the_answer_to_our_ping_is_taken_without_the_client_s_limits_and_anything_else_is_left_to_the_turn(pair):
+    """An idle client holds no inbound policy; the pong that answers our ping needs none (a fresh one lets it pass)."""
+    websocket, client = pair
+    assert websocket.inbound is None
+    assert websocket.keep_alive(time.monotonic() + 31, ping_freq=30, pong_tolerance=3)
+    assert client.events() == [Ping(payload=b"")] and websocket.awaiting_pong
+    client.send(Pong(payload=b""))
+    readable(websocket)
+    assert websocket.take_pong(charge=False) and not websocket.awaiting_pong
+    assert websocket.inbound is None
+    client.send(TextMessage(data="hello"))
+    readable(websocket)
+    assert not websocket.take_pong(charge=False)
+    websocket.inbound = InboundPolicy()  # what the turn does before it receives
+    assert receive_soon(websocket) == b"hello"
+
+
 @pytest.mark.parametrize("awaiting", [False, True])
 @pytest.mark.parametrize(("ping_freq", "pong_tolerance"), [(30, 3), (30, 10), (1, 1), (1, 3), (25.5, 0.5)])
 def test_keep_alive_does_nothing_before_the_due_time(pair, awaiting, ping_freq, pong_tolerance):

@@ -169,7 +169,7 @@ class DetachedWebsocket(RawSocket):
         """Whether a keep-alive ping went out that no pong answered yet."""
         return self._awaiting_pong
 
-    def take_pong(self) -> bool:
+    def take_pong(self, charge: bool = True) -> bool:
         """Read what the client sent when it is a pong alone, and record it without a turn of the loop.
 
         Why: a keep-alive round pings every idle websocket once per ``ping_freq``;
@@ -177,14 +177,17 @@ class DetachedWebsocket(RawSocket):
         cost most of what keep-alive costs a worker. Called when the socket of
         an idle websocket becomes readable. True when what was read was one
         whole pong, allowed by the client's rate (:attr:`inbound`, which must be
-        set): then nothing is left to do. False otherwise, and a turn must
+        set, unless ``charge`` is False: the answer to our own ping that a fresh
+        policy would let pass): then nothing is left to do. False otherwise, and a turn must
         follow: what was read (anything else) is in the frame parser, which
         the turn's :meth:`receive` empties before it reads more, so it acts as
         if it had read those bytes itself; and nothing at all is read while the
         websocket has a parser, a write under way or is closed.
         """
         inbound = self.inbound
-        if inbound is None or self._protocol is not None or self.closed or self._dead or self._pending or self._busy:
+        if charge and inbound is None:
+            return False
+        if self._protocol is not None or self.closed or self._dead or self._pending or self._busy:
             return False
         try:
             data = os.read(self._fd, READ_SIZE)
@@ -194,7 +197,7 @@ class DetachedWebsocket(RawSocket):
             return False
         length = data[1] & 0x7F if len(data) > 1 else 126
         if data[0] == _PONG and data[1] & 0x80 and length <= 125 and len(data) == 6 + length:
-            if inbound.allow_frame(time.monotonic()):
+            if not charge or (inbound is not None and inbound.allow_frame(time.monotonic())):
                 self._awaiting_pong = False
                 return True
         self._feed(data)  # anything else (or a pong past the rate): the turn acts on it
@@ -454,15 +457,17 @@ class DetachedSession(Session):
             # Mostly the pong to a keep-alive ping: taken here, in the event loop's callback,
             # without a greenlet or a turn (see DetachedWebsocket.take_pong).
             websocket: DetachedWebsocket = self.websocket  # type: ignore[assignment]
-            # The answer to our ping from a client that sent nothing else for a while: the policy
-            # goes until the client sends again, when one made anew judges as this one would (the
-            # token of this pong is given back, at most once per ping).
-            answer = websocket.awaiting_pong and (self.inbound is None or self.inbound.rested(time.monotonic()))
-            self.inbound_policy()
-            if websocket.take_pong():
-                if answer:
+            if websocket.awaiting_pong and (self.inbound is None or self.inbound.rested(time.monotonic())):
+                # The answer to our ping from a client that sent nothing else for a while: a policy
+                # made anew would let it pass (at most once per ping), so none is made; the client
+                # holds none until it sends again, when the turn makes one that judges the same.
+                if websocket.take_pong(charge=False):
                     self.inbound = websocket.inbound = None
-                return
+                    return
+            else:
+                self.inbound_policy()
+                if websocket.take_pong():
+                    return
         else:
             # Readable until read: pause the watcher until the running turn is over.
             self._watcher.stop()
