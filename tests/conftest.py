@@ -38,7 +38,7 @@ import django  # noqa: E402
 
 django.setup()
 
-# The kit users get (ws4redis_uwsgi.testing), enabled as its README section says; its own tests use it.
+# The kit users get (ws4redis_uwsgi.testing), enabled as docs/testing.md says; its own tests use it.
 pytest_plugins = ["ws4redis_uwsgi.testing.pytest_plugin"]
 
 

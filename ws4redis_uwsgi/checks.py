@@ -156,7 +156,7 @@ def _seconds(value: Any) -> bool:
 
 @register()
 def check_durable_outbox(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """The durable outbox's settings (README, "Durable outbox")."""
+    """The durable outbox's settings (docs/publishing.md, "Durable outbox")."""
     from django.conf import settings as django_settings
 
     errors: list[Error] = []

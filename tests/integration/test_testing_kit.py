@@ -1,7 +1,7 @@
 """ws4redis_uwsgi.testing's live server as a user's tests drive it: real redis-server, real uWSGI, real websockets.
 
 The pytest fixtures come from the kit's plugin (enabled in tests/conftest.py,
-as the README tells users); the mixin is driven by a ``unittest.TestCase``
+as docs/testing.md tells users); the mixin is driven by a ``unittest.TestCase``
 here (a ``TransactionTestCase`` would flush the site database the other
 tests share; the demo's tests run it under Django's test runner).
 """

@@ -78,7 +78,7 @@ def needs_identity(request: Any = None, groups: Any = (), users: Any = (), sessi
 
 
 #: Publish latency in this process (a Django web worker), in prometheus-client's default registry:
-#: the site exports it with the rest of its metrics (see the README's "Metrics and health").
+#: the site exports it with the rest of its metrics (see docs/operations.md, "Metrics and health").
 PUBLISH_SECONDS = Histogram(
     "ws4redis_publish_seconds",
     "Time a publish_message took to reach Redis (failed ones included).",

@@ -25,7 +25,7 @@ from .identity_cache import Entry, IdentityCache, clear_identity_cache, get_iden
 from .tokens import session_ref
 
 #: The session engines whose sessions may be cached (:mod:`.identity_cache`): Django's own, whose
-#: ends live authorization hears of or the README documents. A site's engine may end sessions its own way.
+#: ends live authorization hears of or docs/authorization.md documents. A site's engine may end sessions its own way.
 CACHED_ENGINES = frozenset(f"django.contrib.sessions.backends.{name}" for name in ("db", "cached_db", "cache", "signed_cookies"))
 
 

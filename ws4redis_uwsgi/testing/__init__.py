@@ -1,4 +1,4 @@
-"""Tools for testing code that uses ws4redis_uwsgi: the README's "Testing your code".
+"""Tools for testing code that uses ws4redis_uwsgi: docs/testing.md, "Testing your code".
 
 * :func:`capture_publishes` (:mod:`.capture`): what the code under test
   published (facility, audiences, message, expire, binary), recorded instead
