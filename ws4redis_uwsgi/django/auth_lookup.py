@@ -200,10 +200,12 @@ def get_user(request: Any) -> Any:
 
     session = request.session
     try:
-        user_pk = auth.get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        backend_path = session[BACKEND_SESSION_KEY]
+        # The session first: an anonymous visitor's (most handshakes) ends here, before any model lookup.
+        stored_pk, backend_path = session[SESSION_KEY], session[BACKEND_SESSION_KEY]
     except KeyError:
         return AnonymousUser()
+    try:
+        user_pk = auth.get_user_model()._meta.pk.to_python(stored_pk)
     except Exception:
         return auth.get_user(request)  # an odd value in the session: Django decides
     if backend_path != MODEL_BACKEND or backend_path not in django_settings.AUTHENTICATION_BACKENDS:
