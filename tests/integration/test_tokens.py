@@ -16,6 +16,7 @@ from websockets.sync.client import connect
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, facility, recv
 from tests.servers import UwsgiServer, wait_for
+from ws4redis_uwsgi.core.channels import MAX_FACILITY_LENGTH
 from ws4redis_uwsgi.django.tokens import issue_token
 from ws4redis_uwsgi.django.views import websocket_token
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -99,6 +100,29 @@ def test_the_view_issues_tokens_to_logged_in_users_and_a_logout_ends_them(uwsgi_
     logout(request)  # Django's user_logged_out: the session's tokens end too
     assert refusal(uwsgi_server, f"/ws/{fac}?subscribe-user", token) == 403
     assert "token of a session that logged out" in uwsgi_server.log_text()
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("facility=a:b", "invalid facility: facility contains a forbidden character"),
+        ("facility=chat&facility=a%20b", "invalid facility: facility contains a forbidden character"),
+        ("facility=", "invalid facility: missing facility"),
+        ("facility=" + "x" * (MAX_FACILITY_LENGTH + 1), "invalid facility: facility too long"),
+        ("audience=everyone", "'everyone' is not a valid Audience"),
+    ],
+    ids=["colon", "one-of-two", "empty", "too-long", "audience"],
+)
+def test_the_view_answers_400_and_why_to_what_no_token_may_name(site_db, query, reason):
+    """A script that asks for a bad facility or audience learns why, instead of getting a token that opens nothing."""
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(User.objects.get(username="john"))
+    assert browser.get("/ws4redis/token?facility=chat&audience=user").status_code == 200  # the same user, asking well
+    reply = browser.get(f"/ws4redis/token?{query}")
+    assert reply.status_code == 400
+    assert reply.json() == {"error": reason}
 
 
 def test_a_password_change_ends_the_users_tokens(uwsgi_server, site_db):
