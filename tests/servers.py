@@ -111,8 +111,11 @@ class UwsgiServer:
         log_path: Path | None = None,
         module: str = "ws4redis_uwsgi.wsgi_websocket:application",
         pythonpath: list[str] | None = None,
+        request_log: bool = False,
     ) -> None:
+        """``request_log``: write uWSGI's line per request (left out by default, as in production)."""
         self.module = module
+        self.request_log = request_log
         self.pythonpath = [str(REPO), *(pythonpath or [])]
         self.port = free_port()
         self.env = {**os.environ, **env}
@@ -152,7 +155,7 @@ class UwsgiServer:
             "--buffer-size",
             "8192",
             "--need-app",
-            "--disable-logging",
+            *([] if self.request_log else ["--disable-logging"]),
             "--max-fd",
             "20000",
             *self.extra,

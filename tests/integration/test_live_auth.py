@@ -197,6 +197,66 @@ def receives(ws: ClientConnection, text: str) -> bool:
         return False
 
 
+def rename(group) -> None:
+    group.name = "g" + uuid.uuid4().hex[:8]
+    group.save()
+
+
+#: Changes made from the group's side: its ``user_set``, or the group itself renamed or deleted (as in the admin).
+GROUP_SIDE_CHANGES = {
+    "user_set.add": lambda group, users: group.user_set.add(*users),
+    "user_set.remove": lambda group, users: group.user_set.remove(*users),
+    "user_set.clear": lambda group, users: group.user_set.clear(),
+    "delete": lambda group, users: group.delete(),
+    "rename": lambda group, users: rename(group),
+}
+
+
+@pytest.mark.parametrize("change", GROUP_SIDE_CHANGES)
+def test_group_changes_from_the_groups_side_apply_without_reconnecting(site_server, change):
+    """Django tells of these on the group (reverse m2m_changed, post_save and pre_delete of a group), not on each user.
+
+    Two members, each with a websocket: a change of the group reaches every
+    one of them, and they start or stop receiving its channel within a
+    second; a renamed group's members move to the new name.
+    """
+    from django.contrib.auth.models import Group
+
+    fac = facility()
+    group = Group.objects.create(name="g" + uuid.uuid4().hex[:8])
+    users = [new_user(), new_user()]
+    joining = change == "user_set.add"
+    if not joining:
+        group.user_set.add(*users)
+    old_name = group.name
+
+    def channel(name: str) -> str:
+        return channel_name("test", Audience.GROUP, fac, name)
+
+    path = f"/ws/{fac}?subscribe-group&subscribe-user"
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(client(site_server, path, login(u)[0])) for u in users]
+        assert subscribers(channel(old_name)) == (0 if joining else 1)
+        started = time.monotonic()
+        GROUP_SIDE_CHANGES[change](group, users)
+        left = None if joining else old_name
+        joined = {"user_set.add": old_name, "rename": group.name}.get(change)
+        if left is not None:
+            # Redis counts the worker's subscription, which it drops when the last of its websockets has left.
+            wait_for(lambda: subscribers(channel(left)) == 0, SECOND, f"the unsubscription from {left}")
+            assert time.monotonic() - started < SECOND
+            RedisPublisher(facility=fac, groups=[left]).publish_message("to the group they left", expire=0)
+            for ws, user in zip(sockets, users, strict=True):
+                still_open(ws, fac, user)  # the next message it gets is this one: nothing came from the old group
+        if joined is not None:
+            # Each member's websocket gets the group's messages, within the second.
+            waiting = list(sockets)
+            while waiting:
+                RedisPublisher(facility=fac, groups=[joined]).publish_message("to the group", expire=0)
+                waiting = [ws for ws in waiting if not receives(ws, "to the group")]
+                assert not waiting or time.monotonic() - started < SECOND, f"{len(waiting)} member(s) not on {joined} in a second"
+
+
 def test_a_token_websocket_closes_when_the_session_it_was_issued_from_logs_out(site_server):
     fac = facility()
     user = new_user()

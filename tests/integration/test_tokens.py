@@ -13,7 +13,10 @@ from django.test import RequestFactory
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from tests.conftest import SITE_ENV
 from tests.integration.helpers import SITE_ORIGIN, facility, recv
+from tests.servers import UwsgiServer, wait_for
+from ws4redis_uwsgi.core.channels import MAX_FACILITY_LENGTH
 from ws4redis_uwsgi.django.tokens import issue_token
 from ws4redis_uwsgi.django.views import websocket_token
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -32,17 +35,30 @@ def refusal(server, path: str, token: str) -> int:
     return refused.value.response.status_code
 
 
-def test_a_token_lets_its_user_in_without_a_cookie_and_stays_out_of_the_logs(uwsgi_server, site_db):
+@pytest.fixture
+def logging_server(redis_server, site_db, tmp_path):
+    """A worker that writes uWSGI's line per request (the tests' other workers leave it out): what an access log holds."""
+    server = UwsgiServer(SITE_ENV, cores=100, request_log=True, log_path=tmp_path / "uwsgi.log").start()
+    yield server
+    server.stop()
+
+
+def test_a_token_lets_its_user_in_without_a_cookie_and_stays_out_of_the_logs(logging_server):
+    """The token travels in a header because access logs record URLs: the log has the request, not the token."""
+    server = logging_server
     fac = facility()
     token = issue_token(User.objects.get(username="john"))
-    with open_with(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-group", token) as ws:
+    path = f"/ws/{fac}?subscribe-user&subscribe-group"
+    with open_with(server, path, token) as ws:
         assert ws.subprotocol == "ws4redis"  # the server picks the one a browser needs answered
         RedisPublisher(facility=fac, users=["john"]).publish_message("for john", expire=0)
         assert recv(ws) == "for john"
         RedisPublisher(facility=fac, groups=["cooks"]).publish_message("for the cooks", expire=0)
         assert recv(ws) == "for the cooks"
-    assert refusal(uwsgi_server, f"/ws/{fac}?subscribe-user", token[:-3] + "AAA") == 403  # forged
-    assert token not in uwsgi_server.log_text()
+    assert refusal(server, f"/ws/{fac}?subscribe-user", token[:-3] + "AAA") == 403  # forged
+    # uWSGI writes a websocket's line when it ends: the request is there, the token (a header) is not.
+    wait_for(lambda: f"GET {path}" in server.log_text(), 5, "the websocket's request line")
+    assert token not in server.log_text()
 
 
 def test_an_expired_token_is_refused(uwsgi_server, site_db):
@@ -84,6 +100,29 @@ def test_the_view_issues_tokens_to_logged_in_users_and_a_logout_ends_them(uwsgi_
     logout(request)  # Django's user_logged_out: the session's tokens end too
     assert refusal(uwsgi_server, f"/ws/{fac}?subscribe-user", token) == 403
     assert "token of a session that logged out" in uwsgi_server.log_text()
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("facility=a:b", "invalid facility: facility contains a forbidden character"),
+        ("facility=chat&facility=a%20b", "invalid facility: facility contains a forbidden character"),
+        ("facility=", "invalid facility: missing facility"),
+        ("facility=" + "x" * (MAX_FACILITY_LENGTH + 1), "invalid facility: facility too long"),
+        ("audience=everyone", "'everyone' is not a valid Audience"),
+    ],
+    ids=["colon", "one-of-two", "empty", "too-long", "audience"],
+)
+def test_the_view_answers_400_and_why_to_what_no_token_may_name(site_db, query, reason):
+    """A script that asks for a bad facility or audience learns why, instead of getting a token that opens nothing."""
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(User.objects.get(username="john"))
+    assert browser.get("/ws4redis/token?facility=chat&audience=user").status_code == 200  # the same user, asking well
+    reply = browser.get(f"/ws4redis/token?{query}")
+    assert reply.status_code == 400
+    assert reply.json() == {"error": reason}
 
 
 def test_a_password_change_ends_the_users_tokens(uwsgi_server, site_db):
