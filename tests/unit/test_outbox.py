@@ -485,6 +485,46 @@ def test_a_token_without_collisions_owes_no_gap():
     assert not box.gap_owed
 
 
+# -- the gap before a backlog ------------------------------------------------------------
+
+
+def test_a_gap_owed_by_the_token_is_told():
+    box = outbox(A, with_ids=True)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=False) is True
+    assert not box.gap_owed
+
+
+def test_a_gap_in_history_is_told():
+    box = outbox(A, with_ids=True)
+    assert box.take_gap(history_gap=True) is True
+
+
+def test_a_gap_owed_and_one_in_history_are_told_as_one():
+    box = outbox(A, with_ids=True)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=True) is True
+    assert not box.gap_owed
+
+
+def test_without_a_gap_nothing_is_told():
+    assert outbox(A, with_ids=True).take_gap(history_gap=False) is False
+
+
+def test_a_gap_owed_is_told_only_once():
+    box = outbox(A, with_ids=True)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=False) is True
+    assert box.take_gap(history_gap=False) is False
+
+
+def test_a_plain_client_is_never_told_of_a_gap_but_the_gap_is_cleared():
+    box = outbox(A)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=True) is False
+    assert not box.gap_owed
+
+
 # -- framing ------------------------------------------------------------------------------
 
 

@@ -419,11 +419,9 @@ class WebsocketWSGIServer:
             try:
                 page = reader.next_page()
                 held = budget.resize(held, page.nbytes if page is not None else 0)
-                if first and (reader.gap or subscriber.outbox.gap_owed):  # known once the first page was read
+                if first and subscriber.outbox.take_gap(reader.gap):  # known once the first page was read
                     logger.info("websocket resumed from a position older than the history: told of a gap")
-                    subscriber.outbox.gap_owed = False
-                    if subscriber.outbox.gap_notice() is not None:
-                        self.tell_gap(websocket, subscriber)
+                    self.tell_gap(websocket, subscriber)
                 first = False
                 if page is None:
                     return
