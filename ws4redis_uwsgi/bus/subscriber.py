@@ -79,7 +79,7 @@ class RedisSubscriber(RedisStore):
         self.username: str | None = None
         #: The delivery state of this websocket; :meth:`configure` sets it up for the client's query.
         self.outbox = self._new_outbox(echo=False, resume=None)
-        #: Called when a message waits; the server sets it to wake its loop.
+        #: Called when a message waits: wakes the websocket's loop (set by :meth:`attach`).
         self.notify: Callable[[], None] = _nothing
         # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
         self._write_now: Callable[[bytes], bool] | None = None
@@ -101,6 +101,14 @@ class RedisSubscriber(RedisStore):
             max_pending=settings.get("WS4REDIS_MAX_PENDING_MESSAGES"),
             arrived_ms=self._hub.redis_now_ms(),
         )
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """Wake the loop that serves this websocket with ``wake`` whenever a message waits or its state changed.
+
+        The one way the server hands its loop to the subscriber, so that
+        nothing outside sets :attr:`notify`; subclasses may still read it.
+        """
+        self.notify = wake
 
     def enable_fast_path(self, write: Callable[[bytes], bool]) -> None:
         """Let the hub write live messages straight to the socket (``write`` returns False when it cannot at once)."""

@@ -425,7 +425,7 @@ class DetachedSession(Session):
         websocket either is left to the event loop or ends in :meth:`_finish`.
         """
         self._sessions.add(self)
-        self.subscriber.notify = self.wake
+        self.subscriber.attach(self.wake)
         handed_over = False
         try:
             if not self.open(self):

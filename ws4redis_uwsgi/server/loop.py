@@ -172,7 +172,7 @@ class WebsocketWSGIServer:
         """
         session = Session(self, websocket, subscriber, path)
         waiter = self.make_waiter(websocket)
-        subscriber.notify = waiter.wake
+        subscriber.attach(waiter.wake)
         self._waiters.add(waiter)
         try:
             if session.open(waiter):
