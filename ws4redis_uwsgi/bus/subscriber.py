@@ -98,7 +98,7 @@ class RedisSubscriber(RedisStore):
             echo=echo,
             with_ids=resume is not None,
             resume=resume or None,
-            max_pending=settings.get("WS4REDIS_MAX_PENDING_MESSAGES"),
+            max_pending=settings.max_pending_messages(),
             arrived_ms=self._hub.redis_now_ms(),
         )
 

@@ -40,6 +40,7 @@ from ..core.positions import Order
 from ..core.text import loggable
 from ..django.identity import load_session_and_user
 from ..django.tokens import Claims, TokenError, read_token
+from . import limits
 from .adapter import StartResponse, Waiter, Websocket
 from .authority import get_authority
 from .db_workers import get_workers
@@ -205,7 +206,7 @@ class WebsocketWSGIServer:
 
     def max_connections(self) -> int | None:
         """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
-        return settings.get("WS4REDIS_MAX_CONNECTIONS")
+        return limits.max_connections()
 
     def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
         """Everything before the upgrade: validate, take a connection slot, authenticate, agree on channels."""
@@ -254,7 +255,7 @@ class WebsocketWSGIServer:
         query = parse_query(request.META.get("QUERY_STRING", ""))
         subscriber.configure(echo=echo, resume=query.framing)
         subscriber.set_pubsub_channels(request, channels)
-        if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
+        if len(subscriber.channels) > limits.max_channels():
             subscriber.release()
             raise TooManyChannelsError("too many channels")
         get_authority().watch(subscriber)  # from now on, its session ending closes it
