@@ -80,7 +80,7 @@ from ..core.frames import MessageSizeLimit
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
-from .adapter import StartResponse, Waiter, Websocket
+from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .devserver import RFILE_KEY, SOCKET_KEY
 from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, READ_SIZE, SEND_TIMEOUT, websocket_limits
 from .loop import WebsocketWSGIServer
@@ -216,7 +216,7 @@ class WsprotoWebsocket:
                 chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
                 self._size += len(chunk)
                 if self._size > self.limits.max_message_size:
-                    self._refuse(*Verdict.TOO_BIG.value)
+                    close_for_rule(self, *Verdict.TOO_BIG.value)
                     return
                 self._parts.append(chunk)
                 if event.message_finished:
@@ -224,7 +224,7 @@ class WsprotoWebsocket:
                     self._parts, self._size = [], 0
             elif isinstance(event, (Ping, Pong)):
                 if self.inbound is not None and not self.inbound.allow_frame(time.monotonic()):
-                    self._refuse(*Verdict.TOO_FAST.value)
+                    close_for_rule(self, *Verdict.TOO_FAST.value)
                     return
                 if isinstance(event, Ping):
                     self._write(self._connection.send(event.response()))
@@ -237,15 +237,10 @@ class WsprotoWebsocket:
                     self._peer_closed = True
                 elif self._connection.state is ConnectionState.OPEN:
                     # wsproto found a broken frame (bad opcode, invalid UTF-8, ...): give up on the stream.
-                    self._refuse(*violation(event.code))
+                    close_for_rule(self, *violation(event.code))
                 else:
                     self._peer_closed = True  # the connection ended
                 return
-
-    def _refuse(self, code: int, reason: str) -> None:
-        """Close for a rule the client broke, with a log line."""
-        logger.warning("closing websocket (%d, %s)", code, reason)
-        self.close(code, reason)
 
     def _keep_alive(self) -> None:
         now = time.monotonic()

@@ -41,7 +41,7 @@ from ..core.text import loggable
 from ..django.identity import load_session_and_user
 from ..django.tokens import Claims, TokenError, read_token
 from . import limits
-from .adapter import StartResponse, Waiter, Websocket
+from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .authority import get_authority
 from .db_workers import get_workers
 from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
@@ -454,9 +454,7 @@ class WebsocketWSGIServer:
                 except redis.RedisError as exc:
                     logger.warning("message from websocket not published: %s", exc)
             else:
-                code, reason = verdict.value
-                logger.warning("closing websocket (%d, %s)", code, reason)
-                websocket.close(code, reason)
+                close_for_rule(websocket, *verdict.value)
         return True
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:
