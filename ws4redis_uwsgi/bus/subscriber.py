@@ -17,7 +17,7 @@ import redis
 
 from .. import settings
 from ..core import envelope
-from ..core.channels import Audience, ClientRequest, Identity, audience_channels
+from ..core.channels import Audience, ClientRequest, Identity, audience_channels, facility_of_request
 from ..core.outbox import Outbox
 from ..core.positions import Order
 from ..django.identity import identity_from_request
@@ -121,7 +121,7 @@ class RedisSubscriber(RedisStore):
         ``'subscribe-broadcast'`` or ``'publish-user'``; the facility is the
         request path below ``WEBSOCKET_URL``.
         """
-        facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
+        facility = facility_of_request(request.path_info, settings.get("WEBSOCKET_URL"))
         self.facility = facility
         wanted = ClientRequest(tuple(channels))
         prefix = settings.get("WS4REDIS_PREFIX")

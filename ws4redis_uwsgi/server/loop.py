@@ -29,7 +29,7 @@ from ..bus.budget import BacklogBudgetError
 from ..bus.resources import backlog_budget
 from ..bus.store import RedisMessage
 from ..bus.subscriber import RedisSubscriber
-from ..core.channels import facility_from_path, parse_query, restrict
+from ..core.channels import facility_from_path, facility_of_request, parse_query, restrict
 from ..core.close_codes import CloseCode
 from ..core.envelope import BusMessage, outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
@@ -120,7 +120,7 @@ class WebsocketWSGIServer:
         wanted = parse_query(request.META.get("QUERY_STRING", ""))
         claims: Claims | None = getattr(request, "ws4redis_token", None)
         if claims is not None:
-            facility = facility_from_path(request.path_info, settings.get("WEBSOCKET_URL"))
+            facility = facility_of_request(request.path_info, settings.get("WEBSOCKET_URL"))
             refusal = claims.allows(facility, wanted.channels)
             if refusal is not None:
                 raise PermissionDenied(refusal)
