@@ -343,6 +343,8 @@ class DevelopmentApplication:
         self.websocket_server = WsprotoWebsocketServer()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Routing needs the prefix only: the websocket server reads and checks the facility
+        # (facility_from_path) and refuses a bad one with its reason, which Django's 404 would not give.
         if environ.get("PATH_INFO", "").startswith(settings.get("WEBSOCKET_URL")):
             return self.websocket_server(environ, start_response)
         return self.django_application(environ, start_response)  # type: ignore[no-any-return]
