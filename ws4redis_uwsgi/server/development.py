@@ -1,11 +1,12 @@
 """The development server: pages and websockets from one ``manage.py runserver`` port.
 
-As ``ws4redis.django_runserver.application`` did, :data:`application` sends
-requests below ``WEBSOCKET_URL`` to a websocket server and everything else
-to Django::
+As ``ws4redis.django_runserver.application`` did,
+:data:`ws4redis_uwsgi.django_runserver.application` (a :class:`DevelopmentApplication`)
+sends requests below ``WEBSOCKET_URL`` to a websocket server and everything
+else to Django::
 
     # settings.py, for development only
-    WSGI_APPLICATION = "ws4redis_uwsgi.server.development.application"
+    WSGI_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
     INSTALLED_APPS = ["ws4redis_uwsgi", ..., "django.contrib.staticfiles", ...]
 
 Not for production: there the websocket loop runs under uWSGI
