@@ -85,6 +85,7 @@ from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .devserver import RFILE_KEY, SOCKET_KEY
 from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, READ_SIZE, SEND_TIMEOUT, websocket_limits
 from .loop import WebsocketWSGIServer
+from .sockets import limit_send_buffer
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -101,9 +102,11 @@ class WsprotoWebsocket:
     options): a message whose frame headers announce more than
     ``WS4REDIS_MAX_MESSAGE_SIZE`` closes the websocket with 1009 before it is
     held in memory, a ping goes out every 30 s and one unanswered for 3 s
-    ends the websocket. Only the writing differs: the development server
-    writes through gevent's socket object (it has no direct writes from the
-    hub, which only the uWSGI worker's fast path needs).
+    ends the websocket. The kernel's send buffer is capped alike
+    (``WS4REDIS_SEND_BUFFER``), so a client that stops reading counts as slow
+    here too. Only the writing differs: the development server writes
+    through gevent's socket object (it has no direct writes from the hub,
+    which only the uWSGI worker's fast path needs).
     """
 
     def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
@@ -122,6 +125,7 @@ class WsprotoWebsocket:
         self._awaiting_pong = False
         self.closed = False
         sock.settimeout(SEND_TIMEOUT)
+        limit_send_buffer(self._fd, self.limits.send_buffer)
         if received:
             self._feed(received)
 
