@@ -488,27 +488,16 @@ def test_a_token_without_collisions_owes_no_gap():
 # -- the gap before a backlog ------------------------------------------------------------
 
 
-def test_a_gap_owed_by_the_token_is_told():
+@pytest.mark.parametrize(
+    ("owed", "history_gap", "told"),
+    [(True, False, True), (False, True, True), (True, True, True), (False, False, False)],
+    ids=["owed-by-the-token", "in-history", "both-told-as-one", "neither"],
+)
+def test_a_resuming_client_is_told_of_a_gap_owed_or_in_history(owed, history_gap, told):
     box = outbox(A, with_ids=True)
-    box.gap_owed = True
-    assert box.take_gap(history_gap=False) is True
+    box.gap_owed = owed
+    assert box.take_gap(history_gap=history_gap) is told
     assert not box.gap_owed
-
-
-def test_a_gap_in_history_is_told():
-    box = outbox(A, with_ids=True)
-    assert box.take_gap(history_gap=True) is True
-
-
-def test_a_gap_owed_and_one_in_history_are_told_as_one():
-    box = outbox(A, with_ids=True)
-    box.gap_owed = True
-    assert box.take_gap(history_gap=True) is True
-    assert not box.gap_owed
-
-
-def test_without_a_gap_nothing_is_told():
-    assert outbox(A, with_ids=True).take_gap(history_gap=False) is False
 
 
 def test_a_gap_owed_is_told_only_once():
