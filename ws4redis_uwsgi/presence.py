@@ -28,7 +28,7 @@ from django.utils.module_loading import import_string
 
 from . import process, settings
 from .bus import presence as bus
-from .bus.connection import get_client, sharded
+from .bus.connection import get_client, setting_key, sharded
 from .core.presence import PresenceKeys, check_facility, presence_rule
 
 __all__ = ["PresenceOffError", "count", "enabled", "online_users"]
@@ -63,8 +63,14 @@ def _keys(facility: Any) -> PresenceKeys:
 
 
 def _scripts() -> tuple[Any, bus.Scripts]:
+    """The publishers' client and its presence scripts, kept per process under the key the client is kept by.
+
+    That key is the connection setting's value (see :func:`~ws4redis_uwsgi.bus.connection.get_client`),
+    not the client's identity, which a later client may reuse.
+    """
+    key = setting_key(settings.get("WS4REDIS_CONNECTION"))
     client = get_client()
-    return client, process.resource(f"presence scripts {id(client)}", lambda: bus.Scripts(client))
+    return client, process.resource(f"presence scripts {key}", lambda: bus.Scripts(client))
 
 
 def count(facility: str) -> int:

@@ -117,6 +117,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def max_pending_messages() -> int:
+    """``WS4REDIS_MAX_PENDING_MESSAGES``: messages that may wait for one websocket before it is closed as too slow.
+
+    A limit of the websocket side like those in :mod:`ws4redis_uwsgi.server.limits`,
+    but read here: the subscriber (``bus``) sets up its outbox with it, and
+    ``bus`` may not import ``server``.
+    """
+    return get("WS4REDIS_MAX_PENDING_MESSAGES")
+
+
 def allowed_origins() -> list[str]:
     """Host patterns an ``Origin`` must match: the setting, else ``ALLOWED_HOSTS`` as Django applies it."""
     patterns = get("WS4REDIS_ALLOWED_ORIGINS")

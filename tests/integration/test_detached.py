@@ -1,7 +1,7 @@
 """Websockets that leave their uWSGI request after the handshake: memory, pings, and the in-request fallback.
 
 Real uWSGI workers. ``uWSGIWebsocketServer`` detaches a websocket from its
-request (ws4redis_uwsgi.detached), so an idle websocket holds no async core,
+request (ws4redis_uwsgi.server.detached), so an idle websocket holds no async core,
 request buffers or greenlet; with ``detach = False`` it is served inside its
 request as before.
 """

@@ -2,7 +2,7 @@
 
 Each case builds a real session in the test site's database, then loads it
 twice: once as Django's middleware would (SessionStore + auth.get_user) and
-once through ws4redis_uwsgi.identity, and compares the two. Every case runs on
+once through ws4redis_uwsgi.django.identity, and compares the two. Every case runs on
 SQLite and on PostgreSQL (``db_backend``): the compiled SQL is each backend's.
 """
 

@@ -10,6 +10,7 @@ from ws4redis_uwsgi.core.channels import (
     audience_channels,
     channel_name,
     facility_from_path,
+    facility_of_request,
     named_channels,
     parse_query,
     prefix_string,
@@ -115,6 +116,14 @@ def test_facility_from_path_refusals_carry_the_reason(path_info, reason):
         facility_from_path(path_info, "/ws/")
     assert str(excinfo.value) == reason
     assert not isinstance(excinfo.value, UpgradeRequiredError)
+
+
+@pytest.mark.parametrize(
+    ("path_info", "facility"),
+    [("/ws/chat", "chat"), ("/ws/ünïcode/日本", "ünïcode/日本"), ("/ws/café", "café")],
+)
+def test_the_facility_of_a_request_django_decoded_is_its_path_below_the_websocket_url(path_info, facility):
+    assert facility_of_request(path_info, "/ws/") == facility
 
 
 # -- channel names --------------------------------------------------------------------

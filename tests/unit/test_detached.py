@@ -1,4 +1,4 @@
-"""The detached uWSGI websocket (ws4redis_uwsgi.detached) against a wsproto client over a socket pair.
+"""The detached uWSGI websocket (ws4redis_uwsgi.server.detached) against a wsproto client over a socket pair.
 
 Under uWSGI these websockets leave their request after the handshake, so
 reading (wsproto's frame layer, strict RFC 6455), pings and closing are done

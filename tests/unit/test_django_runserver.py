@@ -111,6 +111,19 @@ def test_a_silent_client_is_pinged_then_dropped(pair):
         websocket.receive()
 
 
+@pytest.mark.parametrize("send_buffer", [64 * 1024, 128 * 1024])
+def test_the_send_buffer_is_capped_as_under_uwsgi(send_buffer):
+    server_sock, client_sock = socket.socketpair()
+    try:
+        with override_settings(WS4REDIS_SEND_BUFFER=send_buffer):
+            WsprotoWebsocket(server_sock)
+        # Linux doubles what it is given, for its bookkeeping.
+        assert server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) in (send_buffer, 2 * send_buffer)
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
 def test_the_handshake_answers_with_the_accept_token():
     server_sock, client_sock = socket.socketpair()
     with server_sock, client_sock:

@@ -31,6 +31,14 @@ def test_every_public_name_of_ws4redis_imports_from_its_old_path(module, names):
         assert getattr(imported, name) is not None, f"ws4redis_uwsgi.{module}.{name}"
 
 
+@pytest.mark.parametrize("module", sorted(WS4REDIS_NAMES))
+def test_every_name_a_re_export_module_lists_in_its_all_imports(module):
+    """A name a re-export lists but no longer has breaks ``import *`` (``settings`` has no ``__all__``;
+    ``wsgi_websocket`` patches gevent and has none: it is imported in a process of its own below)."""
+    imported = importlib.import_module(f"ws4redis_uwsgi.{module}")
+    assert [name for name in getattr(imported, "__all__", ()) if not hasattr(imported, name)] == []
+
+
 def test_the_old_paths_are_the_same_objects_as_the_new_ones():
     from ws4redis_uwsgi.bus.publisher import RedisPublisher
     from ws4redis_uwsgi.bus.subscriber import RedisSubscriber

@@ -8,7 +8,7 @@ from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.core.handshake import check_origin, origin_host
 from ws4redis_uwsgi.core.inbound import InboundPolicy, TokenBucket, Verdict
 from ws4redis_uwsgi.exceptions import OriginError
-from ws4redis_uwsgi.server.limits import inbound_policy
+from ws4redis_uwsgi.server.limits import inbound_policy, max_channels, max_connections
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,15 @@ def test_a_bucket_is_rested_once_left_alone_long_enough_to_be_full_from_empty() 
     assert not InboundPolicy(bucket=TokenBucket(rate=10, burst=20, now=100.0)).rested(100.5)
     assert InboundPolicy().rested(100.0)  # no rate limit: nothing to keep
     assert not TokenBucket(rate=0, burst=1, now=0.0).rested(1e9)  # a bucket that never refills is never rested
+
+
+# -- the limits of how many ----------------------------------------------------------------
+
+
+def test_the_connection_channel_and_pending_limits_follow_their_settings():
+    with override_settings(WS4REDIS_MAX_CONNECTIONS=7, WS4REDIS_MAX_CHANNELS=3, WS4REDIS_MAX_PENDING_MESSAGES=5):
+        assert max_connections() == 7
+        assert max_channels() == 3
+        assert settings.max_pending_messages() == 5
+    with override_settings(WS4REDIS_MAX_CONNECTIONS=None):
+        assert max_connections() is None  # no limit but what the adapter can hold

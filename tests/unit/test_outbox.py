@@ -485,6 +485,35 @@ def test_a_token_without_collisions_owes_no_gap():
     assert not box.gap_owed
 
 
+# -- the gap before a backlog ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owed", "history_gap", "told"),
+    [(True, False, True), (False, True, True), (True, True, True), (False, False, False)],
+    ids=["owed-by-the-token", "in-history", "both-told-as-one", "neither"],
+)
+def test_a_resuming_client_is_told_of_a_gap_owed_or_in_history(owed, history_gap, told):
+    box = outbox(A, with_ids=True)
+    box.gap_owed = owed
+    assert box.take_gap(history_gap=history_gap) is told
+    assert not box.gap_owed
+
+
+def test_a_gap_owed_is_told_only_once():
+    box = outbox(A, with_ids=True)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=False) is True
+    assert box.take_gap(history_gap=False) is False
+
+
+def test_a_plain_client_is_never_told_of_a_gap_but_the_gap_is_cleared():
+    box = outbox(A)
+    box.gap_owed = True
+    assert box.take_gap(history_gap=True) is False
+    assert not box.gap_owed
+
+
 # -- framing ------------------------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
-"""A failure inside the websocket loop closes with 1011 and never puts the exception on the wire."""
+"""A failure inside the websocket loop closes with 1011, never putting the exception on the wire; a broken rule, with its code."""
 
 from __future__ import annotations
 
 from django.test import RequestFactory
 
 from ws4redis_uwsgi.core.close_codes import CloseCode
+from ws4redis_uwsgi.core.inbound import Verdict
+from ws4redis_uwsgi.server.adapter import close_for_rule
 from ws4redis_uwsgi.subscriber import RedisSubscriber
 from ws4redis_uwsgi.wsgi_server import WebsocketWSGIServer
 
@@ -99,3 +101,15 @@ def test_an_exception_in_the_loop_closes_with_1011_without_its_text(caplog):
     assert not any(b"hunter2" in frame for frame in websocket.sent)
     assert FailingSubscriber.released
     assert "hunter2" in caplog.text  # the operator sees it in the log, the client does not
+
+
+def test_a_broken_rule_closes_with_its_code_and_one_log_line_detail_in_the_log_only(caplog):
+    plain, detailed = RecordingWebsocket(), RecordingWebsocket()
+    close_for_rule(plain, *Verdict.TOO_BIG.value)
+    close_for_rule(detailed, CloseCode.PROTOCOL_ERROR, "protocol error", detail="bad opcode 3")
+    assert plain.close_calls == [(1009, "message too big")]
+    assert detailed.close_calls == [(1002, "protocol error")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing websocket (1009, message too big)",
+        "closing websocket (1002, protocol error): bad opcode 3",
+    ]

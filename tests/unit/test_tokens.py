@@ -6,9 +6,12 @@ import re
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.handlers.wsgi import WSGIRequest
+from django.test import RequestFactory
 
 from ws4redis_uwsgi.core.handshake import chosen_protocol, offered_protocols, offered_token
 from ws4redis_uwsgi.django.tokens import TokenError, issue_token, read_token, session_ref
+from ws4redis_uwsgi.server.loop import WebsocketWSGIServer
 
 #: What RFC 7230 allows in a token, which a subprotocol is: no ':', '/', '=' or spaces.
 TCHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -62,3 +65,14 @@ def test_issuing_for_nobody_or_outside_the_channels_is_refused(site_db):
         issue_token(User.objects.get(username="john"), facilities=["a:b"])
     with pytest.raises(ValueError):
         issue_token(User.objects.get(username="john"), audiences=["everyone"])
+
+
+@pytest.mark.parametrize("facility", ["chat", "café", "日本"])
+def test_a_token_for_a_facility_outside_ascii_lets_its_websocket_in(site_db, facility):
+    token = issue_token(User.objects.get(username="john"), facilities=[facility])
+    environ = RequestFactory().get("/ws/x", {"subscribe-user": ""}, HTTP_SEC_WEBSOCKET_PROTOCOL=f"ws4redis.token.{token}").environ
+    environ["PATH_INFO"] = f"/ws/{facility}".encode().decode("latin-1")  # as a WSGI server hands it over
+    request = WSGIRequest(environ)  # Django decodes path_info
+    server = WebsocketWSGIServer()
+    server.process_request(request)
+    assert server.process_subscriptions(request) == (["subscribe-user"], False)

@@ -17,7 +17,7 @@ import redis
 
 from .. import settings
 from ..core import envelope
-from ..core.channels import Audience, ClientRequest, Identity, audience_channels
+from ..core.channels import Audience, ClientRequest, Identity, audience_channels, facility_of_request
 from ..core.outbox import Outbox
 from ..core.positions import Order
 from ..django.identity import identity_from_request
@@ -79,7 +79,7 @@ class RedisSubscriber(RedisStore):
         self.username: str | None = None
         #: The delivery state of this websocket; :meth:`configure` sets it up for the client's query.
         self.outbox = self._new_outbox(echo=False, resume=None)
-        #: Called when a message waits; the server sets it to wake its loop.
+        #: Called when a message waits: wakes the websocket's loop (set by :meth:`attach`).
         self.notify: Callable[[], None] = _nothing
         # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
         self._write_now: Callable[[bytes], bool] | None = None
@@ -98,9 +98,17 @@ class RedisSubscriber(RedisStore):
             echo=echo,
             with_ids=resume is not None,
             resume=resume or None,
-            max_pending=settings.get("WS4REDIS_MAX_PENDING_MESSAGES"),
+            max_pending=settings.max_pending_messages(),
             arrived_ms=self._hub.redis_now_ms(),
         )
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """Wake the loop that serves this websocket with ``wake`` whenever a message waits or its state changed.
+
+        The one way the server hands its loop to the subscriber, so that
+        nothing outside sets :attr:`notify`; subclasses may still read it.
+        """
+        self.notify = wake
 
     def enable_fast_path(self, write: Callable[[bytes], bool]) -> None:
         """Let the hub write live messages straight to the socket (``write`` returns False when it cannot at once)."""
@@ -113,7 +121,7 @@ class RedisSubscriber(RedisStore):
         ``'subscribe-broadcast'`` or ``'publish-user'``; the facility is the
         request path below ``WEBSOCKET_URL``.
         """
-        facility = request.path_info[len(settings.get("WEBSOCKET_URL")) :]
+        facility = facility_of_request(request.path_info, settings.get("WEBSOCKET_URL"))
         self.facility = facility
         wanted = ClientRequest(tuple(channels))
         prefix = settings.get("WS4REDIS_PREFIX")

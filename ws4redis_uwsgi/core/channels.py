@@ -77,6 +77,17 @@ def facility_from_path(path_info: str, websocket_url: str) -> str:
     return validate_facility(facility)
 
 
+def facility_of_request(path_info: str, websocket_url: str) -> str:
+    """The facility of a request whose path Django already decoded (``request.path_info``).
+
+    :func:`facility_from_path` reads the raw WSGI ``PATH_INFO`` (latin-1
+    text) and the handshake calls it before anything else, so a request's
+    decoded path needs only its prefix cut off; decoding it again would
+    refuse every facility outside ASCII.
+    """
+    return path_info[len(websocket_url) :]
+
+
 def prefix_string(prefix: str | None) -> str:
     """The text put in front of every channel name: ``'prefix:'`` or ``''``."""
     return f"{prefix}:" if prefix else ""

@@ -1,6 +1,6 @@
 """What Django tells the websocket workers about sessions, users and groups: the control messages, without I/O.
 
-Live authorization (:mod:`ws4redis_uwsgi.django.live_auth` sends,
+Live authorization (:mod:`ws4redis_uwsgi.bus.live_auth` sends,
 :mod:`ws4redis_uwsgi.server.authority` acts) travels over one Redis channel,
 :func:`control_channel`, as short text lines ``<verb> <subject>[ <extra>]``:
 

@@ -232,6 +232,18 @@ class Outbox:
         """What tells this client that history lost messages: ``!gap`` for a resuming client, nothing for a plain one."""
         return GAP_NOTICE if self.with_ids else None
 
+    def take_gap(self, history_gap: bool) -> bool:
+        """Whether to tell the client of a gap before its backlog; clears the gap owed.
+
+        A gap is there when history no longer holds all the client missed
+        (``history_gap``, as the backlog's first page says) or when its
+        token could not be read whole (:attr:`gap_owed`, told once). Only a
+        resuming client is told (see :meth:`gap_notice`); the loop only sends.
+        """
+        gap = history_gap or self.gap_owed
+        self.gap_owed = False
+        return gap and self.gap_notice() is not None
+
     # -- stored messages and history --------------------------------------------------
 
     def fresh(self, messages: Iterable[BusMessage]) -> Iterator[BusMessage]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from ..core.inbound import InboundPolicy
 
 StartResponse = Callable[..., Any]
+
+logger = logging.getLogger("ws4redis_uwsgi")
 
 
 class Websocket(Protocol):
@@ -46,3 +49,16 @@ class LoopServer(Protocol):
     def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None: ...
     def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool: ...
     def end_websocket(self, websocket: Websocket, subscriber: RedisSubscriber) -> None: ...
+
+
+def close_for_rule(websocket: Websocket, code: CloseCode, reason: str, detail: object = None) -> None:
+    """Close ``websocket`` for a rule its client broke (a limit, the protocol), with a warning in the log.
+
+    One helper, so that every adapter and the loop close and log alike;
+    ``detail`` (what the parser said, say) goes into the log only.
+    """
+    if detail is None:
+        logger.warning("closing websocket (%d, %s)", code, reason)
+    else:
+        logger.warning("closing websocket (%d, %s): %s", code, reason, detail)
+    websocket.close(code, reason)

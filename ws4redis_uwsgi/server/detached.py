@@ -44,6 +44,7 @@ from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.frames import MessageSizeLimit, server_frame
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
+from .adapter import close_for_rule
 from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, SEND_TIMEOUT, UWSGI_MAX_SIZE_KIB
 from .session import Session, Turn
 from .sockets import RawSocket
@@ -351,10 +352,8 @@ class DetachedWebsocket(RawSocket):
 
     def _violation(self, exc: ParseFailed) -> None:
         """The client broke RFC 6455: close with wsproto's code, and end the websocket."""
-        code, reason = violation(exc.code)
-        logger.warning("closing websocket (%d, %s): %s", code, reason, exc)
         self._reset()
-        self.close(code, reason)
+        close_for_rule(self, *violation(exc.code), detail=exc)
         raise WebSocketError(f"websocket closed for a protocol error ({exc.code:d})") from None
 
     def _allow_frame(self) -> bool:
@@ -364,10 +363,8 @@ class DetachedWebsocket(RawSocket):
 
     def _refuse(self, verdict: Verdict) -> None:
         """Close for a limit the client broke (its code and reason are the verdict's)."""
-        code, reason = verdict.value
-        logger.warning("closing websocket (%d, %s)", code, reason)
         self._reset()
-        self.close(code, reason)
+        close_for_rule(self, *verdict.value)
 
     def _reset(self) -> None:
         self._drop_parser()
@@ -425,7 +422,7 @@ class DetachedSession(Session):
         websocket either is left to the event loop or ends in :meth:`_finish`.
         """
         self._sessions.add(self)
-        self.subscriber.notify = self.wake
+        self.subscriber.attach(self.wake)
         handed_over = False
         try:
             if not self.open(self):

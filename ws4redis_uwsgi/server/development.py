@@ -1,11 +1,12 @@
 """The development server: pages and websockets from one ``manage.py runserver`` port.
 
-As ``ws4redis.django_runserver.application`` did, :data:`application` sends
-requests below ``WEBSOCKET_URL`` to a websocket server and everything else
-to Django::
+As ``ws4redis.django_runserver.application`` did,
+:data:`ws4redis_uwsgi.django_runserver.application` (a :class:`DevelopmentApplication`)
+sends requests below ``WEBSOCKET_URL`` to a websocket server and everything
+else to Django::
 
     # settings.py, for development only
-    WSGI_APPLICATION = "ws4redis_uwsgi.server.development.application"
+    WSGI_APPLICATION = "ws4redis_uwsgi.django_runserver.application"
     INSTALLED_APPS = ["ws4redis_uwsgi", ..., "django.contrib.staticfiles", ...]
 
 Not for production: there the websocket loop runs under uWSGI
@@ -80,10 +81,11 @@ from ..core.frames import MessageSizeLimit
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
-from .adapter import StartResponse, Waiter, Websocket
+from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .devserver import RFILE_KEY, SOCKET_KEY
 from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, READ_SIZE, SEND_TIMEOUT, websocket_limits
 from .loop import WebsocketWSGIServer
+from .sockets import limit_send_buffer
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -100,9 +102,11 @@ class WsprotoWebsocket:
     options): a message whose frame headers announce more than
     ``WS4REDIS_MAX_MESSAGE_SIZE`` closes the websocket with 1009 before it is
     held in memory, a ping goes out every 30 s and one unanswered for 3 s
-    ends the websocket. Only the writing differs: the development server
-    writes through gevent's socket object (it has no direct writes from the
-    hub, which only the uWSGI worker's fast path needs).
+    ends the websocket. The kernel's send buffer is capped alike
+    (``WS4REDIS_SEND_BUFFER``), so a client that stops reading counts as slow
+    here too. Only the writing differs: the development server writes
+    through gevent's socket object (it has no direct writes from the hub,
+    which only the uWSGI worker's fast path needs).
     """
 
     def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
@@ -121,6 +125,7 @@ class WsprotoWebsocket:
         self._awaiting_pong = False
         self.closed = False
         sock.settimeout(SEND_TIMEOUT)
+        limit_send_buffer(self._fd, self.limits.send_buffer)
         if received:
             self._feed(received)
 
@@ -216,7 +221,7 @@ class WsprotoWebsocket:
                 chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
                 self._size += len(chunk)
                 if self._size > self.limits.max_message_size:
-                    self._refuse(*Verdict.TOO_BIG.value)
+                    close_for_rule(self, *Verdict.TOO_BIG.value)
                     return
                 self._parts.append(chunk)
                 if event.message_finished:
@@ -224,7 +229,7 @@ class WsprotoWebsocket:
                     self._parts, self._size = [], 0
             elif isinstance(event, (Ping, Pong)):
                 if self.inbound is not None and not self.inbound.allow_frame(time.monotonic()):
-                    self._refuse(*Verdict.TOO_FAST.value)
+                    close_for_rule(self, *Verdict.TOO_FAST.value)
                     return
                 if isinstance(event, Ping):
                     self._write(self._connection.send(event.response()))
@@ -237,15 +242,10 @@ class WsprotoWebsocket:
                     self._peer_closed = True
                 elif self._connection.state is ConnectionState.OPEN:
                     # wsproto found a broken frame (bad opcode, invalid UTF-8, ...): give up on the stream.
-                    self._refuse(*violation(event.code))
+                    close_for_rule(self, *violation(event.code))
                 else:
                     self._peer_closed = True  # the connection ended
                 return
-
-    def _refuse(self, code: int, reason: str) -> None:
-        """Close for a rule the client broke, with a log line."""
-        logger.warning("closing websocket (%d, %s)", code, reason)
-        self.close(code, reason)
 
     def _keep_alive(self) -> None:
         now = time.monotonic()
@@ -348,6 +348,8 @@ class DevelopmentApplication:
         self.websocket_server = WsprotoWebsocketServer()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Routing needs the prefix only: the websocket server reads and checks the facility
+        # (facility_from_path) and refuses a bad one with its reason, which Django's 404 would not give.
         if environ.get("PATH_INFO", "").startswith(settings.get("WEBSOCKET_URL")):
             return self.websocket_server(environ, start_response)
         return self.django_application(environ, start_response)  # type: ignore[no-any-return]

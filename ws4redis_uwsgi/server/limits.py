@@ -2,7 +2,10 @@
 
 Every adapter (uWSGI in-request and detached websockets, the development
 server) takes its limits from :func:`websocket_limits`, so they refuse,
-ping and close alike.
+ping and close alike. How far a websocket may fall behind
+(:func:`ws4redis_uwsgi.settings.max_pending_messages`) is read in
+:mod:`ws4redis_uwsgi.settings` instead: the subscriber (``bus``) needs it, and
+``bus`` does not import ``server``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ def _read_limits() -> WebsocketLimits:
         pong_tolerance=uwsgi_number(UWSGI_PONG_TOLERANCE, "websocket-pong-tolerance", "websockets-pong-tolerance"),
         send_buffer=settings.get("WS4REDIS_SEND_BUFFER"),
     )
+
+
+def max_connections() -> int | None:
+    """``WS4REDIS_MAX_CONNECTIONS``: websockets one process serves at most (None: as many as the adapter can hold)."""
+    return settings.get("WS4REDIS_MAX_CONNECTIONS")
+
+
+def max_channels() -> int:
+    """``WS4REDIS_MAX_CHANNELS``: channels one websocket may subscribe; a handshake asking more is refused (403)."""
+    return settings.get("WS4REDIS_MAX_CHANNELS")
 
 
 def inbound_policy(now: float) -> InboundPolicy:

@@ -29,7 +29,7 @@ from ..bus.budget import BacklogBudgetError
 from ..bus.resources import backlog_budget
 from ..bus.store import RedisMessage
 from ..bus.subscriber import RedisSubscriber
-from ..core.channels import facility_from_path, parse_query, restrict
+from ..core.channels import facility_from_path, facility_of_request, parse_query, restrict
 from ..core.close_codes import CloseCode
 from ..core.envelope import BusMessage, outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
@@ -40,7 +40,8 @@ from ..core.positions import Order
 from ..core.text import loggable
 from ..django.identity import load_session_and_user
 from ..django.tokens import Claims, TokenError, read_token
-from .adapter import StartResponse, Waiter, Websocket
+from . import limits
+from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .authority import get_authority
 from .db_workers import get_workers
 from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
@@ -119,7 +120,7 @@ class WebsocketWSGIServer:
         wanted = parse_query(request.META.get("QUERY_STRING", ""))
         claims: Claims | None = getattr(request, "ws4redis_token", None)
         if claims is not None:
-            facility = facility_from_path(request.path_info, settings.get("WEBSOCKET_URL"))
+            facility = facility_of_request(request.path_info, settings.get("WEBSOCKET_URL"))
             refusal = claims.allows(facility, wanted.channels)
             if refusal is not None:
                 raise PermissionDenied(refusal)
@@ -172,7 +173,7 @@ class WebsocketWSGIServer:
         """
         session = Session(self, websocket, subscriber, path)
         waiter = self.make_waiter(websocket)
-        subscriber.notify = waiter.wake
+        subscriber.attach(waiter.wake)
         self._waiters.add(waiter)
         try:
             if session.open(waiter):
@@ -205,7 +206,7 @@ class WebsocketWSGIServer:
 
     def max_connections(self) -> int | None:
         """``WS4REDIS_MAX_CONNECTIONS``, else what the adapter can hold (None: no limit)."""
-        return settings.get("WS4REDIS_MAX_CONNECTIONS")
+        return limits.max_connections()
 
     def open_subscription(self, environ: dict[str, Any]) -> RedisSubscriber:
         """Everything before the upgrade: validate, take a connection slot, authenticate, agree on channels."""
@@ -254,7 +255,7 @@ class WebsocketWSGIServer:
         query = parse_query(request.META.get("QUERY_STRING", ""))
         subscriber.configure(echo=echo, resume=query.framing)
         subscriber.set_pubsub_channels(request, channels)
-        if len(subscriber.channels) > settings.get("WS4REDIS_MAX_CHANNELS"):
+        if len(subscriber.channels) > limits.max_channels():
             subscriber.release()
             raise TooManyChannelsError("too many channels")
         get_authority().watch(subscriber)  # from now on, its session ending closes it
@@ -419,11 +420,9 @@ class WebsocketWSGIServer:
             try:
                 page = reader.next_page()
                 held = budget.resize(held, page.nbytes if page is not None else 0)
-                if first and (reader.gap or subscriber.outbox.gap_owed):  # known once the first page was read
+                if first and subscriber.outbox.take_gap(reader.gap):  # known once the first page was read
                     logger.info("websocket resumed from a position older than the history: told of a gap")
-                    subscriber.outbox.gap_owed = False
-                    if subscriber.outbox.gap_notice() is not None:
-                        self.tell_gap(websocket, subscriber)
+                    self.tell_gap(websocket, subscriber)
                 first = False
                 if page is None:
                     return
@@ -455,9 +454,7 @@ class WebsocketWSGIServer:
                 except redis.RedisError as exc:
                     logger.warning("message from websocket not published: %s", exc)
             else:
-                code, reason = verdict.value
-                logger.warning("closing websocket (%d, %s)", code, reason)
-                websocket.close(code, reason)
+                close_for_rule(websocket, *verdict.value)
         return True
 
     def send_all(self, websocket: Websocket, subscriber: RedisSubscriber) -> None:

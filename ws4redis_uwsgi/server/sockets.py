@@ -24,6 +24,7 @@ import gevent
 import gevent.monkey
 import gevent.socket
 
+from .. import process
 from ..core.close_codes import CloseCode, close_frame
 from ..core.exceptions import SlowConsumerError, WebSocketError
 from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, PENDING_WRITE_TIMEOUT
@@ -240,17 +241,31 @@ def forget_in_event_loop(fd: int) -> None:
         pass  # not registered (another backend, or uWSGI never waited on it)
 
 
-#: (process, loop, the loop's epoll descriptor) and our duplicate of that descriptor.
-_loop_duplicate: tuple[tuple[int, Any, int], Any] | None = None
+_LOOP_EPOLL = "event loop epoll duplicate"
+
+
+class _LoopDuplicate:
+    """Our duplicate of one event loop's epoll descriptor; :func:`ws4redis_uwsgi.process.forget` and ``reset`` close it."""
+
+    __slots__ = ("backend", "epoll", "loop")
+
+    def __init__(self, loop: Any, backend: int, epoll: Any) -> None:
+        self.loop = loop
+        self.backend = backend
+        self.epoll = epoll
+
+    def close(self) -> None:
+        self.epoll.close()
 
 
 def _loop_epoll() -> Any:
     """A duplicate of the event loop's epoll descriptor (the same epoll set), made once per process and loop; None without one.
 
     Once, not per handshake: a duplicate and its close cost a third of an
-    anonymous handshake's time in the worker's upgrade.
+    anonymous handshake's time in the worker's upgrade. It is kept with the
+    process's other resources (:mod:`ws4redis_uwsgi.process`), so a forked
+    worker makes its own.
     """
-    global _loop_duplicate
     try:
         loop = gevent.get_hub().loop
         backend = loop.fileno()
@@ -258,16 +273,14 @@ def _loop_epoll() -> Any:
         return None
     if not isinstance(backend, int) or backend < 0:
         return None
-    key = (os.getpid(), loop, backend)
-    if _loop_duplicate is not None and _loop_duplicate[0] == key:
-        return _loop_duplicate[1]
+    held = process.existing(_LOOP_EPOLL)
+    if held is not None and held.loop is loop and held.backend == backend:
+        return held.epoll
     try:
         # gevent's monkey-patching takes epoll out of the select module: the original, then.
         epoll_class = gevent.monkey.get_original("select", "epoll")
         epoll = epoll_class.fromfd(os.dup(backend))
     except (AttributeError, ImportError, OSError):  # not Linux, or not an epoll loop
         return None
-    if _loop_duplicate is not None and _loop_duplicate[0][0] == key[0]:
-        _loop_duplicate[1].close()  # this process's loop changed: its old duplicate goes
-    _loop_duplicate = (key, epoll)
-    return epoll
+    process.forget(_LOOP_EPOLL)  # this process's loop changed: its old duplicate goes
+    return process.resource(_LOOP_EPOLL, lambda: _LoopDuplicate(loop, backend, epoll)).epoll

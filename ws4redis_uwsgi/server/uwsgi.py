@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .. import settings
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
-from . import ops_endpoint
+from . import limits, ops_endpoint
 from .adapter import StartResponse, Websocket
 from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, WebsocketLimits, websocket_limits
@@ -162,7 +161,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
         self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         if uwsgi is not None:
-            check_descriptors(int(uwsgi.cores), settings.get("WS4REDIS_MAX_CONNECTIONS"))
+            check_descriptors(int(uwsgi.cores), limits.max_connections())
             self._start_drain_in_workers()
 
     def _start_drain_in_workers(self) -> None:
