@@ -29,7 +29,8 @@ import gevent
 import redis
 from gevent.event import AsyncResult
 
-from .connection import mget, pipelined
+from .connection import is_cluster, mget, pipelined
+from .held_connection import HeldConnection
 
 #: Seconds a handshake waits for the batched read of its stored messages at most.
 READ_TIMEOUT = 30.0
@@ -55,7 +56,10 @@ class _Batches:
 
     _what = "a batched read"
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        #: One Redis: the reader greenlet's own connection (see :mod:`.held_connection`); a Cluster routes by slot.
+        self._held = None if is_cluster(client) else HeldConnection(client)
         self._queued: list[tuple[Any, AsyncResult]] = []
         self._reader: gevent.Greenlet | None = None
 
@@ -87,6 +91,12 @@ class _Batches:
         """One reply per request, in their order, from one round trip."""
         raise NotImplementedError
 
+    def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to ``commands``, sent in one pipeline."""
+        if self._held is not None:
+            return self._held.execute(commands)
+        return pipelined(self._client, commands)
+
 
 class BatchedReader(_Batches):
     """The stored messages of many websockets' channels (see the module docstring)."""
@@ -94,8 +104,7 @@ class BatchedReader(_Batches):
     _what = "MGET"
 
     def __init__(self, client: redis.Redis, stamps: Stamps | None = None) -> None:
-        super().__init__()
-        self._client = client
+        super().__init__(client)
         self._stamps: Stamps = stamps if stamps is not None else _NoStamps()
         #: key -> (monotonic deadline, hub stamp when read, value)
         self._kept: dict[str, tuple[float, int, Any]] = {}
@@ -120,7 +129,8 @@ class BatchedReader(_Batches):
         keys = list(dict.fromkeys(key for wanted in requests for key in wanted))
         # Taken before the MGET: a message that passes the hub after this changes the stamp.
         stamps = {key: self._stamps.stamp(key) for key in keys}
-        values = dict(zip(keys, mget(self._client, keys), strict=True))
+        read = self._held.execute([("MGET", *keys)])[0] if self._held is not None else mget(self._client, keys)
+        values = dict(zip(keys, read, strict=True))
         self._keep(values, stamps)
         return [[values[key] for key in wanted] for wanted in requests]
 
@@ -153,15 +163,11 @@ class BatchedPipeline(_Batches):
 
     _what = "a pipeline"
 
-    def __init__(self, client: redis.Redis) -> None:
-        super().__init__()
-        self._client = client
-
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies to ``commands``, as ``pipeline.execute()`` gives them; raises what it raises."""
         return self._ask(commands)  # type: ignore[no-any-return]
 
     def _answer(self, requests: list[list[tuple[Any, ...]]]) -> list[list[Any]]:
         distinct = list(dict.fromkeys(command for commands in requests for command in commands))
-        replies = dict(zip(distinct, pipelined(self._client, distinct), strict=True))
+        replies = dict(zip(distinct, self._pipelined(distinct), strict=True))
         return [[replies[command] for command in commands] for commands in requests]
