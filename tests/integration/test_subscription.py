@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import redis
 
@@ -73,4 +75,17 @@ def test_sharded_subscriptions_send_one_command_per_channel(server, timeout, kin
     assert collect(subscription, 2) == [Reply("ssubscribe", "{a}x", 1), Reply("ssubscribe", "{b}y", 2)]
     redis.Redis.from_url(server.url).spublish("{b}y", "hello")
     assert collect(subscription, 1) == [Reply("smessage", "{b}y", b"hello")]
+    subscription.close()
+
+
+def test_a_subscription_larger_than_the_socket_takes_at_once_is_sent_whole(server):
+    """After a reconnect the hub subscribes every channel it holds in one command: megabytes, more than one write takes."""
+    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=None), sharded=False)
+    assert isinstance(subscription, RawSubscription)
+    # A small send buffer, as on a busy link: the write without waiting takes part, redis-py's waiting write the rest.
+    subscription._raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    names = [f"ws4redis:user:someone-with-a-long-name-{i:06d}:facility" for i in range(40_000)]  # about 2.2 MB
+    subscription.subscribe(names)
+    got = collect(subscription, len(names))
+    assert [reply.channel for reply in got] == names and got[-1] == Reply("subscribe", names[-1], len(names))
     subscription.close()
