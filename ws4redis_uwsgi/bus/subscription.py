@@ -120,7 +120,7 @@ class RawSubscription:
         self._write(b"".join(hiredis.pack_command(c) for c in commands))
 
     def _write(self, data: bytes) -> None:
-        """Write ``data`` without waiting; what the socket cannot take now goes through redis-py, which waits (with its timeout)."""
+        """Write ``data`` without waiting; what the socket cannot take now goes through redis-py's write, which waits."""
         try:
             sent = self._raw.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
