@@ -117,7 +117,7 @@ class RawSubscription:
             return
         # A Cluster takes one slot per SSUBSCRIBE, and each channel has its own hash tag.
         commands = [(command, name) for name in names] if self._sharded else [(command, *names)]
-        self._write(b"".join(hiredis.pack_command(c) for c in commands))
+        self._write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type] # its stub types a tuple of one
 
     def _write(self, data: bytes) -> None:
         """Write ``data`` without waiting; what the socket cannot take now goes through redis-py's write, which waits."""
