@@ -331,6 +331,26 @@ def test_raw_publishes_imitating_the_wrapping_reach_nobody_and_silence_nothing(u
 
 
 @pytest.mark.timeout(60)
+def test_a_raw_publish_with_an_id_seconds_ahead_of_the_clock_silences_nothing(uwsgi_server, redis_client):
+    """An id 30 s ahead of Redis's clock is as untrusted as one years ahead: the next genuine message arrives at once."""
+    fac = facility()
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    forged = MAGIC + f"||{int(time.time() * 1000) + 30_000}-0\nFORGED".encode()
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as plain,
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as resuming,
+    ):
+        redis_client.publish(f"test:broadcast:{fac}", forged)
+        publisher.publish_message("genuine", expire=0)
+        assert plain.recv(timeout=2 * TIMING) == "genuine"
+        token, payload = split(resuming.recv(timeout=2 * TIMING))
+        assert payload == "genuine"
+    publisher.publish_message("missed while away", expire=0)
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as back:
+        assert split(back.recv(timeout=2 * TIMING))[1] == "missed while away"  # the token skipped nothing
+
+
+@pytest.mark.timeout(60)
 def test_no_key_is_written_by_every_publish(uwsgi_server, redis_client):
     """SPEC 3a: no global counter: a publish writes its channels' streams, and nothing else."""
     fac = facility()
