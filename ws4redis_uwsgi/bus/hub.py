@@ -230,8 +230,8 @@ class SubscriptionHub:
 
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
-        subscribed = sum(len(link.subscribed) for link in self._links.values())
-        return len(self._listeners) + subscribed + len(self._confirmed) + len(self._resync) + len(self._unrouted)
+        links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
+        return len(self._listeners) + links + len(self._confirmed) + len(self._resync) + len(self._unrouted)
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
@@ -426,7 +426,10 @@ class _Link:
 
     def unwant(self, channel: str) -> None:
         self.wanted.discard(channel)
-        self._changed.add(channel)
+        if channel in self.subscribed:
+            self._changed.add(channel)
+        else:  # never subscribed here (Redis away, or left before a sync): nothing to undo
+            self._changed.discard(channel)
 
     def wake(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
