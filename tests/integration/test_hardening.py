@@ -251,6 +251,75 @@ def test_resuming_clients_that_never_read_hold_a_page_of_history_not_all_of_it(p
     assert process.memory_info().rss - before < 48 * MiB
 
 
+def backlog_worker(tmp_path, **limits: str) -> UwsgiServer:
+    """A worker with some of its limits lowered (the test site reads them from the environment)."""
+    return UwsgiServer({**SITE_ENV, **limits}, cores=50, log_path=tmp_path / "uwsgi.log").start()
+
+
+def fill_history(fac: str, count: int = 200) -> None:
+    """``count`` messages of 61 KB on ``fac``'s broadcast channel: a backlog far larger than the socket buffers."""
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    filler = "x" * 61_000
+    for i in range(count):
+        publisher.publish_message(f"{i:04d} {filler}", expire=0)
+
+
+def assert_bystander_served(server: UwsgiServer, fac: str) -> None:
+    """A plain client on ``fac`` gets a broadcast at once."""
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as bystander:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
+        assert bystander.recv(timeout=2 * TIMING) == "live"
+
+
+@pytest.mark.timeout(90)
+def test_a_resuming_client_that_gets_no_backlog_budget_is_closed_with_1013(redis_server, site_db, tmp_path):
+    """With the worker's backlog budget held by a client that does not read, another resuming client is asked to come back."""
+    server = backlog_worker(tmp_path, WS4REDIS_TEST_BACKLOG_BUDGET="1", WS4REDIS_TEST_BACKLOG_WAIT="1")
+    fac = facility()
+    path = f"/ws/{fac}?subscribe-broadcast&resume=0-0"
+    fill_history(fac)
+    stuck = raw_websocket(server, path, rcvbuf=4096)  # never reads: its page holds the whole budget
+    try:
+        stuck.recv(1, socket.MSG_PEEK)  # its backlog is on its way, within the budget
+        waiting = raw_websocket(server, path)
+        with waiting:
+            started = time.monotonic()
+            assert close_code_of(waiting, timeout=10) == CloseCode.TRY_AGAIN_LATER
+            assert time.monotonic() - started < 5 * TIMING
+        assert_bystander_served(server, fac)
+    finally:
+        stuck.close()
+        server.stop()
+    assert "waited too long for its backlog" in server.log_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_resuming_client_that_takes_nothing_is_reset_after_the_send_timeout(redis_server, site_db, tmp_path):
+    server = backlog_worker(tmp_path, WS4REDIS_TEST_SEND_TIMEOUT="1")
+    fac = facility()
+    fill_history(fac)
+    stuck = raw_websocket(server, f"/ws/{fac}?subscribe-broadcast&resume=0-0", rcvbuf=4096)  # never reads
+    port = stuck.getsockname()[1]
+    process = worker(server)
+    try:
+        stuck.recv(1, socket.MSG_PEEK)  # its backlog is on its way
+        assert_bystander_served(server, fac)
+        wait_for(
+            lambda: port not in {c.raddr.port for c in process.net_connections() if c.raddr},
+            10,
+            "the worker to drop the client that takes nothing",
+        )
+        # The client finds the connection reset (no close frame could follow a frame cut short).
+        stuck.settimeout(5 * TIMING)
+        with pytest.raises(ConnectionResetError):
+            while stuck.recv(1 << 20):
+                pass
+    finally:
+        stuck.close()
+        server.stop()
+    assert "did not take its backlog in time" in server.log_text()
+
+
 # -- 4. The size limit applied only to finished messages -------------------------------
 
 
