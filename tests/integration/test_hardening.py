@@ -356,6 +356,17 @@ def test_an_oversized_message_is_refused_with_1009_at_its_frame_header(uwsgi_ser
 
 
 @pytest.mark.timeout(60)
+def test_the_header_of_an_oversized_frame_alone_is_refused_with_1009_at_once(uwsgi_server):
+    """No byte of the payload is needed: the header's length is enough to refuse."""
+    sock = raw_websocket(uwsgi_server, f"/ws/{facility()}?publish-broadcast")
+    with sock:
+        started = time.monotonic()
+        sock.sendall(masked_header(0x2, 1_000_001))
+        assert close_code_of(sock, timeout=5) == CloseCode.MESSAGE_TOO_BIG
+        assert time.monotonic() - started < 1.0 * TIMING
+
+
+@pytest.mark.timeout(60)
 def test_fragments_of_one_message_count_together_against_the_size_limit(uwsgi_server):
     """The test site allows 64 KiB: two fragments of 40,000 bytes are refused at the second header."""
     sock = raw_websocket(uwsgi_server, f"/ws/{facility()}?publish-broadcast")
