@@ -193,21 +193,22 @@ def test_a_client_flooding_pings_or_heartbeats_is_closed_with_1008_and_stalls_no
 
 
 @pytest.mark.timeout(90)
-def test_without_a_rate_limit_a_flood_still_gets_its_turn_only(redis_server, site_db, tmp_path):
+@pytest.mark.parametrize(("frame", "kind"), [(PING, "pings"), (HEARTBEAT_FRAME, "heartbeats")])
+def test_without_a_rate_limit_a_flood_still_gets_its_turn_only(redis_server, site_db, tmp_path, frame, kind):
     """Work for one client is bounded per turn: another client's broadcasts and handshakes go on."""
     env = {**SITE_ENV, "WS4REDIS_TEST_RATE_LIMIT": "none"}
     server = UwsgiServer(env, cores=50, log_path=tmp_path / "uwsgi.log").start()
     fac = facility()
     try:
-        with Flooder(raw_websocket(server, f"/ws/{fac}?subscribe-broadcast"), PING, seconds=30) as flooder:
-            time.sleep(0.5)
+        with Flooder(raw_websocket(server, f"/ws/{fac}?subscribe-broadcast"), frame, seconds=30) as flooder:
+            wait_for(lambda: len(flooder.received) > 0, 10, f"the {kind} to be answered")
             sent_before = flooder.sent
             latencies, handshakes = bystander_latencies(server, fac, count=10)
             sent_during = flooder.sent - sent_before
     finally:
         server.stop()
-    assert sent_during >= 3  # the flood went on (and was answered) while the bystander was measured
-    assert RATE_LIMITED not in flooder.received
+    assert sent_during >= 3, kind  # the flood went on (and was answered) while the bystander was measured
+    assert RATE_LIMITED not in flooder.received, kind
     assert max(latencies) < 0.5 * TIMING, latencies
     assert max(handshakes) < 1.0 * TIMING, handshakes
 
@@ -251,6 +252,75 @@ def test_resuming_clients_that_never_read_hold_a_page_of_history_not_all_of_it(p
     assert process.memory_info().rss - before < 48 * MiB
 
 
+def backlog_worker(tmp_path, **limits: str) -> UwsgiServer:
+    """A worker with some of its limits lowered (the test site reads them from the environment)."""
+    return UwsgiServer({**SITE_ENV, **limits}, cores=50, log_path=tmp_path / "uwsgi.log").start()
+
+
+def fill_history(fac: str, count: int = 200) -> None:
+    """``count`` messages of 61 KB on ``fac``'s broadcast channel: a backlog far larger than the socket buffers."""
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    filler = "x" * 61_000
+    for i in range(count):
+        publisher.publish_message(f"{i:04d} {filler}", expire=0)
+
+
+def assert_bystander_served(server: UwsgiServer, fac: str) -> None:
+    """A plain client on ``fac`` gets a broadcast at once."""
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as bystander:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("live", expire=0)
+        assert bystander.recv(timeout=2 * TIMING) == "live"
+
+
+@pytest.mark.timeout(90)
+def test_a_resuming_client_that_gets_no_backlog_budget_is_closed_with_1013(redis_server, site_db, tmp_path):
+    """With the worker's backlog budget held by a client that does not read, another resuming client is asked to come back."""
+    server = backlog_worker(tmp_path, WS4REDIS_TEST_BACKLOG_BUDGET="1", WS4REDIS_TEST_BACKLOG_WAIT="1")
+    fac = facility()
+    path = f"/ws/{fac}?subscribe-broadcast&resume=0-0"
+    fill_history(fac)
+    stuck = raw_websocket(server, path, rcvbuf=4096)  # never reads: its page holds the whole budget
+    try:
+        stuck.recv(1, socket.MSG_PEEK)  # its backlog is on its way, within the budget
+        waiting = raw_websocket(server, path)
+        with waiting:
+            started = time.monotonic()
+            assert close_code_of(waiting, timeout=10) == CloseCode.TRY_AGAIN_LATER
+            assert time.monotonic() - started < 5 * TIMING
+        assert_bystander_served(server, fac)
+    finally:
+        stuck.close()
+        server.stop()
+    assert "waited too long for its backlog" in server.log_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_resuming_client_that_takes_nothing_is_reset_after_the_send_timeout(redis_server, site_db, tmp_path):
+    server = backlog_worker(tmp_path, WS4REDIS_TEST_SEND_TIMEOUT="1")
+    fac = facility()
+    fill_history(fac)
+    stuck = raw_websocket(server, f"/ws/{fac}?subscribe-broadcast&resume=0-0", rcvbuf=4096)  # never reads
+    port = stuck.getsockname()[1]
+    process = worker(server)
+    try:
+        stuck.recv(1, socket.MSG_PEEK)  # its backlog is on its way
+        assert_bystander_served(server, fac)
+        wait_for(
+            lambda: port not in {c.raddr.port for c in process.net_connections() if c.raddr},
+            10,
+            "the worker to drop the client that takes nothing",
+        )
+        # The client finds the connection reset (no close frame could follow a frame cut short).
+        stuck.settimeout(5 * TIMING)
+        with pytest.raises(ConnectionResetError):
+            while stuck.recv(1 << 20):
+                pass
+    finally:
+        stuck.close()
+        server.stop()
+    assert "did not take its backlog in time" in server.log_text()
+
+
 # -- 4. The size limit applied only to finished messages -------------------------------
 
 
@@ -283,6 +353,17 @@ def test_an_oversized_message_is_refused_with_1009_at_its_frame_header(uwsgi_ser
         codes = list(pool.map(announce_and_trickle, range(30)))
     assert codes == [CloseCode.MESSAGE_TOO_BIG] * 30
     assert process.memory_info().rss - before < 16 * MiB
+
+
+@pytest.mark.timeout(60)
+def test_the_header_of_an_oversized_frame_alone_is_refused_with_1009_at_once(uwsgi_server):
+    """No byte of the payload is needed: the header's length is enough to refuse."""
+    sock = raw_websocket(uwsgi_server, f"/ws/{facility()}?publish-broadcast")
+    with sock:
+        started = time.monotonic()
+        sock.sendall(masked_header(0x2, 1_000_001))
+        assert close_code_of(sock, timeout=5) == CloseCode.MESSAGE_TOO_BIG
+        assert time.monotonic() - started < 1.0 * TIMING
 
 
 @pytest.mark.timeout(60)
@@ -328,6 +409,26 @@ def test_raw_publishes_imitating_the_wrapping_reach_nobody_and_silence_nothing(u
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as resumed:
         assert split(recv(resumed))[1] == "genuine three"  # the resumed token was not silenced either
     assert "message(s) on the bus that this package did not publish" in uwsgi_server.log_text()[log_start:]
+
+
+@pytest.mark.timeout(60)
+def test_a_raw_publish_with_an_id_seconds_ahead_of_the_clock_silences_nothing(uwsgi_server, redis_client):
+    """An id 30 s ahead of Redis's clock is as untrusted as one years ahead: the next genuine message arrives at once."""
+    fac = facility()
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    forged = MAGIC + f"||{int(time.time() * 1000) + 30_000}-0\nFORGED".encode()
+    with (
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as plain,
+        client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as resuming,
+    ):
+        redis_client.publish(f"test:broadcast:{fac}", forged)
+        publisher.publish_message("genuine", expire=0)
+        assert plain.recv(timeout=2 * TIMING) == "genuine"
+        token, payload = split(resuming.recv(timeout=2 * TIMING))
+        assert payload == "genuine"
+    publisher.publish_message("missed while away", expire=0)
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as back:
+        assert split(back.recv(timeout=2 * TIMING))[1] == "missed while away"  # the token skipped nothing
 
 
 @pytest.mark.timeout(60)
@@ -431,6 +532,8 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
     base = f"{server.url}/ws/{fac}?subscribe-broadcast"
     publisher = RedisPublisher(facility=fac, broadcast=True)
     expected = [f"m{i}" for i in range(40)]
+    later = [f"m{i}" for i in range(40, 50)]  # published once the websockets opened after the restart are open
+    everything = expected + later
 
     def publish(text: str) -> None:
         for _ in range(3):  # the first command after the restart may find the pooled connection dead
@@ -441,7 +544,10 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
                 time.sleep(0.05)
         publisher.publish_message(text, expire=0)
 
-    async def scenario() -> dict[str, Recorder]:
+    def payloads(recorder: Recorder, resuming: bool) -> list[str]:
+        return [split(f)[1] for f in recorder.frames] if resuming else list(recorder.frames)
+
+    async def scenario() -> tuple[dict[str, Recorder], dict[str, Recorder]]:
         before_resuming = Recorder(f"{base}&resume=").start()
         await asyncio.wait_for(before_resuming.opened.wait(), 10 * TIMING)
         await asyncio.to_thread(publish, "before")
@@ -460,27 +566,38 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
         }
         await asyncio.wait_for(asyncio.gather(*(r.opened.wait() for r in during.values())), 30 * TIMING)
         await asyncio.to_thread(redis_server.start)
-        # Published at once: the worker's hub is still backing off, not subscribed again yet.
+        # Opened at once, while the worker's hub still backs off (seconds, after an outage of seconds):
+        # their handshakes wait for a subscription that is not there yet.
+        after = {"after restart, plain": Recorder(base).start(), "after restart, resume=": Recorder(f"{base}&resume=").start()}
+        # Published at once too: the worker's hub is not subscribed again yet.
         for text in expected:
             await asyncio.to_thread(publish, text)
-        recorders = {"before, plain": before_quiet, "before, resuming": before_resuming, **during}
+        await asyncio.wait_for(asyncio.gather(*(r.opened.wait() for r in after.values())), 30 * TIMING)
+        for text in later:
+            await asyncio.to_thread(publish, text)
+        recorders = {"before, plain": before_quiet, "before, resuming": before_resuming, **during, **after}
         deadline = time.monotonic() + 30 * TIMING
-        while time.monotonic() < deadline and any(len(r.frames) < len(expected) for r in recorders.values()):
+        while time.monotonic() < deadline and any(
+            payloads(r, "resum" in name)[-1:] != later[-1:] for name, r in recorders.items()
+        ):
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # time for a repeat to show up
         for recorder in recorders.values():
             await recorder.stop()
-        return recorders
+        return recorders, after
 
-    recorders = asyncio.run(scenario())
+    recorders, after = asyncio.run(scenario())
     for name, recorder in recorders.items():
         assert recorder.close_code is None, (name, recorder.close_code)
-        if "resum" in name:
-            ids, payloads = zip(*(split(f) for f in recorder.frames), strict=True) if recorder.frames else ((), ())
-            assert list(payloads) == expected, (name, recorder.frames)
-            assert len(set(ids)) == len(ids), name  # every message moves the token on
+        got = payloads(recorder, "resum" in name)
+        if name in after:
+            # Every message published once it was open, and those published during its handshake: in order, once.
+            assert len(got) >= len(later) and got == everything[len(everything) - len(got) :], (name, recorder.frames)
         else:
-            assert recorder.frames == expected, (name, recorder.frames)
+            assert got == everything, (name, recorder.frames)
+        if "resum" in name:
+            ids = [split(f)[0] for f in recorder.frames]
+            assert len(set(ids)) == len(ids), name  # every message moves the token on
     log = server.log_text()
     assert "Traceback" not in log
     assert "it catches up from history" in log

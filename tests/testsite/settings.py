@@ -87,6 +87,17 @@ WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "non
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
 WS4REDIS_METRICS_PORT = int(os.environ["WS4REDIS_TEST_METRICS_PORT"]) if "WS4REDIS_TEST_METRICS_PORT" in os.environ else None
 WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))
+# Limits that are the package's constants, not settings, lowered in the workers of the tests that probe them.
+# The package reads them from their modules when it uses them.
+if "WS4REDIS_TEST_BACKLOG_BUDGET" in os.environ:
+    from ws4redis_uwsgi.bus import budget
+
+    budget.BACKLOG_BUDGET = int(os.environ["WS4REDIS_TEST_BACKLOG_BUDGET"])
+if "WS4REDIS_TEST_BACKLOG_WAIT" in os.environ or "WS4REDIS_TEST_SEND_TIMEOUT" in os.environ:
+    from ws4redis_uwsgi.server import limits
+
+    limits.BACKLOG_WAIT = float(os.environ.get("WS4REDIS_TEST_BACKLOG_WAIT", limits.BACKLOG_WAIT))
+    limits.SEND_TIMEOUT = float(os.environ.get("WS4REDIS_TEST_SEND_TIMEOUT", limits.SEND_TIMEOUT))
 # The identity cache's seconds for a worker a test starts with WS4REDIS_TEST_IDENTITY_CACHE; else the default (5).
 if "WS4REDIS_TEST_IDENTITY_CACHE" in os.environ:
     WS4REDIS_IDENTITY_CACHE = float(os.environ["WS4REDIS_TEST_IDENTITY_CACHE"])

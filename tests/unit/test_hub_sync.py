@@ -66,3 +66,15 @@ def test_after_a_lost_connection_the_next_sync_subscribes_every_wanted_channel()
     one._on_disconnect(None)
     one._sync(pubsub)
     assert pubsub.sent == [("SUBSCRIBE", ("a", "b")), ("SUBSCRIBE", ("a", "b"))]
+
+
+def test_channels_that_come_and_go_while_unsubscribed_leave_nothing_to_sync() -> None:
+    """As during a Redis outage: every channel a visitor took and left would otherwise wait for the next connection."""
+    one, pubsub = link(), RecordingPubSub()
+    one.want("stays")
+    for i in range(200):
+        one.want(f"visit:{i}")
+        one.unwant(f"visit:{i}")
+    assert one._changed == {"stays"}
+    one._sync(pubsub)
+    assert pubsub.sent == [("SUBSCRIBE", ("stays",))]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -57,6 +58,10 @@ DRAIN_DELIVERIES = 10_000
 DROP_LOG_INTERVAL = 10.0
 #: Round trips to Redis's TIME when a connection opens; the quickest measures the clock offset.
 CLOCK_SAMPLES = 3
+#: Seconds between two measures of a Redis's clock prompted by ids that look too far ahead of it:
+#: a genuine one (that Redis's clock stepped, or drifted from this host's) is delivered after one
+#: more round trip, and a flood of forged ones costs a round trip a second.
+CLOCK_RECHECK_INTERVAL = 1.0
 
 
 class Listener(Protocol):
@@ -134,7 +139,7 @@ class SubscriptionHub:
         #: Messages handed to listeners (one per listener), and those a listener had to queue (metrics).
         self.deliveries = 0
         self.queued = 0
-        #: Redis's clock minus this process's (seconds), measured at every connection.
+        #: Redis's clock minus this process's (seconds), as last measured on any link (each link keeps its own).
         self.clock_offset = 0.0
         self._dropped = 0
         self._dropped_logged = 0.0
@@ -225,8 +230,8 @@ class SubscriptionHub:
 
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
-        subscribed = sum(len(link.subscribed) for link in self._links.values())
-        return len(self._listeners) + subscribed + len(self._confirmed) + len(self._resync) + len(self._unrouted)
+        links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
+        return len(self._listeners) + links + len(self._confirmed) + len(self._resync) + len(self._unrouted)
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
@@ -296,12 +301,12 @@ class SubscriptionHub:
 
     # -- what links report -----------------------------------------------------------
 
-    def _deliver(self, data: Any, channel: str) -> None:
+    def _deliver(self, data: Any, channel: str, link: _Link | None = None) -> None:
         if channel in self._stamps:
             self._stamps[channel] = self._next_stamp()
         listeners = self._listeners.get(channel)
         if listeners:
-            bus_message = self.accept(data, channel)
+            bus_message = self.accept(data, channel, link)
             if bus_message is None:
                 return
             self.deliveries += len(listeners)
@@ -338,7 +343,7 @@ class SubscriptionHub:
                 if event is not None:
                     event.clear()
 
-    def accept(self, data: bytes | str, channel: Any) -> envelope.BusMessage | None:
+    def accept(self, data: bytes | str, channel: Any, link: _Link | None = None) -> envelope.BusMessage | None:
         """The message ``data`` (from ``channel``, live or stored) carries, or None when nobody may receive it.
 
         The one rule for messages this package did not publish: bytes that
@@ -351,15 +356,30 @@ class SubscriptionHub:
         except envelope.MalformedMessageError as exc:
             self.drop(channel, str(exc))
             return None
-        return message if self.trusted(message, channel) else None
+        return message if self.trusted(message, channel, link) else None
 
-    def trusted(self, message: envelope.BusMessage, channel: Any) -> bool:
-        """False, with a log line, for a message whose id is too far ahead of Redis's clock."""
+    def trusted(self, message: envelope.BusMessage, channel: Any, link: _Link | None = None) -> bool:
+        """False, with a log line, for a message whose id is too far ahead of its Redis's clock.
+
+        The clock is that of the shard the message's channel lives on
+        (``link``'s, or the route's), as last measured; an id that looks too
+        far ahead makes the link measure it again first (at most once per
+        :data:`CLOCK_RECHECK_INTERVAL`), so a clock that drifted or stepped
+        since the connection opened does not make genuine messages look forged.
+        """
         order = message.order
-        if order is not None and not envelope.plausible_id(order, self.redis_now_ms()):
-            self.drop(channel, f"id {message.id} far ahead of Redis's clock")
-            return False
-        return True
+        if order is None:
+            return True
+        if link is None:
+            link = self._route.get(message.channel)  # type: ignore[arg-type]
+        offset = link.clock_offset if link is not None else self.clock_offset
+        if envelope.plausible_id(order, int((time.time() + offset) * 1000)):
+            return True
+        if link is not None and link.measure_again():
+            if envelope.plausible_id(order, int((time.time() + link.clock_offset) * 1000)):
+                return True
+        self.drop(channel, f"id {message.id} far ahead of Redis's clock")
+        return False
 
     def drop(self, channel: Any, reason: str) -> None:
         """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
@@ -396,6 +416,9 @@ class _Link:
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = hub.min_backoff
         self._sharded = shards.sharded
+        #: This shard's clock minus this process's (seconds), measured whenever the link connects.
+        self.clock_offset = hub.clock_offset
+        self._measured_at = -math.inf  # time.monotonic() of the last measure
 
     def want(self, channel: str) -> None:
         self.wanted.add(channel)
@@ -403,7 +426,10 @@ class _Link:
 
     def unwant(self, channel: str) -> None:
         self.wanted.discard(channel)
-        self._changed.add(channel)
+        if channel in self.subscribed:
+            self._changed.add(channel)
+        else:  # never subscribed here (Redis away, or left before a sync): nothing to undo
+            self._changed.discard(channel)
 
     def wake(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
@@ -445,12 +471,15 @@ class _Link:
             self._backoff = min(self._backoff * 2, hub.max_backoff)
 
     def _measure_clock(self, client: redis.Redis) -> None:
-        """Redis's clock against this process's: message ids follow Redis's, and new websockets start from it.
+        """This shard's clock against this process's: its message ids follow it, and new websockets start from it.
 
+        Measured on every connection, so a new master (after a failover, or a
+        Redis restarted elsewhere) is measured before its messages are read.
         The quickest of a few round trips counts: the first one also opens
         the connection, and any one may wait for other greenlets; either
         would put the estimate ahead of Redis's clock by half the wait.
         """
+        self._measured_at = time.monotonic()
         best: tuple[float, float] | None = None
         for _ in range(CLOCK_SAMPLES):
             before = time.time()
@@ -459,7 +488,24 @@ class _Link:
             if best is None or after - before < best[0]:
                 best = (after - before, seconds + microseconds / 1e6 - (before + after) / 2)
         assert best is not None
-        self.hub.clock_offset = best[1]
+        self.clock_offset = self.hub.clock_offset = best[1]
+
+    def measure_again(self) -> bool:
+        """Measure this shard's clock again, unless it was measured less than :data:`CLOCK_RECHECK_INTERVAL` ago.
+
+        :returns: True when it was measured now.
+        """
+        if time.monotonic() - self._measured_at < CLOCK_RECHECK_INTERVAL:
+            return False
+        client = self._shards.client(self.target)  # a connection of its own, closed again at once
+        try:
+            self._measure_clock(client)
+        except Exception as exc:  # whatever it is, the message is judged on the last measure
+            logger.info("Redis's clock not measured again (%s)", exc)
+            return False
+        finally:
+            client.connection_pool.disconnect()
+        return True
 
     def _on_disconnect(self, subscription: Subscription | None) -> None:
         self.connected = False
@@ -528,7 +574,7 @@ class _Link:
         if channel is None:
             return  # a PONG
         if kind in ("message", "smessage"):
-            self.hub._deliver(reply.data, channel)
+            self.hub._deliver(reply.data, channel, self)
         elif kind in ("subscribe", "ssubscribe"):
             self._backoff = self.hub.min_backoff  # Redis took a subscription: the next loss starts over
             if channel in self.subscribed:

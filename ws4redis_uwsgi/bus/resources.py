@@ -12,8 +12,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import process
+from . import budget
 from .batched_reader import BatchedPipeline, BatchedReader
-from .budget import BACKLOG_BUDGET, BacklogBudget
+from .budget import BacklogBudget
 from .connection import client_name, make_client, sharded
 from .hub import SubscriptionHub
 from .shards import ClusterShards, Shards, SingleShard
@@ -51,7 +52,7 @@ def batched_pipeline() -> BatchedPipeline:
 
 def backlog_budget() -> BacklogBudget:
     """This process's :class:`BacklogBudget`."""
-    return process.resource("backlog budget", lambda: BacklogBudget(BACKLOG_BUDGET))
+    return process.resource("backlog budget", lambda: BacklogBudget(budget.BACKLOG_BUDGET))
 
 
 class _Origins:

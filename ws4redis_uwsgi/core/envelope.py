@@ -56,9 +56,17 @@ _ORIGIN = re.compile(rb"[\x21-\x7b\x7d\x7e]{0,128}")
 #: A uid: what :func:`new_uid` makes, or close to it.
 _UID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
-#: How far (ms) an id may be ahead of Redis's clock and still come from the publish
-#: script; the script, too, stops trusting a counter further ahead than this.
-MAX_ID_AHEAD_MS = 60_000
+#: How far (ms) an id may be ahead of Redis's clock, as a worker measures it, and still be trusted.
+#: Ids come from Redis's own clock (the publish script reads TIME and XADDs under it), so a
+#: genuine id is ahead of a worker's measure of that clock only by the measure's error: half a
+#: round trip, and the drift of the two clocks since (a worker measures each Redis again when it
+#: connects, and before it drops an id that looks ahead); after a failover, by the difference
+#: between the old master's clock and the new one's, which NTP keeps far below this. An id
+#: further ahead came from another program: trusted, it would make every later message on its
+#: channel look old to the clients that got it, until the clock passed it. The publish script,
+#: too, stops following a stream whose newest id is further ahead: it starts the stream again,
+#: and resuming clients are told of a gap.
+MAX_ID_AHEAD_MS = 2_000
 
 
 class MalformedMessageError(ValueError):

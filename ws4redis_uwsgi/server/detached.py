@@ -44,8 +44,9 @@ from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.frames import MessageSizeLimit, server_frame
 from ..core.inbound import InboundPolicy, Verdict
 from ..core.keepalive import KeepAlive, keep_alive
+from . import limits
 from .adapter import close_for_rule
-from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, SEND_TIMEOUT, UWSGI_MAX_SIZE_KIB
+from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, UWSGI_MAX_SIZE_KIB
 from .session import Session, Turn
 from .sockets import RawSocket
 
@@ -370,9 +371,9 @@ class DetachedWebsocket(RawSocket):
         self._drop_parser()
         self._parts, self._parts_size = None, 0
 
-    def _send_frame(self, frame: bytes, timeout: float = SEND_TIMEOUT) -> None:
+    def _send_frame(self, frame: bytes, timeout: float | None = None) -> None:
         try:
-            self.send_frame(frame, timeout)
+            self.send_frame(frame, limits.SEND_TIMEOUT if timeout is None else timeout)
         except SlowConsumerError:
             self._reset()
             raise

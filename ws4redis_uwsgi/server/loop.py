@@ -44,7 +44,7 @@ from . import limits
 from .adapter import StartResponse, Waiter, Websocket, close_for_rule
 from .authority import get_authority
 from .db_workers import get_workers
-from .limits import BACKLOG_RETRY, BACKLOG_WAIT, MESSAGES_PER_TURN
+from .limits import BACKLOG_RETRY, MESSAGES_PER_TURN
 from .metrics import get_metrics
 from .session import Session, Turn
 
@@ -415,7 +415,7 @@ class WebsocketWSGIServer:
         budget = backlog_budget()
         first = True
         while not websocket.closed:
-            budget.reserve(history.PAGE_BYTES, BACKLOG_WAIT)
+            budget.reserve(history.PAGE_BYTES, limits.BACKLOG_WAIT)
             held = history.PAGE_BYTES
             try:
                 page = reader.next_page()
