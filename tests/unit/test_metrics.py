@@ -53,6 +53,21 @@ def test_handshakes_by_outcome_and_the_latency_histogram():
     assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
 
 
+def test_every_sample_carries_the_worker_label(monkeypatch):
+    from ws4redis_uwsgi.server import metrics as module
+
+    monkeypatch.setattr(module, "worker_id", lambda: 3)
+    metrics = WorkerMetrics()
+    metrics.handshake("accepted")
+    metrics.opened("chat")
+    metrics.handshake_seconds.observe(0.001)
+    text = generate_latest(metrics.registry).decode()
+    unlabelled = {
+        s.name for family in text_string_to_metric_families(text) for s in family.samples if s.labels.get("worker") != "3"
+    }
+    assert not unlabelled
+
+
 def exposed_and_charted() -> tuple[set[str], set[str]]:
     """The metrics a worker (with presence and an outbox drain) and a Django process expose, and those the dashboard charts."""
     import json
