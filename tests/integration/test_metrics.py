@@ -145,3 +145,29 @@ def test_neither_is_served_on_the_websocket_port(stack):
         status, body = get(server.port, path)
         assert status != 200 and "ws4redis_" not in body
     assert get(ports[0], "/other") == (404, "not found\n")
+
+
+def test_a_publish_from_django_is_counted_in_the_publish_latency_histogram(redis_server, site_db):
+    """The sync publish_message (a view's): each publish once, when it goes out, failed ones included."""
+    import redis
+    from django.db import transaction
+    from django.test import override_settings
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("ws4redis_publish_seconds_count") or 0
+
+    def total_seconds() -> float:
+        return REGISTRY.get_sample_value("ws4redis_publish_seconds_sum") or 0
+
+    before, seconds = count(), total_seconds()
+    publisher = RedisPublisher(facility=facility(), broadcast=True)
+    assert publisher.publish_message("timed", expire=0) == 0  # no worker subscribes: published all the same
+    assert count() == before + 1 and total_seconds() > seconds
+    with transaction.atomic():
+        publisher.publish_message("after the commit", expire=0, on_commit=True)
+        assert count() == before + 1  # not out yet
+    assert count() == before + 2
+    with override_settings(WS4REDIS_CONNECTION="redis://127.0.0.1:1/0"), pytest.raises(redis.ConnectionError):
+        RedisPublisher(facility=facility(), broadcast=True).publish_message("Redis away", expire=0)
+    assert count() == before + 3
