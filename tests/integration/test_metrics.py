@@ -18,11 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import SITE_ENV, session_cookie
-from tests.integration.helpers import client, facility, recv
+from tests.integration.helpers import client, close_code_of, facility, raw_websocket, recv
 from tests.integration.test_live_auth import closed_with, login, logout, new_user
 from tests.servers import TIMING, RedisServer, UwsgiServer, free_port, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
+from ws4redis_uwsgi.server.limits import SEND_TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -156,6 +157,47 @@ def test_the_counts_follow_real_traffic(stack):
         assert scrape(ports)["ws4redis_sessions_ended_total", ()] == 1
     # Closed: the gauge goes back down.
     wait_for(lambda: scrape(ports)["ws4redis_websockets_open", (("facility", fac),)] == 0, 5, "the websockets counted closed")
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_never_reads_is_counted_as_closed_for_falling_behind(start_stack):
+    """Closed with 4000 once it fell behind, or reset when a write to it waited its timeout: either is counted."""
+    _, server, ports = start_stack(WS4REDIS_TEST_MAX_PENDING="5")
+    fac = facility()
+    path = f"/ws/{fac}?subscribe-broadcast"
+    stuck = raw_websocket(server, path, rcvbuf=4096)  # it never reads
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    payload = "x" * 16_000
+    with client(server, path) as reader:
+
+        def fell_behind() -> bool:
+            # In bursts: what reaches the worker while the stuck client's socket is full waits for it.
+            for _ in range(20):
+                publisher.publish_message(payload, expire=0)
+            assert [recv(reader) for _ in range(20)] == [payload] * 20  # a client that reads keeps getting everything
+            figures = scrape(ports)
+            return (
+                figures["ws4redis_deliveries_total", (("path", "queued"),)] > 5
+                or figures["ws4redis_slow_consumer_closes_total", ()]
+            )
+
+        wait_for(fell_behind, 20, "the client that never reads to fall behind")
+        wait_for(
+            lambda: scrape(ports)["ws4redis_slow_consumer_closes_total", ()] == 1,
+            SEND_TIMEOUT + 15,
+            "the client that never reads to be closed",
+        )
+        publisher.publish_message("after", expire=0)
+        assert recv(reader) == "after"
+        figures = scrape(ports)
+    assert close_code_of(stuck) in (CloseCode.SLOW_CONSUMER, None)  # the close frame, when it got through
+    stuck.close()
+    assert figures["ws4redis_slow_consumer_closes_total", ()] == 1
+    assert figures["ws4redis_websockets_open", (("facility", fac),)] == 1  # the reader
+    assert figures["ws4redis_deliveries_total", (("path", "queued"),)] > 0  # what waited for it
+    assert figures["ws4redis_deliveries_total", (("path", "fast"),)] > 0
+    log = server.log_text()
+    assert "closing a websocket that fell 5 messages behind" in log or "reset a websocket that took no frame in time" in log
 
 
 def test_the_outbox_drain_is_counted(start_stack):
