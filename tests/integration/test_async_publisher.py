@@ -8,6 +8,8 @@ Django does for an async view under WSGI. The views under uvicorn and
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -237,3 +239,39 @@ def test_counted_in_the_publish_latency_histogram(redis_server):
     before = REGISTRY.get_sample_value("ws4redis_publish_seconds_count") or 0
     apublish("timed", facility=facility(), broadcast=True)
     assert REGISTRY.get_sample_value("ws4redis_publish_seconds_count") == before + 1
+
+
+class RefusingExecutor(ThreadPoolExecutor):
+    """A loop's default executor that refuses work: what reaches it would have run on a thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.refused: list[object] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.refused.append(fn)
+        raise RuntimeError(f"the async publisher handed {fn!r} to a thread pool")
+
+
+def test_needs_no_thread_pool(uwsgi_server, monkeypatch):
+    """The publish, the connection to Redis included (a fresh loop opens its own), runs on the loop alone."""
+    fac = facility()
+    executor = RefusingExecutor()
+    started_threads: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started_threads.append(thread)
+        real_start(thread)
+
+    async def run() -> int:
+        asyncio.get_running_loop().set_default_executor(executor)
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", start)
+            publisher = RedisPublisher(facility=fac, broadcast=True, users=["john"], groups=["cooks"])
+            return await publisher.apublish_message("no thread", expire=0)
+
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        assert asyncio.run(run()) >= 1
+        assert recv(ws) == "no thread"
+    assert executor.refused == [] and started_threads == []

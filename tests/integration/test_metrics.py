@@ -7,6 +7,7 @@ summed over the workers, as Prometheus does with ``sum``.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -17,9 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import SITE_ENV, session_cookie
-from tests.integration.helpers import client, facility, recv
-from tests.servers import RedisServer, UwsgiServer, free_port, wait_for
+from tests.integration.helpers import client, close_code_of, facility, raw_websocket, recv
+from tests.integration.test_live_auth import closed_with, login, logout, new_user
+from tests.servers import TIMING, RedisServer, UwsgiServer, free_port, wait_for
+from ws4redis_uwsgi.core.close_codes import CloseCode
 from ws4redis_uwsgi.publisher import RedisPublisher
+from ws4redis_uwsgi.server.limits import SEND_TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -27,24 +31,37 @@ WORKERS = 2
 
 
 @pytest.fixture
-def stack(site_db, tmp_path):
-    """A private Redis and a two-worker uWSGI whose workers serve metrics on ``base`` and ``base + 1``."""
+def start_stack(site_db, tmp_path):
+    """Starts a private Redis and a two-worker uWSGI whose workers serve metrics on ``base`` and ``base + 1``.
+
+    Keyword arguments add to the site's environment (``WS4REDIS_TEST_MAX_PENDING="5"``, ...).
+    """
     from django.test import override_settings
 
-    redis_server = RedisServer(workdir=tmp_path).start()
-    base = free_port()
-    while not all(port_free(base + i) for i in range(WORKERS)):
-        base = free_port()
-    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url, "WS4REDIS_TEST_METRICS_PORT": str(base)}
-    server = UwsgiServer(env, cores=100, extra=["--workers", str(WORKERS)], log_path=tmp_path / "uwsgi.log")
     with ExitStack() as stack:
-        stack.callback(redis_server.stop)
-        server.start()
-        stack.callback(server.stop)
-        stack.enter_context(override_settings(WS4REDIS_CONNECTION=redis_server.url))
-        ports = [base + i for i in range(WORKERS)]
-        wait_for(lambda: all(health(p)[0] == 200 for p in ports), 20, f"every worker's health (see {server.log_path})")
-        yield redis_server, server, ports
+
+        def start(**more_env: str) -> tuple[RedisServer, UwsgiServer, list[int]]:
+            redis_server = RedisServer(workdir=tmp_path).start()
+            stack.callback(redis_server.stop)
+            base = free_port()
+            while not all(port_free(base + i) for i in range(WORKERS)):
+                base = free_port()
+            env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url, "WS4REDIS_TEST_METRICS_PORT": str(base), **more_env}
+            server = UwsgiServer(env, cores=100, extra=["--workers", str(WORKERS)], log_path=tmp_path / "uwsgi.log")
+            server.start()
+            stack.callback(server.stop)
+            stack.enter_context(override_settings(WS4REDIS_CONNECTION=redis_server.url))
+            ports = [base + i for i in range(WORKERS)]
+            wait_for(lambda: all(health(p)[0] == 200 for p in ports), 20, f"every worker's health (see {server.log_path})")
+            return redis_server, server, ports
+
+        yield start
+
+
+@pytest.fixture
+def stack(start_stack):
+    """A private Redis and a two-worker uWSGI with the site's settings."""
+    return start_stack()
 
 
 def port_free(port: int) -> bool:
@@ -119,14 +136,98 @@ def test_the_counts_follow_real_traffic(stack):
         # talker's own one is handed to it too, and skipped: no echo asked for).
         delivered = sum(v for (name, labels), v in figures.items() if name == "ws4redis_deliveries_total")
         assert delivered == 6 * 7
+        fast = figures["ws4redis_deliveries_total", (("path", "fast"),)]
+        queued = figures["ws4redis_deliveries_total", (("path", "queued"),)]
+        assert fast > 0 and fast + queued == delivered  # clients that keep up are written to at once
         assert figures["ws4redis_client_messages_total", ()] == 1
         assert figures["ws4redis_heartbeats_total", ()] == 1
         assert figures["ws4redis_resumes_total", ()] == 1
         assert figures["ws4redis_gaps_total", ()] == 1
         assert figures["ws4redis_redis_subscribed", ()] == WORKERS
+        assert figures["ws4redis_slow_consumer_closes_total", ()] == 0
+        assert figures["ws4redis_sessions_ended_total", ()] == 0
         assert john is not None
+        # A logout closes that session's websocket with 4001, and it is counted.
+        user = new_user()
+        cookie, key = login(user)
+        with client(server, f"/ws/{fac}?subscribe-user", cookie) as tab:
+            started = time.monotonic()
+            logout(key, user)
+            assert closed_with(tab, started)[0] == CloseCode.SESSION_ENDED
+        assert scrape(ports)["ws4redis_sessions_ended_total", ()] == 1
     # Closed: the gauge goes back down.
     wait_for(lambda: scrape(ports)["ws4redis_websockets_open", (("facility", fac),)] == 0, 5, "the websockets counted closed")
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_never_reads_is_counted_as_closed_for_falling_behind(start_stack):
+    """Closed with 4000 once it fell behind, or reset when a write to it waited its timeout: either is counted."""
+    _, server, ports = start_stack(WS4REDIS_TEST_MAX_PENDING="5")
+    fac = facility()
+    path = f"/ws/{fac}?subscribe-broadcast"
+    stuck = raw_websocket(server, path, rcvbuf=4096)  # it never reads
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    payload = "x" * 16_000
+    with client(server, path) as reader:
+
+        def fell_behind() -> bool:
+            # In bursts: what reaches the worker while the stuck client's socket is full waits for it.
+            for _ in range(20):
+                publisher.publish_message(payload, expire=0)
+            assert [recv(reader) for _ in range(20)] == [payload] * 20  # a client that reads keeps getting everything
+            figures = scrape(ports)
+            return (
+                figures["ws4redis_deliveries_total", (("path", "queued"),)] > 5
+                or figures["ws4redis_slow_consumer_closes_total", ()]
+            )
+
+        wait_for(fell_behind, 20, "the client that never reads to fall behind")
+        wait_for(
+            lambda: scrape(ports)["ws4redis_slow_consumer_closes_total", ()] == 1,
+            SEND_TIMEOUT + 15,
+            "the client that never reads to be closed",
+        )
+        publisher.publish_message("after", expire=0)
+        assert recv(reader) == "after"
+        figures = scrape(ports)
+    assert close_code_of(stuck) in (CloseCode.SLOW_CONSUMER, None)  # the close frame, when it got through
+    stuck.close()
+    assert figures["ws4redis_slow_consumer_closes_total", ()] == 1
+    assert figures["ws4redis_websockets_open", (("facility", fac),)] == 1  # the reader
+    assert figures["ws4redis_deliveries_total", (("path", "queued"),)] > 0  # what waited for it
+    assert figures["ws4redis_deliveries_total", (("path", "fast"),)] > 0
+    log = server.log_text()
+    assert "closing a websocket that fell 5 messages behind" in log or "reset a websocket that took no frame in time" in log
+
+
+def test_the_outbox_drain_is_counted(start_stack):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from ws4redis_uwsgi.core import envelope
+    from ws4redis_uwsgi.models import OutboxMessage
+
+    redis_server, server, ports = start_stack(WS4REDIS_TEST_OUTBOX_DRAIN="0.3", WS4REDIS_TEST_OUTBOX_GRACE="1")
+    fac = facility()
+    assert scrape(ports)["ws4redis_outbox_published_total", ()] == 0
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        # What a publisher killed between its commit and its publish leaves behind.
+        OutboxMessage.objects.create(
+            uid=envelope.new_durable_uid(),
+            created=timezone.now() - timedelta(minutes=1),
+            facility=fac,
+            audiences={"broadcast": True},
+            message=b"left behind",
+            expire=0,
+        )
+        assert ws.recv(timeout=10 * TIMING) == "left behind"
+    wait_for(lambda: not OutboxMessage.objects.filter(facility=fac).exists(), 10, "the drain to delete the row")
+    figures = scrape(ports)
+    assert figures["ws4redis_outbox_published_total", ()] == 1  # by one worker's drain, once
+    assert figures["ws4redis_outbox_failed_rounds_total", ()] == 0
+    redis_server.stop()
+    wait_for(lambda: scrape(ports)["ws4redis_outbox_failed_rounds_total", ()] >= WORKERS, 20, "every drain to fail a round")
 
 
 def test_health_answers_503_while_redis_is_away(stack):
@@ -145,3 +246,29 @@ def test_neither_is_served_on_the_websocket_port(stack):
         status, body = get(server.port, path)
         assert status != 200 and "ws4redis_" not in body
     assert get(ports[0], "/other") == (404, "not found\n")
+
+
+def test_a_publish_from_django_is_counted_in_the_publish_latency_histogram(redis_server, site_db):
+    """The sync publish_message (a view's): each publish once, when it goes out, failed ones included."""
+    import redis
+    from django.db import transaction
+    from django.test import override_settings
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("ws4redis_publish_seconds_count") or 0
+
+    def total_seconds() -> float:
+        return REGISTRY.get_sample_value("ws4redis_publish_seconds_sum") or 0
+
+    before, seconds = count(), total_seconds()
+    publisher = RedisPublisher(facility=facility(), broadcast=True)
+    assert publisher.publish_message("timed", expire=0) == 0  # no worker subscribes: published all the same
+    assert count() == before + 1 and total_seconds() > seconds
+    with transaction.atomic():
+        publisher.publish_message("after the commit", expire=0, on_commit=True)
+        assert count() == before + 1  # not out yet
+    assert count() == before + 2
+    with override_settings(WS4REDIS_CONNECTION="redis://127.0.0.1:1/0"), pytest.raises(redis.ConnectionError):
+        RedisPublisher(facility=facility(), broadcast=True).publish_message("Redis away", expire=0)
+    assert count() == before + 3

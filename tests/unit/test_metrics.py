@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,20 +53,60 @@ def test_handshakes_by_outcome_and_the_latency_histogram():
     assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
 
 
-def test_the_grafana_dashboard_shows_only_metrics_that_exist():
+def test_every_sample_carries_the_worker_label(monkeypatch):
+    from ws4redis_uwsgi.server import metrics as module
+
+    monkeypatch.setattr(module, "worker_id", lambda: 3)
+    metrics = WorkerMetrics()
+    metrics.handshake("accepted")
+    metrics.opened("chat")
+    metrics.handshake_seconds.observe(0.001)
+    text = generate_latest(metrics.registry).decode()
+    unlabelled = {
+        s.name for family in text_string_to_metric_families(text) for s in family.samples if s.labels.get("worker") != "3"
+    }
+    assert not unlabelled
+
+
+def exposed_and_charted() -> tuple[set[str], set[str]]:
+    """The metrics a worker (with presence and an outbox drain) and a Django process expose, and those the dashboard charts."""
     import json
-    import re
+    from types import SimpleNamespace
 
     from prometheus_client import REGISTRY
 
     from tests.servers import REPO
+    from ws4redis_uwsgi import process
+    from ws4redis_uwsgi.server.outbox_drain import OutboxDrain
 
     metrics = WorkerMetrics()
     metrics.handshake("accepted")
     metrics.opened("chat")
-    exposed = {s.name for family in metrics.registry.collect() for s in family.samples}
-    exposed |= {s.name for family in REGISTRY.collect() for s in family.samples if s.name.startswith("ws4redis_")}
+    # The figures of the presence board and the outbox drain appear once the worker has them.
+    process.resource("presence board", lambda: SimpleNamespace(connections=lambda: 1))
+    process.resource("outbox drain", lambda: OutboxDrain(1.0))
+    try:
+        families = [*metrics.registry.collect(), *(f for f in REGISTRY.collect() if f.name.startswith("ws4redis_"))]
+    finally:
+        process.forget("presence board")
+        process.forget("outbox drain")
+    exposed = {s.name for family in families for s in family.samples}
     dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for expr in expressions for name in re.findall(r"ws4redis_[a-z_]+", expr)}
+    return exposed, used
+
+
+def family_of(sample: str) -> str:
+    return re.sub(r"_(total|bucket|count|sum|created)$", "", sample)
+
+
+def test_the_grafana_dashboard_shows_only_metrics_that_exist():
+    exposed, used = exposed_and_charted()
     assert used and used <= exposed, used - exposed
+
+
+def test_the_grafana_dashboard_has_a_panel_for_every_metric():
+    exposed, used = exposed_and_charted()
+    missing = {family_of(name) for name in exposed} - {family_of(name) for name in used}
+    assert not missing, f"no panel shows {sorted(missing)}"

@@ -405,8 +405,7 @@ class WebsocketWSGIServer:
         except BacklogBudgetError as exc:
             logger.warning("closing a websocket that waited too long for its backlog (%s)", exc)
             websocket.close(CloseCode.TRY_AGAIN_LATER, "try again later")
-        except SlowConsumerError:
-            get_metrics().slow_consumer_closes += 1
+        except SlowConsumerError:  # counted where the websocket ends (Session._fail)
             logger.warning("closing a websocket that did not take its backlog in time")
             raise
 

@@ -38,12 +38,14 @@ class WorkerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Labelled with the worker as every other figure (made in the worker: process resources are made after the fork).
         self.handshake_seconds = Histogram(
             "ws4redis_handshake_seconds",
             "Time from a websocket request to its upgrade (accepted handshakes).",
+            labelnames=["worker"],
             buckets=HANDSHAKE_BUCKETS,
             registry=self.registry,
-        )
+        ).labels(worker=str(worker_id()))
         self.handshakes: dict[str, int] = {}
         self.open_by_facility: dict[str, int] = {}
         self.client_messages = 0

@@ -16,10 +16,11 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ..core.close_codes import CloseCode
-from ..core.exceptions import WebSocketError
+from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.inbound import InboundPolicy
 from ..core.text import loggable
 from .limits import inbound_policy
+from .metrics import get_metrics
 
 if TYPE_CHECKING:
     from ..bus.subscriber import RedisSubscriber
@@ -108,10 +109,15 @@ class Session:
     def _fail(self, exc: Exception) -> None:
         """The one error policy of every websocket.
 
-        The client going away is no error; anything else is logged with its
-        traceback and closes the websocket with 1011, never with the text of
-        the exception.
+        The client going away is no error; a client that took no frame in
+        time (reset) is a slow consumer, counted; anything else is logged with
+        its traceback and closes the websocket with 1011, never with the text
+        of the exception.
         """
+        if isinstance(exc, SlowConsumerError):
+            get_metrics().slow_consumer_closes += 1
+            logger.warning("reset a websocket that took no frame in time (%s)", exc)
+            return
         if isinstance(exc, WebSocketError):
             return
         logger.error("websocket on %s failed", loggable(self.path), exc_info=exc)

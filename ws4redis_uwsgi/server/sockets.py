@@ -102,7 +102,11 @@ class RawSocket:
             self._busy = True
             try:
                 self._write_all(self._pending, timeout=PENDING_WRITE_TIMEOUT)
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.ETIMEDOUT:  # a client that reads nothing: reset, as send_frame does
+                    self.closed = True
+                    abort_on_close(self._fd)
+                    raise SlowConsumerError(f"the client took no frame within {PENDING_WRITE_TIMEOUT:g} s") from None
                 raise WebSocketError("websocket closed while sending") from None
             finally:
                 self._pending = b""
