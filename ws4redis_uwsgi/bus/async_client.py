@@ -99,7 +99,7 @@ def _cluster_client(parsed: RedisTarget) -> AsyncRedisCluster:
 class _BoundedAsyncCluster(AsyncRedisCluster):
     """As the sync client's: a command is tried again after a connection error, never after a timeout."""
 
-    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
 
 def _clients() -> _Clients:

@@ -400,7 +400,7 @@ class _BoundedCluster(RedisCluster):
     publish raises within one timeout (see :data:`CONNECTION_RETRIES`).
     """
 
-    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
 
 def _build_cluster(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> RedisCluster:
