@@ -180,7 +180,9 @@ def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_ret
             for port in sentinels.sentinel_ports:  # the sentinels frozen too
                 sentinels.procs[port].send_signal(signal.SIGSTOP)
             finding_the_master = (CONNECTION_RETRIES + 1) * len(sentinels.sentinel_ports) * max(SENTINEL_TIMEOUTS.values())
-            assert _publish_time(RedisPublisher(facility=facility(), broadcast=True)) < max(one_timeout, finding_the_master) + slack
+            assert (
+                _publish_time(RedisPublisher(facility=facility(), broadcast=True)) < max(one_timeout, finding_the_master) + slack
+            )
         finally:
             for proc in sentinels.procs.values():
                 proc.send_signal(signal.SIGCONT)
