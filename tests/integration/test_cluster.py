@@ -9,6 +9,7 @@ killed under load or a slot migrated must lose nothing silently.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ from tests.integration.failover import (
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
 from tests.servers import TIMING, UwsgiServer, port_open, wait_for
 from tests.topologies import ClusterSet
+from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS
 from ws4redis_uwsgi.core.channels import Audience, channel_name
 from ws4redis_uwsgi.publisher import RedisPublisher
 
@@ -266,3 +268,30 @@ def test_replica_acknowledgement_on_a_cluster_waits_on_every_shard_it_wrote(clus
             assert cluster.client(replica).execute_command("READONLY") and cluster.client(replica).xlen(stream) == 1
         with override_settings(WS4REDIS_WAIT_REPLICAS=2, WS4REDIS_WAIT_TIMEOUT=0.2), pytest.raises(NotReplicatedError):
             RedisPublisher(facility=fac, broadcast=True).publish_message("hoping", expire=0)
+
+
+class _PatientCluster(ClusterSet):
+    """Nodes that wait a minute before calling a silent master failing: a frozen master keeps its slots."""
+
+    node_timeout_ms = 60000
+
+
+@pytest.mark.timeout(180)
+def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_retry(site_db):
+    # SIGSTOP: what a master cut off by a partition looks like (connections open, nothing answers).
+    with _PatientCluster() as cluster, override_settings(WS4REDIS_CONNECTION=cluster.url):
+        fac = facility()
+        frozen = owner(cluster, channel(Audience.BROADCAST, fac))
+        publisher = RedisPublisher(facility=fac, broadcast=True)
+        publisher.publish_message("warm", expire=0)
+        cluster.procs[frozen].send_signal(signal.SIGSTOP)
+        try:
+            bound = max(DEFAULT_TIMEOUTS.values()) + 1.0 * TIMING
+            for _ in range(2):  # on its pooled connection, then on a new one
+                started = time.monotonic()
+                with pytest.raises(redis.RedisError):
+                    publisher.publish_message("into the void", expire=0)
+                assert time.monotonic() - started < bound
+        finally:
+            cluster.procs[frozen].send_signal(signal.SIGCONT)
+        assert publisher.publish_message("thawed", expire=0) == 0

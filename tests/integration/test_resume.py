@@ -72,6 +72,33 @@ def test_resume_after_the_history_was_trimmed_reports_a_gap(uwsgi_server, redis_
         assert [split(recv(ws))[1] for _ in range(5)] == [f"m{i}" for i in range(3, 8)]
 
 
+@pytest.mark.timeout(60)
+def test_a_token_from_a_history_that_was_lost_reports_a_gap(uwsgi_server, redis_client):
+    fac = facility()
+    publisher = RedisPublisher(facility=fac, broadcast=True)
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as ws:
+        publisher.publish_message("m1", expire=0)
+        token, _ = split(recv(ws))
+    publisher.publish_message("m2", expire=0)  # accepted, then lost
+    publisher.publish_message("m3", expire=0)
+    redis_client.delete(f"test:history:broadcast:{fac}")  # as on a replica that never had the stream
+    publisher.publish_message("m4", expire=0)
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume={token}") as ws:
+        assert recv(ws) == "!gap\n"
+        assert split(recv(ws))[1] == "m4"
+
+
+@pytest.mark.timeout(60)
+def test_the_first_message_of_a_channel_is_no_gap_for_a_client_that_got_nothing_there(uwsgi_server, login):
+    fac = facility()
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-broadcast&resume=", login("john")) as ws:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("news", expire=0)
+        token, _ = split(recv(ws))  # a position on the broadcast, the arrival on the user channel
+    RedisPublisher(facility=fac, users=["john"]).publish_message("first for john", expire=0)  # makes the stream
+    with client(uwsgi_server, f"/ws/{fac}?subscribe-user&subscribe-broadcast&resume={token}", login("john")) as ws:
+        assert split(recv(ws))[1] == "first for john"
+
+
 def test_a_malformed_resume_id_is_refused(uwsgi_server):
     with pytest.raises(InvalidStatus) as refused:
         with client(uwsgi_server, f"/ws/{facility()}?subscribe-broadcast&resume=yesterday"):

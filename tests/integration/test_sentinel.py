@@ -9,6 +9,7 @@ on (``WS4REDIS_WAIT_REPLICAS``), every accepted message must arrive.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from tests.integration.failover import (
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv
 from tests.servers import TIMING, UwsgiServer, free_port, wait_for
 from tests.topologies import SentinelSet
-from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS, make_client
+from ws4redis_uwsgi.bus.connection import CONNECTION_RETRIES, DEFAULT_TIMEOUTS, SENTINEL_TIMEOUTS, make_client
 from ws4redis_uwsgi.publisher import NotReplicatedError, RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -147,3 +148,42 @@ def test_unreachable_sentinels_at_start_up_leave_the_worker_serving_and_say_so(s
             RedisPublisher(facility="f", broadcast=True).publish_message("nowhere")
         assert time.monotonic() - started < DEFAULT_TIMEOUTS["socket_connect_timeout"]  # raises, never hangs
     assert "Traceback" not in server.log_text()
+
+
+class _PatientSentinels(SentinelSet):
+    """Sentinels that wait a minute before calling a silent master down: a frozen master stays the master."""
+
+    down_after_ms = 60000
+    failover_timeout_ms = 120000
+
+
+def _publish_time(publisher: RedisPublisher) -> float:
+    started = time.monotonic()
+    with pytest.raises(redis.RedisError):
+        publisher.publish_message("into the void", expire=0)
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(120)
+def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_retry(site_db):
+    # SIGSTOP: what a master cut off by a partition looks like (connections open, nothing answers).
+    with _PatientSentinels() as sentinels, override_settings(WS4REDIS_CONNECTION=sentinels.url):
+        publisher = RedisPublisher(facility=facility(), broadcast=True)
+        publisher.publish_message("warm", expire=0)
+        master = sentinels.procs[sentinels.master_port()]
+        master.send_signal(signal.SIGSTOP)
+        try:
+            slack = 1.0 * TIMING
+            one_timeout = max(DEFAULT_TIMEOUTS.values())
+            assert _publish_time(publisher) < one_timeout + slack  # on its pooled connection
+            assert _publish_time(publisher) < one_timeout + slack  # on a new connection
+            for port in sentinels.sentinel_ports:  # the sentinels frozen too
+                sentinels.procs[port].send_signal(signal.SIGSTOP)
+            finding_the_master = (CONNECTION_RETRIES + 1) * len(sentinels.sentinel_ports) * max(SENTINEL_TIMEOUTS.values())
+            assert (
+                _publish_time(RedisPublisher(facility=facility(), broadcast=True)) < max(one_timeout, finding_the_master) + slack
+            )
+        finally:
+            for proc in sentinels.procs.values():
+                proc.send_signal(signal.SIGCONT)
+        assert RedisPublisher(facility=facility(), broadcast=True).publish_message("thawed", expire=0) == 0

@@ -310,7 +310,7 @@ SENTINEL_URL = "redis+sentinel://:pw@h1:26379,h2:26380/mymaster/2"
 
 
 @pytest.mark.parametrize("max_connections", [None, 3])
-def test_a_sentinel_client_asks_the_sentinels_for_the_master_with_5_second_timeouts(max_connections):
+def test_a_sentinel_client_asks_the_sentinels_for_the_master_with_short_timeouts(max_connections):
     client = make_client(SENTINEL_URL, max_connections=max_connections)
     pool = client.connection_pool
     assert isinstance(client, redis.Redis)
@@ -324,15 +324,21 @@ def test_a_sentinel_client_asks_the_sentinels_for_the_master_with_5_second_timeo
     }
     sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
     assert [(k["host"], k["port"], k["socket_timeout"], k["socket_connect_timeout"]) for k in sentinels] == [
-        ("h1", 26379, 5.0, 5.0),
-        ("h2", 26380, 5.0, 5.0),
+        ("h1", 26379, 0.5, 0.5),
+        ("h2", 26380, 0.5, 0.5),
     ]
 
 
-def test_a_sentinel_client_without_max_connections_has_redis_py_default_pool():
+def test_a_sentinel_client_without_max_connections_has_redis_py_unbounded_pool():
     pool = make_client(SENTINEL_URL).connection_pool
-    assert type(pool) is SentinelConnectionPool
+    assert isinstance(pool, SentinelConnectionPool)  # re-asking the sentinels once a second
     assert not isinstance(pool, redis.BlockingConnectionPool)
+
+
+def test_a_sentinel_client_retries_a_connection_error_once_and_a_timeout_never():
+    retry = make_client(SENTINEL_URL).connection_pool.connection_kwargs["retry"]
+    assert retry.get_retries() == 1
+    assert set(retry._supported_errors) == {redis.ConnectionError}
 
 
 def test_a_sentinel_client_with_max_connections_waits_for_a_free_connection():
@@ -363,7 +369,7 @@ def test_the_sentinel_dict_reaches_the_master_and_the_sentinels():
     assert pool.timeout == 2  # waits as long as the setting lets a socket wait
     (sentinel,) = pool.sentinel_manager.sentinels
     kwargs = sentinel.connection_pool.connection_kwargs
-    assert (kwargs["password"], kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == ("sentinel-pw", 1, 5.0)
+    assert (kwargs["password"], kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == ("sentinel-pw", 1, 0.5)
 
 
 def test_make_client_reads_a_sentinel_setting_by_default():

@@ -30,3 +30,10 @@ HOUR = 3_600_000
 )
 def test_is_gap(since, newest_trimmed, oldest, max_age, gap):
     assert is_gap(since, newest_trimmed, oldest, NOW, max_age) is gap
+
+
+def test_a_stream_made_anew_is_a_gap_for_an_older_id_and_not_for_an_arrival():
+    created = (5_000, 7)
+    assert is_gap((4_000, 3), None, (5_000, 7), 6_000, 0, created)  # an id of the stream that is gone
+    assert not is_gap((4_000, 0), None, (5_000, 7), 6_000, 0, created)  # the moment a client arrived
+    assert not is_gap((5_000, 7), None, (5_000, 7), 6_000, 0, created)  # the new stream's own first id

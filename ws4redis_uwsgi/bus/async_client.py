@@ -29,10 +29,11 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 
 from .. import process, settings
-from .connection import DEFAULT_TIMEOUTS, RedisTarget, Topology, parse, setting_key, target
+from .connection import CONNECTION_RETRIES, DEFAULT_TIMEOUTS, SENTINEL_TIMEOUTS, RedisTarget, Topology, parse, setting_key, target
 
 _REDIS_ARGUMENTS = frozenset(inspect.signature(redis.asyncio.Redis.__init__).parameters) - {"self"}
 _CLUSTER_ARGUMENTS = frozenset(inspect.signature(AsyncRedisCluster.__init__).parameters) - {"self"}
@@ -72,9 +73,13 @@ def _sentinel_client(parsed: RedisTarget) -> redis.asyncio.Redis:
     # that is away retried briefly, so that a publish raises within about its timeouts.
     sentinel = AsyncSentinel(
         list(parsed.nodes),
-        sentinel_kwargs={**DEFAULT_TIMEOUTS, "retry": AsyncRetry(NoBackoff(), 0), **parsed.sentinel_options},
+        sentinel_kwargs={**SENTINEL_TIMEOUTS, "retry": AsyncRetry(NoBackoff(), 0), **parsed.sentinel_options},
         **_supported(
-            {**DEFAULT_TIMEOUTS, "retry": AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3), **parsed.options},
+            {
+                **DEFAULT_TIMEOUTS,
+                "retry": AsyncRetry(NoBackoff(), CONNECTION_RETRIES, supported_errors=(redis.ConnectionError,)),
+                **parsed.options,
+            },
             _REDIS_ARGUMENTS,
         ),
     )
@@ -88,7 +93,13 @@ def _cluster_client(parsed: RedisTarget) -> AsyncRedisCluster:
     kwargs = _supported({**DEFAULT_TIMEOUTS, **parsed.options}, _CLUSTER_ARGUMENTS)
     kwargs.pop("retry", None)  # RedisCluster retries itself; its nodes must not
     (host, port), *others = parsed.nodes
-    return AsyncRedisCluster(host=host, port=port, startup_nodes=[AsyncClusterNode(h, p) for h, p in others], **kwargs)
+    return _BoundedAsyncCluster(host=host, port=port, startup_nodes=[AsyncClusterNode(h, p) for h, p in others], **kwargs)
+
+
+class _BoundedAsyncCluster(AsyncRedisCluster):
+    """As the sync client's: a command is tried again after a connection error, never after a timeout."""
+
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
 
 def _clients() -> _Clients:

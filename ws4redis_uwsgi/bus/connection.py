@@ -22,6 +22,9 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,9 +33,9 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -45,6 +48,18 @@ CLUSTER_SCHEME = "redis+cluster://"
 #: Applied unless the setting says otherwise, so that a Redis that does not
 #: answer makes a publisher fail after seconds instead of hanging a request.
 DEFAULT_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 5.0}
+#: The sentinels' own timeouts unless ``sentinel_kwargs`` says otherwise: a sentinel answers
+#: ``SENTINEL MASTERS`` at once, and one that does not must not hold a publish for seconds.
+SENTINEL_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+#: How often a Sentinel client asks the sentinels whether the master changed (seconds).
+MASTER_CHECK_INTERVAL = 1.0
+#: How often a command to a Sentinel's master, or a Cluster command, is tried again after a
+#: connection error (refused, reset). Never after a timeout: a server that does not answer
+#: (frozen, or cut off by a partition) would make a publish wait its timeout once more per
+#: retry. So a publish raises within one ``socket_timeout`` (or ``socket_connect_timeout``);
+#: on Sentinel, finding the master takes at most ``(CONNECTION_RETRIES + 1) x sentinels x
+#: SENTINEL_TIMEOUTS`` (3 s for three sentinels that do not answer either).
+CONNECTION_RETRIES = 1
 
 _REDIS_ARGUMENTS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
 # Where a Sentinel or a Cluster says where the servers are, the dict must not.
@@ -234,11 +249,55 @@ def _parse_cluster_dict(value: dict[str, Any]) -> RedisTarget:
 # -- clients -------------------------------------------------------------------------------
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+class _FollowingSentinelPool(SentinelConnectionPool):
+    """A Sentinel-managed pool that asks the sentinels for the master at most once a second.
+
+    redis-py asks only when a connection is made: a pooled connection keeps
+    writing to a master the sentinels replaced (a ``SENTINEL FAILOVER``, or a
+    master cut off by a partition) until that master is demoted, and what it
+    took then is wiped. Here a background thread of the process asks every
+    :data:`MASTER_CHECK_INTERVAL`; when the answer changed, redis-py's own
+    :meth:`~redis.sentinel.SentinelConnectionPoolProxy.get_master_address`
+    drops the idle connections, and those in use are dropped when released
+    (they no longer belong to the pool's master). No publish waits for it.
+    """
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_watching_pid", None) != os.getpid():
+            self._watching_pid = os.getpid()
+            _watch_master(self)
+        return super().get_connection(*args, **kwargs)
+
+
+def _watch_master(pool: SentinelConnectionPool) -> None:
+    """Start the thread that re-asks the sentinels for ``pool``'s master; it ends with the pool."""
+    ref = weakref.ref(pool)
+
+    def watch() -> None:
+        while True:
+            time.sleep(MASTER_CHECK_INTERVAL)
+            watched = ref()
+            if watched is None or getattr(watched, "_watching_pid", None) != os.getpid():
+                return
+            try:
+                watched.get_master_address()  # drops the pool's idle connections when the master changed
+            except redis.RedisError:
+                pass  # no sentinel answers: keep the connections there are (their commands fail or succeed)
+            del watched
+
+    threading.Thread(target=watch, name="ws4redis-sentinel-watch", daemon=True).start()
+
+
+class _BlockingSentinelPool(_FollowingSentinelPool, redis.BlockingConnectionPool):
     """A Sentinel-managed pool that waits for a free connection instead of opening more than its size.
 
     redis-py has no such pool; the two combine since redis-py 7.0 (``setup.cfg``).
     """
+
+
+def connection_retry() -> Retry:
+    """The retry of a Sentinel-managed connection: once, at once, after a connection error only (not a timeout)."""
+    return Retry(NoBackoff(), CONNECTION_RETRIES, supported_errors=(redis.ConnectionError,))
 
 
 def make_client(value: Any = None, *, max_connections: int | None = None, **overrides: Any) -> Any:
@@ -279,15 +338,16 @@ def _standalone_template(parsed: RedisTarget, overrides: dict[str, Any]) -> redi
 
 
 def _sentinel_client(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> redis.Redis:
-    # The sentinels are asked in turn: one that does not answer is not asked again. A command
-    # whose master is away is retried briefly (a failover takes seconds), so that it raises
-    # within about its timeouts instead of redis-py's default backoff of seconds per retry.
+    # The sentinels are asked in turn, each with short timeouts; one that does not answer is
+    # not asked again. A command whose connection broke is tried once more (on the master the
+    # sentinels name then: a demoted master's "READONLY" is such a break), one that timed out
+    # is not: a publish raises within its timeouts (see CONNECTION_RETRIES).
     sentinel = Sentinel(
         list(parsed.nodes),
-        sentinel_kwargs={**DEFAULT_TIMEOUTS, "retry": Retry(NoBackoff(), 0), **parsed.sentinel_options},
-        **{**DEFAULT_TIMEOUTS, "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3), **parsed.options},
+        sentinel_kwargs={**SENTINEL_TIMEOUTS, "retry": Retry(NoBackoff(), 0), **parsed.sentinel_options},
+        **{**DEFAULT_TIMEOUTS, "retry": connection_retry(), **parsed.options},
     )
-    kwargs: dict[str, Any] = dict(overrides)
+    kwargs: dict[str, Any] = {"connection_pool_class": _FollowingSentinelPool, **overrides}
     if max_connections is not None:
         kwargs.update(
             connection_pool_class=_BlockingSentinelPool,
@@ -331,15 +391,27 @@ def _cluster_client(parsed: RedisTarget, max_connections: int | None, overrides:
     return LazyCluster(lambda: _build_cluster(parsed, max_connections, overrides))
 
 
+class _BoundedCluster(RedisCluster):
+    """A RedisCluster that tries a command again after a connection error, never after a timeout.
+
+    RedisCluster's own list also holds ``TimeoutError``: a frozen master (or
+    one cut off by a partition) then costs one ``socket_timeout`` per retry
+    (55 s for a publish with redis-py's defaults). Retried this way, a
+    publish raises within one timeout (see :data:`CONNECTION_RETRIES`).
+    """
+
+    ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
 def _build_cluster(parsed: RedisTarget, max_connections: int | None, overrides: dict[str, Any]) -> RedisCluster:
     kwargs: dict[str, Any] = {**DEFAULT_TIMEOUTS, **parsed.options, **overrides}
     kwargs.pop("retry", None)  # RedisCluster retries itself; its nodes must not
     (host, port), *others = parsed.nodes
     startup = [ClusterNode(h, p) for h, p in others]
     if max_connections is None:
-        return RedisCluster(host=host, port=port, startup_nodes=startup, **kwargs)
+        return _BoundedCluster(host=host, port=port, startup_nodes=startup, **kwargs)
     # Only through a URL does RedisCluster take a pool class for its nodes.
-    return RedisCluster(
+    return _BoundedCluster(
         url=f"redis://{host}:{port}",
         startup_nodes=startup,
         connection_pool_class=redis.BlockingConnectionPool,

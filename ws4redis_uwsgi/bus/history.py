@@ -53,7 +53,7 @@ PUBLISH_SCRIPT = """
 local n = math.floor(#KEYS / 3)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local seq = tonumber(now[2]) % 1000
+local seq = tonumber(now[2]) % 1000 + 1  -- never 0: a position with sequence 0 is a client's arrival, not an id
 local ahead = tonumber(ARGV[6])
 local repaired = 0
 local function after(last)
@@ -63,15 +63,17 @@ local function after(last)
   last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
   if last_ms <= ms + ahead and (last_ms > ms or (last_ms == ms and last_seq >= seq)) then
     if last_seq >= 999999999999999 then
-      ms, seq = last_ms + 1, 0
+      ms, seq = last_ms + 1, 1
     else
       ms, seq = last_ms, last_seq + 1
     end
   end
 end
+local existed = {}
 for i = 1, n do
   local newest = redis.call('XREVRANGE', KEYS[n + i], '+', '-', 'COUNT', 1)
-  if #newest > 0 then after(newest[1][1]) end
+  existed[i] = #newest > 0
+  if existed[i] then after(newest[1][1]) end
 end
 local legacy = nil
 if #KEYS > 3 * n then
@@ -126,6 +128,11 @@ for i = 1, n do
   end
   if newest_gone then
     redis.call('SET', trimmed, newest_gone)
+  elseif not existed[i] then
+    -- A new stream: whatever this channel held before (on a master that failed over to a
+    -- replica that never had it, say) is gone. 'c' and the first id: a client whose
+    -- position is an older id learns of the gap (one SET per stream, not per publish).
+    redis.call('SET', trimmed, 'c' .. id)
   end
   if age > 0 then
     redis.call('PEXPIRE', stream, age)
@@ -340,7 +347,14 @@ def _run_acknowledged(client: Any, calls: ScriptCalls) -> list[Any]:
     return replies
 
 
-def is_gap(since: Order, newest_trimmed: Order | None, oldest: Order | None, now_ms: int, max_age_ms: int) -> bool:
+def is_gap(
+    since: Order,
+    newest_trimmed: Order | None,
+    oldest: Order | None,
+    now_ms: int,
+    max_age_ms: int,
+    created: Order | None = None,
+) -> bool:
     """True when messages after ``since`` may be gone from a channel's history (pure).
 
     ``newest_trimmed`` is the newest id the publish script trimmed (by length
@@ -348,8 +362,16 @@ def is_gap(since: Order, newest_trimmed: Order | None, oldest: Order | None, now
     whole stream also expires after ``max_age_ms`` without a publish, and
     nothing remembers what it held: a position older than that horizon is a
     gap unless the stream still reaches back to it.
+
+    ``created`` is the first id of a stream made anew: a position that is an
+    older id was handed out from a stream that is gone (a failover to a
+    replica that never had it). A position with sequence 0 is not an id (the
+    script never assigns one) but the moment a client arrived on a channel
+    where it got nothing: the channel's first message is no gap for it.
     """
     if newest_trimmed is not None and newest_trimmed > since:
+        return True
+    if created is not None and since[1] != 0 and since < created:
         return True
     if max_age_ms > 0 and since[0] < now_ms - max_age_ms:
         return oldest is None or oldest > since
@@ -397,9 +419,18 @@ class BacklogReader:
     """
 
     def __init__(
-        self, client: Any, positions: Mapping[str, Order], run: Callable[[list[tuple[Any, ...]]], list[Any]] | None = None
+        self,
+        client: Any,
+        positions: Mapping[str, Order],
+        run: Callable[[list[tuple[Any, ...]]], list[Any]] | None = None,
+        brought: frozenset[str] = frozenset(),
     ) -> None:
         """``run`` sends a list of commands in one pipeline and returns their replies (by default on ``client``).
+
+        ``brought``: the channels whose position a reconnecting client's token
+        brought. Only there is a stream made anew (:func:`is_gap`'s ``created``)
+        a gap: a websocket that stayed open while Redis restarted got what the
+        worker's subscription got, and catches up as before.
 
         The worker's websockets pass a shared one
         (:class:`~ws4redis_uwsgi.bus.batched_reader.BatchedPipeline`): after a
@@ -408,6 +439,7 @@ class BacklogReader:
         self._client = client
         self._run = run or functools.partial(pipelined, client)
         self._cursors = [_Cursor(c, since, f"{since[0]}-{since[1]}") for c, since in positions.items()]
+        self._brought = brought
         self._count = FIRST_PAGE_ENTRIES
         self._started = False
         #: Set by the first :meth:`next_page`: the history lost messages after a position.
@@ -464,7 +496,10 @@ class BacklogReader:
         now_ms = int(time.time() * 1000)
         for cursor, oldest, trimmed in zip(self._cursors, replies[::2], replies[1::2], strict=True):
             oldest_id = _parse_stored_id(oldest[0][0]) if oldest else None
-            self.gap = self.gap or is_gap(cursor.since, _parse_stored_id(trimmed), oldest_id, now_ms, max_age_ms)
+            marked = bool(trimmed) and trimmed[:1] == b"c"  # a stream made anew, not a trim
+            created = _parse_stored_id(trimmed[1:]) if marked and cursor.channel in self._brought else None
+            newest_trimmed = None if marked else _parse_stored_id(trimmed)
+            self.gap = self.gap or is_gap(cursor.since, newest_trimmed, oldest_id, now_ms, max_age_ms, created)
 
     def _merge(self) -> Page:
         """Hand out buffered messages in id order while their order is certain.

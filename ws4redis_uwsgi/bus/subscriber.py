@@ -238,9 +238,10 @@ class RedisSubscriber(RedisStore):
 
         Pass its pages through :meth:`fresh`.
         """
+        brought = self.outbox.brought()
         if self._connection is resources.command_client():
-            return history.BacklogReader(self._connection, positions, resources.batched_pipeline().run)
-        return history.BacklogReader(self._connection, positions)
+            return history.BacklogReader(self._connection, positions, resources.batched_pipeline().run, brought=brought)
+        return history.BacklogReader(self._connection, positions, brought=brought)
 
     def fresh(self, messages: Iterable[envelope.BusMessage]) -> Iterator[envelope.BusMessage]:
         """Those of ``messages`` (from history, in id order) this websocket is owed, recorded as handed out one at a time."""

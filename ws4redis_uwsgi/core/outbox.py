@@ -289,6 +289,13 @@ class Outbox:
             return self._resumed[channel]
         return (self.arrived_ms, 0)
 
+    def brought(self) -> frozenset[str]:
+        """The channels whose position is still the one the client's token brought (nothing handed out there since)."""
+        if self._resumed is None:
+            return frozenset()
+        handed_out = self._positions or {}
+        return frozenset(c for c in self._resumed if c not in handed_out)
+
     def positions(self) -> dict[str, Order]:
         """:meth:`position` of every channel."""
         return {channel: self.position(channel) for channel in self.channels}
