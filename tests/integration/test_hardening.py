@@ -36,6 +36,7 @@ from tests.integration.helpers import (
 from tests.servers import TIMING, RedisServer, UwsgiServer, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame
 from ws4redis_uwsgi.core.envelope import MAGIC, parse_id
+from ws4redis_uwsgi.core.outbox import GAP_NOTICE
 from ws4redis_uwsgi.core.positions import decode_token, encode_token
 from ws4redis_uwsgi.publisher import RedisPublisher
 
@@ -433,18 +434,31 @@ def test_a_raw_publish_with_an_id_seconds_ahead_of_the_clock_silences_nothing(uw
 
 @pytest.mark.timeout(60)
 def test_no_key_is_written_by_every_publish(uwsgi_server, redis_client):
-    """SPEC 3a: no global counter: a publish writes its channels' streams, and nothing else."""
+    """SPEC 3a: no global counter: a publish writes its channels' streams, and nothing else.
+
+    The publish that creates a channel's stream also marks where it begins
+    (``history-trimmed``: a resume from before it is a gap); once per stream, not per publish.
+    """
     fac = facility()
     redis_client.delete("test:ws4redis:last-id")  # no earlier version publishes here
+    publishers = RedisPublisher(facility=fac, broadcast=True), RedisPublisher(facility=f"{fac}-b", broadcast=True)
     with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast&resume=") as ws:
         before, sets = set(redis_client.keys("test:*")), sets_run(redis_client)
-        RedisPublisher(facility=fac, broadcast=True).publish_message("one", expire=0)
-        RedisPublisher(facility=f"{fac}-b", broadcast=True).publish_message("two", expire=0)
-        assert split(recv(ws))[1] == "one"
+        for publisher in publishers:
+            publisher.publish_message("new stream", expire=0)
+        assert split(recv(ws))[1] == "new stream"
+        assert sets_run(redis_client) == sets + 2  # one mark per new stream
+        created, sets = set(redis_client.keys("test:*")) - before, sets_run(redis_client)
+        for n in range(5):
+            for publisher in publishers:
+                publisher.publish_message(f"one more {n}", expire=0)
+        assert [split(recv(ws))[1] for _ in range(5)] == [f"one more {n}" for n in range(5)]
     assert sets_run(redis_client) == sets  # not a SET, not a counter
-    written = set(redis_client.keys("test:*")) - before
-    assert written == {f"test:history:broadcast:{fac}".encode(), f"test:history:broadcast:{fac}-b".encode()}
-    ((entry_id, _),) = redis_client.xrange(f"test:history:broadcast:{fac}")
+    assert set(redis_client.keys("test:*")) - before == created
+    assert created == {
+        f"test:{kind}:broadcast:{name}".encode() for kind in ("history", "history-trimmed") for name in (fac, f"{fac}-b")
+    }
+    entry_id = redis_client.xrange(f"test:history:broadcast:{fac}")[0][0]
     assert abs(parse_id(entry_id.decode())[0] - time.time() * 1000) < 10_000  # on Redis's clock
 
 
@@ -587,6 +601,10 @@ def test_websockets_opened_before_during_and_after_an_outage_get_every_later_mes
         return recorders, after
 
     recorders, after = asyncio.run(scenario())
+    # The restarted Redis kept nothing: a token from before it names history that is gone, and
+    # whatever came after it may be lost with it (here nothing was): told so, then all that followed.
+    told = recorders["resume=<token>"].frames.pop(0)
+    assert told == GAP_NOTICE.decode(), recorders["resume=<token>"].frames
     for name, recorder in recorders.items():
         assert recorder.close_code is None, (name, recorder.close_code)
         got = payloads(recorder, "resum" in name)
