@@ -39,6 +39,7 @@ class TimedPublisher(threading.Thread):
         self.setting = setting
         self.overrides = overrides
         self.accepted: list[str] = []
+        self.accepted_at: dict[str, float] = {}  # time.monotonic() at which Redis accepted each
         self.refused: list[str] = []
         self.slowest = 0.0
         self.stop = threading.Event()
@@ -52,6 +53,7 @@ class TimedPublisher(threading.Thread):
                 try:
                     publisher.publish_message(f"n{n}", expire=0)
                     self.accepted.append(f"n{n}")
+                    self.accepted_at[f"n{n}"] = time.monotonic()
                 except redis.RedisError:
                     self.refused.append(f"n{n}")
                 self.slowest = max(self.slowest, time.monotonic() - started)

@@ -29,6 +29,7 @@ from tests.integration.failover import (
     worker_on,
 )
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
+from tests.integration.test_commands import ws4redis
 from tests.servers import TIMING, UwsgiServer, port_open, wait_for
 from tests.topologies import ClusterSet
 from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS
@@ -295,3 +296,24 @@ def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_ret
         finally:
             cluster.procs[frozen].send_signal(signal.SIGCONT)
         assert publisher.publish_message("thawed", expire=0) == 0
+
+
+@pytest.mark.timeout(180)
+def test_the_operators_commands_publish_show_history_and_list_workers_on_a_cluster(cluster_stack):
+    cluster, server = cluster_stack
+    env = {"WS4REDIS_TEST_REDIS": cluster.url}  # what the commands' process reads as WS4REDIS_CONNECTION
+    fac = facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        done = ws4redis("publish", "--facility", fac, "--broadcast", "from the command", "--expire", "0", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.rstrip().endswith("to 1 receiving worker(s)")
+        assert recv(ws) == "from the command"
+        RedisPublisher(facility=fac, broadcast=True).publish_message("from the site", expire=0)
+        assert recv(ws) == "from the site"
+        done = ws4redis("history", "--facility", fac, "--broadcast", env=env)
+        assert done.returncode == 0, done.stderr
+        assert [line.split("\t", 1)[1] for line in done.stdout.splitlines()] == ["from the command", "from the site"]
+        done = ws4redis("workers", env=env)
+    assert done.returncode == 0, done.stderr
+    pids = {line.split("\t")[1] for line in done.stdout.splitlines()[1:]}
+    assert {f"pid {pid}" for pid in server.worker_pids()} <= pids

@@ -114,6 +114,7 @@ class ResumingClient:
         self.last_id = ""
         self.payloads: list[str] = []
         self.ids: list[str] = []
+        self.arrived: list[float] = []  # time.monotonic() at which each payload arrived
         self.gaps = 0
         self.close_codes: list[int | None] = []
         self.connected = asyncio.Event()
@@ -138,6 +139,7 @@ class ResumingClient:
                         self.last_id = header
                         self.ids.append(header)
                         self.payloads.append(payload)
+                        self.arrived.append(time.monotonic())
             except ConnectionClosed as closed:
                 self.close_codes.append(closed.rcvd.code if closed.rcvd else None)
             except (OSError, InvalidStatus, InvalidURI, TimeoutError):

@@ -263,10 +263,17 @@ class _FollowingSentinelPool(SentinelConnectionPool):
     """
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self._follow()
+        return super().get_connection(*args, **kwargs)
+
+    def make_connection(self) -> Any:
+        self._follow()  # a connection held outside the pool (bus/held_connection.py) follows the master too
+        return super().make_connection()
+
+    def _follow(self) -> None:
         if getattr(self, "_watching_pid", None) != os.getpid():
             self._watching_pid = os.getpid()
             _watch_master(self)
-        return super().get_connection(*args, **kwargs)
 
 
 def _watch_master(pool: SentinelConnectionPool) -> None:

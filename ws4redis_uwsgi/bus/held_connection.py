@@ -13,8 +13,9 @@ none of that. Replies are parsed by the client's own response callbacks, so
 callers get what the client would have given them.
 
 Only for one Redis (standalone or behind Sentinel: the connection asks the
-sentinels for the master whenever it connects); a Cluster client routes each
-command by its slot and is used as it is.
+sentinels for the master whenever it connects, and is dropped once the
+sentinels name another one); a Cluster client routes each command by its
+slot and is used as it is.
 """
 
 from __future__ import annotations
@@ -48,9 +49,18 @@ class HeldConnection:
             return self._execute(commands)
 
     def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self._client.connection_pool
         connection = self._connection
         if connection is None:
-            connection = self._connection = self._client.connection_pool.make_connection()
+            connection = self._connection = pool.make_connection()
+        else:
+            master = getattr(pool, "master_address", None)  # a Sentinel's pool: the master it last heard of
+            if master is not None and (connection.host, connection.port) != tuple(master):
+                connection.disconnect()  # the sentinels name another master now
+        if connection._sock is None:
+            # connect(), not the implicit connect of a send: only connect() asks a Sentinel for its master
+            # (a send would go to redis-py's default, localhost:6379).
+            connection.connect()
         replies: list[Any] = []
         error: redis.ResponseError | None = None
         try:

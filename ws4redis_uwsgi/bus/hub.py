@@ -43,6 +43,7 @@ from gevent.event import Event
 
 from ..core import envelope
 from ..core.text import loggable
+from .connection import MASTER_CHECK_INTERVAL
 from .shards import Shards, SingleShard
 from .subscription import Reply, Subscription, open_subscription
 
@@ -525,14 +526,31 @@ class _Link:
         self.connected = True
         self.reader = subscription.reader
         logger.info("Redis subscription connected to %s (pid %d, replies read by %s)", self.target, os.getpid(), self.reader)
+        ping_interval = self.hub.ping_interval
+        # On a Sentinel's master, look at least once a second whether the sentinels name another one:
+        # after a SENTINEL FAILOVER (or a partition) the old master stays up, and a master, for seconds.
+        following = subscription.on_sentinel
+        wait = min(ping_interval, MASTER_CHECK_INTERVAL) if following else ping_interval
+        next_check = time.monotonic() + MASTER_CHECK_INTERVAL if following else math.inf
+        quiet = 0.0  # seconds waited in vain since the connection was last heard of (or pinged)
         ping_pending = False
         while True:
             if self._drain(subscription):
                 ping_pending = False
             self._sync(subscription)
-            if self._waiter.wait(self.hub.ping_interval):
+            if following and time.monotonic() >= next_check:
+                next_check = time.monotonic() + MASTER_CHECK_INTERVAL
+                master = subscription.master_elsewhere()
+                if master is not None:
+                    raise redis.ConnectionError(f"the sentinels name another master, {master[0]}:{master[1]}")
+            if self._waiter.wait(wait):
+                quiet = 0.0
+                continue
+            quiet += wait
+            if quiet < ping_interval:
                 continue
             # Idle for a whole interval: make sure the connection is still alive.
+            quiet = 0.0
             if ping_pending:
                 raise redis.ConnectionError("no answer to PING")
             if self.subscribed:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import hiredis
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 #: Bytes read from the socket at a time.
 READ_SIZE = 64 * 1024
@@ -52,9 +53,12 @@ class Subscription(Protocol):
     def fileno(self) -> int: ...
     def replies(self) -> Iterator[Reply]: ...
     def close(self) -> None: ...
+    def master_elsewhere(self) -> tuple[str, int] | None: ...
 
     #: Who parses the replies: ``hiredis`` (read by the hub) or ``redis-py`` (its PubSub).
     reader: str
+    #: Whether the connection is to the master a Sentinel names (which :meth:`master_elsewhere` can tell moved).
+    on_sentinel: bool
 
 
 def open_subscription(client: redis.Redis, sharded: bool) -> Subscription:
@@ -84,6 +88,22 @@ def _raw_socket(connection: Any) -> _socket.socket | None:
     return raw
 
 
+def _on_sentinel(client: redis.Redis) -> bool:
+    return isinstance(client.connection_pool, SentinelConnectionPool)
+
+
+def _master_elsewhere(client: redis.Redis, connection: Any) -> tuple[str, int] | None:
+    """The master a Sentinel client's pool last heard of, when ``connection`` is not to it; else None.
+
+    No round trip: the pool's own thread asks the sentinels once a second
+    (see :class:`~ws4redis_uwsgi.bus.connection._FollowingSentinelPool`).
+    """
+    master = getattr(client.connection_pool, "master_address", None)
+    if master is None or connection is None or (connection.host, connection.port) == tuple(master):
+        return None
+    return master  # type: ignore[no-any-return]
+
+
 def _name(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -104,6 +124,11 @@ class RawSubscription:
         self._sharded = sharded
         self._reader = hiredis.Reader()
         self._buffer = bytearray(READ_SIZE)
+        self.on_sentinel = _on_sentinel(client)
+
+    def master_elsewhere(self) -> tuple[str, int] | None:
+        """Where the sentinels say the master is now, when it is not where this connection goes."""
+        return _master_elsewhere(self._client, self._connection)
 
     def subscribe(self, channels: Iterable[str]) -> None:
         self._send("SSUBSCRIBE" if self._sharded else "SUBSCRIBE", channels)
@@ -185,6 +210,11 @@ class PubSubSubscription:
         self._client = client  # kept: a client that is collected disconnects its pool's connections
         self._pubsub = client.pubsub()
         self._sharded = sharded
+        self.on_sentinel = _on_sentinel(client)
+
+    def master_elsewhere(self) -> tuple[str, int] | None:
+        """Where the sentinels say the master is now, when it is not where this connection goes."""
+        return _master_elsewhere(self._client, self._pubsub.connection)
 
     def subscribe(self, channels: Iterable[str]) -> None:
         self._send(self._pubsub.ssubscribe, self._pubsub.subscribe, channels)
