@@ -64,9 +64,6 @@ class HeldConnection:
         replies: list[Any] = []
         error: redis.ResponseError | None = None
         try:
-            # Connected through connect(): behind Sentinel only it asks the sentinels for the master
-            # (a write would connect on its own, to the connection's default address). Nothing once connected.
-            connection.connect()
             connection.send_packed_command(connection.pack_commands(commands))
             for command in commands:
                 try:
