@@ -103,3 +103,22 @@ def close_code_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
                 return int(event.code)
         if not data:
             return None
+
+
+def left_in_outbox(facility: str, message: bytes) -> object:
+    """A broadcast row of the durable outbox as a publisher killed between its commit and its publish leaves it (a minute old)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from ws4redis_uwsgi.core import envelope
+    from ws4redis_uwsgi.models import OutboxMessage
+
+    return OutboxMessage.objects.create(
+        uid=envelope.new_durable_uid(),
+        created=timezone.now() - timedelta(minutes=1),
+        facility=facility,
+        audiences={"broadcast": True},
+        message=message,
+        expire=0,
+    )

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
@@ -23,7 +22,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests.conftest import SITE_ENV
-from tests.integration.helpers import client, facility, recv
+from tests.integration.helpers import client, facility, left_in_outbox, recv
 from tests.servers import REPO, TIMING, UwsgiServer, wait_for
 from ws4redis_uwsgi.bus import durable
 from ws4redis_uwsgi.bus.connection import get_client
@@ -220,14 +219,7 @@ def test_a_copy_published_again_reaches_a_client_once_with_history_on_or_off(sit
 
 def test_a_drain_skips_rows_another_drain_holds(db_backend, redis_server):
     fac = facility()
-    OutboxMessage.objects.create(
-        uid=envelope.new_durable_uid(),
-        created=timezone.now() - timedelta(minutes=1),
-        facility=fac,
-        audiences={"broadcast": True},
-        message=b"held",
-        expire=0,
-    )
+    left_in_outbox(fac, b"held")
     if connection.features.has_select_for_update_skip_locked:
         # Another drain's transaction holds the rows (PostgreSQL): this one skips them.
         taken, release = threading.Event(), threading.Event()
@@ -322,14 +314,7 @@ def test_the_worker_drains_without_any_websocket(draining_server, redis_client):
     bus = redis_client.pubsub()
     bus.subscribe(channel(fac))
     bus.get_message(timeout=1)  # the subscription's confirmation
-    OutboxMessage.objects.create(
-        uid=envelope.new_durable_uid(),
-        created=timezone.now() - timedelta(minutes=1),
-        facility=fac,
-        audiences={"broadcast": True},
-        message=b"no websocket came",
-        expire=0,
-    )
+    left_in_outbox(fac, b"no websocket came")
     message = wait_for(lambda: bus.get_message(timeout=0.5), 20, "the drain to publish")
     bus.close()
     assert envelope.decode(message["data"]).payload == b"no websocket came"  # type: ignore[index]

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import SITE_ENV, session_cookie
-from tests.integration.helpers import client, close_code_of, facility, raw_websocket, recv
+from tests.integration.helpers import client, close_code_of, facility, left_in_outbox, raw_websocket, recv
 from tests.integration.test_live_auth import closed_with, login, logout, new_user
 from tests.servers import TIMING, RedisServer, UwsgiServer, free_port, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode
@@ -201,26 +201,13 @@ def test_a_client_that_never_reads_is_counted_as_closed_for_falling_behind(start
 
 
 def test_the_outbox_drain_is_counted(start_stack):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from ws4redis_uwsgi.core import envelope
     from ws4redis_uwsgi.models import OutboxMessage
 
     redis_server, server, ports = start_stack(WS4REDIS_TEST_OUTBOX_DRAIN="0.3", WS4REDIS_TEST_OUTBOX_GRACE="1")
     fac = facility()
     assert scrape(ports)["ws4redis_outbox_published_total", ()] == 0
     with client(server, f"/ws/{fac}?subscribe-broadcast") as ws:
-        # What a publisher killed between its commit and its publish leaves behind.
-        OutboxMessage.objects.create(
-            uid=envelope.new_durable_uid(),
-            created=timezone.now() - timedelta(minutes=1),
-            facility=fac,
-            audiences={"broadcast": True},
-            message=b"left behind",
-            expire=0,
-        )
+        left_in_outbox(fac, b"left behind")
         assert ws.recv(timeout=10 * TIMING) == "left behind"
     wait_for(lambda: not OutboxMessage.objects.filter(facility=fac).exists(), 10, "the drain to delete the row")
     figures = scrape(ports)
