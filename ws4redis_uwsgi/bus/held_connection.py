@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 
-#: Errors after which the command is sent once more on a fresh connection: the held connection
-#: may have been cut while it idled (Redis restarted, a failover, an idle timeout). Not a timeout:
-#: a Redis that does not answer would make every caller wait twice.
+#: Errors after which the command is sent once more on a fresh connection, when the held connection
+#: was connected before the call: it may have been cut while it idled (Redis restarted, a failover,
+#: an idle timeout). Not a timeout: a Redis that does not answer would make every caller wait twice.
 _RETRIED = (redis.ConnectionError,)
 
 
@@ -43,9 +43,12 @@ class HeldConnection:
         :raises redis.RedisError: what the client would raise; the first
             error reply after every reply was read, so the connection stays in step.
         """
+        idle = self._connection is not None and self._connection._sock is not None
         try:
             return self._execute(commands)
         except _RETRIED:
+            if not idle:
+                raise  # it failed to connect: redis-py's connect() has tried as its retry policy says
             return self._execute(commands)
 
     def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
