@@ -24,11 +24,11 @@ demo: venv
 demo-runserver: venv
 	$(PY) deploy/run_demo.py --runserver
 
-## The test suite: unit tests and integration tests against real redis-server and uWSGI (about 3 minutes).
+## The test suite: unit tests and integration tests against real redis-server and uWSGI (about 5 minutes on 2 cores).
 test: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## The slow ones: Sentinel and Cluster topologies and their failovers (about 1 minute more).
+## The slow ones: Sentinel and Cluster topologies and their failovers, fault scenarios of 5 s or more each (about 5 minutes more).
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 

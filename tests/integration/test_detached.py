@@ -64,6 +64,7 @@ def test_an_idle_websocket_costs_the_worker_less_than_10_kb(redis_server, site_d
     assert per_connection < 10_000, f"{per_connection:.0f} bytes per idle websocket"
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(90)
 def test_a_client_that_answers_no_ping_is_dropped_and_one_that_answers_stays(redis_server, site_db, tmp_path):
     """uWSGI's ping rules (websocket-ping-freq, websocket-pong-tolerance) hold for detached websockets."""

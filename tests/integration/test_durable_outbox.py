@@ -259,6 +259,7 @@ def test_a_drain_skips_rows_another_drain_holds(db_backend, redis_server):
 # -- a crash between commit and publish ---------------------------------------------------
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_a_row_a_killed_process_left_is_published_by_the_worker_drain_and_the_command_once(
     draining_server, site_env, redis_client
 ):

@@ -66,6 +66,7 @@ def handshake_status(server: UwsgiServer, path: str) -> tuple[bytes, socket.sock
 # -- 1. Redis down at the handshake leaked the slot, the descriptor and the subscription --
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(120)
 def test_websockets_dropped_while_redis_is_down_leave_nothing_behind(site_db, tmp_path):
     redis_server = RedisServer(workdir=tmp_path).start()
@@ -193,6 +194,7 @@ def test_a_client_flooding_pings_or_heartbeats_is_closed_with_1008_and_stalls_no
     assert max(handshakes) < 1.0 * TIMING, handshakes
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("frame", "kind"), [(PING, "pings"), (HEARTBEAT_FRAME, "heartbeats")])
 def test_without_a_rate_limit_a_flood_still_gets_its_turn_only(redis_server, site_db, tmp_path, frame, kind):
@@ -539,6 +541,7 @@ class Recorder:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(120)
 def test_websockets_opened_before_during_and_after_an_outage_get_every_later_message(private_stack):
     redis_server, server = private_stack

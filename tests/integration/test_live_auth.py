@@ -323,6 +323,7 @@ def test_the_periodic_recheck_finds_what_django_sends_no_signal_for(rechecking_s
             assert closed_with(ws, started)[0] == CloseCode.SESSION_ENDED
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_a_storm_of_group_changes_does_not_stall_the_worker(site_server):
     """2,000 group changes a second for users with websockets: the worker's other clients are served meanwhile.
 

@@ -67,6 +67,7 @@ def channels_of(fac: str, user, group: str) -> tuple[str, str]:
     return channel_name("test", Audience.USER, fac, user.username), channel_name("test", Audience.GROUP, fac, group)
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_a_session_that_reconnects_within_the_seconds_is_served_without_the_database_and_not_after(caching_worker):
     from django.contrib.auth.models import User
     from django.contrib.sessions.models import Session
@@ -93,6 +94,7 @@ def test_a_session_that_reconnects_within_the_seconds_is_served_without_the_data
         assert subscribers(user_channel) == 0 and subscribers(group_channel) == 0  # what the database says now
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_when_it_closes(caching_worker):
     """A page change: the next page's websocket opens right after the last one closed, however long that one lived."""
     from django.contrib.sessions.models import Session

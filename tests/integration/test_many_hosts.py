@@ -157,6 +157,7 @@ def test_every_vassal_subscribes_once_from_its_own_host(hosts: ManyHosts, probe,
         assert dict(probe.pubsub_numsub(channel))[channel.encode()] == 2
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_a_message_from_django_reaches_every_client_on_every_host_once(hosts: ManyHosts, login):
     fac = facility()
     john, mary = login("john"), login("mary")

@@ -103,6 +103,7 @@ def scrape(ports: list[int]) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return totals
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 def test_the_counts_follow_real_traffic(stack):
     _, server, ports = stack
     fac = facility()
@@ -159,6 +160,7 @@ def test_the_counts_follow_real_traffic(stack):
     wait_for(lambda: scrape(ports)["ws4redis_websockets_open", (("facility", fac),)] == 0, 5, "the websockets counted closed")
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(120)
 def test_a_client_that_never_reads_is_counted_as_closed_for_falling_behind(start_stack):
     """Closed with 4000 once it fell behind, or reset when a write to it waited its timeout: either is counted."""

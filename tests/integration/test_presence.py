@@ -141,6 +141,7 @@ def test_a_worker_that_reloads_takes_its_connections_away_at_once(login, tmp_pat
         assert time.monotonic() - reloaded < 10 * TIMING  # not the 30 s of the TTL
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(90)
 def test_a_killed_worker_leaves_no_ghost_for_longer_than_the_ttl(login, tmp_path, redis_server, site_db):
     ttl = 3.0

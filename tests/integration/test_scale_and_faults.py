@@ -169,6 +169,7 @@ def test_full_worker_refuses_with_503_instead_of_hanging(redis_server, site_db, 
         server.stop()
 
 
+@pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(120)
 def test_a_client_that_never_reads_does_not_slow_the_others(redis_server, site_db, tmp_path):
     env = {**SITE_ENV, "WS4REDIS_TEST_MAX_PENDING": "50"}
