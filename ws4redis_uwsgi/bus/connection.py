@@ -302,6 +302,18 @@ class _BlockingSentinelPool(_FollowingSentinelPool, redis.BlockingConnectionPool
     """
 
 
+def master_moved(pool: Any, connection: Any) -> tuple[str, int] | None:
+    """The master a Sentinel pool last heard of, when ``connection`` (of that pool) is not to it; else None.
+
+    No round trip: the pool's own thread asks the sentinels once a second
+    (:class:`_FollowingSentinelPool`). None for any other pool.
+    """
+    master = getattr(pool, "master_address", None)
+    if master is None or connection is None or (connection.host, connection.port) == tuple(master):
+        return None
+    return master  # type: ignore[no-any-return]
+
+
 def connection_retry() -> Retry:
     """The retry of a Sentinel-managed connection: once, at once, after a connection error only (not a timeout)."""
     return Retry(NoBackoff(), CONNECTION_RETRIES, supported_errors=(redis.ConnectionError,))

@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from .connection import master_moved
+
 #: Errors after which the command is sent once more on a fresh connection, when the held connection
 #: was connected before the call: it may have been cut while it idled (Redis restarted, a failover,
 #: an idle timeout). Not a timeout: a Redis that does not answer would make every caller wait twice.
@@ -56,10 +58,8 @@ class HeldConnection:
         connection = self._connection
         if connection is None:
             connection = self._connection = pool.make_connection()
-        else:
-            master = getattr(pool, "master_address", None)  # a Sentinel's pool: the master it last heard of
-            if master is not None and (connection.host, connection.port) != tuple(master):
-                connection.disconnect()  # the sentinels name another master now
+        elif master_moved(pool, connection) is not None:
+            connection.disconnect()  # the sentinels name another master now
         if connection._sock is None:
             # connect(), not the implicit connect of a send: only connect() asks a Sentinel for its master
             # (a send would go to redis-py's default, localhost:6379).

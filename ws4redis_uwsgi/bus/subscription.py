@@ -32,6 +32,8 @@ import hiredis
 import redis
 from redis.sentinel import SentinelConnectionPool
 
+from .connection import master_moved
+
 #: Bytes read from the socket at a time.
 READ_SIZE = 64 * 1024
 
@@ -92,18 +94,6 @@ def _on_sentinel(client: redis.Redis) -> bool:
     return isinstance(client.connection_pool, SentinelConnectionPool)
 
 
-def _master_elsewhere(client: redis.Redis, connection: Any) -> tuple[str, int] | None:
-    """The master a Sentinel client's pool last heard of, when ``connection`` is not to it; else None.
-
-    No round trip: the pool's own thread asks the sentinels once a second
-    (see :class:`~ws4redis_uwsgi.bus.connection._FollowingSentinelPool`).
-    """
-    master = getattr(client.connection_pool, "master_address", None)
-    if master is None or connection is None or (connection.host, connection.port) == tuple(master):
-        return None
-    return master  # type: ignore[no-any-return]
-
-
 def _name(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -128,7 +118,7 @@ class RawSubscription:
 
     def master_elsewhere(self) -> tuple[str, int] | None:
         """Where the sentinels say the master is now, when it is not where this connection goes."""
-        return _master_elsewhere(self._client, self._connection)
+        return master_moved(self._client.connection_pool, self._connection)
 
     def subscribe(self, channels: Iterable[str]) -> None:
         self._send("SSUBSCRIBE" if self._sharded else "SUBSCRIBE", channels)
@@ -214,7 +204,7 @@ class PubSubSubscription:
 
     def master_elsewhere(self) -> tuple[str, int] | None:
         """Where the sentinels say the master is now, when it is not where this connection goes."""
-        return _master_elsewhere(self._client, self._pubsub.connection)
+        return master_moved(self._client.connection_pool, self._pubsub.connection)
 
     def subscribe(self, channels: Iterable[str]) -> None:
         self._send(self._pubsub.ssubscribe, self._pubsub.subscribe, channels)
