@@ -91,6 +91,11 @@ class _Batches:
         """One reply per request, in their order, from one round trip."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Drop the reader's own connection (:func:`ws4redis_uwsgi.process.forget` and ``reset`` call it)."""
+        if self._held is not None:
+            self._held.close()
+
     def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies to ``commands``, sent in one pipeline."""
         if self._held is not None:
