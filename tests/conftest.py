@@ -197,6 +197,14 @@ def login(site_db: None):
 
 
 @pytest.fixture
+def private_redis(tmp_path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free port, which the test may kill and start again."""
+    server = RedisServer(workdir=tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def private_stack(site_db, tmp_path):
     """A redis-server and uWSGI worker of this test's own, so they can be broken; publishers use that Redis."""
     from django.test import override_settings

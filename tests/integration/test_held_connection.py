@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.servers import RedisServer
 from ws4redis_uwsgi.bus.held_connection import HeldConnection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RedisServer(workdir=tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_replies_are_what_the_client_would_give(private_redis) -> None:
@@ -48,20 +40,16 @@ def test_one_connection_serves_every_call(private_redis) -> None:
     assert len(client.client_list()) == before + 1
 
 
-def test_after_redis_restarted_the_next_call_reconnects_and_answers(tmp_path) -> None:
-    server = RedisServer(workdir=tmp_path).start()
-    try:
-        client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
-        held = HeldConnection(client)
-        client.set("held:key", "before")
-        assert held.execute([("GET", "held:key")]) == [b"before"]
-        server.kill()
-        server.start()
-        client.set("held:key", "after")
-        # The held connection was cut while it idled: the call goes out again on a new one.
-        assert held.execute([("GET", "held:key")]) == [b"after"]
-    finally:
-        server.stop()
+def test_after_redis_restarted_the_next_call_reconnects_and_answers(private_redis) -> None:
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=2)
+    held = HeldConnection(client)
+    client.set("held:key", "before")
+    assert held.execute([("GET", "held:key")]) == [b"before"]
+    private_redis.kill()
+    private_redis.start()
+    client.set("held:key", "after")
+    # The held connection was cut while it idled: the call goes out again on a new one.
+    assert held.execute([("GET", "held:key")]) == [b"after"]
 
 
 def test_a_redis_that_does_not_answer_raises_within_the_timeout_once_and_the_next_call_starts_clean(private_redis) -> None:

@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.servers import RedisServer, wait_for
+from tests.servers import wait_for
 from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -34,9 +34,9 @@ def run_gevent_until(condition, timeout: float = 10.0, what: str = "condition") 
 
 
 @pytest.fixture(params=[None, 1.0], ids=["hiredis-reads", "redis-py-reads"])
-def redis_and_hub(tmp_path, request):
+def redis_and_hub(private_redis, request):
     """A Redis and a hub on it; the hub reads the socket itself, or (with a socket timeout) through redis-py's PubSub."""
-    server = RedisServer(workdir=tmp_path).start()
+    server = private_redis
     timeout = request.param
     hub = SubscriptionHub(
         lambda: redis.Redis.from_url(server.url, socket_timeout=timeout, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)),
@@ -45,7 +45,6 @@ def redis_and_hub(tmp_path, request):
     )
     yield server, hub
     hub.close()
-    server.stop()
 
 
 def test_channels_left_during_an_outage_leave_no_state(redis_and_hub):

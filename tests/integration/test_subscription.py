@@ -7,17 +7,10 @@ import socket
 import pytest
 import redis
 
-from tests.servers import RedisServer, wait_for
+from tests.servers import wait_for
 from ws4redis_uwsgi.bus.subscription import PubSubSubscription, RawSubscription, Reply, Subscription, open_subscription
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-@pytest.fixture
-def server(tmp_path):
-    server = RedisServer(workdir=tmp_path).start()
-    yield server
-    server.stop()
 
 
 def collect(subscription: Subscription, count: int) -> list[Reply]:
@@ -28,12 +21,13 @@ def collect(subscription: Subscription, count: int) -> list[Reply]:
     return got
 
 
-def test_a_plain_connection_is_read_by_hiredis_and_gives_what_redis_py_gives(server):
-    publisher = redis.Redis.from_url(server.url)
+def test_a_plain_connection_is_read_by_hiredis_and_gives_what_redis_py_gives(private_redis):
+    publisher = redis.Redis.from_url(private_redis.url)
+    url = private_redis.url
     subscriptions = {
-        "hiredis, RESP2": open_subscription(redis.Redis.from_url(server.url, socket_timeout=None, protocol=2), sharded=False),
-        "hiredis, RESP3": open_subscription(redis.Redis.from_url(server.url, socket_timeout=None, protocol=3), sharded=False),
-        "redis-py": open_subscription(redis.Redis.from_url(server.url, socket_timeout=5), sharded=False),
+        "hiredis, RESP2": open_subscription(redis.Redis.from_url(url, socket_timeout=None, protocol=2), sharded=False),
+        "hiredis, RESP3": open_subscription(redis.Redis.from_url(url, socket_timeout=None, protocol=3), sharded=False),
+        "redis-py": open_subscription(redis.Redis.from_url(url, socket_timeout=5), sharded=False),
     }
     assert isinstance(subscriptions["hiredis, RESP2"], RawSubscription)
     assert isinstance(subscriptions["hiredis, RESP3"], RawSubscription)
@@ -53,13 +47,13 @@ def test_a_plain_connection_is_read_by_hiredis_and_gives_what_redis_py_gives(ser
         subscription.close()
 
 
-def test_a_connection_redis_closes_raises_a_connection_error_and_is_given_back(server):
-    client = redis.Redis.from_url(server.url, socket_timeout=None)
+def test_a_connection_redis_closes_raises_a_connection_error_and_is_given_back(private_redis):
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=None)
     subscription = open_subscription(client, sharded=False)
     assert isinstance(subscription, RawSubscription)
     subscription.subscribe(["a"])
     collect(subscription, 1)
-    redis.Redis.from_url(server.url).client_kill_filter(_type="pubsub")
+    redis.Redis.from_url(private_redis.url).client_kill_filter(_type="pubsub")
     with pytest.raises(redis.ConnectionError):
         wait_for(lambda: list(subscription.replies()) and False, 5, "the connection to fail")
     subscription.close()
@@ -67,20 +61,20 @@ def test_a_connection_redis_closes_raises_a_connection_error_and_is_given_back(s
 
 
 @pytest.mark.parametrize(("timeout", "kind"), [(None, RawSubscription), (5.0, PubSubSubscription)])
-def test_sharded_subscriptions_send_one_command_per_channel(server, timeout, kind):
+def test_sharded_subscriptions_send_one_command_per_channel(private_redis, timeout, kind):
     """A Cluster takes one slot per SSUBSCRIBE: two channels are two commands (a standalone Redis 7 has SSUBSCRIBE too)."""
-    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=timeout), sharded=True)
+    subscription = open_subscription(redis.Redis.from_url(private_redis.url, socket_timeout=timeout), sharded=True)
     assert isinstance(subscription, kind)
     subscription.subscribe(["{a}x", "{b}y"])
     assert collect(subscription, 2) == [Reply("ssubscribe", "{a}x", 1), Reply("ssubscribe", "{b}y", 2)]
-    redis.Redis.from_url(server.url).spublish("{b}y", "hello")
+    redis.Redis.from_url(private_redis.url).spublish("{b}y", "hello")
     assert collect(subscription, 1) == [Reply("smessage", "{b}y", b"hello")]
     subscription.close()
 
 
-def test_a_subscription_larger_than_the_socket_takes_at_once_is_sent_whole(server):
+def test_a_subscription_larger_than_the_socket_takes_at_once_is_sent_whole(private_redis):
     """After a reconnect the hub subscribes every channel it holds in one command: megabytes, more than one write takes."""
-    subscription = open_subscription(redis.Redis.from_url(server.url, socket_timeout=None), sharded=False)
+    subscription = open_subscription(redis.Redis.from_url(private_redis.url, socket_timeout=None), sharded=False)
     assert isinstance(subscription, RawSubscription)
     # A small send buffer, as on a busy link: the write without waiting takes part, redis-py's waiting write the rest.
     subscription._raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
