@@ -84,9 +84,20 @@ class RawSocket:
         :raises WebSocketError: the client is gone.
         """
         self._finish_pending()
+        self._send_whole(frame, timeout)
+
+    def _finish_pending(self) -> None:
+        if self._pending:
+            try:
+                self._send_whole(self._pending, PENDING_WRITE_TIMEOUT)
+            finally:
+                self._pending = b""
+
+    def _send_whole(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` whole, waiting up to ``timeout``; a client that takes none of it in time is reset."""
         self._busy = True
         try:
-            self._write_all(frame, timeout=timeout)
+            self._write_all(data, timeout=timeout)
         except OSError as exc:
             if exc.errno == errno.ETIMEDOUT:
                 # Part of a frame may be out: nothing else can follow it. Reset the connection.
@@ -96,21 +107,6 @@ class RawSocket:
             raise WebSocketError("websocket closed while sending") from None
         finally:
             self._busy = False
-
-    def _finish_pending(self) -> None:
-        if self._pending:
-            self._busy = True
-            try:
-                self._write_all(self._pending, timeout=PENDING_WRITE_TIMEOUT)
-            except OSError as exc:
-                if exc.errno == errno.ETIMEDOUT:  # a client that reads nothing: reset, as send_frame does
-                    self.closed = True
-                    abort_on_close(self._fd)
-                    raise SlowConsumerError(f"the client took no frame within {PENDING_WRITE_TIMEOUT:g} s") from None
-                raise WebSocketError("websocket closed while sending") from None
-            finally:
-                self._pending = b""
-                self._busy = False
 
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame with ``code``, then wait briefly for the client to close its side.
