@@ -234,3 +234,30 @@ def test_compiled_queries_follow_the_user_model_and_settings_changes(db_backend:
     assert auth_lookup._compiled(auth_lookup._user_query, "default") is first
     with override_settings(DEBUG=False):  # any setting_changed: compile again
         assert auth_lookup._compiled(auth_lookup._user_query, "default") is not first
+
+
+def looked_at_again(session_key: str) -> Any:
+    """What a worker's periodic re-check reads for a session (it must change nothing, so it is not auth.get_user)."""
+    from ws4redis_uwsgi.server.authority import session_user
+
+    return session_user(SessionStore(session_key))
+
+
+def test_the_recheck_reads_the_user_by_the_compiled_query_as_model_backend_would(user: User) -> None:
+    """Each logged-in websocket is looked at again every WS4REDIS_SESSION_RECHECK: by the ORM, dearer than its handshake."""
+    from django.contrib.auth.backends import ModelBackend
+
+    key = login_session(user)
+    with mock.patch.object(ModelBackend, "get_user", refuse):
+        assert fields(looked_at_again(key)) == fields(User.objects.get(pk=user.pk))
+        User.objects.filter(pk=user.pk).update(is_active=False)
+        assert looked_at_again(key) is None
+        User.objects.filter(pk=user.pk).delete()
+        assert looked_at_again(key) is None
+
+
+@override_settings(AUTHENTICATION_BACKENDS=[auth_lookup.MODEL_BACKEND, "django.contrib.auth.backends.AllowAllUsersModelBackend"])
+def test_the_recheck_asks_other_backends_themselves(user: User) -> None:
+    key = login_session(user, backend="django.contrib.auth.backends.AllowAllUsersModelBackend")
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert looked_at_again(key).pk == user.pk  # that backend lets inactive users in

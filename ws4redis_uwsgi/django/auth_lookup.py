@@ -193,6 +193,27 @@ def load_session(store: Any) -> bool:
     return True
 
 
+#: What :func:`backend_user` returns where the compiled query cannot answer: ask the backend itself.
+UNANSWERED: Any = object()
+
+
+def backend_user(user_pk: Any, backend_path: str) -> Any:
+    """What ``auth.load_backend(backend_path).get_user(user_pk)`` returns, by the compiled user query where it may.
+
+    That is Django's ``ModelBackend`` itself (not a subclass: its path is
+    another) and an integer key: the user, or None when there is none or it
+    is inactive. :data:`UNANSWERED` for anything else.
+    """
+    if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
+        return UNANSWERED
+    query = _compiled(_user_query, auth.get_user_model()._default_manager.db)
+    if query is None:
+        return UNANSWERED
+    user = query.instance(user_pk)
+    # ModelBackend.get_user: None for a missing user, and for one user_can_authenticate refuses.
+    return user if user is not None and getattr(user, "is_active", True) else None
+
+
 def get_user(request: Any) -> Any:
     """``django.contrib.auth.get_user(request)``, with the user read by a compiled query where it may be."""
     # Imported here: importing models before django.setup() fails, and this module is imported early.
@@ -208,16 +229,12 @@ def get_user(request: Any) -> Any:
         user_pk = auth.get_user_model()._meta.pk.to_python(stored_pk)
     except Exception:
         return auth.get_user(request)  # an odd value in the session: Django decides
-    if backend_path != MODEL_BACKEND or backend_path not in django_settings.AUTHENTICATION_BACKENDS:
+    if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
         return auth.get_user(request)
-    # The path names ModelBackend itself (not a subclass), so that is what auth.load_backend would load.
-    if not isinstance(user_pk, int):
+    user = backend_user(user_pk, backend_path)
+    if user is UNANSWERED:
         return auth.get_user(request)
-    query = _compiled(_user_query, auth.get_user_model()._default_manager.db)
-    if query is None:
-        return auth.get_user(request)
-    user = query.instance(user_pk)
-    if user is None or not getattr(user, "is_active", True):
+    if user is None:
         return AnonymousUser()  # ModelBackend.get_user returns None for both: no session check follows
     session_hash = session.get(HASH_SESSION_KEY)
     if not session_hash or not constant_time_compare(session_hash, user.get_session_auth_hash()):  # type: ignore[attr-defined]

@@ -288,7 +288,9 @@ def session_user(session: Any) -> Any:
         return None
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
         return None
-    user = load_backend(backend_path).get_user(user_pk)  # None for a user gone, or inactive with ModelBackend
+    user = auth_lookup.backend_user(user_pk, backend_path)  # the stock ModelBackend, by the compiled query
+    if user is auth_lookup.UNANSWERED:
+        user = load_backend(backend_path).get_user(user_pk)  # None for a user gone, or inactive with ModelBackend
     if user is None or not hasattr(user, "get_session_auth_hash"):
         return user
     session_hash = session.get(HASH_SESSION_KEY)
