@@ -8,6 +8,7 @@ worker's live authorization makes it once Redis confirmed the control channel.
 from __future__ import annotations
 
 import sys
+import time
 import types
 
 import pytest
@@ -22,7 +23,7 @@ from django.test.utils import CaptureQueriesContext
 from ws4redis_uwsgi.bus.subscriber import Grant
 from ws4redis_uwsgi.core.channels import ClientRequest
 from ws4redis_uwsgi.django import auth_lookup
-from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
+from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user, read_at
 from ws4redis_uwsgi.django.identity_cache import IdentityCache, get_identity_cache
 from ws4redis_uwsgi.django.tokens import session_ref
 from ws4redis_uwsgi.server.authority import Authority
@@ -187,8 +188,10 @@ def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still
     )
     authority, websocket = Authority(), Watched(grant)
     authority._index(websocket, grant)  # type: ignore[arg-type] # what watch() does, without the worker's hub
+    before = time.monotonic()
     authority._look_at(grant.user_pk)
     assert not websocket.session_ended and handshake(cookie)[1] == 0  # still valid: still kept
+    assert grant.read_at >= before  # the next round counts from this look
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {SessionStore.get_model_class()._meta.db_table} WHERE session_key = %s", [cookie])
     assert handshake(cookie)[1] == 0  # nothing told the worker yet
@@ -196,3 +199,29 @@ def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still
     assert websocket.session_ended
     request, queries = handshake(cookie)
     assert not request.user.is_authenticated and queries == 1  # type: ignore[attr-defined]
+
+
+def test_a_websocket_let_in_from_the_cache_is_as_fresh_as_the_cache_s_read(cache, user):
+    """The periodic re-check counts from the database read, not from the handshake a cache entry served."""
+    cookie = login_session(user)
+    before = time.monotonic()
+    first = handshake(cookie)[0]
+    assert before <= read_at(first) <= time.monotonic()
+    time.sleep(0.01)
+    second, queries = handshake(cookie)
+    assert queries == 0 and read_at(second) == read_at(first)
+    assert read_at(Request(None)) > read_at(first)  # nothing cached: read now
+
+
+def grant_read_at(user_pk: str, when: float) -> Grant:
+    return Grant(user_pk=user_pk, username=user_pk, session_key=None, ref=None, wanted=ClientRequest(()), groups=(), read_at=when)
+
+
+def test_a_periodic_round_looks_at_users_with_a_websocket_read_before_its_bound():
+    authority = Authority()
+    for user_pk, when in (("fresh", 100.0), ("stale", 40.0), ("both", 100.0), ("both", 10.0), ("edge", 55.0)):
+        grant = grant_read_at(user_pk, when)
+        authority._index(Watched(grant), grant)  # type: ignore[arg-type]
+    assert sorted(authority.due(read_before=55.0)) == ["both", "stale"]
+    assert sorted(authority.due(read_before=55.5)) == ["both", "edge", "stale"]
+    assert authority.due(read_before=0.0) == []

@@ -20,7 +20,7 @@ from ..core import envelope
 from ..core.channels import Audience, ClientRequest, Identity, audience_channels, facility_of_request
 from ..core.outbox import Outbox
 from ..core.positions import Order
-from ..django.identity import identity_from_request
+from ..django.identity import identity_from_request, read_at
 from ..django.tokens import session_ref
 from . import history, resources
 from .connection import mget, sharded
@@ -49,6 +49,8 @@ class Grant:
     token_hash: str | None = None
     #: The audience channels it subscribed (channels a site's subscriber adds are left alone).
     channels: list[str] = field(default_factory=list)
+    #: When its session and user were last read from the database (``time.monotonic()``): the periodic re-check's clock.
+    read_at: float = 0.0
 
 
 class RedisSubscriber(RedisStore):
@@ -145,6 +147,7 @@ class RedisSubscriber(RedisStore):
                 groups=identity.groups,
                 token_hash=claims.auth_hash if claims is not None else None,
                 channels=channels,
+                read_at=read_at(request),
             )
         self.subscribe(*channels)
 

@@ -11,6 +11,7 @@ the session or its user changed.)
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
@@ -79,6 +80,16 @@ def load_session_and_user(request: Any) -> None:
         max_age = settings.get("WS4REDIS_SESSION_RECHECK") or 0  # see identity_cache: the re-check's bound
         if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
+
+
+def read_at(request: Any) -> float:
+    """When what ``request`` was let in on was read from the database (``time.monotonic()``).
+
+    Now, unless it came from the identity cache: then when the cache read it.
+    Live authorization looks at it again within ``WS4REDIS_SESSION_RECHECK`` of that.
+    """
+    held: _Held | None = getattr(request, "ws4redis_identity", None)
+    return held.entry.read_at if held is not None else time.monotonic()
 
 
 def cache_seconds() -> float:

@@ -66,6 +66,8 @@ class Entry:
     #: The user's group names, once a handshake read them (None: not yet).
     groups: tuple[str, ...] | None = None
     expires: float = 0.0
+    #: When it was read (the cache's clock): a websocket let in on it is as fresh as that.
+    read_at: float = 0.0
     #: Never served past this, whatever its websockets (see the module docstring).
     deadline: float = 0.0
     #: False once evicted or expired: a handshake that holds the entry stops trusting it.
@@ -123,6 +125,7 @@ class IdentityCache:
         if key in self._entries:
             self._drop(key)
         now = self._clock()
+        entry.read_at = now
         entry.expires = now + ttl
         entry.deadline = now + max(ttl, max_age)
         entry.current = True

@@ -16,10 +16,14 @@ Redis connection, and acts:
   password, user inactive or gone) closes with 4001; new groups are
   subscribed, old ones left, without a reconnect.
 
-Every ``WS4REDIS_SESSION_RECHECK`` seconds, and when the control channel was
-down, every watched websocket is looked at again: that bounds the delay for
-what Django sends no signal for (the ``cache`` engine's deletes, a raw
-``UPDATE``).
+Each watched websocket is looked at again within ``WS4REDIS_SESSION_RECHECK``
+seconds of the last time its session and user were read, and every one when
+the control channel was down: that bounds the delay for what Django sends no
+signal for (the ``cache`` engine's deletes, a raw ``UPDATE``). The rounds
+come four times per period and take only the websockets read more than
+three quarters of it ago: a websocket that lives less than that (a page of
+a multi-page site) costs no second look, and a burst of handshakes does not
+come back as one burst of looks.
 
 Each command first evicts what the worker's identity cache
 (:mod:`ws4redis_uwsgi.django.identity_cache`) holds for that session or
@@ -63,6 +67,9 @@ logger = logging.getLogger("ws4redis_uwsgi")
 
 #: Seconds the worker gathers ``user`` and ``groups`` commands before it looks at the users again.
 BATCH_DELAY = 0.05
+#: Periodic rounds per ``WS4REDIS_SESSION_RECHECK``; each looks at the websockets read more than
+#: ``ROUNDS - 1`` of them ago, so none waits longer than the setting from its last read.
+ROUNDS = 4
 
 
 class Authority:
@@ -192,24 +199,35 @@ class Authority:
 
     def _run(self) -> None:
         interval = float(settings.get("WS4REDIS_SESSION_RECHECK") or 0)
-        next_round = time.monotonic() + interval if interval > 0 else None
+        step = interval / ROUNDS
+        next_round = time.monotonic() + step if interval > 0 else None
         while True:
             timeout = None if next_round is None else max(0.0, next_round - time.monotonic())
             self._wake.wait(timeout)
             self._wake.clear()
             gevent.sleep(BATCH_DELAY)  # gather a burst of commands into one batch
-            if next_round is not None and time.monotonic() >= next_round:
-                self._everyone = True
-                next_round = time.monotonic() + interval
-            everyone: list[str] = []
+            now = time.monotonic()
+            due: list[str] = []
             if self._everyone:
                 self._everyone = False
-                everyone = list(self._by_user)
+                due = list(self._by_user)
+            elif next_round is not None and now >= next_round:
+                due = self.due(read_before=now - (interval - step))
+            if next_round is not None and now >= next_round:
+                next_round = now + step
             self._look_at_pending()
-            for pk in everyone:
+            for pk in due:
                 self._look_at(pk)
                 self._look_at_pending()  # a command that came meanwhile does not wait for the round
                 gevent.sleep(0)
+
+    def due(self, read_before: float) -> list[str]:
+        """The users with a websocket here whose session and user were last read before ``read_before``."""
+        return [
+            pk
+            for pk, subscribers in self._by_user.items()
+            if any(s.grant is not None and s.grant.read_at < read_before for s in subscribers)
+        ]
 
     def _look_at_pending(self) -> None:
         while self._pending:
@@ -222,16 +240,20 @@ class Authority:
         """Look again at every websocket of user ``pk``: one look per session, one groups query, however many tabs."""
         looked: dict[Any, Any] = {}
         groups: dict[str, tuple[str, ...]] = {}
+        started = time.monotonic()  # what is read from now on is at least this fresh
         for subscriber in tuple(self._by_user.get(pk, ())):
             try:
-                self._recheck(subscriber, looked, groups)
+                self._recheck(subscriber, looked, groups, started)
             except Exception:
                 logger.exception("could not look again at the session of a websocket; it stays open")
 
-    def _recheck(self, subscriber: RedisSubscriber, looked: dict[Any, Any], groups: dict[str, tuple[str, ...]]) -> None:
+    def _recheck(
+        self, subscriber: RedisSubscriber, looked: dict[Any, Any], groups: dict[str, tuple[str, ...]], started: float
+    ) -> None:
         """Close ``subscriber`` if its session no longer lets its user in; else follow the user's groups.
 
-        ``looked`` and ``groups`` keep what was read for other websockets of the same session and user.
+        ``looked`` and ``groups`` keep what was read for other websockets of
+        the same session and user, since ``started``.
         """
         grant = subscriber.grant
         if grant is None or subscriber.session_ended:
@@ -245,6 +267,7 @@ class Authority:
             get_identity_cache().evict_user(grant.user_pk)
             self._close(subscriber)
             return
+        grant.read_at = started
         if Audience.GROUP in grant.wanted.subscribe | grant.wanted.publish:
             if grant.user_pk not in groups:
                 groups[grant.user_pk] = get_workers().run(auth_lookup.group_names, user)
