@@ -71,6 +71,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if cached is not None and not _seconds(cached):
         hint = "Use seconds, such as 5 (0 or None: no cache)."
         errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
+    linger = settings.get("WS4REDIS_CHANNEL_LINGER")
+    if not _seconds(linger):
+        hint = "Use seconds, such as 5 (0: unsubscribe at once)."
+        errors.append(_error("WS4REDIS_CHANNEL_LINGER", f"is {linger!r}.", hint, 34))
     port = settings.get("WS4REDIS_METRICS_PORT")
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
         errors.append(_error("WS4REDIS_METRICS_PORT", f"is {port!r}.", "Use a port number, such as 9300, or None.", 15))

@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a websocket worker keeps what a logged-in handshake read (session, user, groups) for
     # the same session cookie's next handshakes, evicted by live authorization; 0 or None: off.
     "WS4REDIS_IDENTITY_CACHE": 5,
+    # Seconds a worker keeps a channel subscribed after its last websocket closed: the websocket
+    # of a user's next page then subscribes nothing (ws4redis_uwsgi.bus.hub); 0: unsubscribe at once.
+    "WS4REDIS_CHANNEL_LINGER": 5,
     # Each uWSGI worker's metrics and health on a loopback port: worker n on this + n - 1; None: off.
     "WS4REDIS_METRICS_PORT": None,
     "WS4REDIS_METRICS_HOST": "127.0.0.1",

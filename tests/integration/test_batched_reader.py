@@ -150,6 +150,30 @@ def test_what_no_message_announces_shows_within_the_memory_window(redis_server, 
     wait_for(lambda: reader.mget(["kept:e"]) == [None], 2, "the deleted key to show")
 
 
+def test_an_absence_is_remembered_longer_than_a_value_until_a_message_passes(redis_server, hub_on, monkeypatch) -> None:
+    """What a user's next page reads: nothing stored, nothing published since: no round trip for seconds."""
+    import ws4redis_uwsgi.bus.batched_reader as batched_reader
+
+    monkeypatch.setattr(batched_reader, "REMEMBER_SECONDS", 0.05)
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete("kept:absent")
+    client.set("kept:present", b"P")
+    listener = subscribed(hub_on, "kept:absent")
+    subscribed(hub_on, "kept:present")
+    client.config_resetstat()
+    reader = BatchedReader(client, hub_on)
+    assert reader.mget(["kept:absent", "kept:present"]) == [None, b"P"]
+    gevent.sleep(0.1)  # past the value's memory, well within the absence's
+    assert reader.mget(["kept:absent"]) == [None]
+    assert calls(client, "MGET") == 1
+    assert reader.mget(["kept:present"]) == [b"P"]
+    assert calls(client, "MGET") == 2
+    client.set("kept:absent", b"now")
+    client.publish("kept:absent", b"now")  # as every publisher of this package does
+    wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"now"], 5, "the hub to pass the message")
+    assert reader.mget(["kept:absent"]) == [b"now"]
+
+
 # -- BatchedPipeline: the history reads of concurrent websockets ------------------------------------------
 
 

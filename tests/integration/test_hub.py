@@ -123,3 +123,43 @@ def test_a_burst_to_many_listeners_lets_the_rest_of_the_worker_run_every_few_tho
     assert delivered[0] == 60 * 200
     steps = [b - a for a, b in itertools.pairwise(seen)]
     assert max(steps) <= 500 + 200  # at most one message past the bound between two turns of the rest
+
+
+def numsub(server, channel: str) -> int:
+    return int(dict(redis.Redis.from_url(server.url).pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+def subscribes(server) -> int:
+    stats = redis.Redis.from_url(server.url).info("commandstats")
+    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+
+
+def test_a_channel_whose_last_websocket_closed_stays_subscribed_a_while_for_the_next_page(redis_and_hub):
+    server, hub = redis_and_hub
+    hub.linger = 0.5
+    baseline = hub.channel_state_size()
+    first = Listener()
+    hub.add(first, ["page"])
+    assert hub.wait_subscribed(["page"], 5)
+    subscribed_once = subscribes(server)
+    hub.remove(first, ["page"], linger=True)  # the websocket of one page closes
+    assert hub.channel_count() == 0 and numsub(server, "page") == 1
+    following = Listener()
+    hub.add(following, ["page"])  # the next page's websocket
+    assert hub.confirmed(["page"])  # no wait: nothing was unsubscribed
+    redis.Redis.from_url(server.url).publish("page", b"hello")
+    run_gevent_until(lambda: following.messages == [b"hello"], what="the message to the next page's websocket")
+    assert subscribes(server) == subscribed_once
+    hub.remove(following, ["page"], linger=True)
+    run_gevent_until(lambda: numsub(server, "page") == 0, what="the subscription to go once the linger ran out")
+    assert hub.channel_state_size() == baseline
+
+
+def test_a_channel_left_without_linger_is_unsubscribed_at_once(redis_and_hub):
+    server, hub = redis_and_hub
+    hub.linger = 5.0  # not for this one
+    listener = Listener()
+    hub.add(listener, ["left"])
+    assert hub.wait_subscribed(["left"], 5)
+    hub.remove(listener, ["left"])  # a group the user left
+    run_gevent_until(lambda: numsub(server, "left") == 0, 1, "the unsubscription")

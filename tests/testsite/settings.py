@@ -98,6 +98,10 @@ if "WS4REDIS_TEST_BACKLOG_WAIT" in os.environ or "WS4REDIS_TEST_SEND_TIMEOUT" in
 
     limits.BACKLOG_WAIT = float(os.environ.get("WS4REDIS_TEST_BACKLOG_WAIT", limits.BACKLOG_WAIT))
     limits.SEND_TIMEOUT = float(os.environ.get("WS4REDIS_TEST_SEND_TIMEOUT", limits.SEND_TIMEOUT))
+# Tests tell which channels a websocket was given by Redis's PUBSUB NUMSUB, which a channel kept
+# subscribed after its last websocket would blur: off, but for a worker a test starts with
+# WS4REDIS_TEST_CHANNEL_LINGER (tests/integration/test_page_change.py).
+WS4REDIS_CHANNEL_LINGER = float(os.environ.get("WS4REDIS_TEST_CHANNEL_LINGER", "0"))
 # The identity cache's seconds for a worker a test starts with WS4REDIS_TEST_IDENTITY_CACHE; else the default (5).
 if "WS4REDIS_TEST_IDENTITY_CACHE" in os.environ:
     WS4REDIS_IDENTITY_CACHE = float(os.environ["WS4REDIS_TEST_IDENTITY_CACHE"])

@@ -11,13 +11,17 @@ once. Two things keep that down:
 - **A short memory of what was read.** A value (or its absence) read while
   the hub holds a confirmed subscription of its channel is kept, with the
   hub's :meth:`~ws4redis_uwsgi.bus.hub.SubscriptionHub.stamp` of that
-  moment, for :data:`REMEMBER_SECONDS`. Every message published on the
+  moment, for :data:`REMEMBER_SECONDS`, and an absence for
+  :data:`REMEMBER_ABSENT_SECONDS`. Every message published on the
   channel reaches the hub and changes the stamp, and so does any loss of the
   subscription: a kept value is served only while nothing was published on
   its channel since it was read. So the websockets of one channel (a
   broadcast, a group) opening at once cost a read per half second, not one
-  each. What no message announces shows within :data:`REMEMBER_SECONDS`:
-  the key's expiry, or a program that SETs or DELs it without publishing.
+  each, and the next page's websocket of a user, on channels the hub kept
+  subscribed meanwhile (``WS4REDIS_CHANNEL_LINGER``), costs none where
+  nothing is stored. What no message announces shows
+  within those seconds: the key's expiry (a value's: an absence cannot
+  expire), or a program that SETs or DELs it without publishing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from .held_connection import HeldConnection
 READ_TIMEOUT = 30.0
 #: Seconds a value read from Redis is served again at most (see the module docstring).
 REMEMBER_SECONDS = 0.5
+#: Seconds the absence of a value is served again at most: what a page change of a user whose
+#: channels hold nothing reads (no expiry can change an absence; a publish changes the stamp).
+REMEMBER_ABSENT_SECONDS = 5.0
 
 
 class Stamps(Protocol):
@@ -145,7 +152,7 @@ class BatchedReader(_Batches):
         for key, value in values.items():
             stamp = stamps[key]
             if stamp is not None and stamp == self._stamps.stamp(key):
-                self._kept[key] = (now + REMEMBER_SECONDS, stamp, value)
+                self._kept[key] = (now + (REMEMBER_SECONDS if value is not None else REMEMBER_ABSENT_SECONDS), stamp, value)
         if now >= self._next_purge:
             self._next_purge = now + REMEMBER_SECONDS
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] > now}

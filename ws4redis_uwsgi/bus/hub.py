@@ -18,9 +18,18 @@ open meanwhile, and each one whose channels were down (or that opened
 meanwhile) is told to catch up from history once its subscriptions are back
 (``Listener.resync``).
 
+A channel whose last websocket closed stays subscribed for ``linger``
+seconds (``WS4REDIS_CHANNEL_LINGER``, ``remove(..., linger=True)``): a browser going to
+another page of the site opens its next websocket on the same channels
+(its user's, its session's) a moment later, which then subscribes nothing
+and, no message having passed meanwhile, reads no stored message from
+Redis either (:mod:`.batched_reader`). A channel left for another reason (a
+group the user left) goes at once.
+
 Per-channel state (listeners, routes, confirmations, pending catch-ups)
-exists only for channels with listeners, so nothing grows with channels
-that were left, whether Redis was up or down when they were.
+exists only for channels with listeners, or left less than ``linger``
+seconds ago, so nothing grows with channels that were left,
+whether Redis was up or down when they were.
 
 This module is the gevent adapter of the bus; the decisions about what a
 message is live in :mod:`ws4redis_uwsgi.core.envelope`.
@@ -116,12 +125,15 @@ class SubscriptionHub:
         ping_interval: float = 15.0,
         min_backoff: float = 0.05,
         max_backoff: float = 5.0,
+        linger: float = 0.0,
     ) -> None:
         # A bare factory (tests) is one Redis.
         self._shards: Shards = client_factory if not callable(client_factory) else SingleShard(client_factory)
         self.ping_interval = ping_interval
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        #: Seconds a channel left with ``remove(..., linger=True)`` stays subscribed (0: none).
+        self.linger = linger
         self._listeners: dict[str, set[Listener]] = {}
         self._route: dict[str, _Link] = {}  # the link that subscribes each channel with listeners
         self._links: dict[str, _Link] = {}
@@ -133,6 +145,10 @@ class SubscriptionHub:
         # Channels whose listeners must catch up from history once they are subscribed
         # again: they had listeners when their connection was lost, or got them meanwhile.
         self._resync: set[str] = set()
+        # Channels without listeners kept subscribed until their deadline (monotonic), oldest first;
+        # their listener sets stay, empty.
+        self._idle: dict[str, float] = {}
+        self._sweeper: gevent.Greenlet | None = None
         self._refresher: gevent.Greenlet | None = None
         self._refresh_backoff = min_backoff
         #: How many times a subscription connection was lost; for tests and metrics.
@@ -151,29 +167,54 @@ class SubscriptionHub:
         for channel in channels:
             listeners = self._listeners.setdefault(channel, set())
             listeners.add(listener)
-            if len(listeners) == 1:
+            if len(listeners) == 1 and self._idle.pop(channel, None) is None:  # a lingering one is subscribed
                 self._assign(channel)
             link = self._route.get(channel)
             if self.disconnects and (link is None or not link.connected):
                 self._resync.add(channel)  # opened while Redis is away: catch up once it is back
 
-    def remove(self, listener: Listener, channels: Iterable[str]) -> None:
+    def remove(self, listener: Listener, channels: Iterable[str], linger: bool = False) -> None:
+        """``listener`` leaves ``channels``; with ``linger``, a channel it was the last listener of stays a while.
+
+        ``linger`` is for a websocket that closes (see the module docstring).
+        """
         for channel in channels:
             listeners = self._listeners.get(channel)
             if listeners is not None:
                 listeners.discard(listener)
-                if not listeners:
-                    del self._listeners[channel]
-                    self._stamps.pop(channel, None)
-                    self._resync.discard(channel)
-                    self._unrouted.discard(channel)
-                    link = self._route.pop(channel, None)
-                    if link is not None:
-                        link.unwant(channel)
-                        link.wake()
-                    if link is None or channel not in link.subscribed:
-                        # Subscribed channels lose theirs when the link unsubscribes them.
-                        self._confirmed.pop(channel, None)
+                if listeners:
+                    continue
+                if linger and self.linger > 0 and channel in self._route:
+                    self._idle[channel] = time.monotonic() + self.linger  # (new: it had a listener)
+                    if self._sweeper is None or self._sweeper.dead:
+                        self._sweeper = gevent.spawn(self._sweep)
+                else:
+                    self._drop(channel)
+
+    def _drop(self, channel: str) -> None:
+        """Forget ``channel``, which has no listener: unsubscribe it."""
+        del self._listeners[channel]
+        self._idle.pop(channel, None)
+        self._stamps.pop(channel, None)
+        self._resync.discard(channel)
+        self._unrouted.discard(channel)
+        link = self._route.pop(channel, None)
+        if link is not None:
+            link.unwant(channel)
+            link.wake()
+        if link is None or channel not in link.subscribed:
+            # Subscribed channels lose theirs when the link unsubscribes them.
+            self._confirmed.pop(channel, None)
+
+    def _sweep(self) -> None:
+        """Unsubscribe the lingering channels whose time is up, until none lingers."""
+        while self._idle:
+            gevent.sleep(self.linger / 4)
+            now = time.monotonic()
+            for channel, deadline in list(self._idle.items()):
+                if deadline > now:
+                    break  # in deadline order: the rest are younger
+                self._drop(channel)
 
     def wait_subscribed(self, channels: Iterable[str], timeout: float) -> bool:
         """Wait until Redis confirmed the subscription of every channel; False on timeout.
@@ -219,7 +260,7 @@ class SubscriptionHub:
 
     def channel_count(self) -> int:
         """Channels with listeners (for metrics)."""
-        return len(self._listeners)
+        return len(self._listeners) - len(self._idle)
 
     def connections(self) -> dict[str, bool]:
         """The pub/sub connection of each shard with listeners, and whether it is up (for tests and health)."""
@@ -232,11 +273,16 @@ class SubscriptionHub:
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
         links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
-        return len(self._listeners) + links + len(self._confirmed) + len(self._resync) + len(self._unrouted)
+        idle = len(self._idle)
+        return len(self._listeners) + links + len(self._confirmed) + len(self._resync) + len(self._unrouted) + idle
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
         self._stamps.clear()  # nothing read from Redis is current any more
+        self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
         for link in self._links.values():
             link.close()
         if self._refresher is not None:

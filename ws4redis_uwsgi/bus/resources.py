@@ -11,7 +11,7 @@ from typing import Any
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import process
+from .. import process, settings
 from . import budget
 from .batched_reader import BatchedPipeline, BatchedReader
 from .budget import BacklogBudget
@@ -25,7 +25,7 @@ COMMAND_POOL_SIZE = 8
 
 def get_hub() -> SubscriptionHub:
     """This process's hub, created on first use."""
-    return process.resource("hub", lambda: SubscriptionHub(_shards()))
+    return process.resource("hub", lambda: SubscriptionHub(_shards(), linger=settings.get("WS4REDIS_CHANNEL_LINGER")))
 
 
 def _shards() -> Shards:

@@ -278,7 +278,7 @@ class RedisSubscriber(RedisStore):
         """Leave all channels; called when the websocket closes."""
         if self.presence is not None:
             self.presence.leave()
-        self._hub.remove(self, self._channels)
+        self._hub.remove(self, self._channels, linger=True)  # the next page's websocket finds them subscribed
         self._channels = []
         self.outbox.clear()
 
