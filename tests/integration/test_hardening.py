@@ -68,9 +68,15 @@ def handshake_status(server: UwsgiServer, path: str) -> tuple[bytes, socket.sock
 
 @pytest.mark.slow  # long: in make test-slow (and CI), not in make test
 @pytest.mark.timeout(120)
-def test_websockets_dropped_while_redis_is_down_leave_nothing_behind(site_db, tmp_path):
+@pytest.mark.parametrize("linger", ["0", "2"], ids=["unsubscribed-at-once", "channels-linger"])
+def test_websockets_dropped_while_redis_is_down_leave_nothing_behind(site_db, tmp_path, linger):
     redis_server = RedisServer(workdir=tmp_path).start()
-    env = {**SITE_ENV, "WS4REDIS_TEST_REDIS": redis_server.url, "WS4REDIS_TEST_MAX_CONNECTIONS": "50"}
+    env = {
+        **SITE_ENV,
+        "WS4REDIS_TEST_REDIS": redis_server.url,
+        "WS4REDIS_TEST_MAX_CONNECTIONS": "50",
+        "WS4REDIS_TEST_CHANNEL_LINGER": linger,  # the default keeps channels a while: they must go too
+    }
     server = UwsgiServer(env, cores=60, log_path=tmp_path / "uwsgi.log").start()
     fac = facility()
     path = f"/ws/{fac}?subscribe-broadcast"
