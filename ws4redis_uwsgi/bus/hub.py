@@ -180,16 +180,18 @@ class SubscriptionHub:
         """
         for channel in channels:
             listeners = self._listeners.get(channel)
-            if listeners is not None:
-                listeners.discard(listener)
-                if listeners:
-                    continue
-                if linger and self.linger > 0 and channel in self._route:
-                    self._idle[channel] = time.monotonic() + self.linger  # (new: it had a listener)
-                    if self._sweeper is None or self._sweeper.dead:
-                        self._sweeper = gevent.spawn(self._sweep)
-                else:
-                    self._drop(channel)
+            if listeners is None or listener not in listeners:
+                continue  # not its listener: nothing changes (a lingering channel keeps its deadline)
+            listeners.remove(listener)
+            if listeners:
+                continue
+            if linger and self.linger > 0 and channel in self._route:
+                # Not lingering yet (it had a listener): appended, so _idle stays in deadline order.
+                self._idle[channel] = time.monotonic() + self.linger
+                if self._sweeper is None or self._sweeper.dead:
+                    self._sweeper = gevent.spawn(self._sweep)
+            else:
+                self._drop(channel)
 
     def _drop(self, channel: str) -> None:
         """Forget ``channel``, which has no listener: unsubscribe it."""
