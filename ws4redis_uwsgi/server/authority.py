@@ -207,14 +207,15 @@ class Authority:
             self._wake.clear()
             gevent.sleep(BATCH_DELAY)  # gather a burst of commands into one batch
             now = time.monotonic()
+            round_due = next_round is not None and now >= next_round
+            if round_due:
+                next_round = now + step
             due: list[str] = []
             if self._everyone:
                 self._everyone = False
                 due = list(self._by_user)
-            elif next_round is not None and now >= next_round:
+            elif round_due:
                 due = self.due(read_before=now - (interval - step))
-            if next_round is not None and now >= next_round:
-                next_round = now + step
             self._look_at_pending()
             for pk in due:
                 self._look_at(pk)
