@@ -27,6 +27,7 @@ once. Two things keep that down:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -122,7 +123,7 @@ class BatchedReader(_Batches):
         self._kept: dict[str, tuple[float, int, Any]] = {}
         self._next_purge = 0.0
 
-    def mget(self, keys: list[str]) -> list[bytes | None]:
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` (None where unset), as ``client.mget`` returns them; raises what it raises."""
         now = time.monotonic()
         known: dict[str, Any] = {}

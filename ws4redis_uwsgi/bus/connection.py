@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -475,7 +475,7 @@ def sharded() -> bool:
     return target().topology is Topology.CLUSTER
 
 
-def mget(client: Any, keys: list[str]) -> list[Any]:
+def mget(client: Any, keys: Sequence[str]) -> list[Any]:
     """The values of ``keys``: one MGET on one Redis; slot by slot, pipelined per shard, on a Cluster."""
     if is_cluster(client):
         return client.mget_nonatomic(keys)  # type: ignore[no-any-return]

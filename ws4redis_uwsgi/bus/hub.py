@@ -138,7 +138,11 @@ class SubscriptionHub:
         self._route: dict[str, _Link] = {}  # the link that subscribes each channel with listeners
         self._links: dict[str, _Link] = {}
         self._unrouted: set[str] = set()  # channels waiting for the Cluster's slot map
-        self._confirmed: dict[str, Event] = {}  # set once Redis confirmed the subscription
+        # Channels whose subscription Redis confirmed on their current connection, and an Event for
+        # each unconfirmed one a handshake waits for: none for the many channels nobody waits on,
+        # whose Event (and its list of links) the collector would walk for as long as they live.
+        self._confirmed: set[str] = set()
+        self._waiting: dict[str, Event] = {}
         # A number per confirmed channel, new whenever a message on it passed (see stamp()).
         self._stamps: dict[str, int] = {}
         self._next_stamp = itertools.count(1).__next__
@@ -206,7 +210,8 @@ class SubscriptionHub:
             link.wake()
         if link is None or channel not in link.subscribed:
             # Subscribed channels lose theirs when the link unsubscribes them.
-            self._confirmed.pop(channel, None)
+            self._confirmed.discard(channel)
+            self._waiting.pop(channel, None)
 
     def _sweep(self) -> None:
         """Unsubscribe the lingering channels whose time is up, until none lingers."""
@@ -229,7 +234,9 @@ class SubscriptionHub:
         for channel in channels:
             if channel not in self._listeners:
                 return False  # only listeners wait, and this one left
-            event = self._confirmed.setdefault(channel, Event())
+            if channel in self._confirmed:
+                continue
+            event = self._waiting.setdefault(channel, Event())
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 self._resync.update(c for c in channels if c in self._listeners and not self.confirmed([c]))
                 return False
@@ -249,11 +256,7 @@ class SubscriptionHub:
 
     def confirmed(self, channels: Iterable[str]) -> bool:
         """Whether Redis confirmed the subscription of every one of ``channels`` on its current connection."""
-        for channel in channels:
-            event = self._confirmed.get(channel)
-            if event is None or not event.is_set():
-                return False
-        return True
+        return all(channel in self._confirmed for channel in channels)
 
     @property
     def connected(self) -> bool:
@@ -276,7 +279,8 @@ class SubscriptionHub:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
         links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
         idle = len(self._idle)
-        return len(self._listeners) + links + len(self._confirmed) + len(self._resync) + len(self._unrouted) + idle
+        waiting = len(self._confirmed) + len(self._waiting)
+        return len(self._listeners) + links + waiting + len(self._resync) + len(self._unrouted) + idle
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
@@ -340,9 +344,7 @@ class SubscriptionHub:
                 old.unwant(channel)
                 old.wake()
             self._stamps.pop(channel, None)
-            event = self._confirmed.get(channel)
-            if event is not None:
-                event.clear()
+            self._confirmed.discard(channel)
             self._resync.add(channel)
             self._assign(channel)
         if self._unrouted:
@@ -366,7 +368,10 @@ class SubscriptionHub:
         """``link`` got Redis's confirmation for ``channel``."""
         if self._route.get(channel) is not link or channel not in self._listeners:
             return
-        self._confirmed.setdefault(channel, Event()).set()
+        self._confirmed.add(channel)
+        event = self._waiting.pop(channel, None)
+        if event is not None:
+            event.set()
         self._stamps[channel] = self._next_stamp()
         if channel in self._resync:
             # Messages may have gone by while the subscription was down.
@@ -378,9 +383,8 @@ class SubscriptionHub:
         """A link unsubscribed ``channels``: those without listeners lose their confirmation."""
         for channel in channels:
             if channel not in self._listeners:
-                event = self._confirmed.pop(channel, None)
-                if event is not None:
-                    event.clear()
+                self._confirmed.discard(channel)
+                self._waiting.pop(channel, None)
 
     def _lost(self, link: _Link, channels: Iterable[str]) -> None:
         """``link`` lost the subscription of ``channels``: their listeners catch up once they are back."""
@@ -388,9 +392,7 @@ class SubscriptionHub:
             if self._route.get(channel) is link and channel in self._listeners:
                 self._stamps.pop(channel, None)
                 self._resync.add(channel)
-                event = self._confirmed.get(channel)
-                if event is not None:
-                    event.clear()
+                self._confirmed.discard(channel)
 
     def accept(self, data: bytes | str, channel: Any, link: _Link | None = None) -> envelope.BusMessage | None:
         """The message ``data`` (from ``channel``, live or stored) carries, or None when nobody may receive it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,7 @@ class RedisStore:
 
     def __init__(self, connection: redis.Redis) -> None:
         self._connection = connection
-        self._publishers: list[str] = []
+        self._publishers: Sequence[str] = ()
         # The audiences behind ``_publishers`` (facility and names, SELF resolved), for ws4redis_uwsgi.testing.
         self._audience_names: dict[str, Any] | None = None
         # Set by a websocket connection so that it can recognise its own messages.

@@ -10,7 +10,7 @@ its :class:`~ws4redis_uwsgi.core.outbox.Outbox` decides what the websocket gets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -48,7 +48,7 @@ class Grant:
     #: A token's part of the user's session auth hash (None: a cookie session).
     token_hash: str | None = None
     #: The audience channels it subscribed (channels a site's subscriber adds are left alone).
-    channels: list[str] = field(default_factory=list)
+    channels: tuple[str, ...] = ()
     #: When its session and user were last read from the database (``time.monotonic()``): the periodic re-check's clock.
     read_at: float = 0.0
 
@@ -74,7 +74,9 @@ class RedisSubscriber(RedisStore):
     def __init__(self, connection: redis.Redis | None = None) -> None:
         super().__init__(connection if connection is not None else resources.command_client())
         self._hub = resources.get_hub()
-        self._channels: list[str] = []
+        # Tuples, not lists, here and in the grant: a tuple of strings is no object the garbage
+        # collector walks, and a worker holds one per websocket for as long as it is open.
+        self._channels: tuple[str, ...] = ()
         self._origin = resources.new_origin()
         #: The facility and the user's name, once set_pubsub_channels() ran.
         self.facility: str | None = None
@@ -92,7 +94,7 @@ class RedisSubscriber(RedisStore):
         ``resume`` is None for a plain ws4redis client, ``""`` for tokens from now on, or the token to resume after.
         """
         self.outbox = self._new_outbox(echo=echo, resume=resume)
-        self.outbox.channels = tuple(self._channels)
+        self.outbox.channels = self._channels
 
     def _new_outbox(self, *, echo: bool, resume: str | None) -> Outbox:
         return Outbox(
@@ -132,8 +134,8 @@ class RedisSubscriber(RedisStore):
         #: Who is on the other end (None: anonymous), for WS4REDIS_ON_GAP.
         self.username = identity.username
         tagged = sharded()
-        self._publishers = audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged)
-        channels = audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged)
+        self._publishers = tuple(audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged))
+        channels = tuple(audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))
         user = getattr(request, "user", None)
         if identity.username is not None and user is not None:
             claims = getattr(request, "ws4redis_token", None)
@@ -166,14 +168,14 @@ class RedisSubscriber(RedisStore):
             grant.ref = session_ref(session_key)
         identity = Identity(grant.username, grant.groups, grant.session_key)
         prefix, tagged = settings.get("WS4REDIS_PREFIX"), sharded()
-        self._publishers = audience_channels(prefix, self.facility, grant.wanted.publish, identity, sharded=tagged)
-        new = audience_channels(prefix, self.facility, grant.wanted.subscribe, identity, sharded=tagged)
+        self._publishers = tuple(audience_channels(prefix, self.facility, grant.wanted.publish, identity, sharded=tagged))
+        new = tuple(audience_channels(prefix, self.facility, grant.wanted.subscribe, identity, sharded=tagged))
         gone = [c for c in grant.channels if c not in new]
         grant.channels = new
         if gone:
             self._hub.remove(self, gone)
-            self._channels = [c for c in self._channels if c not in gone]
-            self.outbox.channels = tuple(self._channels)
+            self._channels = tuple(c for c in self._channels if c not in gone)
+            self.outbox.channels = self._channels
         self.subscribe(*new)
 
     def end_session(self) -> None:
@@ -187,14 +189,14 @@ class RedisSubscriber(RedisStore):
 
     def subscribe(self, *channels: str) -> None:
         """Add channels to this websocket's subscriptions."""
-        new = [c for c in channels if c not in self._channels]
-        self._channels.extend(new)
-        self.outbox.channels = tuple(self._channels)
+        new = tuple(dict.fromkeys(c for c in channels if c not in self._channels))
+        self._channels += new
+        self.outbox.channels = self._channels
         self._hub.add(self, new)
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return tuple(self._channels)
+        return self._channels
 
     def wait_subscribed(self, timeout: float = SUBSCRIBE_TIMEOUT) -> bool:
         """Wait until Redis confirmed every subscription, so nothing published later is missed.
@@ -279,7 +281,7 @@ class RedisSubscriber(RedisStore):
         if self.presence is not None:
             self.presence.leave()
         self._hub.remove(self, self._channels, linger=True)  # the next page's websocket finds them subscribed
-        self._channels = []
+        self._channels = ()
         self.outbox.clear()
 
 

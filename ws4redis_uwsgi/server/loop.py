@@ -347,7 +347,10 @@ class WebsocketWSGIServer:
 
         A direct write the socket took only in part wakes the loop (``waiter``), which writes the rest.
         """
-        write = websocket.direct_writer(waiter.wake)
+        # The subscriber's notify is waiter.wake (attached when the websocket started): the same
+        # bound method, not a second one to keep (and for the collector to walk) per websocket.
+        wake = subscriber.notify if subscriber.notify == waiter.wake else waiter.wake
+        write = websocket.direct_writer(wake)
         if write is not None:
             subscriber.enable_fast_path(write)
 
