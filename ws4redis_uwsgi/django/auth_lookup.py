@@ -134,14 +134,14 @@ def _session_query(alias: str) -> CompiledQuery:
 
 
 def _user_query(alias: str) -> CompiledQuery:
-    user_model = auth.get_user_model()
+    user_model = _user_model()
     if user_model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
         raise UnsupportedQueryError("the user model's primary key is not an integer")
     return CompiledQuery(user_model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
 
 
 def _groups_query(alias: str) -> CompiledQuery:
-    user = auth.get_user_model()(pk=INT_MARKER)
+    user = _user_model()(pk=INT_MARKER)
     return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
 
 
@@ -150,6 +150,13 @@ _QUERIES = "compiled auth queries"
 
 def _forget(**kwargs: Any) -> None:
     process.forget(_QUERIES)  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
+    _user_model.cache_clear()
+
+
+@functools.cache
+def _user_model() -> Any:
+    """``auth.get_user_model()``, asked for six times per handshake: an app registry lookup each time."""
+    return auth.get_user_model()
 
 
 setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.auth_lookup")
@@ -158,7 +165,7 @@ setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.auth_lookup
 def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
     """``factory(alias)``, made once; None (and the ORM) from then on if it cannot be, logged once."""
     queries: dict[tuple[Any, str, Any], CompiledQuery | None] = process.resource(_QUERIES, dict)
-    key = (factory, alias, auth.get_user_model())
+    key = (factory, alias, _user_model())
     try:
         return queries[key]
     except KeyError:
@@ -206,7 +213,7 @@ def backend_user(user_pk: Any, backend_path: str) -> Any:
     """
     if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
         return UNANSWERED
-    query = _compiled(_user_query, auth.get_user_model()._default_manager.db)
+    query = _compiled(_user_query, _user_model()._default_manager.db)
     if query is None:
         return UNANSWERED
     user = query.instance(user_pk)
@@ -226,7 +233,7 @@ def get_user(request: Any) -> Any:
     except KeyError:
         return AnonymousUser()
     try:
-        user_pk = auth.get_user_model()._meta.pk.to_python(stored_pk)
+        user_pk = _user_model()._meta.pk.to_python(stored_pk)
     except Exception:
         return auth.get_user(request)  # an odd value in the session: Django decides
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
@@ -246,7 +253,7 @@ def get_user(request: Any) -> Any:
 def group_names(user: Any) -> tuple[str, ...]:
     """The sorted names of ``user``'s groups (``user.groups``), by a compiled query where it may be."""
     query = None
-    if type(user) is auth.get_user_model() and isinstance(user.pk, int):
+    if type(user) is _user_model() and isinstance(user.pk, int):
         groups = _groups_field(type(user))
         if groups is None:
             return ()
