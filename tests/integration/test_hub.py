@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 
 import gevent
@@ -153,6 +154,27 @@ def test_a_channel_whose_last_websocket_closed_stays_subscribed_a_while_for_the_
     hub.remove(following, ["page"], linger=True)
     run_gevent_until(lambda: numsub(server, "page") == 0, what="the subscription to go once the linger ran out")
     assert hub.channel_state_size() == baseline
+
+
+def test_a_subscribed_channel_keeps_no_object_the_garbage_collector_walks_but_its_listener_set(redis_and_hub):
+    """A worker holds a channel per logged-in user, for as long as their websockets are open.
+
+    Python's full collections walk every such object (each time the long-lived ones grew by a
+    quarter), so what a channel keeps once subscribed is what every websocket pays again and again.
+    """
+    _server, hub = redis_and_hub
+    listeners = [Listener() for _ in range(300)]
+    channels = [f"user:{i}" for i in range(300)]
+    hub.add(Listener(), ["warm-up"])  # the hub's connection and its per-process state
+    assert hub.wait_subscribed(["warm-up"], 5)
+    gc.collect()
+    before = len(gc.get_objects())
+    for listener, channel in zip(listeners, channels, strict=True):
+        hub.add(listener, [channel])
+    assert hub.wait_subscribed(channels, 10)
+    gc.collect()
+    per_channel = (len(gc.get_objects()) - before) / len(channels)
+    assert per_channel <= 1.2, f"{per_channel:.2f} objects per subscribed channel: its listener set, and what else?"
 
 
 def test_a_channel_left_without_linger_is_unsubscribed_at_once(redis_and_hub):
