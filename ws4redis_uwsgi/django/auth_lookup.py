@@ -154,7 +154,7 @@ def _forget(**kwargs: Any) -> None:
 
 
 @functools.cache
-def _user_model() -> Any:
+def _user_model() -> type[Model]:
     """``auth.get_user_model()``, asked for six times per handshake: an app registry lookup each time."""
     return auth.get_user_model()
 
