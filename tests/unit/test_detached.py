@@ -173,6 +173,27 @@ def no_gc() -> Iterator[None]:
     gc.enable()
 
 
+def test_a_disposed_websocket_lets_go_of_the_session_it_wakes(pair, no_gc):
+    """The session holds its websocket and the websocket its session's wake: a cycle until the end.
+
+    Left, each ended websocket would wait for a full garbage collection, which walks every such
+    object of a worker until one runs (80,000 after 8,000 logged-in websockets closed).
+    """
+    websocket, _client = pair
+
+    class Session:
+        def wake(self) -> None:
+            pass
+
+    session = Session()
+    session.websocket = websocket  # type: ignore[attr-defined]
+    websocket.direct_writer(session.wake)
+    gone = weakref.ref(session)
+    websocket.dispose()
+    del session
+    assert gone() is None
+
+
 def test_the_parser_is_made_on_the_first_bytes_and_freed_between_frames(pair, no_gc):
     """An idle websocket holds no wsproto parser, also after the client sent something (a pong every 30 s)."""
     websocket, client = pair

@@ -283,6 +283,11 @@ class RedisSubscriber(RedisStore):
         self._hub.remove(self, self._channels, linger=True)  # the next page's websocket finds them subscribed
         self._channels = ()
         self.outbox.clear()
+        # The loop's wake and the socket's writer refer back to the session that holds this
+        # subscriber: let go of them, so that the websocket's objects are freed when it ends
+        # rather than at a full garbage collection, which walks all of them until then.
+        self.notify = _nothing
+        self._write_now = None
 
 
 def _nothing() -> None:

@@ -207,6 +207,7 @@ class DetachedWebsocket(RawSocket):
 
     def dispose(self) -> None:
         """Close this websocket's descriptor; after :meth:`close`, once nothing waits on it any more."""
+        super().dispose()
         self._reset()
         fd, self._fd = self._fd, -1
         if fd >= 0:

@@ -136,7 +136,12 @@ class RawSocket:
         self._discard_until_eof(timeout=CLOSE_LINGER)
 
     def dispose(self) -> None:
-        """Close a descriptor this websocket owns; nothing for one its uWSGI request owns."""
+        """Close a descriptor this websocket owns; nothing for one its uWSGI request owns.
+
+        It also lets go of the loop's wake, which refers back to the session that holds this
+        socket: a cycle that only a full garbage collection would free, walked by every one until then.
+        """
+        self.wake = _nothing
 
     def _write_all(self, data: bytes, timeout: float) -> None:
         while data:
