@@ -279,8 +279,8 @@ class SubscriptionHub:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
         links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
         idle = len(self._idle)
-        waiting = len(self._confirmed) + len(self._waiting)
-        return len(self._listeners) + links + waiting + len(self._resync) + len(self._unrouted) + idle
+        confirmations = len(self._confirmed) + len(self._waiting)
+        return len(self._listeners) + links + confirmations + len(self._resync) + len(self._unrouted) + idle
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""

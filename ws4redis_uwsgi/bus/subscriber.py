@@ -128,14 +128,11 @@ class RedisSubscriber(RedisStore):
         facility = facility_of_request(request.path_info, settings.get("WEBSOCKET_URL"))
         self.facility = facility
         wanted = ClientRequest(tuple(channels))
-        prefix = settings.get("WS4REDIS_PREFIX")
         # The groups query only when a group channel is asked for.
         identity = identity_from_request(request, with_groups=Audience.GROUP in wanted.subscribe | wanted.publish)
         #: Who is on the other end (None: anonymous), for WS4REDIS_ON_GAP.
         self.username = identity.username
-        tagged = sharded()
-        self._publishers = tuple(audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged))
-        channels = tuple(audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))
+        self._publishers, channels = _audience_channels(facility, wanted, identity)
         user = getattr(request, "user", None)
         if identity.username is not None and user is not None:
             claims = getattr(request, "ws4redis_token", None)
@@ -167,9 +164,7 @@ class RedisSubscriber(RedisStore):
             grant.session_key = session_key
             grant.ref = session_ref(session_key)
         identity = Identity(grant.username, grant.groups, grant.session_key)
-        prefix, tagged = settings.get("WS4REDIS_PREFIX"), sharded()
-        self._publishers = tuple(audience_channels(prefix, self.facility, grant.wanted.publish, identity, sharded=tagged))
-        new = tuple(audience_channels(prefix, self.facility, grant.wanted.subscribe, identity, sharded=tagged))
+        self._publishers, new = _audience_channels(self.facility, grant.wanted, identity)
         gone = [c for c in grant.channels if c not in new]
         grant.channels = new
         if gone:
@@ -288,6 +283,17 @@ class RedisSubscriber(RedisStore):
         # rather than at a full garbage collection, which walks all of them until then.
         self.notify = _nothing
         self._write_now = None
+
+
+def _audience_channels(facility: str, wanted: ClientRequest, identity: Identity) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The channels ``identity`` publishes to and subscribes to on ``facility``, for what the client asked (``wanted``).
+
+    Tuples (see :class:`RedisSubscriber`): they stay as long as the websocket.
+    """
+    prefix, tagged = settings.get("WS4REDIS_PREFIX"), sharded()
+    publish = tuple(audience_channels(prefix, facility, wanted.publish, identity, sharded=tagged))
+    subscribe = tuple(audience_channels(prefix, facility, wanted.subscribe, identity, sharded=tagged))
+    return publish, subscribe
 
 
 def _nothing() -> None:
