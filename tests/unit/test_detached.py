@@ -17,6 +17,8 @@ import time
 import weakref
 from collections.abc import Iterator
 
+import gevent
+import gevent.event
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
@@ -326,6 +328,59 @@ def test_a_client_that_takes_no_frame_within_the_timeout_is_reset_as_a_slow_cons
         for _ in range(1000):
             websocket._send_frame(b"\x82\x7e\xff\xff" + b"x" * 0xFFFF, timeout=0.2)
     assert websocket.closed
+
+
+def test_a_client_that_takes_a_little_now_and_then_is_reset_once_a_frame_took_longer_than_the_timeout():
+    """The timeout is a deadline for the whole frame: each few bytes the client takes do not start it again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    browser = socket.socket()
+    browser.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    browser.connect(listener.getsockname())
+    server_side, _ = listener.accept()
+    server_side.setblocking(False)
+    websocket = DetachedWebsocket(os.dup(server_side.fileno()), send_buffer=16384)
+    server_side.close()
+    stop = gevent.event.Event()
+
+    def trickle() -> None:  # about 400 KB/s
+        while not stop.wait(0.02):
+            try:
+                browser.recv(8192)
+            except OSError:
+                return
+
+    reader = gevent.spawn(trickle)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SlowConsumerError, match=r"within 0\.5 s"):
+            websocket._send_frame(b"\x82\x7f" + struct.pack("!Q", 1 << 22) + b"x" * (1 << 22), timeout=0.5)
+    finally:
+        stop.set()
+        reader.join(5)
+        websocket.dispose()
+        browser.close()
+        listener.close()
+    assert time.monotonic() - started < 3  # the whole 4 MiB would take 10 s
+    assert websocket.closed
+
+
+def test_giving_up_on_a_client_ends_the_write_that_waits_for_it_at_once(pair):
+    websocket, client = pair
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    frame = b"\x82\x7e\xff\xff" + b"x" * 0xFFFF
+    websocket.give_up()  # no write waits: nothing happens
+    websocket._send_frame(frame, timeout=5)
+    assert not websocket.closed
+    gevent.spawn_later(0.2, websocket.give_up)
+    started = time.monotonic()
+    with pytest.raises(SlowConsumerError, match="fell too far behind"):
+        for _ in range(1000):
+            websocket._send_frame(frame, timeout=30)
+    assert time.monotonic() - started < 2
+    assert websocket.closed
+    client.sock.settimeout(2)
+    while client.sock.recv(65536):  # the connection ends for the client (over TCP, with a reset)
+        pass
 
 
 def test_closing_a_connection_the_client_reset_raises_nothing():

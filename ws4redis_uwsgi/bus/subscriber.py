@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -30,6 +30,16 @@ from .store import RedisStore
 #: How long a handshake waits for Redis to confirm the new subscriptions
 #: before it completes anyway (Redis may be down; the hub subscribes later).
 SUBSCRIBE_TIMEOUT = 3.0
+
+
+class DirectWriter(Protocol):
+    """A websocket's socket as the hub writes to it (:class:`~ws4redis_uwsgi.server.sockets.RawSocket`)."""
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write a whole frame now; False when that is not possible without waiting."""
+
+    def give_up(self) -> None:
+        """The client fell too far behind: a write to it that waits fails now (it could only close it afterwards)."""
 
 
 @dataclass(slots=True)
@@ -85,8 +95,9 @@ class RedisSubscriber(RedisStore):
         self.outbox = self._new_outbox(echo=False, resume=None)
         #: Called when a message waits: wakes the websocket's loop (set by :meth:`attach`).
         self.notify: Callable[[], None] = _nothing
-        # Set by enable_fast_path(): writes a frame to the socket at once, or returns False.
-        self._write_now: Callable[[bytes], bool] | None = None
+        # Set by enable_fast_path(): the socket the hub writes frames to at once. The socket, not its
+        # try_write: a bound method would be one more object per websocket for the collector to walk.
+        self._socket: DirectWriter | None = None
 
     def configure(self, *, echo: bool, resume: str | None) -> None:
         """What the client asked for: its own messages back (``echo``), message ids and a position (``resume``).
@@ -114,9 +125,9 @@ class RedisSubscriber(RedisStore):
         """
         self.notify = wake
 
-    def enable_fast_path(self, write: Callable[[bytes], bool]) -> None:
-        """Let the hub write live messages straight to the socket (``write`` returns False when it cannot at once)."""
-        self._write_now = write
+    def enable_fast_path(self, socket: DirectWriter) -> None:
+        """Let the hub write live messages straight to ``socket``, and reset it when the client fell too far behind."""
+        self._socket = socket
 
     def set_pubsub_channels(self, request: Any, channels: Iterable[str]) -> None:
         """Subscribe to, and publish on, the channels the client asked for.
@@ -179,7 +190,7 @@ class RedisSubscriber(RedisStore):
         Live messages stop being written straight to the socket; what waits is never sent.
         """
         self.session_ended = True
-        self._write_now = None
+        self._socket = None
         self.notify()
 
     def subscribe(self, *channels: str) -> None:
@@ -256,10 +267,15 @@ class RedisSubscriber(RedisStore):
 
         The outbox writes it straight to the socket when nothing waits before
         it (one write of a frame built once per process, no wake-up of the
-        websocket's loop); otherwise it waits and the loop is woken.
+        websocket's loop); otherwise it waits and the loop is woken. Once more
+        waits than the outbox holds, the loop closes the websocket; a write
+        of the loop that waits for the client meanwhile is given up on at once.
         """
-        if not self.outbox.take_live(message, self._write_now):
+        socket = self._socket
+        if not self.outbox.take_live(message, socket.try_write if socket is not None else None):
             self._hub.queued += 1
+            if socket is not None and self.outbox.overflowed:
+                socket.give_up()
             self.notify()
 
     def parse_response(self) -> envelope.BusMessage | None:
@@ -282,7 +298,7 @@ class RedisSubscriber(RedisStore):
         # subscriber: let go of them, so that the websocket's objects are freed when it ends
         # rather than at a full garbage collection, which walks all of them until then.
         self.notify = _nothing
-        self._write_now = None
+        self._socket = None
 
 
 def _audience_channels(facility: str, wanted: ClientRequest, identity: Identity) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -24,7 +24,10 @@ class FrameTooLargeException(WebSocketError):  # noqa: N818 - the name ws4redis 
 
 
 class SlowConsumerError(WebSocketError):
-    """Raised when a client did not take a frame within the send timeout; its connection is reset."""
+    """Raised when a client did not take a frame within the send timeout, or fell too far behind while one waited.
+
+    Its connection is reset.
+    """
 
 
 class HandshakeError(Exception):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.close_codes import CloseCode
 
 if TYPE_CHECKING:
-    from ..bus.subscriber import RedisSubscriber
+    from ..bus.subscriber import DirectWriter, RedisSubscriber
     from ..core.inbound import InboundPolicy
 
 StartResponse = Callable[..., Any]
@@ -28,8 +28,8 @@ class Websocket(Protocol):
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None: ...  # never raises for a gone client
     def dispose(self) -> None: ...  # after close: let go of a descriptor the websocket owns
 
-    def direct_writer(self, wake: Callable[[], None]) -> Callable[[bytes], bool] | None:
-        """What the hub may call to write a whole frame at once (it returns False when not now), or None.
+    def direct_writer(self, wake: Callable[[], None]) -> DirectWriter | None:
+        """What the hub may write whole frames to at once, or None.
 
         ``wake`` has the loop finish a frame the socket took only in part.
         """

@@ -350,9 +350,9 @@ class WebsocketWSGIServer:
         # The subscriber's notify is waiter.wake (attached when the websocket started): the same
         # bound method, not a second one to keep (and for the collector to walk) per websocket.
         wake = subscriber.notify if subscriber.notify == waiter.wake else waiter.wake
-        write = websocket.direct_writer(wake)
-        if write is not None:
-            subscriber.enable_fast_path(write)
+        socket = websocket.direct_writer(wake)
+        if socket is not None:
+            subscriber.enable_fast_path(socket)
 
     def shutdown(self) -> None:
         """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""

@@ -109,14 +109,15 @@ class Session:
     def _fail(self, exc: Exception) -> None:
         """The one error policy of every websocket.
 
-        The client going away is no error; a client that took no frame in
-        time (reset) is a slow consumer, counted; anything else is logged with
+        The client going away is no error; a client that did not take a
+        frame in time, or fell too far behind while one waited (reset), is a
+        slow consumer, counted; anything else is logged with
         its traceback and closes the websocket with 1011, never with the text
         of the exception.
         """
         if isinstance(exc, SlowConsumerError):
             get_metrics().slow_consumer_closes += 1
-            logger.warning("reset a websocket that took no frame in time (%s)", exc)
+            logger.warning("reset a websocket that fell behind (%s)", exc)
             return
         if isinstance(exc, WebSocketError):
             return

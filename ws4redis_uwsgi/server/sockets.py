@@ -59,10 +59,10 @@ class RawSocket:
     def get_file_descriptor(self) -> int:
         return self._fd
 
-    def direct_writer(self, wake: Callable[[], None]) -> Callable[[bytes], bool] | None:
-        """What the hub may call to write a whole frame at once (:meth:`try_write`); ``wake`` finishes a partial one."""
+    def direct_writer(self, wake: Callable[[], None]) -> RawSocket | None:
+        """This socket, for the hub to write whole frames to at once (:meth:`try_write`); ``wake`` finishes a partial one."""
         self.wake = wake
-        return self.try_write
+        return self
 
     def try_write(self, frame: bytes) -> bool:
         """Write a complete frame now, from any greenlet; False when that is not possible without waiting."""
@@ -77,10 +77,28 @@ class RawSocket:
             self.wake()
         return True
 
-    def send_frame(self, frame: bytes, timeout: float) -> None:
-        """Write ``frame`` whole, waiting up to ``timeout`` seconds for the client to take it.
+    def give_up(self) -> None:
+        """The client fell too far behind: a write to it that waits now fails at once; without one, nothing happens.
 
-        :raises SlowConsumerError: nothing could be written within ``timeout``; the connection is reset.
+        Why: the hub noticed, but the websocket's own greenlet may be waiting
+        up to its timeout for a client that takes nothing, and could only
+        close it afterwards. The connection is reset (what waits in the
+        kernel for the client is dropped), which wakes that write; it raises
+        :class:`SlowConsumerError`, as a write that timed out does.
+        """
+        if self._busy and not self.closed:
+            self.closed = True  # what the waiting write finds (write_failed)
+            abort_on_close(self._fd)
+            try:
+                _on_fd(self._fd, lambda sock: sock.shutdown(socket.SHUT_RDWR))
+            except OSError:
+                pass  # the client is gone already: the write fails all the same
+
+    def send_frame(self, frame: bytes, timeout: float) -> None:
+        """Write ``frame`` whole within ``timeout`` seconds.
+
+        :raises SlowConsumerError: the client did not take all of it within
+            ``timeout``, or fell too far behind meanwhile (:meth:`give_up`); the connection is reset.
         :raises WebSocketError: the client is gone.
         """
         self._finish_pending()
@@ -94,7 +112,7 @@ class RawSocket:
                 self._pending = b""
 
     def _send_whole(self, data: bytes, timeout: float) -> None:
-        """Write ``data`` whole, waiting up to ``timeout``; a client that takes none of it in time is reset."""
+        """Write ``data`` whole within ``timeout``; a client that does not take it in time, or is given up on, is reset."""
         self._busy = True
         try:
             self._write_all(data, timeout=timeout)
@@ -103,10 +121,16 @@ class RawSocket:
                 # Part of a frame may be out: nothing else can follow it. Reset the connection.
                 self.closed = True
                 abort_on_close(self._fd)
-                raise SlowConsumerError(f"the client took no frame within {timeout:g} s") from None
-            raise WebSocketError("websocket closed while sending") from None
+                raise SlowConsumerError(f"the client did not take a frame within {timeout:g} s") from None
+            raise self.write_failed() from None
         finally:
             self._busy = False
+
+    def write_failed(self) -> WebSocketError:
+        """What a write that failed raises: the client is gone, or was given up on while it waited (:meth:`give_up`)."""
+        if self.closed:  # nothing else closes a socket while a write to it waits
+            return SlowConsumerError("the client fell too far behind while a frame to it waited")
+        return WebSocketError("websocket closed while sending")
 
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame with ``code``, then wait briefly for the client to close its side.
@@ -144,14 +168,21 @@ class RawSocket:
         self.wake = _nothing
 
     def _write_all(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` whole, all of it within ``timeout`` seconds of the first wait.
+
+        A deadline, not a timeout per wait: a client that takes a few bytes now
+        and then would otherwise hold the write (and its websocket) for ever.
+        """
+        deadline = None
         while data:
             try:
                 data = data[os.write(self._fd, data) :]
             except BlockingIOError:
-                try:
-                    gevent.socket.wait_write(self._fd, timeout=timeout)
-                except gevent.socket.timeout:
-                    raise OSError(errno.ETIMEDOUT, "the client took nothing within the timeout") from None
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                if now >= deadline or not _writable_within(self._fd, deadline - now):
+                    raise OSError(errno.ETIMEDOUT, "the client did not take it within the timeout") from None
 
     def _discard_until_eof(self, timeout: float) -> None:
         """Read and drop what the client still sends, until it closes its side or ``timeout`` passed.
@@ -181,6 +212,15 @@ class RawSocket:
                     return
             except OSError:
                 return
+
+
+def _writable_within(fd: int, seconds: float) -> bool:
+    """Wait (this greenlet) until ``fd`` takes more bytes, or is reset; False after ``seconds``."""
+    try:
+        gevent.socket.wait_write(fd, timeout=seconds)
+    except gevent.socket.timeout:
+        return False
+    return True
 
 
 def _on_fd(fd: int, action: Callable[[_socket.socket], object]) -> None:

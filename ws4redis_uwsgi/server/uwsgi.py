@@ -72,7 +72,7 @@ class uWSGIWebsocket(RawSocket):  # noqa: N801 - the name ws4redis used
         #: Whether raw writes to the socket are safe (not for TLS sockets uWSGI encrypts).
         self.direct = direct
 
-    def direct_writer(self, wake: Callable[[], None]) -> Callable[[bytes], bool] | None:
+    def direct_writer(self, wake: Callable[[], None]) -> RawSocket | None:
         return super().direct_writer(wake) if self.direct else None
 
     def receive(self) -> bytes | None:
@@ -102,7 +102,7 @@ class uWSGIWebsocket(RawSocket):  # noqa: N801 - the name ws4redis used
             else:
                 uwsgi.websocket_send(message)
         except OSError:
-            raise WebSocketError("websocket closed while sending") from None
+            raise self.write_failed() from None
         finally:
             self._busy = False
 
