@@ -71,6 +71,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if cached is not None and not _seconds(cached):
         hint = "Use seconds, such as 5 (0 or None: no cache)."
         errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
+    full = settings.get("WS4REDIS_GC_FULL_THRESHOLD")
+    if full is not None and (not isinstance(full, int) or isinstance(full, bool) or full < 1):
+        hint = "Use a number of young collections, such as 100 (None: Python's own thresholds)."
+        errors.append(_error("WS4REDIS_GC_FULL_THRESHOLD", f"is {full!r}.", hint, 35))
     linger = settings.get("WS4REDIS_CHANNEL_LINGER")
     if not _seconds(linger):
         hint = "Use seconds, such as 5 (0: unsubscribe at once)."

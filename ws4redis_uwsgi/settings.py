@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a worker keeps a channel subscribed after its last websocket closed: the websocket
     # of a user's next page then subscribes nothing (ws4redis_uwsgi.bus.hub); 0: unsubscribe at once.
     "WS4REDIS_CHANNEL_LINGER": 5,
+    # gc.set_threshold's third value in the websocket workers (Python's default: 10): full collections
+    # walk every open websocket's objects (ws4redis_uwsgi.server.collector); None: Python's thresholds.
+    "WS4REDIS_GC_FULL_THRESHOLD": 100,
     # Each uWSGI worker's metrics and health on a loopback port: worker n on this + n - 1; None: off.
     "WS4REDIS_METRICS_PORT": None,
     "WS4REDIS_METRICS_HOST": "127.0.0.1",

@@ -226,6 +226,23 @@ def test_health_answers_503_while_redis_is_away(stack):
     assert scrape(ports)["ws4redis_redis_reconnects_total", ()] >= WORKERS
 
 
+def test_each_worker_s_garbage_collector_is_counted_by_generation(stack):
+    """Full collections (generation 2) pause the worker for as long as it walks every open websocket."""
+    _, server, ports = stack
+    fac = facility()
+    with client(server, f"/ws/{fac}?subscribe-broadcast") as ws:
+        RedisPublisher(facility=fac, broadcast=True).publish_message("hello", expire=0)
+        assert recv(ws) == "hello"
+        figures = scrape(ports)
+    for generation in "012":
+        assert ("ws4redis_gc_collections_total", (("generation", generation),)) in figures
+        assert ("ws4redis_gc_objects_uncollectable_total", (("generation", generation),)) in figures
+    assert figures["ws4redis_gc_collections_total", (("generation", "0"),)] > 0  # two workers' own counts, summed
+    # each generation its own figure: full collections come only after many collections of the middle one
+    collections = {g: figures["ws4redis_gc_collections_total", (("generation", g),)] for g in "012"}
+    assert collections["2"] < collections["1"] < collections["0"]
+
+
 def test_neither_is_served_on_the_websocket_port(stack):
     _, server, ports = stack
     for path in ("/metrics", "/health"):

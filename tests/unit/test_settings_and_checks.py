@@ -182,6 +182,9 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_CHANNEL_LINGER", -1, "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", "5", "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", None, "ws4redis_uwsgi.E034"),
+        ("WS4REDIS_GC_FULL_THRESHOLD", 0, "ws4redis_uwsgi.E035"),
+        ("WS4REDIS_GC_FULL_THRESHOLD", 2.5, "ws4redis_uwsgi.E035"),
+        ("WS4REDIS_GC_FULL_THRESHOLD", True, "ws4redis_uwsgi.E035"),
         ("WS4REDIS_PUBLISH_ON_COMMIT", "yes", "ws4redis_uwsgi.E011"),
         ("WS4REDIS_PUBLISH_ON_COMMIT", 1, "ws4redis_uwsgi.E011"),
         ("WS4REDIS_WAIT_TIMEOUT", 0, "ws4redis_uwsgi.E010"),
@@ -251,3 +254,9 @@ def test_the_check_is_registered_with_django():
     with override_settings(WS4REDIS_EXPIRE=-1):
         ids = [e.id for e in checks.run_checks()]
     assert "ws4redis_uwsgi.E004" in ids
+
+
+@pytest.mark.parametrize("value", [1, 100, 10_000, None])
+def test_a_full_collection_threshold_of_young_collections_or_none_passes_the_check(value):
+    with override_settings(WS4REDIS_GC_FULL_THRESHOLD=value):
+        assert check_settings() == []

@@ -16,6 +16,7 @@ then ``other``.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,6 +135,26 @@ class WorkerCollector(Collector):
             metric.add_metric([worker], value)
             yield metric
         yield from self._made_elsewhere(worker)
+        yield from self._garbage_collector(worker)
+
+    def _garbage_collector(self, worker: str) -> Iterator[Metric]:
+        """Python's collections by generation (prometheus-client's ``python_gc_*`` figures, by worker).
+
+        A full collection (generation 2) walks every open websocket's objects and pauses the
+        worker meanwhile (:mod:`~ws4redis_uwsgi.server.collector`).
+        """
+        labels = ["worker", "generation"]
+        families = (
+            CounterMetricFamily("ws4redis_gc_collections", "Times the worker collected this generation.", labels=labels),
+            CounterMetricFamily("ws4redis_gc_objects_collected", "Objects this generation's collections freed.", labels=labels),
+            CounterMetricFamily(
+                "ws4redis_gc_objects_uncollectable", "Uncollectable objects this generation's collections found.", labels=labels
+            ),
+        )
+        for generation, stats in enumerate(gc.get_stats()):
+            for family, key in zip(families, ("collections", "collected", "uncollectable"), strict=True):
+                family.add_metric([worker, str(generation)], stats[key])
+        yield from families
 
     def _made_elsewhere(self, worker: str) -> Iterator[Metric]:
         """Figures of the presence board and the outbox drain, when this worker has them."""

@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from .. import settings
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
 from ..core.text import loggable
 from . import limits, ops_endpoint
 from .adapter import StartResponse, Websocket
+from .collector import tune_collector
 from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
 from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, WebsocketLimits, websocket_limits
 from .loop import WebsocketWSGIServer
@@ -161,6 +163,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
         self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         if uwsgi is not None:
+            # In the process that loads the application: the master, whose workers inherit it, or each worker (lazy-apps).
+            tune_collector(settings.get("WS4REDIS_GC_FULL_THRESHOLD"))
             check_descriptors(int(uwsgi.cores), limits.max_connections())
             self._start_drain_in_workers()
 
