@@ -105,6 +105,18 @@ def close_code_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
             return None
 
 
+def logged_as_slow_consumer(log: str, max_pending: int) -> bool:
+    """Whether the server's log says it cut off a client that fell ``max_pending`` messages behind.
+
+    With a close frame (4000) when the client's turn was not waiting on a write to it;
+    reset at once when it was (the close frame could not reach it either).
+    """
+    return (
+        f"closing a websocket that fell {max_pending} messages behind" in log
+        or "reset a websocket that fell behind (the client fell too far behind while a frame to it waited)" in log
+    )
+
+
 def left_in_outbox(facility: str, message: bytes) -> object:
     """A broadcast row of the durable outbox as a publisher killed between its commit and its publish leaves it (a minute old)."""
     from datetime import timedelta
