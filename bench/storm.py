@@ -19,7 +19,9 @@ client behaving as ``ws4redis.js`` with ``resume: true``:
 * after any close, and after every failed attempt, it waits
   ``backoff_delay(attempt)`` (ported from ws4redis.js: 500 ms doubled per
   attempt, capped at 30 s, equal jitter) and tries again; the attempt count
-  restarts once a connection opens. A browser's WebSocket cannot see an HTTP
+  restarts once a connection opens. After a 1012 whose reason says
+  "retry in <ms> ms" (a reloading worker spreads its clients' return), the
+  first wait is that much longer, as in ws4redis.js. A browser's WebSocket cannot see an HTTP
   status or Retry-After, so neither does this client: a 503 is a failed
   attempt like any other (it is counted by status, with or without
   Retry-After).
@@ -73,6 +75,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import shlex
 import signal
 import sys
@@ -109,6 +112,18 @@ def backoff_delay(attempt: int, rand: float | None = None) -> float:
     ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** min(n - 1, 30))
     r = random.random() if rand is None else min(max(rand, 0.0), 1.0)
     return ceiling * (0.5 + 0.5 * r)
+
+
+#: As in ws4redis.js (MAX_RETRY_HINT_MS).
+MAX_RETRY_HINT_MS = 60000
+
+
+def retry_hint_ms(code: int | None, reason: str) -> float:
+    """Milliseconds a server restart's close asks for before the first reconnection: ws4redis.js's ``retry_hint_ms``."""
+    if code != 1012:
+        return 0
+    found = re.search(r"retry in (\d{1,6}) ms", reason)
+    return min(int(found.group(1)), MAX_RETRY_HINT_MS) if found else 0
 
 
 # -- the client processes -----------------------------------------------------------------------
@@ -279,6 +294,7 @@ async def _client_main(conn: Connection, host: str, port: int, indexes: list[int
     async def run(c: Client, first: bool) -> None:
         while not stopping:
             phase.attempts += 1
+            hint_ms = 0.0
             try:
                 if first:
                     async with initial:
@@ -299,8 +315,9 @@ async def _client_main(conn: Connection, host: str, port: int, indexes: list[int
                 if not c.dropped_at:
                     c.dropped_at = time.monotonic_ns()
                 phase.count(phase.closes, str(ws.close_code))
+                hint_ms = retry_hint_ms(ws.close_code, ws.close_reason)
             c.attempts += 1
-            await asyncio.sleep(backoff_delay(c.attempts) / 1000)
+            await asyncio.sleep((backoff_delay(c.attempts) + hint_ms) / 1000)
 
     tasks: list[asyncio.Task[None]] = []
     phases: list[Phase] = []

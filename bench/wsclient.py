@@ -68,6 +68,7 @@ class WebsocketClient(asyncio.Protocol):
         "_request",
         "_upgraded",
         "close_code",
+        "close_reason",
         "closed",
         "on_message",
         "opened",
@@ -86,6 +87,8 @@ class WebsocketClient(asyncio.Protocol):
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.close_code: int | None = None
+        #: The reason of the server's close frame ("" without one).
+        self.close_reason = ""
         self.transport: asyncio.Transport | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -189,6 +192,7 @@ class WebsocketClient(asyncio.Protocol):
                     WebsocketClient.pings_answered += 1
             elif opcode == OP_CLOSE:
                 self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self.close_reason = payload[2:].decode("utf-8", "replace")
                 if self.transport is not None:
                     if not self._close_sent:  # echo the code, as RFC 6455 section 5.5.1 asks
                         self._close_sent = True

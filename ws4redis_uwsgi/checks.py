@@ -71,6 +71,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if cached is not None and not _seconds(cached):
         hint = "Use seconds, such as 5 (0 or None: no cache)."
         errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
+    rate = settings.get("WS4REDIS_RESTART_RECONNECT_RATE")
+    if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0):
+        hint = "Use handshakes per second a worker takes, such as 2000 (None: clients get no hint)."
+        errors.append(_error("WS4REDIS_RESTART_RECONNECT_RATE", f"is {rate!r}.", hint, 36))
     full = settings.get("WS4REDIS_GC_FULL_THRESHOLD")
     if full is not None and (not isinstance(full, int) or isinstance(full, bool) or full < 1):
         hint = "Use a number of young collections, such as 100 (None: Python's own thresholds)."

@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a worker keeps a channel subscribed after its last websocket closed: the websocket
     # of a user's next page then subscribes nothing (ws4redis_uwsgi.bus.hub); 0: unsubscribe at once.
     "WS4REDIS_CHANNEL_LINGER": 5,
+    # Handshakes per second a reloading or stopping worker's clients are told to spread their reconnection
+    # over (the reason of its 1012, read by ws4redis.js): its websockets / this = the seconds; None: no hint.
+    "WS4REDIS_RESTART_RECONNECT_RATE": 2000,
     # gc.set_threshold's third value in the websocket workers (Python's default: 10): full collections
     # walk every open websocket's objects (ws4redis_uwsgi.server.collector); None: Python's thresholds.
     "WS4REDIS_GC_FULL_THRESHOLD": 100,

@@ -87,6 +87,12 @@ def raw_websocket(server, path: str, rcvbuf: int | None = None, timeout: float =
 
 def close_code_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
     """Read what the server sends until its close frame; the close code, or None if the connection ended without one."""
+    close = close_of(sock, timeout)
+    return None if close is None else close[0]
+
+
+def close_of(sock: socket.socket, timeout: float = 5.0) -> tuple[int, str] | None:
+    """Read what the server sends until its close frame; its code and reason, or None if the connection ended without one."""
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import CloseConnection
 
@@ -100,7 +106,7 @@ def close_code_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
         connection.receive_data(data or None)
         for event in connection.events():
             if isinstance(event, CloseConnection):
-                return int(event.code)
+                return int(event.code), event.reason or ""
         if not data:
             return None
 

@@ -19,8 +19,10 @@ from django.test import override_settings
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
-from tests.servers import TIMING, wait_for
+from tests.conftest import SITE_ENV
+from tests.integration.helpers import SITE_ORIGIN, client, close_of, facility, raw_websocket, recv, split
+from tests.servers import TIMING, UwsgiServer, wait_for
+from ws4redis_uwsgi.core.close_codes import CloseCode, retry_hint
 from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = pytest.mark.integration
@@ -247,6 +249,23 @@ def test_graceful_reload_closes_with_1012_and_loses_nothing(private_stack):
     assert_nothing_lost(publisher, resumers)
     for resumer in resumers:
         assert 1012 in resumer.close_codes, resumer.close_codes
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_spreads_its_clients_return_over_the_seconds_a_worker_takes_to_serve_them(redis_server, site_db, tmp_path):
+    """20 websockets, at 10 handshakes a second: each 1012 asks its client to wait its own part of 2 s."""
+    env = {**SITE_ENV, "WS4REDIS_TEST_RESTART_RATE": "10"}
+    server = UwsgiServer(env, cores=100, log_path=tmp_path / "uwsgi.log").start()
+    try:
+        sockets = [raw_websocket(server, f"/ws/{facility()}?subscribe-broadcast") for _ in range(20)]
+        server.proc.send_signal(signal.SIGHUP)  # what `uwsgi --reload` and a touched vassal file do
+        closes = [close_of(sock, 10) for sock in sockets]
+    finally:
+        server.stop()
+    assert all(close is not None and close[0] == CloseCode.SERVICE_RESTART for close in closes), closes
+    waits = [retry_hint(reason) for _, reason in closes]  # type: ignore[misc]
+    assert all(wait is not None and 0 <= wait <= 2.0 for wait in waits), closes
+    assert len(set(waits)) > 10, waits  # drawn for each client: they do not come back together
 
 
 @pytest.mark.timeout(60)

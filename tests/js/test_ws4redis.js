@@ -211,6 +211,29 @@ describe('ws4redis.js', () => {
       client.close();
     });
 
+    it('waits what a restarting server asks on top of its backoff, for the first attempt only', () => {
+      const {client} = make_client({resume: true});
+      last_socket().open();
+      last_socket().finish_close(1012, 'server restart, retry in 3000 ms');
+      tick(375 + 2999);   // 375: the first backoff with Math.random() = 0.5
+      assert.equal(sockets().length, 1, 'not before the backoff and the 3 s asked for');
+      tick(1);
+      assert.equal(sockets().length, 2);
+      last_socket().drop();   // the new worker is not there yet
+      tick(750);   // the second backoff alone
+      assert.equal(sockets().length, 3);
+      client.close();
+    });
+
+    it('reads the wait of a 1012 only, and at most 60 s of it', () => {
+      assert.equal(WS4Redis.retry_hint_ms({code: 1012, reason: 'server restart, retry in 1234 ms'}), 1234);
+      assert.equal(WS4Redis.retry_hint_ms({code: 1012, reason: 'server restart, retry in 999999 ms'}), 60000);
+      assert.equal(WS4Redis.retry_hint_ms({code: 1012, reason: 'server restart'}), 0);
+      assert.equal(WS4Redis.retry_hint_ms({code: 1000, reason: 'retry in 1234 ms'}), 0);
+      assert.equal(WS4Redis.retry_hint_ms({code: 1012}), 0);
+      assert.equal(WS4Redis.retry_hint_ms(undefined), 0);
+    });
+
     it('does not reconnect after 4001 (session ended) and tells the page', () => {
       const {client, log} = make_client();
       last_socket().open();

@@ -84,6 +84,8 @@ if os.environ.get("WS4REDIS_TEST_STOCK"):  # a worker of the stock set-up: none 
     WS4REDIS_SUBSCRIBER = "ws4redis_uwsgi.subscriber.RedisSubscriber"
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
+if "WS4REDIS_TEST_RESTART_RATE" in os.environ:
+    WS4REDIS_RESTART_RECONNECT_RATE = float(os.environ["WS4REDIS_TEST_RESTART_RATE"])
 WS4REDIS_MAX_PENDING_MESSAGES = int(os.environ.get("WS4REDIS_TEST_MAX_PENDING", "1000"))
 WS4REDIS_METRICS_PORT = int(os.environ["WS4REDIS_TEST_METRICS_PORT"]) if "WS4REDIS_TEST_METRICS_PORT" in os.environ else None
 WS4REDIS_SESSION_RECHECK = float(os.environ.get("WS4REDIS_TEST_SESSION_RECHECK", "60"))

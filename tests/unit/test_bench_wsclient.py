@@ -109,7 +109,7 @@ def test_server_close_is_echoed_once_and_recorded() -> None:
         client, transport, _ = upgraded()
         transport.written = b""
         client.data_received(server_frame(8, struct.pack("!H", 4000) + b"slow"))
-        assert client.close_code == 4000
+        assert (client.close_code, client.close_reason) == (4000, "slow")
         assert unmask(transport.written) == (0x8, struct.pack("!H", 4000))
         assert transport.closed
 

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame, violation
+from ws4redis_uwsgi.core.close_codes import CloseCode, close_frame, restart_reason, restart_spread, retry_hint, violation
 from ws4redis_uwsgi.core.handshake import WEBSOCKET_VERSION, check_upgrade_request
 from ws4redis_uwsgi.core.inbound import is_heartbeat
 from ws4redis_uwsgi.core.text import loggable
@@ -212,3 +212,19 @@ def test_long_request_data_is_cut_in_log_lines():
 )
 def test_a_violation_closes_with_its_code_and_one_reason_for_every_adapter(code, expected):
     assert violation(code) == expected
+
+
+@pytest.mark.parametrize(
+    ("websockets", "rate", "seconds"),
+    [(10_000, 2000, 5.0), (20, 10, 2.0), (0, 2000, 0.0), (10_000, None, 0.0)],
+)
+def test_a_restarting_worker_spreads_its_clients_over_the_time_it_takes_to_serve_them(websockets, rate, seconds):
+    assert restart_spread(websockets, rate) == seconds
+
+
+def test_a_restart_reason_carries_the_wait_in_milliseconds_and_reads_back():
+    assert restart_reason(1.2344) == "server restart, retry in 1234 ms"
+    assert retry_hint(restart_reason(1.2344)) == 1.234
+    assert restart_reason(0) == "server restart"  # as before, for a worker that held no websocket or gives no hint
+    assert retry_hint("server restart") is None
+    assert len(close_frame(CloseCode.SERVICE_RESTART, restart_reason(999.999))) <= 127  # a control frame's payload

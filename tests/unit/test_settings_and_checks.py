@@ -182,6 +182,8 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_CHANNEL_LINGER", -1, "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", "5", "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", None, "ws4redis_uwsgi.E034"),
+        ("WS4REDIS_RESTART_RECONNECT_RATE", 0, "ws4redis_uwsgi.E036"),
+        ("WS4REDIS_RESTART_RECONNECT_RATE", "2000", "ws4redis_uwsgi.E036"),
         ("WS4REDIS_GC_FULL_THRESHOLD", 0, "ws4redis_uwsgi.E035"),
         ("WS4REDIS_GC_FULL_THRESHOLD", 2.5, "ws4redis_uwsgi.E035"),
         ("WS4REDIS_GC_FULL_THRESHOLD", True, "ws4redis_uwsgi.E035"),

@@ -5,6 +5,7 @@ README documents each one. A server-side failure closes with
 ``INTERNAL_ERROR`` and never puts exception text on the wire.
 """
 
+import re
 from enum import IntEnum
 
 
@@ -47,3 +48,35 @@ def close_frame(code: CloseCode, reason: str = "") -> bytes:
     text = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
     payload = int(code).to_bytes(2, "big") + text
     return bytes((0x88, len(payload))) + payload
+
+
+#: The reason of a 1012 that tells the client to wait a while before it reconnects (ws4redis.js reads it).
+_RETRY_HINT = re.compile(r"retry in (\d{1,6}) ms")
+
+
+def restart_spread(websockets: int, rate: float | None) -> float:
+    """Seconds over which the clients of ``websockets`` closing at once should spread their reconnections.
+
+    Why: a worker that reloads closes all its websockets in a fraction of a
+    second, and their clients' own backoff (250-500 ms for the first
+    attempt) brings them back nearly together: more than the listen queue
+    holds, and the kernel drops the rest of the SYNs, retried 1, 3 and 7 s
+    later. Spread at ``rate`` handshakes per second (about what a worker
+    takes), they come back as fast as it can serve them. 0 without a rate.
+    """
+    if not rate or websockets <= 0:
+        return 0.0
+    return websockets / rate
+
+
+def restart_reason(delay: float) -> str:
+    """The reason of a 1012 that asks the client to wait ``delay`` seconds more than its own backoff."""
+    if delay <= 0:
+        return "server restart"
+    return f"server restart, retry in {round(delay * 1000)} ms"
+
+
+def retry_hint(reason: str) -> float | None:
+    """The seconds a 1012's reason asks the client to wait (:func:`restart_reason`), or None."""
+    found = _RETRY_HINT.search(reason)
+    return int(found.group(1)) / 1000 if found else None

@@ -45,6 +45,7 @@ class LoopServer(Protocol):
     """What a session needs of the server that runs it (:class:`~ws4redis_uwsgi.server.loop.WebsocketWSGIServer`)."""
 
     stopping: bool
+    restart_spread: float
 
     def start_websocket(self, websocket: Websocket, subscriber: RedisSubscriber, waiter: Any) -> None: ...
     def step(self, websocket: Websocket, subscriber: RedisSubscriber, inbound: InboundPolicy) -> bool: ...

@@ -30,7 +30,7 @@ from ..bus.resources import backlog_budget
 from ..bus.store import RedisMessage
 from ..bus.subscriber import RedisSubscriber
 from ..core.channels import facility_from_path, facility_of_request, parse_query, restrict
-from ..core.close_codes import CloseCode
+from ..core.close_codes import CloseCode, restart_spread
 from ..core.envelope import BusMessage, outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, SlowConsumerError, TooManyChannelsError
 from ..core.handshake import check_origin, check_upgrade_request, offered_protocols, offered_token
@@ -64,6 +64,8 @@ class WebsocketWSGIServer:
         self.active_connections = 0
         #: Set by shutdown(): every loop closes its websocket with 1012.
         self.stopping = False
+        #: Set by shutdown(): seconds over which the closed websockets' clients should spread their return.
+        self.restart_spread = 0.0
         self._waiters: set[Waiter] = set()
         if not apps.ready:
             # ws4redis sites' own wsgi_websocket.py never called django.setup().
@@ -355,7 +357,13 @@ class WebsocketWSGIServer:
             subscriber.enable_fast_path(socket)
 
     def shutdown(self) -> None:
-        """Close every websocket of this process with 1012 (service restart); clients resume elsewhere."""
+        """Close every websocket of this process with 1012 (service restart); clients resume elsewhere.
+
+        Each close asks its client to wait a random part of :attr:`restart_spread` before
+        it reconnects, so that they do not all come back at once (:func:`restart_spread`).
+        """
+        if not self.stopping:
+            self.restart_spread = restart_spread(self.active_connections, settings.get("WS4REDIS_RESTART_RECONNECT_RATE"))
         self.stopping = True
         for waiter in tuple(self._waiters):
             waiter.wake()

@@ -11,11 +11,12 @@ detached websockets take them from event-loop callbacks
 from __future__ import annotations
 
 import logging
+import random
 import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from ..core.close_codes import CloseCode
+from ..core.close_codes import CloseCode, restart_reason
 from ..core.exceptions import SlowConsumerError, WebSocketError
 from ..core.inbound import InboundPolicy
 from ..core.text import loggable
@@ -85,7 +86,8 @@ class Session:
     def close_if_stopping(self) -> None:
         """When the worker stops or reloads, close with 1012 so that the client reconnects (and resumes) elsewhere."""
         if self.server.stopping:
-            self._guard(self.websocket.close, CloseCode.SERVICE_RESTART, "server restart")
+            reason = restart_reason(random.uniform(0, self.server.restart_spread))
+            self._guard(self.websocket.close, CloseCode.SERVICE_RESTART, reason)
 
     def end(self) -> None:
         """Give back the connection slot, the channels and the socket; once, whatever happened before."""

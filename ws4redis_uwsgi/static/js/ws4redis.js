@@ -84,7 +84,10 @@
  *
  * Reconnection: after any close not asked for by close() (or, by default, a 4001), the client reconnects
  * after WS4Redis.backoff_delay(attempt) ms: exponential backoff with jitter (see
- * there). The attempt count restarts once a connection opens.
+ * there). The attempt count restarts once a connection opens. A server that restarts (close
+ * code 1012) may add a wait to the first attempt, "retry in <ms> ms" in the close reason
+ * (WS4Redis.retry_hint_ms): a worker that held thousands of websockets spreads their return
+ * over the seconds it takes to serve them all, so that they do not all come back at once.
  *
  * Loaded as a classic <script>, this sets window.WS4Redis; under CommonJS
  * (Node, bundlers) it is module.exports.
@@ -107,6 +110,9 @@
 
   // The close code of a websocket whose Django session ended (logout, password change, user deactivated).
   const SESSION_ENDED = 4001;
+  // The close code of a server that restarts, and the longest wait its reason may add (60 s).
+  const SERVICE_RESTART = 1012;
+  const MAX_RETRY_HINT_MS = 60000;
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 30000;
   const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
@@ -126,6 +132,19 @@
    * (Math.random() by default): 0 gives ceiling / 2, values near 1 nearly the
    * ceiling. The result never exceeds 30000.
    */
+  /**
+   * The milliseconds a server restart's close event asks the client to wait before its first
+   * reconnection, beyond its own backoff: the "retry in <ms> ms" of a 1012's reason, at most
+   * 60 s; 0 for any other close.
+   */
+  function retry_hint_ms(evt) {
+    if (!evt || evt.code !== SERVICE_RESTART || typeof evt.reason !== 'string') {
+      return 0;
+    }
+    const found = /retry in (\d{1,6}) ms/.exec(evt.reason);
+    return found ? Math.min(Number(found[1]), MAX_RETRY_HINT_MS) : 0;
+  }
+
   function backoff_delay(attempt, random = Math.random()) {
     const n = Number.isFinite(attempt) && attempt >= 1 ? Math.floor(attempt) : 1;
     const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n - 1, 30)));
@@ -225,12 +244,12 @@
       }
     }
 
-    function schedule_reconnect() {
+    function schedule_reconnect(extra_ms = 0) {
       if (closed_for_good || reconnect_timer !== null) {
         return;
       }
       attempts += 1;
-      reconnect_timer = setTimeout(reconnect, backoff_delay(attempts));
+      reconnect_timer = setTimeout(reconnect, backoff_delay(attempts) + extra_ms);
     }
 
     function start_heartbeat(socket) {
@@ -340,7 +359,7 @@
       if (evt && evt.code === SESSION_ENDED && !opts.reconnect_after_session_end) {
         closed_for_good = true;   // logged out: a reconnection would come back as someone else, or no one
       }
-      schedule_reconnect();   // before the callback, so that a throwing callback cannot stop it
+      schedule_reconnect(retry_hint_ms(evt));   // before the callback, so that a throwing callback cannot stop it
       callback('disconnected', evt);
       if (evt && evt.code === SESSION_ENDED) {
         callback('session_ended', evt);
@@ -414,6 +433,7 @@
   }
 
   WS4Redis.backoff_delay = backoff_delay;
+  WS4Redis.retry_hint_ms = retry_hint_ms;
   WS4Redis.with_resume = with_resume;
   WS4Redis.with_presence = with_presence;
   WS4Redis.BACKOFF_BASE_MS = BACKOFF_BASE_MS;
