@@ -227,4 +227,5 @@ def test_a_restart_reason_carries_the_wait_in_milliseconds_and_reads_back():
     assert retry_hint(restart_reason(1.2344)) == 1.234
     assert restart_reason(0) == "server restart"  # as before, for a worker that held no websocket or gives no hint
     assert retry_hint("server restart") is None
+    assert retry_hint(restart_reason(5000)) == 999.999  # six digits at most, as ws4redis.js reads them
     assert len(close_frame(CloseCode.SERVICE_RESTART, restart_reason(999.999))) <= 127  # a control frame's payload

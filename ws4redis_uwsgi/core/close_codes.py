@@ -70,10 +70,10 @@ def restart_spread(websockets: int, rate: float | None) -> float:
 
 
 def restart_reason(delay: float) -> str:
-    """The reason of a 1012 that asks the client to wait ``delay`` seconds more than its own backoff."""
+    """The reason of a 1012 that asks the client to wait ``delay`` seconds more than its own backoff (at most 999.999)."""
     if delay <= 0:
         return "server restart"
-    return f"server restart, retry in {round(delay * 1000)} ms"
+    return f"server restart, retry in {min(round(delay * 1000), 999_999)} ms"
 
 
 def retry_hint(reason: str) -> float | None:
