@@ -132,6 +132,13 @@
    * (Math.random() by default): 0 gives ceiling / 2, values near 1 nearly the
    * ceiling. The result never exceeds 30000.
    */
+  function backoff_delay(attempt, random = Math.random()) {
+    const n = Number.isFinite(attempt) && attempt >= 1 ? Math.floor(attempt) : 1;
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n - 1, 30)));
+    const r = Number.isFinite(random) ? Math.min(Math.max(random, 0), 1) : 0;
+    return ceiling * (0.5 + 0.5 * r);
+  }
+
   /**
    * The milliseconds a server restart's close event asks the client to wait before its first
    * reconnection, beyond its own backoff: the "retry in <ms> ms" of a 1012's reason, at most
@@ -143,13 +150,6 @@
     }
     const found = /retry in (\d{1,6}) ms/.exec(evt.reason);
     return found ? Math.min(Number(found[1]), MAX_RETRY_HINT_MS) : 0;
-  }
-
-  function backoff_delay(attempt, random = Math.random()) {
-    const n = Number.isFinite(attempt) && attempt >= 1 ? Math.floor(attempt) : 1;
-    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n - 1, 30)));
-    const r = Number.isFinite(random) ? Math.min(Math.max(random, 0), 1) : 0;
-    return ceiling * (0.5 + 0.5 * r);
   }
 
   function WS4Redis(options) {
