@@ -57,13 +57,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         hint = "Use 0 (off) or the number of replicas to wait for."
         errors.append(_error("WS4REDIS_WAIT_REPLICAS", f"is {replicas!r}.", hint, 9))
     wait = settings.get("WS4REDIS_WAIT_TIMEOUT")
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not wait > 0:
+    if not _positive(wait):
         errors.append(_error("WS4REDIS_WAIT_TIMEOUT", f"is {wait!r}.", "Use a number of seconds above 0, such as 1.0.", 10))
     max_age = settings.get("WS4REDIS_TOKEN_MAX_AGE")
-    if not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 1:
+    if not _count(max_age):
         errors.append(_error("WS4REDIS_TOKEN_MAX_AGE", f"is {max_age!r}.", "Use a number of seconds, such as 60.", 13))
     recheck = settings.get("WS4REDIS_SESSION_RECHECK")
-    if not isinstance(recheck, (int, float)) or isinstance(recheck, bool) or recheck < 0:
+    if not _seconds(recheck):
         errors.append(
             _error("WS4REDIS_SESSION_RECHECK", f"is {recheck!r}.", "Use seconds, such as 60 (0: no periodic re-check).", 14)
         )
@@ -72,11 +72,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         hint = "Use seconds, such as 5 (0 or None: no cache)."
         errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
     rate = settings.get("WS4REDIS_RESTART_RECONNECT_RATE")
-    if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0):
+    if rate is not None and not _positive(rate):
         hint = "Use handshakes per second a worker takes, such as 2000 (None: clients get no hint)."
         errors.append(_error("WS4REDIS_RESTART_RECONNECT_RATE", f"is {rate!r}.", hint, 36))
     full = settings.get("WS4REDIS_GC_FULL_THRESHOLD")
-    if full is not None and (not isinstance(full, int) or isinstance(full, bool) or full < 1):
+    if full is not None and not _count(full):
         hint = "Use a number of young collections, such as 100 (None: Python's own thresholds)."
         errors.append(_error("WS4REDIS_GC_FULL_THRESHOLD", f"is {full!r}.", hint, 35))
     linger = settings.get("WS4REDIS_CHANNEL_LINGER")
@@ -164,6 +164,16 @@ def check_runserver(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
 
 def _seconds(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _positive(value: Any) -> bool:
+    """A number above 0 (a bool is none)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _count(value: Any) -> bool:
+    """An integer of at least 1 (a bool is none)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @register()
