@@ -14,6 +14,8 @@ call (``time.thread_time``):
 
 * a handshake's reads: ``load_session_and_user`` and the identity with
   groups, each session once (a first visit: the identity cache is off);
+* a token handshake's: ``read_token`` and the identity with groups, a
+  token per user (no identity cache for tokens: each is a first visit);
 * a look: ``authority.current_user_of``, by the compiled queries (what a
   worker does) and through the ORM (``ModelBackend.get_user``, what it did
   before), each session once per pass.
@@ -79,7 +81,8 @@ def measure(args: argparse.Namespace, db: Path) -> int:
     from ws4redis_uwsgi.bus.subscriber import Grant
     from ws4redis_uwsgi.core.channels import ClientRequest
     from ws4redis_uwsgi.django import auth_lookup
-    from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
+    from ws4redis_uwsgi.django.identity import groups_read_with, identity_from_request, load_session_and_user
+    from ws4redis_uwsgi.django.tokens import issue_token, read_token
     from ws4redis_uwsgi.server.authority import current_user_of
 
     class Request:
@@ -90,6 +93,13 @@ def measure(args: argparse.Namespace, db: Path) -> int:
         request = Request(key)
         load_session_and_user(request)
         assert identity_from_request(request).groups  # a logged-in user in two groups
+
+    def token_handshake(token: str) -> None:
+        claims = read_token(token)
+        request = Request("")
+        request.session, request.user = None, claims.user  # type: ignore[attr-defined]
+        groups_read_with(request, claims.user, claims.groups)
+        assert identity_from_request(request).groups  # a user in two groups
 
     grants = [
         Grant(
@@ -106,10 +116,15 @@ def measure(args: argparse.Namespace, db: Path) -> int:
     def look(grant: Grant) -> None:
         assert current_user_of(grant) is not None
 
+    from django.contrib.auth import get_user_model
+
+    tokens = [issue_token(user) for user in get_user_model()._default_manager.filter(pk__in=[g.user_pk for g in grants])]
     handshake(keys[0])  # the queries compile once
+    token_handshake(tokens[0])
     look(grants[0])
     rows: list[tuple[str, list[float]]] = [
         ("a handshake's reads (session, user, groups)", [per_call(handshake, keys) for _ in range(args.passes)]),
+        ("a token handshake's reads (user, groups)", [per_call(token_handshake, tokens) for _ in range(args.passes)]),
         ("a look at an open websocket (compiled queries)", [per_call(look, grants) for _ in range(args.passes)]),
     ]
     with mock.patch.object(auth_lookup, "backend_user", lambda *_: auth_lookup.UNANSWERED):

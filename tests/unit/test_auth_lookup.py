@@ -92,7 +92,7 @@ def test_logged_in_user_is_read_with_two_queries_and_matches_the_orm(user: User)
     with CaptureQueriesContext(connection) as queries:
         ours = with_lookup(key)
         assert ours.user.pk == user.pk  # type: ignore[attr-defined]
-    assert len(queries) == 2  # the session row, the user row
+    assert len(queries) == 2  # the session row, the user row with its groups
     assert ours.user.date_joined == user.date_joined and timezone.is_aware(ours.user.date_joined)  # type: ignore[attr-defined]
     assert ours.user._state.db == "default" and not ours.user._state.adding  # type: ignore[attr-defined]
     assert ours.session["extra_value"] == [1, "two"]  # type: ignore[attr-defined]
@@ -112,21 +112,49 @@ def test_a_sites_execute_wrappers_see_the_lookups(user: User) -> None:
     with connection.execute_wrapper(watch):
         request = with_lookup(key)
         identity_from_request(request)
-    assert len(seen) == 3 and request.user.pk == user.pk  # type: ignore[attr-defined]
+    assert len(seen) == 2 and request.user.pk == user.pk  # type: ignore[attr-defined]
     seen.clear()
     assert same(key)[0].user.pk == user.pk and seen == []  # nobody watching: the backend's cursor
 
 
-def test_groups_are_read_only_when_asked(user: User) -> None:
+def test_groups_come_in_the_users_query(user: User) -> None:
     request = with_lookup(login_session(user))
+    with CaptureQueriesContext(connection) as queries:
+        assert identity_from_request(request, with_groups=False).groups == ()
+        identity = identity_from_request(request)
+    assert len(queries) == 0
+    assert identity.groups == ("cooks", "staff") == tuple(sorted(user.groups.values_list("name", flat=True)))
+    assert identity.username == user.username and identity.session_key == request.session.session_key  # type: ignore[attr-defined]
+
+
+def test_a_user_in_no_group_is_read_whole_by_the_joined_query(user: User) -> None:
+    user.groups.clear()
+    ours, _ = same(login_session(user))
+    with CaptureQueriesContext(connection) as queries:
+        assert identity_from_request(ours).groups == ()
+    assert len(queries) == 0
+
+
+def test_a_hook_that_gives_the_request_another_user_gets_that_users_groups(user: User) -> None:
+    request = with_lookup(login_session(user))
+    request.user = User.objects.create_user(f"other-{User.objects.count()}")  # type: ignore[attr-defined]
+    request.user.groups.add(Group.objects.get(name="staff"))  # type: ignore[attr-defined]
+    assert identity_from_request(request).groups == ("staff",)
+
+
+class Router:
+    """A database router that sends nothing anywhere: any router may send the groups elsewhere."""
+
+
+@override_settings(DATABASE_ROUTERS=["tests.unit.test_auth_lookup.Router"])
+def test_with_a_database_router_groups_have_a_query_of_their_own(user: User) -> None:
+    request, _ = same(login_session(user))
     with CaptureQueriesContext(connection) as queries:
         assert identity_from_request(request, with_groups=False).groups == ()
     assert len(queries) == 0
     with CaptureQueriesContext(connection) as queries:
-        identity = identity_from_request(request)
+        assert identity_from_request(request).groups == ("cooks", "staff")
     assert len(queries) == 1
-    assert identity.groups == ("cooks", "staff") == tuple(sorted(user.groups.values_list("name", flat=True)))
-    assert identity.username == user.username and identity.session_key == request.session.session_key  # type: ignore[attr-defined]
 
 
 def test_unknown_missing_and_malformed_keys_are_anonymous(db_backend: str) -> None:
@@ -211,6 +239,8 @@ def test_the_stock_queries_compile(db_backend: str) -> None:
     for factory in (auth_lookup._session_query, auth_lookup._user_query, auth_lookup._groups_query):
         query = factory("default")
         assert query.sql.count("%s") == len(query.params)
+    joined = auth_lookup.UserWithGroups("default").query
+    assert joined.sql.count("%s") == len(joined.params) and "JOIN" in joined.sql
 
 
 def test_a_query_that_cannot_be_compiled_is_tried_once_then_the_orm_answers(user, monkeypatch, caplog) -> None:

@@ -76,3 +76,29 @@ def test_a_token_for_a_facility_outside_ascii_lets_its_websocket_in(site_db, fac
     server = WebsocketWSGIServer()
     server.process_request(request)
     assert server.process_subscriptions(request) == (["subscribe-user"], False)
+
+
+def test_a_tokens_user_and_groups_are_read_in_one_query_as_the_orm_has_them(site_db):
+    """Every token handshake is a first visit (no identity cache): its reads are the compiled ones."""
+    from django.contrib.auth.models import Group
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from ws4redis_uwsgi.django.identity import groups_read_with, identity_from_request
+
+    john = User.objects.create_user(f"token-reader-{User.objects.count()}")
+    john.groups.set(Group.objects.filter(name__in=["staff", "cooks"]))
+    token = issue_token(john)
+    with CaptureQueriesContext(connection) as queries:
+        claims = read_token(token)
+    assert len(queries) == 1 and "JOIN" in queries[0]["sql"]
+    assert claims.user == john and claims.user.get_username() == john.username and claims.groups == ("cooks", "staff")
+    request = RequestFactory().get("/ws/chat")
+    request.session, request.user = None, claims.user
+    groups_read_with(request, claims.user, claims.groups)
+    with CaptureQueriesContext(connection) as queries:
+        assert identity_from_request(request).groups == ("cooks", "staff")
+    assert len(queries) == 0
+    User.objects.filter(pk=john.pk).update(is_active=False)
+    with pytest.raises(TokenError, match="gone or inactive"):
+        read_token(token)

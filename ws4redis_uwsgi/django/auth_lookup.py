@@ -2,7 +2,8 @@
 
 A logged-in handshake asks the database three questions: the session row of
 the cookie, the user row the session names, and (for group channels) the
-user's group names. Through the ORM nearly all the CPU each one costs goes
+user's group names, the last two in one query where they can be (below).
+Through the ORM nearly all the CPU each one costs goes
 into building and compiling a query that is the same every time, many times
 what the database takes to answer it. A burst of reconnecting browsers after a
 deploy is thousands of these at once, so here Django compiles each query
@@ -12,7 +13,7 @@ through the same field converters and ``Model.from_db`` the ORM uses, so the
 objects are the ones the ORM would have built. The SQL runs on the backend's
 own cursor, not through Django's cursor wrapper, unless something watches
 queries (``DEBUG``, an execute wrapper): an APM that patches the wrapper
-class does not see these three lookups.
+class does not see these lookups.
 
 Only the stock set-up takes this path: Django's ``db`` session engine and
 ``ModelBackend``, a user model with an integer primary key and a default
@@ -20,20 +21,26 @@ manager that adds no joins. Anything else, and any session that does not
 verify with the current SECRET_KEY (Django may then rotate or flush it),
 goes through Django's own ``auth.get_user``, so a request always ends with
 the session and user Django would have given it.
+
+The user's group names come in the user's own query, joined (one row per
+group), when the user model has Django's ``groups`` and no database router
+could send the groups elsewhere: a query less per first visit, whether or
+not the websocket asks for group channels (a row per group costs less than a
+query of its own).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends import db as db_sessions
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.signals import setting_changed
 from django.db import connections, router
 from django.db.models import Model, QuerySet
@@ -49,6 +56,8 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 #: an integer inside every backend's AutoField range that Django passes through as is.
 TEXT_MARKER = "\x00ws4redis-marker\x00"
 INT_MARKER = 2_147_483_000
+
+Q = TypeVar("Q")
 
 
 class UnsupportedQueryError(Exception):
@@ -140,6 +149,33 @@ def _user_query(alias: str) -> CompiledQuery:
     return CompiledQuery(user_model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
 
 
+class UserWithGroups:
+    """The user query of :func:`_user_query` with the user's group names joined in: one row per group."""
+
+    def __init__(self, alias: str) -> None:
+        user_model = _user_model()
+        if _groups_field(user_model) is None:
+            raise UnsupportedQueryError("the user model has no groups")
+        if django_settings.DATABASE_ROUTERS:
+            raise UnsupportedQueryError("a database router may read the groups elsewhere")
+        plain = _compiled(_user_query, alias)
+        if plain is None or plain.model_fields is None:
+            raise UnsupportedQueryError("the user is read through the ORM")
+        self.alias, self.model = alias, user_model
+        self.attnames = plain.model_fields[2]
+        queryset = user_model._default_manager.using(alias).filter(pk=INT_MARKER)
+        self.query = CompiledQuery(queryset.values_list(*self.attnames, "groups__name"), INT_MARKER)
+
+    def read(self, pk: int) -> tuple[Model | None, tuple[str, ...]]:
+        """The user ``pk`` (or None) and the sorted names of its groups."""
+        rows = self.query.rows(pk)
+        if not rows:
+            return None, ()
+        width = len(self.attnames)
+        user = self.model.from_db(self.alias, self.attnames, rows[0][:width])
+        return user, tuple(sorted(row[width] for row in rows if row[width] is not None))
+
+
 def _groups_query(alias: str) -> CompiledQuery:
     user = _user_model()(pk=INT_MARKER)
     return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
@@ -162,21 +198,21 @@ def _user_model() -> type[Model]:
 setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.auth_lookup")
 
 
-def _compiled(factory: Any, alias: str) -> CompiledQuery | None:
-    """``factory(alias)``, made once; None (and the ORM) from then on if it cannot be, logged once."""
-    queries: dict[tuple[Any, str, Any], CompiledQuery | None] = process.resource(_QUERIES, dict)
+def _compiled(factory: Callable[[str], Q], alias: str, otherwise: str = "lookups go through the ORM") -> Q | None:
+    """``factory(alias)``, made once; None from then on if it cannot be, logged once with what happens ``otherwise``."""
+    queries: dict[tuple[Any, str, Any], Any] = process.resource(_QUERIES, dict)
     key = (factory, alias, _user_model())
     try:
-        return queries[key]
+        return queries[key]  # type: ignore[no-any-return]
     except KeyError:
         pass
     query = None
     try:
         query = factory(alias)
     except UnsupportedQueryError as exc:
-        logger.info("ws4redis_uwsgi: %s lookups go through the ORM: %s", factory.__name__, exc)
+        logger.info("ws4redis_uwsgi: %s %s: %s", factory.__name__, otherwise, exc)
     except Exception:
-        logger.exception("ws4redis_uwsgi: could not compile %s; lookups go through the ORM", factory.__name__)
+        logger.exception("ws4redis_uwsgi: could not compile %s; %s", factory.__name__, otherwise)
     queries[key] = query
     return query
 
@@ -211,18 +247,48 @@ def backend_user(user_pk: Any, backend_path: str) -> Any:
     another) and an integer key: the user, or None when there is none or it
     is inactive. :data:`UNANSWERED` for anything else.
     """
+    return _backend_user(user_pk, backend_path, with_groups=False)[0]
+
+
+def _backend_user(user_pk: Any, backend_path: str, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
+    """:func:`backend_user`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
-        return UNANSWERED
-    query = _compiled(_user_query, _user_model()._default_manager.db)
-    if query is None:
-        return UNANSWERED
-    user = query.instance(user_pk)
+        return UNANSWERED, None
+    alias = _user_model()._default_manager.db
+    joined = _compiled(UserWithGroups, alias, "not used, the groups have a query of their own") if with_groups else None
+    groups: tuple[str, ...] | None = None
+    if joined is not None:
+        user, groups = joined.read(user_pk)
+    else:
+        query = _compiled(_user_query, alias)
+        if query is None:
+            return UNANSWERED, None
+        user = query.instance(user_pk)
     # ModelBackend.get_user: None for a missing user, and for one user_can_authenticate refuses.
-    return user if user is not None and getattr(user, "is_active", True) else None
+    if user is None or not getattr(user, "is_active", True):
+        return None, None
+    return user, groups
 
 
-def get_user(request: Any) -> Any:
-    """``django.contrib.auth.get_user(request)``, with the user read by a compiled query where it may be."""
+def user_by_key(pk: Any, with_groups: bool = False) -> tuple[Any, tuple[str, ...] | None]:
+    """The user whose primary key is ``pk`` (a string will do), as ``ModelBackend.get_user`` reads it.
+
+    None for no such user or an inactive one; :data:`UNANSWERED` where the
+    compiled queries cannot answer (the caller asks the ORM). With
+    ``with_groups``, the user's group names where they came in its query (else None).
+    """
+    try:
+        user_pk = _user_model()._meta.pk.to_python(pk)
+    except ValidationError:
+        return UNANSWERED, None  # the ORM says what it says for such a key
+    return _backend_user(user_pk, MODEL_BACKEND, with_groups)
+
+
+def read_user(request: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """``django.contrib.auth.get_user(request)``, with the user read by a compiled query where it may be.
+
+    And the sorted names of the user's groups where they came in the same query (else None).
+    """
     # Imported here: importing models before django.setup() fails, and this module is imported early.
     from django.contrib.auth.models import AnonymousUser
 
@@ -231,23 +297,23 @@ def get_user(request: Any) -> Any:
         # The session first: an anonymous visitor's (most handshakes) ends here, before any model lookup.
         stored_pk, backend_path = session[SESSION_KEY], session[BACKEND_SESSION_KEY]
     except KeyError:
-        return AnonymousUser()
+        return AnonymousUser(), None
     try:
         user_pk = _user_model()._meta.pk.to_python(stored_pk)
     except Exception:
-        return auth.get_user(request)  # an odd value in the session: Django decides
+        return auth.get_user(request), None  # an odd value in the session: Django decides
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
-        return auth.get_user(request)
-    user = backend_user(user_pk, backend_path)
+        return auth.get_user(request), None
+    user, groups = _backend_user(user_pk, backend_path, with_groups=True)
     if user is UNANSWERED:
-        return auth.get_user(request)
+        return auth.get_user(request), None
     if user is None:
-        return AnonymousUser()  # ModelBackend.get_user returns None for both: no session check follows
+        return AnonymousUser(), None  # ModelBackend.get_user returns None for both: no session check follows
     session_hash = session.get(HASH_SESSION_KEY)
     if not session_hash or not constant_time_compare(session_hash, user.get_session_auth_hash()):  # type: ignore[attr-defined]
         # Django tries SECRET_KEY_FALLBACKS, then rotates or flushes the session: let it.
-        return auth.get_user(request)
-    return user
+        return auth.get_user(request), None
+    return user, groups
 
 
 def group_names(user: Any) -> tuple[str, ...]:

@@ -69,17 +69,28 @@ def load_session_and_user(request: Any) -> None:
     request.session = engine.SessionStore(session_key)
     if session_key is not None:
         auth_lookup.load_session(request.session)
-    request.user = auth_lookup.get_user(request)
+    request.user, groups = auth_lookup.read_user(request)
+    groups_read_with(request, request.user, groups)
     if cache is not None and _cacheable(request.session, request.user, session_key):
         entry = Entry(
             session=copy.deepcopy(request.session._session_cache),
             user=copy.copy(request.user),
             user_pk=str(request.user.pk),
             ref=session_ref(session_key),
+            groups=groups,
         )
         max_age = settings.get("WS4REDIS_SESSION_RECHECK") or 0  # see identity_cache: the re-check's bound
         if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
+
+
+def groups_read_with(request: Any, user: Any, groups: tuple[str, ...] | None) -> None:
+    """Keep ``groups``, read in ``user``'s own query, for :func:`identity_from_request`: no query of their own.
+
+    They serve only while ``user`` is still the request's user object (a hook may give it another). None: not read.
+    """
+    if groups is not None:
+        request.ws4redis_groups = (user, groups)
 
 
 def read_at(request: Any) -> float:
@@ -142,7 +153,13 @@ def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
 
 
 def _group_names(request: Any, user: Any) -> tuple[str, ...]:
-    """``user``'s group names: from the request's identity cache entry when it holds them, else read (and kept there)."""
+    """``user``'s group names: read with the user, or from the request's identity cache entry, else read (and kept there).
+
+    Each only while ``user`` is still the request's user object (a hook may have given it another).
+    """
+    read: tuple[Any, tuple[str, ...]] | None = getattr(request, "ws4redis_groups", None)  # see groups_read_with
+    if read is not None and read[0] is user:
+        return read[1]
     held: _Held | None = getattr(request, "ws4redis_identity", None)
     if held is None or held.user is not user:  # no entry, or a hook gave the request another user
         return auth_lookup.group_names(user)

@@ -23,10 +23,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.exceptions import ValidationError
 
 from .. import settings
 from ..core.channels import Audience, validate_facility
 from ..core.exceptions import HandshakeError
+from . import auth_lookup
 
 SALT = "ws4redis_uwsgi.websocket-token"
 #: Characters of the user's session auth hash a token carries.
@@ -111,6 +113,8 @@ class Claims:
     audiences: frozenset[str] | None
     #: The part of the user's session auth hash it was issued with (a password change ends it).
     auth_hash: str = ""
+    #: The user's group names, where they were read with the user (None: not read).
+    groups: tuple[str, ...] | None = None
 
     def allows(self, facility: str, channels: Iterable[str]) -> str | None:
         """Why the token does not allow ``channels`` (``'subscribe-user'``...) on ``facility``, or None."""
@@ -137,7 +141,7 @@ def read_token(token: str) -> Claims:
         raise TokenError("invalid token") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("u"), str) or not isinstance(claims.get("h"), str):
         raise TokenError("invalid token")
-    user = current_user(claims["u"], claims["h"])
+    user, groups = current_user_and_groups(claims["u"], claims["h"])
     facilities, audiences = claims.get("f"), claims.get("a")
     return Claims(
         user,
@@ -145,6 +149,7 @@ def read_token(token: str) -> Claims:
         frozenset(facilities) if isinstance(facilities, list) else None,
         frozenset(audiences) if isinstance(audiences, list) else None,
         claims["h"],
+        groups,
     )
 
 
@@ -153,12 +158,26 @@ def current_user(pk: str, auth_hash: str) -> Any:
 
     :raises TokenError: the user is gone, inactive, or changed the password since.
     """
-    try:
-        user = get_user_model()._default_manager.filter(pk=pk).first()
-    except (ValueError, TypeError):  # a pk the model's field cannot take
-        user = None
+    return current_user_and_groups(pk, auth_hash, with_groups=False)[0]
+
+
+def current_user_and_groups(pk: str, auth_hash: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
+    """:func:`current_user`, and the user's sorted group names where they came in the same query (else None).
+
+    The user is read by the handshakes' compiled query where it can be
+    (:func:`~ws4redis_uwsgi.django.auth_lookup.user_by_key`), else through the ORM.
+
+    :raises TokenError: as :func:`current_user`.
+    """
+    user, groups = auth_lookup.user_by_key(pk, with_groups)
+    if user is auth_lookup.UNANSWERED:
+        groups = None
+        try:
+            user = get_user_model()._default_manager.filter(pk=pk).first()
+        except (ValueError, TypeError, ValidationError):  # a pk the model's field cannot take
+            user = None
     if user is None or not getattr(user, "is_active", True):
         raise TokenError("token for a user who is gone or inactive")
     if not hmac.compare_digest(user.get_session_auth_hash()[:_HASH_CHARS], auth_hash):
         raise TokenError("token from before a password change")
-    return user
+    return user, groups

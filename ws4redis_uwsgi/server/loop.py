@@ -38,7 +38,7 @@ from ..core.inbound import InboundPolicy, Verdict
 from ..core.outbox import GAP_NOTICE, Opening
 from ..core.positions import Order
 from ..core.text import loggable
-from ..django.identity import load_session_and_user
+from ..django.identity import groups_read_with, load_session_and_user
 from ..django.tokens import Claims, TokenError, read_token
 from . import limits
 from .adapter import StartResponse, Waiter, Websocket, close_for_rule
@@ -112,6 +112,7 @@ class WebsocketWSGIServer:
             raise PermissionDenied(str(exc)) from None
         request.session = None  # type: ignore[assignment] # a token brings a user, not a session: no session channel
         request.user = claims.user
+        groups_read_with(request, claims.user, claims.groups)
         request.ws4redis_token = claims  # type: ignore[attr-defined]
 
     def process_subscriptions(self, request: WSGIRequest) -> tuple[list[str], bool]:
