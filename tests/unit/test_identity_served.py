@@ -177,15 +177,21 @@ def test_a_hook_that_gives_the_request_another_user_gets_that_users_groups(cache
 
 
 class Watched:
-    """What live authorization needs of a websocket: its grant, and being told that its session ended."""
+    """What live authorization needs of a websocket: its grant, and being told that its session ended or its groups changed."""
 
     session_ended = False
+    reidentified: tuple[str, ...] | None = None
 
     def __init__(self, grant: Grant) -> None:
         self.grant = grant
 
     def end_session(self) -> None:
         self.session_ended = True
+
+    def reidentify(self, *, groups: tuple[str, ...] | None = None, session_key: str | None = None) -> None:
+        self.reidentified = groups
+        if groups is not None:
+            self.grant.groups = groups
 
 
 def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still_valid(cache, user):
@@ -213,6 +219,31 @@ def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still
     assert websocket.session_ended
     request, queries = handshake(cookie)
     assert not request.user.is_authenticated and queries == 1  # type: ignore[attr-defined]
+
+
+def test_the_recheck_of_a_group_websocket_reads_its_user_with_the_groups_and_follows_what_no_signal_said(cache, user):
+    cookie = login_session(user)
+    grant = Grant(
+        user_pk=str(user.pk),
+        username=user.username,
+        session_key=cookie,
+        ref=session_ref(cookie),
+        wanted=ClientRequest(("subscribe-group",)),
+        groups=("cooks", "staff"),
+    )
+    authority, websocket = Authority(), Watched(grant)
+    authority._index(websocket, grant)  # type: ignore[arg-type]
+    with CaptureQueriesContext(connection) as queries:
+        authority._look_at(grant.user_pk)
+    assert len(queries) == 2  # the session; the user with its groups
+    assert not websocket.session_ended and websocket.reidentified is None
+    staff = Group.objects.get(name="staff")
+    with connection.cursor() as cursor:  # a raw DELETE: no signal
+        cursor.execute(
+            f"DELETE FROM {User.groups.through._meta.db_table} WHERE user_id = %s AND group_id = %s", [user.pk, staff.pk]
+        )
+    authority._look_at(grant.user_pk)
+    assert websocket.reidentified == ("cooks",) and not websocket.session_ended
 
 
 def test_a_websocket_let_in_from_the_cache_is_as_fresh_as_the_cache_s_read(cache, user):

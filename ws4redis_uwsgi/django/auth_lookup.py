@@ -247,10 +247,10 @@ def backend_user(user_pk: Any, backend_path: str) -> Any:
     another) and an integer key: the user, or None when there is none or it
     is inactive. :data:`UNANSWERED` for anything else.
     """
-    return _backend_user(user_pk, backend_path, with_groups=False)[0]
+    return backend_user_and_groups(user_pk, backend_path, with_groups=False)[0]
 
 
-def _backend_user(user_pk: Any, backend_path: str, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
+def backend_user_and_groups(user_pk: Any, backend_path: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
     """:func:`backend_user`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
         return UNANSWERED, None
@@ -281,7 +281,7 @@ def user_by_key(pk: Any, with_groups: bool = False) -> tuple[Any, tuple[str, ...
         user_pk = _user_model()._meta.pk.to_python(pk)
     except ValidationError:
         return UNANSWERED, None  # the ORM says what it says for such a key
-    return _backend_user(user_pk, MODEL_BACKEND, with_groups)
+    return backend_user_and_groups(user_pk, MODEL_BACKEND, with_groups)
 
 
 def read_user(request: Any) -> tuple[Any, tuple[str, ...] | None]:
@@ -304,7 +304,7 @@ def read_user(request: Any) -> tuple[Any, tuple[str, ...] | None]:
         return auth.get_user(request), None  # an odd value in the session: Django decides
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
         return auth.get_user(request), None
-    user, groups = _backend_user(user_pk, backend_path, with_groups=True)
+    user, groups = backend_user_and_groups(user_pk, backend_path)
     if user is UNANSWERED:
         return auth.get_user(request), None
     if user is None:

@@ -60,7 +60,7 @@ from ..core.envelope import BusMessage
 from ..django import auth_lookup
 from ..django.identity import cache_seconds
 from ..django.identity_cache import get_identity_cache
-from ..django.tokens import TokenError, current_user, open_sealed_key
+from ..django.tokens import TokenError, current_user_and_groups, open_sealed_key
 from .db_workers import get_workers
 
 logger = logging.getLogger("ws4redis_uwsgi")
@@ -260,18 +260,22 @@ class Authority:
         if grant is None or subscriber.session_ended:
             return
         key = (grant.session_key, grant.token_hash, grant.ref)
+        with_groups = Audience.GROUP in grant.wanted.subscribe | grant.wanted.publish
         if key not in looked:
-            looked[key] = get_workers().run(current_user_of, grant)
-        user = looked[key]
+            looked[key] = get_workers().run(read_again, grant, with_groups)
+        user, read_groups = looked[key]
         if user is None:
             # What no signal said (a raw UPDATE, an expiry): no handshake may be served what was read before.
             get_identity_cache().evict_user(grant.user_pk)
             self._close(subscriber)
             return
         grant.read_at = started
-        if Audience.GROUP in grant.wanted.subscribe | grant.wanted.publish:
+        if with_groups:
             if grant.user_pk not in groups:
-                groups[grant.user_pk] = get_workers().run(auth_lookup.group_names, user)
+                # Read with the user where they could be; else (another look of this session read none) on their own.
+                if read_groups is None:
+                    read_groups = get_workers().run(auth_lookup.group_names, user)
+                groups[grant.user_pk] = read_groups
             if groups[grant.user_pk] != grant.groups:
                 get_identity_cache().evict_user(grant.user_pk)
                 subscriber.reidentify(groups=groups[grant.user_pk])
@@ -279,23 +283,28 @@ class Authority:
 
 def current_user_of(grant: Grant) -> Any:
     """The user ``grant``'s session or token lets in now, or None (runs on a database greenlet)."""
+    return read_again(grant, with_groups=False)[0]
+
+
+def read_again(grant: Grant, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
+    """:func:`current_user_of`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     if grant.session_key is None and grant.token_hash is not None:  # a websocket token of this package
         if grant.ref is not None and revocations.is_revoked(grant.ref):
-            return None
+            return None, None
         try:
-            return current_user(grant.user_pk, grant.token_hash)
+            return current_user_and_groups(grant.user_pk, grant.token_hash, with_groups)
         except TokenError:
-            return None
+            return None, None
     if grant.session_key is None:  # the site's own scheme (WS4REDIS_PROCESS_REQUEST): the user must still be let in
         user = get_user_model()._default_manager.filter(pk=grant.user_pk).first()
-        return user if user is not None and getattr(user, "is_active", True) else None
+        return (user if user is not None and getattr(user, "is_active", True) else None), None
     store = import_module(django_settings.SESSION_ENGINE).SessionStore(grant.session_key)
     if not auth_lookup.load_session(store):
         store.keys()  # loads it the engine's way: a missing or expired session is empty
-    user = session_user(store)
+    user, groups = _session_user(store, with_groups)
     if user is None or str(user.pk) != grant.user_pk:
-        return None
-    return user
+        return None, None
+    return user, groups
 
 
 def session_user(session: Any) -> Any:
@@ -305,23 +314,29 @@ def session_user(session: Any) -> Any:
     gives a new key to one that verifies only with ``SECRET_KEY_FALLBACKS``:
     a worker looking on must change nothing (the browser's cookie names the key).
     """
+    return _session_user(session, with_groups=False)[0]
+
+
+def _session_user(session: Any, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
+    """:func:`session_user`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     try:
         user_pk = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
         backend_path = session[BACKEND_SESSION_KEY]
     except (KeyError, ValidationError):
-        return None
+        return None, None
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = auth_lookup.backend_user(user_pk, backend_path)  # the stock ModelBackend, by the compiled query
+        return None, None
+    # The stock ModelBackend, by the compiled query.
+    user, groups = auth_lookup.backend_user_and_groups(user_pk, backend_path, with_groups)
     if user is auth_lookup.UNANSWERED:
-        user = load_backend(backend_path).get_user(user_pk)  # None for a user gone, or inactive with ModelBackend
+        user, groups = load_backend(backend_path).get_user(user_pk), None  # None for a user gone, or inactive with ModelBackend
     if user is None or not hasattr(user, "get_session_auth_hash"):
-        return user
+        return user, groups
     session_hash = session.get(HASH_SESSION_KEY)
     if not session_hash:
-        return None
+        return None, None
     hashes = [user.get_session_auth_hash(), *getattr(user, "get_session_auth_fallback_hash", list)()]
-    return user if any(constant_time_compare(session_hash, h) for h in hashes) else None
+    return (user, groups) if any(constant_time_compare(session_hash, h) for h in hashes) else (None, None)
 
 
 def get_authority() -> Authority:
