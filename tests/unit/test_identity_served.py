@@ -85,26 +85,19 @@ def test_a_session_that_reconnects_is_served_without_a_query_each_websocket_its_
     assert third.user is not second.user and third.session is not second.session  # type: ignore[attr-defined]
 
 
-def test_groups_come_with_the_user_and_are_kept_whether_asked_for_or_not(cache, user):
-    cookie = login_session(user)
-    assert handshake(cookie, with_groups=False)[1] == 2
-    assert handshake(cookie, with_groups=False)[1] == 0
-    request, queries = handshake(cookie)
-    assert queries == 0 and request.identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
-
-
 class Router:
     """A database router that sends nothing anywhere: enough for the lookups to keep the groups' query apart."""
 
 
-@override_settings(DATABASE_ROUTERS=["tests.unit.test_identity_served.Router"])
-def test_with_a_database_router_groups_not_asked_for_are_read_by_the_first_handshake_that_asks(cache, user):
+@pytest.mark.parametrize(("routers", "groups_queries"), [([], 0), (["tests.unit.test_identity_served.Router"], 1)])
+def test_groups_come_with_the_user_unless_a_router_may_read_them_elsewhere_and_are_kept(cache, user, routers, groups_queries):
     cookie = login_session(user)
-    assert handshake(cookie, with_groups=False)[1] == 2
-    assert handshake(cookie, with_groups=False)[1] == 0
-    request, queries = handshake(cookie)
-    assert queries == 1 and request.identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
-    assert handshake(cookie)[1] == 0
+    with override_settings(DATABASE_ROUTERS=routers):
+        assert handshake(cookie, with_groups=False)[1] == 2
+        assert handshake(cookie, with_groups=False)[1] == 0
+        request, queries = handshake(cookie)  # the first to ask for them: read then, with a router
+        assert queries == groups_queries and request.identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
+        assert handshake(cookie)[1] == 0
 
 
 def test_anonymous_unknown_and_forged_cookies_are_never_kept(cache, db_backend):
