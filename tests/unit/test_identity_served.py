@@ -187,20 +187,26 @@ class Watched:
             self.grant.groups = groups
 
 
-def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still_valid(cache, user):
-    """What no signal says (here a raw DELETE) is found by the re-check of open websockets, which forgets what was kept."""
-    cookie = login_session(user)
-    handshake(cookie)
+def watched(user: User, cookie: str, channel: str, groups: tuple[str, ...] = ()) -> tuple[Authority, Watched, Grant]:
+    """A worker's live authorization watching one websocket of ``cookie``'s session (what watch() does, without the hub)."""
     grant = Grant(
         user_pk=str(user.pk),
         username=user.username,
         session_key=cookie,
         ref=session_ref(cookie),
-        wanted=ClientRequest(("subscribe-user",)),
-        groups=(),
+        wanted=ClientRequest((channel,)),
+        groups=groups,
     )
     authority, websocket = Authority(), Watched(grant)
-    authority._index(websocket, grant)  # type: ignore[arg-type] # what watch() does, without the worker's hub
+    authority._index(websocket, grant)  # type: ignore[arg-type]
+    return authority, websocket, grant
+
+
+def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still_valid(cache, user):
+    """What no signal says (here a raw DELETE) is found by the re-check of open websockets, which forgets what was kept."""
+    cookie = login_session(user)
+    handshake(cookie)
+    authority, websocket, grant = watched(user, cookie, "subscribe-user")
     before = time.monotonic()
     authority._look_at(grant.user_pk)
     assert not websocket.session_ended and handshake(cookie)[1] == 0  # still valid: still kept
@@ -216,16 +222,7 @@ def test_the_periodic_recheck_evicts_a_session_it_finds_gone_and_keeps_one_still
 
 def test_the_recheck_of_a_group_websocket_reads_its_user_with_the_groups_and_follows_what_no_signal_said(cache, user):
     cookie = login_session(user)
-    grant = Grant(
-        user_pk=str(user.pk),
-        username=user.username,
-        session_key=cookie,
-        ref=session_ref(cookie),
-        wanted=ClientRequest(("subscribe-group",)),
-        groups=("cooks", "staff"),
-    )
-    authority, websocket = Authority(), Watched(grant)
-    authority._index(websocket, grant)  # type: ignore[arg-type]
+    authority, websocket, grant = watched(user, cookie, "subscribe-group", ("cooks", "staff"))
     with CaptureQueriesContext(connection) as queries:
         authority._look_at(grant.user_pk)
     assert len(queries) == 2  # the session; the user with its groups
