@@ -6,7 +6,7 @@ import gevent
 import pytest
 import redis
 
-from tests.servers import free_port, wait_for
+from tests.servers import RedisServer, free_port, wait_for
 from ws4redis_uwsgi.bus.batched_reader import BatchedPipeline, BatchedReader
 from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
@@ -203,3 +203,104 @@ def test_a_failed_pipeline_raises_in_every_waiting_caller() -> None:
     jobs = [gevent.spawn(dead.run, [("GET", f"k{i}")]) for i in range(3)]
     gevent.joinall(jobs, timeout=10)
     assert all(isinstance(job.exception, redis.ConnectionError) for job in jobs)
+
+
+# -- a new channel's stored message, read by the hub with its subscription (RESP3) ----------------------------
+
+
+@pytest.fixture
+def reading_hub(redis_server):
+    """A hub that reads new channels' stored messages with their SUBSCRIBE, already connected (HELLO answered).
+
+    No socket timeout: the hub reads the socket itself (with one, redis-py's PubSub reads, and reads no stored message).
+    """
+    hub = SubscriptionHub(lambda: redis.Redis.from_url(redis_server.url, socket_timeout=None), read_stored=True)
+    subscribed(hub, "pre:warm")
+    link = next(iter(hub._links.values()))
+    wait_for(lambda: gevent.sleep(0.01) or link.connected, 5, "the hub's connection")
+    yield hub
+    hub.close()
+
+
+def read_with_subscription(hub: SubscriptionHub, channel: str) -> Listener:
+    listener = subscribed(hub, channel)
+    link = next(iter(hub._links.values()))
+    wait_for(lambda: gevent.sleep(0.01) or channel not in link.reading, 5, "the hub's read of the stored message")
+    return listener
+
+
+def test_a_new_channels_stored_message_comes_with_its_subscription_and_the_handshake_reads_nothing(
+    redis_server, reading_hub
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("pre:a", b"A")
+    client.delete("pre:none")
+    client.config_resetstat()
+    read_with_subscription(reading_hub, "pre:a")
+    read_with_subscription(reading_hub, "pre:none")
+    reader = BatchedReader(client, reading_hub)
+    assert reader.mget(["pre:a", "pre:none"]) == [b"A", None]
+    assert calls(client, "MGET") == 2  # the hub's, one per SUBSCRIBE; none of the reader's
+    assert calls(client, "SUBSCRIBE") == 2
+
+
+def test_a_message_after_the_subscription_makes_the_read_with_it_stale(redis_server, reading_hub) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("pre:b", b"old")
+    listener = read_with_subscription(reading_hub, "pre:b")
+    client.set("pre:b", b"new")
+    client.publish("pre:b", b"new")
+    wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"new"], 5, "the hub to pass the message")
+    assert reading_hub.preread("pre:b") is None
+    client.config_resetstat()
+    assert BatchedReader(client, reading_hub).mget(["pre:b"]) == [b"new"]
+    assert calls(client, "MGET") == 1
+
+
+def test_with_resp3_the_hubs_pings_are_answered_and_messages_still_pass(redis_server) -> None:
+    hub = SubscriptionHub(
+        lambda: redis.Redis.from_url(redis_server.url, socket_timeout=None), read_stored=True, ping_interval=0.1
+    )
+    try:
+        listener = subscribed(hub, "pre:ping")
+        link = next(iter(hub._links.values()))
+        wait_for(lambda: gevent.sleep(0.01) or link.connected, 5, "the hub's connection")
+        client = redis.Redis.from_url(redis_server.url)
+        client.config_resetstat()
+        wait_for(lambda: gevent.sleep(0.05) or calls(client, "PING") >= 3, 5, "three PINGs")
+        client.publish("pre:ping", b"still here")
+        wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"still here"], 5, "the message")
+        assert hub.disconnects == 0
+    finally:
+        hub.close()
+
+
+class RedisWithoutHello(RedisServer):
+    """A Redis that refuses HELLO, as Redis 5 does (redis-py then needs ``protocol=2``)."""
+
+    def command(self, bind: str = "127.0.0.1") -> list[str]:
+        return [*super().command(bind), "--rename-command", "HELLO", ""]
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1, protocol=2).ping())
+        except redis.RedisError:
+            return False
+
+
+def test_a_redis_that_refuses_resp3_gets_the_subscriptions_as_before_and_the_handshake_reads_itself(tmp_path) -> None:
+    server = RedisWithoutHello(workdir=tmp_path).start()
+    hub = SubscriptionHub(lambda: redis.Redis.from_url(server.url, socket_timeout=None, protocol=2), read_stored=True)
+    try:
+        client = redis.Redis.from_url(server.url, protocol=2)
+        client.set("pre:c", b"C")
+        client.config_resetstat()
+        listener = subscribed(hub, "pre:c")
+        client.publish("pre:c", b"live")
+        wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"live"], 5, "the message")
+        assert hub.disconnects == 0
+        assert BatchedReader(client, hub).mget(["pre:c"]) == [b"C"]
+        assert calls(client, "MGET") == 1  # the reader's: the hub read nothing
+    finally:
+        hub.close()
+        server.kill()

@@ -6,16 +6,18 @@ from collections.abc import Iterable
 
 from ws4redis_uwsgi.bus.hub import SubscriptionHub, _Link
 from ws4redis_uwsgi.bus.shards import SingleShard
+from ws4redis_uwsgi.bus.subscription import Reply
 
 
 class RecordingPubSub:
     """The link's subscription (ws4redis_uwsgi.bus.subscription), recording what it is asked to send."""
 
-    def __init__(self) -> None:
+    def __init__(self, reads_stored: bool = False) -> None:
         self.sent: list[tuple[str, tuple[str, ...]]] = []
+        self.reads_stored = reads_stored
 
-    def subscribe(self, channels: Iterable[str]) -> None:
-        self.sent.append(("SUBSCRIBE", tuple(channels)))
+    def subscribe(self, channels: Iterable[str], read_stored: bool = False) -> None:
+        self.sent.append(("SUBSCRIBE+MGET" if read_stored else "SUBSCRIBE", tuple(channels)))
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
         self.sent.append(("UNSUBSCRIBE", tuple(channels)))
@@ -78,3 +80,45 @@ def test_channels_that_come_and_go_while_unsubscribed_leave_nothing_to_sync() ->
     assert one._changed == {"stays"}
     one._sync(pubsub)
     assert pubsub.sent == [("SUBSCRIBE", ("stays",))]
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def deliver(self, message) -> None:
+        self.messages.append(message.payload)
+
+    def resync(self) -> None:
+        pass
+
+
+def test_a_new_channels_stored_message_read_with_its_subscription_is_kept_unless_a_message_passed_first() -> None:
+    one, pubsub = link(), RecordingPubSub(reads_stored=True)
+    hub = one.hub
+    for channel in ("quiet", "busy"):
+        hub._listeners[channel] = {Listener()}  # what add() does, without starting the link's loop
+        hub._route[channel] = one
+        one.want(channel)
+    one._sync(pubsub, read_stored=True)
+    assert pubsub.sent == [("SUBSCRIBE+MGET", ("busy", "quiet"))]
+    for channel in ("quiet", "busy"):
+        one._handle(Reply("subscribe", channel, 1))
+    one._handle(Reply("message", "busy", b"new"))  # published after the SUBSCRIBE, before the MGET ran
+    one._handle(Reply("stored", "quiet", b"Q"))
+    one._handle(Reply("stored", "busy", b"old"))
+    assert one.reading == {}
+    quiet = hub.preread("quiet")
+    assert quiet is not None and quiet[1] == b"Q" and quiet[0] == hub.stamp("quiet")
+    assert hub.preread("quiet") is None  # handed over once
+    assert hub.preread("busy") is None  # what was read may be older than the message
+
+
+def test_nothing_is_read_with_subscriptions_the_connection_cannot_read_with_or_at_a_reconnect() -> None:
+    one = link()
+    one.want("a")
+    one._sync(RecordingPubSub(reads_stored=False), read_stored=True)
+    one.want("b")
+    reading = RecordingPubSub(reads_stored=True)
+    one._sync(reading)  # a (re)connection's first sync: no handshake waits to read
+    assert reading.sent == [("SUBSCRIBE", ("b",))] and one.reading == {}

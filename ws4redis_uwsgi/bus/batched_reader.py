@@ -8,6 +8,10 @@ once. Two things keep that down:
 - **Batching.** Callers queue their keys and wait; one greenlet sends all
   that is queued as a single MGET and answers each caller, then sends what
   queued meanwhile. A lone caller waits no longer than for its own MGET.
+- **No read for a channel the hub just subscribed.** Where Redis speaks
+  RESP3, the hub reads a new channel's stored message with its
+  ``SUBSCRIBE``, in the same round trip (:meth:`~ws4redis_uwsgi.bus.hub.SubscriptionHub.preread`):
+  the handshake whose arrival subscribed it (a user's first visit) finds it here.
 - **A short memory of what was read.** A value (or its absence) read while
   the hub holds a confirmed subscription of its channel is kept, with the
   hub's :meth:`~ws4redis_uwsgi.bus.hub.SubscriptionHub.stamp` of that
@@ -48,10 +52,14 @@ REMEMBER_ABSENT_SECONDS = 5.0
 
 class Stamps(Protocol):
     def stamp(self, channel: str) -> int | None: ...
+    def preread(self, channel: str) -> tuple[int, Any, float] | None: ...
 
 
 class _NoStamps:
     def stamp(self, channel: str) -> int | None:
+        return None
+
+    def preread(self, channel: str) -> tuple[int, Any, float] | None:
         return None
 
 
@@ -130,13 +138,30 @@ class BatchedReader(_Batches):
         missing: list[str] = []
         for key in keys:
             kept = self._kept.get(key)
-            if kept is not None and kept[0] > now and kept[1] == self._stamps.stamp(key):
+            if kept is None or kept[0] <= now or kept[1] != self._stamps.stamp(key):
+                kept = self._from_hub(key, now)
+            if kept is not None:
                 known[key] = kept[2]
             else:
                 missing.append(key)
         if missing:
             known.update(zip(missing, self._ask(missing), strict=True))
         return [known[key] for key in keys]
+
+    def _from_hub(self, key: str, now: float) -> tuple[float, int, Any] | None:
+        """What the hub read for ``key`` with its channel's subscription, kept from now on like a value read here.
+
+        None when it read nothing for it, or a message passed since.
+        """
+        read = self._stamps.preread(key)
+        if read is None:
+            return None
+        stamp, value, read_at = read
+        kept = (read_at + (REMEMBER_SECONDS if value is not None else REMEMBER_ABSENT_SECONDS), stamp, value)
+        if kept[0] <= now:
+            return None
+        self._kept[key] = kept
+        return kept
 
     def _answer(self, requests: list[list[str]]) -> list[list[bytes | None]]:
         keys = list(dict.fromkeys(key for wanted in requests for key in wanted))

@@ -26,6 +26,12 @@ and, no message having passed meanwhile, reads no stored message from
 Redis either (:mod:`.batched_reader`). A channel left for another reason (a
 group the user left) goes at once.
 
+A channel's first subscription also reads its stored message, in the same
+round trip, where the connection speaks RESP3 (``read_stored``, with history
+on: see :mod:`.subscription`): the handshake that subscribed it, a user's
+first visit, then reads it from the hub (:meth:`SubscriptionHub.preread`)
+instead of asking Redis once more.
+
 Per-channel state (listeners, routes, confirmations, pending catch-ups)
 exists only for channels with listeners, or left less than ``linger``
 seconds ago, so nothing grows with channels that were left,
@@ -126,6 +132,7 @@ class SubscriptionHub:
         min_backoff: float = 0.05,
         max_backoff: float = 5.0,
         linger: float = 0.0,
+        read_stored: bool = False,
     ) -> None:
         # A bare factory (tests) is one Redis.
         self._shards: Shards = client_factory if not callable(client_factory) else SingleShard(client_factory)
@@ -134,6 +141,11 @@ class SubscriptionHub:
         self.max_backoff = max_backoff
         #: Seconds a channel left with ``remove(..., linger=True)`` stays subscribed (0: none).
         self.linger = linger
+        #: Whether a channel's first subscription also reads its stored message, in the same round trip
+        #: (where Redis speaks RESP3; see bus/subscription.py): the handshake that subscribed it then reads none.
+        self.read_stored = read_stored
+        # Those values by channel, with the channel's stamp and when they were read (see preread()).
+        self._prereads: dict[str, tuple[int, Any, float]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self._route: dict[str, _Link] = {}  # the link that subscribes each channel with listeners
         self._links: dict[str, _Link] = {}
@@ -202,6 +214,7 @@ class SubscriptionHub:
         del self._listeners[channel]
         self._idle.pop(channel, None)
         self._stamps.pop(channel, None)
+        self._prereads.pop(channel, None)
         self._resync.discard(channel)
         self._unrouted.discard(channel)
         link = self._route.pop(channel, None)
@@ -254,6 +267,19 @@ class SubscriptionHub:
         """
         return self._stamps.get(channel)
 
+    def preread(self, channel: str) -> tuple[int, Any, float] | None:
+        """``(stamp, value, monotonic time)`` of ``channel``'s stored message as read with its subscription, if still current.
+
+        Current: no message passed on the channel since (its stamp is the
+        same). Handed over once: the batched reader keeps it from then on,
+        like a value it read itself, so the hub holds it only until the
+        handshake that subscribed the channel reads it.
+        """
+        entry = self._prereads.pop(channel, None)
+        if entry is None or entry[0] != self._stamps.get(channel):
+            return None
+        return entry
+
     def confirmed(self, channels: Iterable[str]) -> bool:
         """Whether Redis confirmed the subscription of every one of ``channels`` on its current connection."""
         return all(channel in self._confirmed for channel in channels)
@@ -278,13 +304,15 @@ class SubscriptionHub:
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
         links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
+        links += sum(len(link.reading) for link in self._links.values())
         idle = len(self._idle)
-        confirmations = len(self._confirmed) + len(self._waiting)
+        confirmations = len(self._confirmed) + len(self._waiting) + len(self._prereads)
         return len(self._listeners) + links + confirmations + len(self._resync) + len(self._unrouted) + idle
 
     def close(self) -> None:
         """Stop the subscription loops (their connections close with them); for a process that forgets its hub."""
         self._stamps.clear()  # nothing read from Redis is current any more
+        self._prereads.clear()
         self._idle.clear()
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
@@ -379,6 +407,11 @@ class SubscriptionHub:
             for listener in tuple(self._listeners[channel]):
                 listener.resync()
 
+    def _stored(self, link: _Link, channel: str, value: Any, stamp: int) -> None:
+        """``link`` read ``channel``'s stored message with its subscription, and no message passed since (``stamp``)."""
+        if self._route.get(channel) is link and channel in self._listeners and self._stamps.get(channel) == stamp:
+            self._prereads[channel] = (stamp, value, time.monotonic())
+
     def _unsubscribed(self, channels: Iterable[str]) -> None:
         """A link unsubscribed ``channels``: those without listeners lose their confirmation."""
         for channel in channels:
@@ -391,6 +424,7 @@ class SubscriptionHub:
         for channel in channels:
             if self._route.get(channel) is link and channel in self._listeners:
                 self._stamps.pop(channel, None)
+                self._prereads.pop(channel, None)
                 self._resync.add(channel)
                 self._confirmed.discard(channel)
 
@@ -460,6 +494,9 @@ class _Link:
         #: Channels whose wanted and subscribed states may differ: what _sync looks at. Comparing
         #: the two whole sets instead cost every handshake time in proportion to the channels held.
         self._changed: set[str] = set()
+        #: Channels whose stored message was asked for with their SUBSCRIBE: the hub's stamp at their
+        #: confirmation (None before it). A message after it makes the value read stale.
+        self.reading: dict[str, int | None] = {}
         self.connected = False
         #: Who parses the current connection's replies (``hiredis`` or ``redis-py``, see bus/subscription.py).
         self.reader: str | None = None
@@ -503,7 +540,8 @@ class _Link:
                     continue
                 client = self._shards.client(self.target)
                 self._measure_clock(client)
-                subscription = open_subscription(client, self._sharded)  # on the connection TIME just used
+                # On the connection TIME just used.
+                subscription = open_subscription(client, self._sharded, read_stored=hub.read_stored)
                 self._serve(subscription)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 hub.disconnects += 1
@@ -563,6 +601,7 @@ class _Link:
         self._waiter.unwatch()
         self.hub._lost(self, self.wanted | self.subscribed)
         self.subscribed.clear()
+        self.reading.clear()
         self._changed = set(self.wanted)  # the next connection subscribes them all
         if subscription is not None:
             try:
@@ -587,7 +626,8 @@ class _Link:
         while True:
             if self._drain(subscription):
                 ping_pending = False
-            self._sync(subscription)
+            # A channel subscribed from now on has a handshake about to read its stored message.
+            self._sync(subscription, read_stored=True)
             if following and time.monotonic() >= next_check:
                 next_check = time.monotonic() + MASTER_CHECK_INTERVAL
                 master = subscription.master_elsewhere()
@@ -607,8 +647,11 @@ class _Link:
                 subscription.ping()
                 ping_pending = True
 
-    def _sync(self, subscription: Subscription) -> None:
-        """Bring the Redis subscription in line with the channels that have listeners here."""
+    def _sync(self, subscription: Subscription, read_stored: bool = False) -> None:
+        """Bring the Redis subscription in line with the channels that have listeners here.
+
+        With ``read_stored``, new channels' stored messages are read with their subscription where the connection can.
+        """
         if not self._changed:
             return
         changed, self._changed = self._changed, set()
@@ -616,7 +659,10 @@ class _Link:
         gone = {c for c in changed if c in self.subscribed and c not in self.wanted}
         if new:
             self.subscribed |= new
-            subscription.subscribe(sorted(new))
+            reading = read_stored and subscription.reads_stored
+            subscription.subscribe(sorted(new), read_stored=reading)
+            if reading:
+                self.reading.update(dict.fromkeys(new))
         if gone:
             self.subscribed -= gone
             self.hub._unsubscribed(gone)
@@ -647,6 +693,12 @@ class _Link:
             self._backoff = self.hub.min_backoff  # Redis took a subscription: the next loss starts over
             if channel in self.subscribed:
                 self.hub._subscribed(self, channel)
+                if channel in self.reading:
+                    self.reading[channel] = self.hub.stamp(channel)
+        elif kind == "stored":
+            stamp = self.reading.pop(channel, None)
+            if stamp is not None:
+                self.hub._stored(self, channel, reply.data, stamp)
         elif kind == "sunsubscribe" and channel in self.wanted and channel in self.subscribed:
             # Not asked for: the slot moved to another shard. Its listeners catch
             # up once it is subscribed where it lives now.

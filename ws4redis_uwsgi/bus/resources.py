@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import process, settings
-from . import budget
+from . import budget, history
 from .batched_reader import BatchedPipeline, BatchedReader
 from .budget import BacklogBudget
 from .connection import client_name, make_client, sharded
@@ -24,8 +24,19 @@ COMMAND_POOL_SIZE = 8
 
 
 def get_hub() -> SubscriptionHub:
-    """This process's hub, created on first use."""
-    return process.resource("hub", lambda: SubscriptionHub(_shards(), linger=settings.get("WS4REDIS_CHANNEL_LINGER")))
+    """This process's hub, created on first use.
+
+    It reads new channels' stored messages with their subscription only
+    with history on: there a publish stores and publishes at once (the
+    publish script), while without history it sends ``PUBLISH`` before
+    ``SET``, and a read right after the ``SUBSCRIBE`` could fall between the two.
+    """
+    return process.resource(
+        "hub",
+        lambda: SubscriptionHub(
+            _shards(), linger=settings.get("WS4REDIS_CHANNEL_LINGER"), read_stored=history.enabled() and not sharded()
+        ),
+    )
 
 
 def _shards() -> Shards:

@@ -19,12 +19,25 @@ or RESP3: in both a message is a list ``[kind, channel, data]``). Over TLS,
 or on a socket Python would wait on before reading (a blocking socket with
 a timeout, outside gevent), redis-py's ``PubSub`` does it all
 (:class:`PubSubSubscription`). Both give the hub the same :class:`Reply` values.
+
+A raw connection may also read the stored messages of the channels it
+subscribes, in the same round trip (``read_stored``): it asks Redis for
+RESP3 (``HELLO 3``, Redis 6 and later), where a subscribed connection may
+send any command, and follows a ``SUBSCRIBE`` with an ``MGET`` of the same
+names (a channel's stored message is kept under its own name). Redis runs
+them in order, so the values are read after the subscription took effect.
+hiredis gives RESP3 pushes (messages, confirmations) as
+``hiredis.PushNotification`` and replies to commands as anything else,
+which come in the order the commands went: the ``MGET``'s values come out as
+``stored`` replies. Where Redis refuses ``HELLO 3``, the connection stays
+RESP2 and reads nothing more.
 """
 
 from __future__ import annotations
 
 import _socket
 import socket
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
@@ -39,7 +52,10 @@ READ_SIZE = 64 * 1024
 
 
 class Reply(NamedTuple):
-    """A reply on a subscribed connection: ``kind`` as Redis names it (``message``, ``subscribe``, ``smessage``, ``pong``...)."""
+    """A reply on a subscribed connection: ``kind`` as Redis names it (``message``, ``subscribe``, ``smessage``, ``pong``...).
+
+    And ``stored``: the value stored under ``channel`` (None: none), read right after its subscription (``read_stored``).
+    """
 
     kind: str
     channel: str | None
@@ -49,7 +65,7 @@ class Reply(NamedTuple):
 class Subscription(Protocol):
     """What the hub's link does with its connection."""
 
-    def subscribe(self, channels: Iterable[str]) -> None: ...
+    def subscribe(self, channels: Iterable[str], read_stored: bool = False) -> None: ...
     def unsubscribe(self, channels: Iterable[str]) -> None: ...
     def ping(self) -> None: ...
     def fileno(self) -> int: ...
@@ -61,10 +77,15 @@ class Subscription(Protocol):
     reader: str
     #: Whether the connection is to the master a Sentinel names (which :meth:`master_elsewhere` can tell moved).
     on_sentinel: bool
+    #: Whether ``subscribe(..., read_stored=True)`` reads the channels' stored messages (RESP3 granted).
+    reads_stored: bool
 
 
-def open_subscription(client: redis.Redis, sharded: bool) -> Subscription:
-    """A connection of ``client``'s for subscriptions (``SSUBSCRIBE`` when ``sharded``), connected."""
+def open_subscription(client: redis.Redis, sharded: bool, read_stored: bool = False) -> Subscription:
+    """A connection of ``client``'s for subscriptions (``SSUBSCRIBE`` when ``sharded``), connected.
+
+    With ``read_stored`` (not for ``sharded``), it asks for RESP3 so that it can read stored messages too.
+    """
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
@@ -74,7 +95,7 @@ def open_subscription(client: redis.Redis, sharded: bool) -> Subscription:
         pool.release(connection)
         raise
     if raw is not None:
-        return RawSubscription(client, connection, raw, sharded)
+        return RawSubscription(client, connection, raw, sharded, read_stored=read_stored and not sharded)
     pool.release(connection)  # redis-py's PubSub takes one of its own
     return PubSubSubscription(client, sharded)
 
@@ -106,7 +127,9 @@ class RawSubscription:
     #: For the hub's log line.
     reader = "hiredis"
 
-    def __init__(self, client: redis.Redis, connection: Any, raw: _socket.socket, sharded: bool) -> None:
+    def __init__(
+        self, client: redis.Redis, connection: Any, raw: _socket.socket, sharded: bool, read_stored: bool = False
+    ) -> None:
         # The client, not only its pool: a client that is collected disconnects its pool's connections.
         self._client = client
         self._connection = connection
@@ -115,23 +138,35 @@ class RawSubscription:
         self._reader = hiredis.Reader()
         self._buffer = bytearray(READ_SIZE)
         self.on_sentinel = _on_sentinel(client)
+        self.reads_stored = False
+        #: With RESP3, the replies owed to commands, in order: the channels of an MGET, or None for a PING.
+        self._owed: deque[tuple[str, ...] | None] = deque()
+        #: Whether the next reply is HELLO's (the first command on the connection).
+        self._hello = read_stored
+        if read_stored:
+            self._write(hiredis.pack_command(("HELLO", "3")))  # type: ignore[arg-type] # its stub types a tuple of one
 
     def master_elsewhere(self) -> tuple[str, int] | None:
         """Where the sentinels say the master is now, when it is not where this connection goes."""
         return master_moved(self._client.connection_pool, self._connection)
 
-    def subscribe(self, channels: Iterable[str]) -> None:
-        self._send("SSUBSCRIBE" if self._sharded else "SUBSCRIBE", channels)
+    def subscribe(self, channels: Iterable[str], read_stored: bool = False) -> None:
+        self._send("SSUBSCRIBE" if self._sharded else "SUBSCRIBE", channels, read_stored and self.reads_stored)
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
         self._send("SUNSUBSCRIBE" if self._sharded else "UNSUBSCRIBE", channels)
 
-    def _send(self, command: str, channels: Iterable[str]) -> None:
+    def _send(self, command: str, channels: Iterable[str], read_stored: bool = False) -> None:
         names = list(channels)
         if not names:
             return
         # A Cluster takes one slot per SSUBSCRIBE, and each channel has its own hash tag.
-        commands = [(command, name) for name in names] if self._sharded else [(command, *names)]
+        commands: list[tuple[str, ...]] = [(command, name) for name in names] if self._sharded else [(command, *names)]
+        if read_stored:
+            # After the SUBSCRIBE: Redis runs it first, so nothing published in between is missed.
+            # MGET, not GET: it answers None for a key of another type instead of an error.
+            commands.append(("MGET", *names))
+            self._owed.append(tuple(names))
         self._write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type] # its stub types a tuple of one
 
     def _write(self, data: bytes) -> None:
@@ -147,6 +182,8 @@ class RawSubscription:
 
     def ping(self) -> None:
         self._connection.send_command("PING", check_health=False)
+        if self.reads_stored:
+            self._owed.append(None)  # with RESP3 its answer is a reply, not a push
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -160,13 +197,29 @@ class RawSubscription:
                 if not self._fill():
                     return
                 continue
+            if self._hello:  # HELLO's answer: RESP3 from now on, or (an older Redis, a refusal) RESP2 as before
+                self._hello = False
+                self.reads_stored = not isinstance(reply, hiredis.ReplyError)
+                continue
             if isinstance(reply, hiredis.ReplyError):
                 raise redis.ResponseError(str(reply))  # a Cluster's MOVED, say: the link reconnects where it lives now
-            if isinstance(reply, list) and reply:
+            if self.reads_stored and not isinstance(reply, hiredis.PushNotification):
+                yield from self._owed_reply(reply)
+            elif isinstance(reply, list) and reply:
                 kind = _name(reply[0]) or ""
                 yield Reply(kind, _name(reply[1]) if len(reply) > 1 else None, reply[2] if len(reply) > 2 else None)
             else:
                 yield Reply(_name(reply) or "", None, None)  # PONG before any subscription
+
+    def _owed_reply(self, reply: Any) -> Iterator[Reply]:
+        """A RESP3 reply to one of this connection's commands, the oldest that is owed one."""
+        owed = self._owed.popleft() if self._owed else None
+        if owed is None:
+            yield Reply("pong", None, None)  # a PING's, with no channel: the hub only notes that Redis answered
+            return
+        if isinstance(reply, list) and len(reply) == len(owed):  # else the handshakes read them themselves
+            for channel, value in zip(owed, reply, strict=True):
+                yield Reply("stored", channel, value)
 
     def _fill(self) -> bool:
         """Feed what the socket holds to the parser; False when it holds nothing now."""
@@ -195,6 +248,8 @@ class PubSubSubscription:
     """redis-py's ``PubSub`` for all of it (TLS, a socket that waits)."""
 
     reader = "redis-py"
+    #: Its stored messages are read by the handshakes (it never asks for RESP3).
+    reads_stored = False
 
     def __init__(self, client: redis.Redis, sharded: bool) -> None:
         self._client = client  # kept: a client that is collected disconnects its pool's connections
@@ -206,7 +261,7 @@ class PubSubSubscription:
         """Where the sentinels say the master is now, when it is not where this connection goes."""
         return master_moved(self._client.connection_pool, self._pubsub.connection)
 
-    def subscribe(self, channels: Iterable[str]) -> None:
+    def subscribe(self, channels: Iterable[str], read_stored: bool = False) -> None:
         self._send(self._pubsub.ssubscribe, self._pubsub.subscribe, channels)
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
