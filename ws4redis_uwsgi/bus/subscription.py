@@ -182,8 +182,9 @@ class RawSubscription:
 
     def ping(self) -> None:
         self._connection.send_command("PING", check_health=False)
-        if self.reads_stored:
-            self._owed.append(None)  # with RESP3 its answer is a reply, not a push
+        if self.reads_stored or self._hello:
+            # With RESP3 its answer is a reply, not a push (with RESP2 the marker is never taken: nothing is owed there).
+            self._owed.append(None)
 
     def fileno(self) -> int:
         return self._raw.fileno()
