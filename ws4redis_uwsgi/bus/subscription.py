@@ -49,6 +49,9 @@ from .connection import master_moved
 
 #: Bytes read from the socket at a time.
 READ_SIZE = 64 * 1024
+#: What hiredis (3.2 and later) makes of a RESP3 push; older versions give pushes and replies alike as lists,
+#: and their connections read no stored messages.
+PUSH_NOTIFICATION: type | None = getattr(hiredis, "PushNotification", None)
 
 
 class Reply(NamedTuple):
@@ -84,7 +87,8 @@ class Subscription(Protocol):
 def open_subscription(client: redis.Redis, sharded: bool, read_stored: bool = False) -> Subscription:
     """A connection of ``client``'s for subscriptions (``SSUBSCRIBE`` when ``sharded``), connected.
 
-    With ``read_stored`` (not for ``sharded``), it asks for RESP3 so that it can read stored messages too.
+    With ``read_stored`` (not for ``sharded``, nor with a hiredis older than 3.2), it asks for RESP3 so that
+    it can read stored messages too.
     """
     pool = client.connection_pool
     connection = pool.get_connection()
@@ -95,7 +99,8 @@ def open_subscription(client: redis.Redis, sharded: bool, read_stored: bool = Fa
         pool.release(connection)
         raise
     if raw is not None:
-        return RawSubscription(client, connection, raw, sharded, read_stored=read_stored and not sharded)
+        reads = read_stored and not sharded and PUSH_NOTIFICATION is not None
+        return RawSubscription(client, connection, raw, sharded, read_stored=reads)
     pool.release(connection)  # redis-py's PubSub takes one of its own
     return PubSubSubscription(client, sharded)
 
@@ -204,7 +209,7 @@ class RawSubscription:
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise redis.ResponseError(str(reply))  # a Cluster's MOVED, say: the link reconnects where it lives now
-            if self.reads_stored and not isinstance(reply, hiredis.PushNotification):
+            if self.reads_stored and not isinstance(reply, PUSH_NOTIFICATION):  # type: ignore[arg-type] # not None then
                 yield from self._owed_reply(reply)
             elif isinstance(reply, list) and reply:
                 kind = _name(reply[0]) or ""
