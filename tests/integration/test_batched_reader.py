@@ -288,8 +288,21 @@ class RedisWithoutHello(RedisServer):
             return False
 
 
-def test_a_redis_that_refuses_resp3_gets_the_subscriptions_as_before_and_the_handshake_reads_itself(tmp_path) -> None:
-    server = RedisWithoutHello(workdir=tmp_path).start()
+@pytest.mark.parametrize("why", ["redis refuses HELLO", "hiredis before 3.2"])
+def test_where_resp3_cannot_be_had_the_subscriptions_work_as_before_and_the_handshake_reads_itself(
+    why, tmp_path, monkeypatch
+) -> None:
+    """A Redis that refuses ``HELLO 3`` (as Redis 5 does), or a hiredis that gives RESP3 pushes as plain lists.
+
+    The hub keeps to RESP2 and asks for nothing more: no MGET of its own, no lost connection.
+    """
+    from ws4redis_uwsgi.bus import subscription
+
+    if why == "hiredis before 3.2":
+        monkeypatch.setattr(subscription, "PUSH_NOTIFICATION", None)
+        server = RedisServer(workdir=tmp_path).start()
+    else:
+        server = RedisWithoutHello(workdir=tmp_path).start()
     hub = SubscriptionHub(lambda: redis.Redis.from_url(server.url, socket_timeout=None, protocol=2), read_stored=True)
     try:
         client = redis.Redis.from_url(server.url, protocol=2)
@@ -299,29 +312,9 @@ def test_a_redis_that_refuses_resp3_gets_the_subscriptions_as_before_and_the_han
         client.publish("pre:c", b"live")
         wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"live"], 5, "the message")
         assert hub.disconnects == 0
+        assert calls(client, "HELLO") == 0 and calls(client, "MGET") == 0
         assert BatchedReader(client, hub).mget(["pre:c"]) == [b"C"]
         assert calls(client, "MGET") == 1  # the reader's: the hub read nothing
-    finally:
-        hub.close()
-        server.kill()
-
-
-def test_with_a_hiredis_that_cannot_tell_pushes_from_replies_nothing_is_read_with_subscriptions(tmp_path, monkeypatch) -> None:
-    """hiredis before 3.2 gives RESP3 pushes as plain lists: the hub then keeps to RESP2 and asks for nothing more."""
-    from ws4redis_uwsgi.bus import subscription
-
-    monkeypatch.setattr(subscription, "PUSH_NOTIFICATION", None)
-    server = RedisServer(workdir=tmp_path).start()
-    hub = SubscriptionHub(lambda: redis.Redis.from_url(server.url, socket_timeout=None, protocol=2), read_stored=True)
-    try:
-        client = redis.Redis.from_url(server.url, protocol=2)
-        client.set("pre:d", b"D")
-        client.config_resetstat()
-        listener = subscribed(hub, "pre:d")
-        client.publish("pre:d", b"live")
-        wait_for(lambda: gevent.sleep(0.01) or listener.messages == [b"live"], 5, "the message")
-        assert calls(client, "HELLO") == 0 and calls(client, "MGET") == 0
-        assert BatchedReader(client, hub).mget(["pre:d"]) == [b"D"]
     finally:
         hub.close()
         server.kill()
