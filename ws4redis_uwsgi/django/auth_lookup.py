@@ -236,22 +236,18 @@ def load_session(store: Any) -> bool:
     return True
 
 
-#: What :func:`backend_user` returns where the compiled query cannot answer: ask the backend itself.
+#: What :func:`backend_user_and_groups` returns where the compiled query cannot answer: ask the backend itself.
 UNANSWERED: Any = object()
 
 
-def backend_user(user_pk: Any, backend_path: str) -> Any:
+def backend_user_and_groups(user_pk: Any, backend_path: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
     """What ``auth.load_backend(backend_path).get_user(user_pk)`` returns, by the compiled user query where it may.
 
     That is Django's ``ModelBackend`` itself (not a subclass: its path is
     another) and an integer key: the user, or None when there is none or it
-    is inactive. :data:`UNANSWERED` for anything else.
+    is inactive. :data:`UNANSWERED` for anything else. With ``with_groups``,
+    also the user's group names where they came in its query (else None).
     """
-    return backend_user_and_groups(user_pk, backend_path, with_groups=False)[0]
-
-
-def backend_user_and_groups(user_pk: Any, backend_path: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
-    """:func:`backend_user`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
         return UNANSWERED, None
     alias = _user_model()._default_manager.db

@@ -153,21 +153,15 @@ def read_token(token: str) -> Claims:
     )
 
 
-def current_user(pk: str, auth_hash: str) -> Any:
+def current_user_and_groups(pk: str, auth_hash: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
     """The user ``pk`` as the database has it now, if a token with ``auth_hash`` still lets them in.
 
-    :raises TokenError: the user is gone, inactive, or changed the password since.
-    """
-    return current_user_and_groups(pk, auth_hash, with_groups=False)[0]
-
-
-def current_user_and_groups(pk: str, auth_hash: str, with_groups: bool = True) -> tuple[Any, tuple[str, ...] | None]:
-    """:func:`current_user`, and the user's sorted group names where they came in the same query (else None).
-
-    The user is read by the handshakes' compiled query where it can be
+    With ``with_groups``, also the user's sorted group names where they came
+    in the same query (else None). The user is read by the handshakes'
+    compiled query where it can be
     (:func:`~ws4redis_uwsgi.django.auth_lookup.user_by_key`), else through the ORM.
 
-    :raises TokenError: as :func:`current_user`.
+    :raises TokenError: the user is gone, inactive, or changed the password since.
     """
     user, groups = auth_lookup.user_by_key(pk, with_groups)
     if user is auth_lookup.UNANSWERED:
