@@ -157,7 +157,7 @@ class BatchedReader(_Batches):
         if read is None:
             return None
         stamp, value, read_at = read
-        kept = (read_at + (REMEMBER_SECONDS if value is not None else REMEMBER_ABSENT_SECONDS), stamp, value)
+        kept = (_served_until(read_at, value), stamp, value)
         if kept[0] <= now:
             return None
         self._kept[key] = kept
@@ -178,10 +178,15 @@ class BatchedReader(_Batches):
         for key, value in values.items():
             stamp = stamps[key]
             if stamp is not None and stamp == self._stamps.stamp(key):
-                self._kept[key] = (now + (REMEMBER_SECONDS if value is not None else REMEMBER_ABSENT_SECONDS), stamp, value)
+                self._kept[key] = (_served_until(now, value), stamp, value)
         if now >= self._next_purge:
             self._next_purge = now + REMEMBER_SECONDS
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] > now}
+
+
+def _served_until(read_at: float, value: Any) -> float:
+    """Until when a value read at ``read_at`` may be served again: a value briefly, an absence longer."""
+    return read_at + (REMEMBER_SECONDS if value is not None else REMEMBER_ABSENT_SECONDS)
 
 
 class BatchedPipeline(_Batches):
