@@ -303,8 +303,7 @@ class SubscriptionHub:
 
     def channel_state_size(self) -> int:
         """Entries of per-channel state the hub holds; at most a few per channel with listeners (for tests)."""
-        links = sum(len(link.subscribed) + len(link._changed) for link in self._links.values())
-        links += sum(len(link.reading) for link in self._links.values())
+        links = sum(len(link.subscribed) + len(link._changed) + len(link.reading) for link in self._links.values())
         idle = len(self._idle)
         confirmations = len(self._confirmed) + len(self._waiting) + len(self._prereads)
         return len(self._listeners) + links + confirmations + len(self._resync) + len(self._unrouted) + idle
