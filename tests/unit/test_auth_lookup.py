@@ -19,10 +19,12 @@ from django.contrib import auth
 from django.contrib.auth.models import Group, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
+from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from ws4redis_uwsgi import process
 from ws4redis_uwsgi.django import auth_lookup
 from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user
 
@@ -115,6 +117,48 @@ def test_a_sites_execute_wrappers_see_the_lookups(user: User) -> None:
     assert len(seen) == 2 and request.user.pk == user.pk  # type: ignore[attr-defined]
     seen.clear()
     assert same(key)[0].user.pk == user.pk and seen == []  # nobody watching: the backend's cursor
+
+
+def test_sqlite_takes_the_query_converted_once_and_postgresql_as_compiled(user: User, monkeypatch) -> None:
+    """Django's SQLite cursor rewrites ``%s`` into ``?`` on every execute; the compiled queries do it once."""
+    key = login_session(user)
+    expected = fields(User.objects.get(pk=user.pk))
+    process.forget(auth_lookup._QUERIES)  # compiled afresh: what this test sees is what a new worker does
+    converted: list[str] = []
+    if connection.vendor == "sqlite":
+        original = SQLiteCursorWrapper.convert_query
+        monkeypatch.setattr(
+            SQLiteCursorWrapper, "convert_query", lambda self, query, **kw: converted.append(query) or original(self, query, **kw)
+        )
+    for _ in range(3):
+        ours = with_lookup(key)
+        assert fields(ours.user) == expected  # type: ignore[attr-defined]
+    queries = [q for q in process.existing(auth_lookup._QUERIES).values() if q is not None]
+    by_driver = [q.query if isinstance(q, auth_lookup.UserWithGroups) else q for q in queries]
+    direct = [q.driver_sql[1] for q in by_driver if q.driver_sql is not None]
+    assert len(direct) == 2  # the session's query and the user's
+    if connection.vendor == "sqlite":
+        assert len(converted) == 2  # once per query, not per handshake
+        assert all(sql.count("?") == 1 and "%s" not in sql for _, sql in direct)
+    else:
+        assert direct == [None, None]  # psycopg takes %s as it is
+
+
+def test_a_sqlite_cursor_that_changes_execute_keeps_it(site_db: None, monkeypatch) -> None:
+    assert connection.vendor == "sqlite"
+    user = User.objects.create_user(f"lookup-{User.objects.count()}", password="secret")
+    calls: list[str] = []
+
+    class Instrumented(SQLiteCursorWrapper):
+        def execute(self, query: str, params: Any = None) -> Any:
+            calls.append(query)
+            return super().execute(query, params)
+
+    key = login_session(user)
+    process.forget(auth_lookup._QUERIES)
+    monkeypatch.setattr(connection, "create_cursor", lambda name=None: connection.connection.cursor(factory=Instrumented))
+    assert same(key)[0].user.pk == user.pk  # type: ignore[attr-defined]
+    assert len(calls) >= 2 and all("%s" in query for query in calls[:2])  # our two lookups, through its execute
 
 
 def test_groups_come_in_the_users_query(user: User) -> None:
