@@ -227,9 +227,12 @@ def _on_fd(fd: int, action: Callable[[_socket.socket], object]) -> None:
     """Apply ``action`` to ``fd`` through a plain C-level socket object, then let go of it.
 
     Not a gevent socket (its creation sets up watchers), and no dup() and
-    close(): uWSGI or the websocket owns the descriptor and closes it.
+    close(): uWSGI or the websocket owns the descriptor and closes it. The
+    family and type are given, not asked of the kernel (three system calls
+    per handshake): the actions here (socket-level options, shutdown) work
+    alike on TCP and Unix stream sockets.
     """
-    sock = _socket.socket(fileno=fd)
+    sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
         action(sock)
     finally:
