@@ -48,12 +48,13 @@ def user(db_backend: str) -> User:
     return user
 
 
-def login_session(user: User, store_class: type = SessionStore) -> str:
+def login_session(user: User, store_class: type = SessionStore, cart: bool = True) -> str:
     store = store_class()
     store[auth.SESSION_KEY] = str(user.pk)
     store[auth.BACKEND_SESSION_KEY] = auth_lookup.MODEL_BACKEND
     store[auth.HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store["cart"] = ["apple"]
+    if cart:
+        store["cart"] = ["apple"]
     store.save()
     return store.session_key
 
@@ -83,6 +84,19 @@ def test_a_session_that_reconnects_is_served_without_a_query_each_websocket_its_
     assert queries == 0
     assert third.session["cart"] == ["apple"] and third.user.first_name == ""  # type: ignore[attr-defined]
     assert third.user is not second.user and third.session is not second.session  # type: ignore[attr-defined]
+
+
+def test_a_flat_session_served_again_is_each_websocket_s_own_too(cache, user):
+    """Only strings and numbers in it (the usual session): copied more cheaply, as separate all the same."""
+    cookie = login_session(user, cart=False)
+    first, _ = handshake(cookie)
+    first.session["theme"] = "dark"  # type: ignore[attr-defined]
+    first.session[auth.HASH_SESSION_KEY] = "changed"  # type: ignore[attr-defined]
+    second, queries = handshake(cookie)
+    assert queries == 0
+    assert "theme" not in second.session and second.session[auth.HASH_SESSION_KEY] == user.get_session_auth_hash()  # type: ignore[attr-defined]
+    second.session["theme"] = "light"  # type: ignore[attr-defined]
+    assert handshake(cookie)[0].session.get("theme") is None  # type: ignore[attr-defined]
 
 
 class Router:
