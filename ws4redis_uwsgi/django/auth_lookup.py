@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
@@ -91,6 +91,20 @@ class CompiledQuery:
             self.model_fields = (start, end, [s[0].target.attname for s in compiler.select[start:end]])
 
     def rows(self, value: object) -> list[Sequence[Any]]:
+        """The rows for ``value``, every column converted as the ORM converts it."""
+        return self.converted(self.raw_rows(value))
+
+    def converted(self, rows: list[Sequence[Any]], columns: Collection[int] | None = None) -> list[Sequence[Any]]:
+        """``rows`` with their values converted by the fields (all columns, or those in ``columns``)."""
+        converters = self.converters
+        if columns is not None:
+            converters = {index: converter for index, converter in converters.items() if index in columns}
+        if not converters:
+            return rows
+        return list(self.compiler.apply_converters(rows, converters))
+
+    def raw_rows(self, value: object) -> list[Sequence[Any]]:
+        """The rows for ``value`` as the database driver gives them."""
         params = list(self.params)
         params[self.index] = value
         connection = connections[self.alias]
@@ -98,12 +112,8 @@ class CompiledQuery:
             # Someone watches queries (DEBUG, a debug toolbar, an execute_wrapper): they see these too.
             with connection.cursor() as cursor:
                 cursor.execute(self.sql, params)
-                rows = cursor.fetchall()
-        else:
-            rows = self._fetch_all(connection, params)
-        if self.converters:
-            rows = list(self.compiler.apply_converters(rows, self.converters))
-        return rows
+                return cursor.fetchall()  # type: ignore[no-any-return]
+        return self._fetch_all(connection, params)
 
     def instance(self, value: object) -> Model | None:
         """The one model instance the query finds for ``value``, or None."""
@@ -195,12 +205,15 @@ class UserWithGroups:
 
     def read(self, pk: int) -> tuple[Model | None, tuple[str, ...]]:
         """The user ``pk`` (or None) and the sorted names of its groups."""
-        rows = self.query.rows(pk)
+        rows = self.query.raw_rows(pk)
         if not rows:
             return None, ()
         width = len(self.attnames)
-        user = self.model.from_db(self.alias, self.attnames, rows[0][:width])
-        return user, tuple(sorted(row[width] for row in rows if row[width] is not None))
+        # The user's columns repeat in every row: converted once (dates are parsed on SQLite), the names in each.
+        first = self.query.converted(rows[:1])[0]
+        names = [row[width] for row in self.query.converted(rows[1:], columns=(width,))]
+        user = self.model.from_db(self.alias, self.attnames, first[:width])
+        return user, tuple(sorted(name for name in [first[width], *names] if name is not None))
 
 
 def _groups_query(alias: str) -> CompiledQuery:
