@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .. import settings
+from .. import process, settings
 from ..core.envelope import outgoing
 from ..core.exceptions import HandshakeError, ServerBusyError, WebSocketError
 from ..core.handshake import chosen_protocol, offered_protocols
@@ -152,10 +152,6 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
     #: Whether websockets leave their uWSGI request after the handshake.
     detach = True
 
-    _watching_pid: int | None = None
-    _keepalive_pid: int | None = None
-    _drain_pid: int | None = None
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The detached websockets this process serves.
@@ -189,10 +185,13 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
 
     def _start_drain(self) -> None:
         """The worker's own services, once per process: the outbox drain, metrics and health."""
-        if self._drain_pid != os.getpid():
-            self._drain_pid = os.getpid()
-            start_drain()
-            ops_endpoint.start()
+        process.resource("worker services started", self._start_services)
+
+    @staticmethod
+    def _start_services() -> bool:
+        start_drain()
+        ops_endpoint.start()
+        return True
 
     def _watch_reload(self) -> None:
         """In each worker, close websockets with 1012 when uWSGI reloads or stops it.
@@ -204,9 +203,9 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         uWSGI does not wait for them: ``uwsgi.atexit``, which the gevent loop
         calls before the worker exits, closes them and waits until they are.
         """
-        if self._watching_pid == os.getpid():
-            return
-        self._watching_pid = os.getpid()
+        process.resource("reload watched", self._install_reload_watch)
+
+    def _install_reload_watch(self) -> bool:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             gevent.signal_handler(signum, self.shutdown)
         previous = getattr(uwsgi, "atexit", None)
@@ -220,6 +219,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
                     previous()
 
         uwsgi.atexit = atexit
+        return True
 
     def shutdown(self) -> None:
         super().shutdown()
@@ -294,9 +294,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         self._schedule_keepalive(session, websocket_limits())
 
     def _start_keepalive(self) -> None:
-        if self._keepalive_pid != os.getpid():
-            self._keepalive_pid = os.getpid()
-            gevent.spawn(self._keepalive)
+        process.resource("keep-alive loop", lambda: gevent.spawn(self._keepalive))
 
     def _keepalive(self) -> None:
         """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering.
