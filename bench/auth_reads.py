@@ -16,7 +16,7 @@ call (``time.thread_time``):
   groups, each session once (a first visit: the identity cache is off);
 * a token handshake's: ``read_token`` and the identity with groups, a
   token per user (no identity cache for tokens: each is a first visit);
-* a look: ``authority.current_user_of``, by the compiled queries (what a
+* a look: ``authority.read_again`` (without groups), by the compiled queries (what a
   worker does) and through the ORM (``ModelBackend.get_user``, what it did
   before), each session once per pass.
 
@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace, db: Path) -> int:
     from ws4redis_uwsgi.django import auth_lookup
     from ws4redis_uwsgi.django.identity import groups_read_with, identity_from_request, load_session_and_user
     from ws4redis_uwsgi.django.tokens import issue_token, read_token
-    from ws4redis_uwsgi.server.authority import current_user_of
+    from ws4redis_uwsgi.server.authority import read_again
 
     class Request:
         def __init__(self, key: str) -> None:
@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, db: Path) -> int:
     ]
 
     def look(grant: Grant) -> None:
-        assert current_user_of(grant) is not None
+        assert read_again(grant, with_groups=False)[0] is not None
 
     from django.contrib.auth import get_user_model
 

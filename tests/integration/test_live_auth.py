@@ -457,7 +457,10 @@ def test_the_workers_look_at_a_session_changes_nothing(site_db):
     from django.contrib.auth import HASH_SESSION_KEY
     from django.test import override_settings
 
-    from ws4redis_uwsgi.server.authority import session_user
+    from ws4redis_uwsgi.server.authority import session_user_and_groups
+
+    def session_user(session: object) -> object:
+        return session_user_and_groups(session, with_groups=False)[0]
 
     engine = import_module(settings.SESSION_ENGINE)
     user = new_user()

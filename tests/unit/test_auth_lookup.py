@@ -312,9 +312,9 @@ def test_compiled_queries_follow_the_user_model_and_settings_changes(db_backend:
 
 def looked_at_again(session_key: str) -> Any:
     """What a worker's periodic re-check reads for a session (it must change nothing, so it is not auth.get_user)."""
-    from ws4redis_uwsgi.server.authority import session_user
+    from ws4redis_uwsgi.server.authority import session_user_and_groups
 
-    return session_user(SessionStore(session_key))
+    return session_user_and_groups(SessionStore(session_key), with_groups=False)[0]
 
 
 def test_the_recheck_reads_the_user_by_the_compiled_query_as_model_backend_would(user: User) -> None:

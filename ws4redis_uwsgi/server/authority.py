@@ -281,13 +281,11 @@ class Authority:
                 subscriber.reidentify(groups=groups[grant.user_pk])
 
 
-def current_user_of(grant: Grant) -> Any:
-    """The user ``grant``'s session or token lets in now, or None (runs on a database greenlet)."""
-    return read_again(grant, with_groups=False)[0]
-
-
 def read_again(grant: Grant, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
-    """:func:`current_user_of`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
+    """The user ``grant``'s session or token lets in now, or None (runs on a database greenlet).
+
+    With ``with_groups``, also the user's group names where they came in its query (else None).
+    """
     if grant.session_key is None and grant.token_hash is not None:  # a websocket token of this package
         if grant.ref is not None and revocations.is_revoked(grant.ref):
             return None, None
@@ -301,24 +299,20 @@ def read_again(grant: Grant, with_groups: bool) -> tuple[Any, tuple[str, ...] | 
     store = import_module(django_settings.SESSION_ENGINE).SessionStore(grant.session_key)
     if not auth_lookup.load_session(store):
         store.keys()  # loads it the engine's way: a missing or expired session is empty
-    user, groups = _session_user(store, with_groups)
+    user, groups = session_user_and_groups(store, with_groups)
     if user is None or str(user.pk) != grant.user_pk:
         return None, None
     return user, groups
 
 
-def session_user(session: Any) -> Any:
+def session_user_and_groups(session: Any, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
     """The user ``session`` lets in now, or None: what ``django.contrib.auth.get_user`` decides, read only.
 
     Django's own function flushes a session whose hash does not verify, and
     gives a new key to one that verifies only with ``SECRET_KEY_FALLBACKS``:
     a worker looking on must change nothing (the browser's cookie names the key).
+    With ``with_groups``, also the user's group names where they came in its query (else None).
     """
-    return _session_user(session, with_groups=False)[0]
-
-
-def _session_user(session: Any, with_groups: bool) -> tuple[Any, tuple[str, ...] | None]:
-    """:func:`session_user`, and with ``with_groups`` the user's group names where they came in its query (else None)."""
     try:
         user_pk = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
         backend_path = session[BACKEND_SESSION_KEY]
