@@ -159,7 +159,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         #: The same, by when their keep-alive is next due (see :meth:`_keepalive`).
         self.keepalive = KeepAliveWheel(KEEPALIVE_ROUND)
         # What this server starts once in each process (each server watches and pings its own websockets).
-        self._resource_names = (f"reload watched by {id(self):x}", f"keep-alive loop of {id(self):x}")
+        self._reload_watch_name = f"reload watched by {id(self):x}"
+        self._keepalive_name = f"keep-alive loop of {id(self):x}"
         if uwsgi is not None:
             # In the process that loads the application: the master, whose workers inherit it, or each worker (lazy-apps).
             tune_collector(settings.get("WS4REDIS_GC_FULL_THRESHOLD"))
@@ -205,7 +206,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         uWSGI does not wait for them: ``uwsgi.atexit``, which the gevent loop
         calls before the worker exits, closes them and waits until they are.
         """
-        process.resource(self._resource_names[0], self._install_reload_watch)
+        process.resource(self._reload_watch_name, self._install_reload_watch)
 
     def _install_reload_watch(self) -> bool:
         for signum in (signal.SIGHUP, signal.SIGTERM):
@@ -296,7 +297,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         self._schedule_keepalive(session, websocket_limits())
 
     def _start_keepalive(self) -> None:
-        process.resource(self._resource_names[1], lambda: gevent.spawn(self._keepalive))
+        process.resource(self._keepalive_name, lambda: gevent.spawn(self._keepalive))
 
     def _keepalive(self) -> None:
         """Ping detached websockets as uWSGI pings the ones it frames, and end those that stopped answering.
