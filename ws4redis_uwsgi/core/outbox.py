@@ -162,20 +162,23 @@ class Outbox:
         if not self.echo and message.origin is not None and message.origin == self.origin:
             return True
         if write is not None and self._inbox is None and self._caught_up:
+            # The common cases first, inlined: every live message to every idle websocket comes here.
+            # bus/_fanout.c copies them (bus/fanout.py): change one, change the other.
             order = message.order
             positions = self._positions
-            before = positions.get(message.channel) if positions is not None else None
-            if before is not None and message.uid is None and self._resumed is None:
-                # The common case, inlined (every live message to every idle websocket comes here):
-                # a message of one channel that has a position, to a websocket that did not resume.
-                if order is not None:
-                    if order <= before:
-                        return True  # already handed out
-                    positions[message.channel] = order  # type: ignore[index]
+            before = positions.get(message.channel) if positions is not None and order is not None else None
+            if message.uid is None and order is None:
+                # Without an id (history off, or published by another program): nothing holds it back, nothing to record.
                 if write(self.frame(message)):
                     return True
-                if order is not None:
-                    positions[message.channel] = before  # type: ignore[index]
+            elif order is not None and before is not None and message.uid is None and self._resumed is None:
+                # A message of one channel that has a position, to a websocket that did not resume.
+                if order <= before:
+                    return True  # already handed out
+                positions[message.channel] = order  # type: ignore[index]
+                if write(self.frame(message)):
+                    return True
+                positions[message.channel] = before  # type: ignore[index]
             else:
                 if self._seen(message):
                     self._advance(message)
