@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo demo-runserver test test-slow test-all unit lint bench bench-storm clean
 
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml ws4redis_uwsgi/bus/_fanout.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -59,6 +59,7 @@ from gevent.event import Event
 from ..core import envelope
 from ..core.text import loggable
 from .connection import MASTER_CHECK_INTERVAL
+from .fanout import deliver_all
 from .shards import Shards, SingleShard
 from .subscription import Reply, Subscription, open_subscription
 
@@ -388,8 +389,7 @@ class SubscriptionHub:
             if bus_message is None:
                 return
             self.deliveries += len(listeners)
-            for listener in tuple(listeners):
-                listener.deliver(bus_message)
+            deliver_all(tuple(listeners), bus_message)
 
     def _subscribed(self, link: _Link, channel: str) -> None:
         """``link`` got Redis's confirmation for ``channel``."""

@@ -24,6 +24,7 @@ from ..django.identity import identity_from_request, read_at
 from ..django.tokens import session_ref
 from . import history, resources
 from .connection import mget, sharded
+from .fanout import copied_in_c
 from .presence import Membership
 from .store import RedisStore
 
@@ -262,6 +263,7 @@ class RedisSubscriber(RedisStore):
         """``None``: the worker's hub owns the Redis socket, not this subscriber."""
         return None
 
+    @copied_in_c("deliver")
     def deliver(self, message: envelope.BusMessage) -> None:
         """Called by the hub for every message on one of this websocket's channels.
 

@@ -25,6 +25,7 @@ import gevent.monkey
 import gevent.socket
 
 from .. import process
+from ..bus.fanout import copied_in_c
 from ..core.close_codes import CloseCode, close_frame
 from ..core.exceptions import SlowConsumerError, WebSocketError
 from .limits import CLOSE_LINGER, CLOSE_LINGER_BYTES, CLOSE_TIMEOUT, PENDING_WRITE_TIMEOUT
@@ -64,6 +65,7 @@ class RawSocket:
         self.wake = wake
         return self
 
+    @copied_in_c("try_write")
     def try_write(self, frame: bytes) -> bool:
         """Write a complete frame now, from any greenlet; False when that is not possible without waiting."""
         if self.closed or self._busy or self._pending:
@@ -73,9 +75,14 @@ class RawSocket:
         except OSError:  # would block, or broken: the websocket's own greenlet takes over
             return False
         if written < len(frame):
-            self._pending = frame[written:]
-            self.wake()
+            self._keep_rest(frame, written)
         return True
+
+    @copied_in_c("_keep_rest")
+    def _keep_rest(self, frame: bytes, written: int) -> None:
+        """A direct write took only ``written`` bytes of ``frame``: the websocket's loop writes the rest."""
+        self._pending = frame[written:]
+        self.wake()
 
     def give_up(self) -> None:
         """The client fell too far behind: a write to it that waits now fails at once; without one, nothing happens.
