@@ -7,14 +7,15 @@ same client processes (``loadgen.py``, ``wsclient.py``). Scenarios
 (``scenarios.py``), each printed as one table with every peer's figure and its
 ratio to ws4redis_uwsgi, and the load generator's own CPU (``report.py``):
 
-(a) broadcast fan-out to N clients at increasing publish rates;
+(a) broadcast fan-out to N clients at increasing publish rates (with the
+    bare hub of ``peersite/wsgi_bare_hub.py``, the goal's floor);
 (b) server CPU per delivered message, same phases;
 (c) many idle connections: server RSS per connection, and keep-alive's CPU;
 (d) a burst of connections opened as fast as the client can.
 
 Usage (from the repository root)::
 
-    python bench/peers.py [--quick] [--peers ws4redis_uwsgi,ws4redis-0.6,channels-4]
+    python bench/peers.py [--quick] [--peers ws4redis_uwsgi,bare-hub,ws4redis-0.6,channels-4]
                           [--scenarios a,c,d] [--idle 100000] [--rebuild] [--keep]
 
 A peer that cannot be installed or started is reported as such in the tables;
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             results: dict[str, Any] = {}
             for info in envs:
+                if key not in info.spec.scenarios:
+                    continue
                 if info.error:
                     results[info.spec.name] = info.error
                     continue

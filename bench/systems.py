@@ -11,7 +11,11 @@
   (see ``PEERS``);
 * **Channels 4**: one daphne process, ``channels_redis``'s pub/sub layer
   (``RedisPubSubChannelLayer``), a consumer that joins a group on connect
-  and forwards ``broadcast.message`` events (``bench/peersite/asgi_channels.py``).
+  and forwards ``broadcast.message`` events (``bench/peersite/asgi_channels.py``);
+* **bare-hub**, in the fan-out scenario only: the floor of issue 14's fan-out
+  goal, a hub that writes each message's frame, built once, to every socket
+  and does nothing else, in the same uWSGI + gevent worker
+  (``bench/peersite/wsgi_bare_hub.py``; ws4redis_uwsgi's environment).
 
 The environments are built under ``bench/.envs/`` on the first run and reused
 afterwards. The publisher is a helper process in the peer's own environment
@@ -87,6 +91,7 @@ class PeerSpec:
     dists: tuple[str, ...]  # distributions whose versions the run prints
     env_name: str = ""  # the virtual environment under bench/.envs, when another peer's (default: name)
     metrics: bool = False  # serve WS4REDIS_METRICS_PORT and have it scraped every second meanwhile
+    scenarios: str = "acd"  # the scenarios it runs in
 
 
 PEERS: tuple[PeerSpec, ...] = (
@@ -111,6 +116,19 @@ PEERS: tuple[PeerSpec, ...] = (
         dists=("ws4redis-uwsgi", "prometheus-client"),
         env_name="ws4redis_uwsgi",
         metrics=True,
+    ),
+    # The floor of the fan-out goal (issue 14: "below the bare Python hub"): one frame built per
+    # message and written to every socket, nothing else (peersite/wsgi_bare_hub.py). Fan-out only.
+    PeerSpec(
+        name="bare-hub",
+        requirements=("-e", str(REPO)),
+        server="uwsgi",
+        app="peersite.wsgi_bare_hub:application",
+        settings="peersite.settings_ws4redis_uwsgi",
+        publisher="redis",
+        dists=("uWSGI", "gevent", "redis"),
+        env_name="ws4redis_uwsgi",
+        scenarios="a",
     ),
     # django-websocket-redis 0.6.0 (September 2019) with what it was released against:
     # Django 2.2 LTS and redis-py 3.x (StrictRedis, PubSub.connection._sock). Newer Django
