@@ -10,10 +10,13 @@
  * happens; this is a shortcut through their success path.
  *
  * The methods it copies are registered by fanout.py; a listener, outbox or
- * socket whose class overrides one of them takes the Python path.
+ * socket whose class overrides one of them takes the Python path. It goes
+ * in two passes (decide for all, then write to all, then deliver() for the
+ * rest): fanout.py says why.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <unistd.h>
 
 enum { DELIVER, TAKE_LIVE, TRY_WRITE, KEEP_REST, N_METHODS };
@@ -63,17 +66,27 @@ attr_is(PyObject *obj, PyObject *name, enum expect expected)
             goto done;                                                                                                 \
     } while (0)
 
+/* What the first pass found for one listener. */
+enum verdict { BY_DELIVER = 0, HANDED_OUT, TO_WRITE };
+
+typedef struct {
+    enum verdict verdict;
+    int fd;
+    PyObject *sock;      /* TO_WRITE: the socket (a new reference) */
+    PyObject *positions; /* TO_WRITE, a message with an id: the outbox's positions (a new reference) */
+} Plan;
+
 /*
- * The shortcut for one listener and a message from no websocket (origin None)
- * without a uid: 1 when the message went out or was handed out already, 0
- * when the listener's own deliver() must take it (nothing was changed), -1
- * on error.
+ * The first pass, for one listener and a message from no websocket (origin
+ * None) without a uid: whether the message is handed out already, goes to
+ * the socket, or is for the listener's own deliver(). It changes nothing.
+ * 0, or -1 on error.
  */
 static int
-shortcut(PyObject *listener, PyObject *message_channel, PyObject *order, PyObject *frame)
+decide(PyObject *listener, PyObject *message_channel, PyObject *order, Plan *plan)
 {
     int result = 0;
-    PyObject *outbox = NULL, *sock = NULL, *positions = NULL, *before = NULL, *fd_obj = NULL, *written_obj = NULL;
+    PyObject *outbox = NULL, *sock = NULL, *positions = NULL, *before = NULL, *fd_obj = NULL;
 
     REQUIRE(uses_registered(listener, DELIVER));
     if ((outbox = PyObject_GetAttr(listener, s_outbox)) == NULL)
@@ -101,7 +114,7 @@ shortcut(PyObject *listener, PyObject *message_channel, PyObject *order, PyObjec
         if (handed_out < 0)
             goto error;
         if (handed_out) {
-            result = 1;
+            plan->verdict = HANDED_OUT;
             goto done;
         }
     }
@@ -114,33 +127,53 @@ shortcut(PyObject *listener, PyObject *message_channel, PyObject *order, PyObjec
     long fd = PyLong_AsLong(fd_obj);
     if (fd == -1 && PyErr_Occurred())
         goto error;
-    /* The socket is non-blocking: the write never waits, so the GIL stays held. */
-    Py_ssize_t length = PyBytes_GET_SIZE(frame);
-    Py_ssize_t written = write((int)fd, PyBytes_AS_STRING(frame), (size_t)length);
-    if (written < 0)
-        goto done; /* would block, interrupted or broken: deliver() tries again, then queues or closes */
-    if (order != Py_None && PyDict_SetItem(positions, message_channel, order) < 0)
-        goto error;
-    if (written < length) {
-        if ((written_obj = PyLong_FromSsize_t(written)) == NULL)
-            goto error;
-        PyObject *kept = PyObject_CallMethodObjArgs(sock, names[KEEP_REST], frame, written_obj, NULL);
-        if (kept == NULL)
-            goto error;
-        Py_DECREF(kept);
-    }
-    result = 1;
+    REQUIRE(fd >= 0 && fd <= INT_MAX);
+    plan->verdict = TO_WRITE;
+    plan->fd = (int)fd;
+    plan->sock = sock;
+    plan->positions = positions;
+    sock = positions = NULL; /* the plan's now */
     goto done;
 error:
     result = -1;
 done:
-    Py_XDECREF(written_obj);
     Py_XDECREF(fd_obj);
     Py_XDECREF(before);
     Py_XDECREF(positions);
     Py_XDECREF(sock);
     Py_XDECREF(outbox);
     return result;
+}
+
+/*
+ * The second pass, for a listener whose frame goes to its socket: the write,
+ * and what RawSocket.try_write and Outbox.take_live do after it. A write that
+ * fails (would block, interrupted, broken) leaves the message to deliver().
+ * 0, or -1 on error.
+ */
+static int
+write_out(Plan *plan, PyObject *message_channel, PyObject *order, PyObject *frame)
+{
+    /* The socket is non-blocking: the write never waits, so the GIL stays held. */
+    Py_ssize_t length = PyBytes_GET_SIZE(frame);
+    Py_ssize_t written = write(plan->fd, PyBytes_AS_STRING(frame), (size_t)length);
+    if (written < 0) {
+        plan->verdict = BY_DELIVER; /* it tries again, then queues or closes */
+        return 0;
+    }
+    if (order != Py_None && PyDict_SetItem(plan->positions, message_channel, order) < 0)
+        return -1;
+    if (written < length) {
+        PyObject *written_obj = PyLong_FromSsize_t(written);
+        if (written_obj == NULL)
+            return -1;
+        PyObject *kept = PyObject_CallMethodObjArgs(plan->sock, names[KEEP_REST], frame, written_obj, NULL);
+        Py_DECREF(written_obj);
+        if (kept == NULL)
+            return -1;
+        Py_DECREF(kept);
+    }
+    return 0;
 }
 
 /* The message's attributes the shortcut needs (new references), or 0 when it cannot take this message at all. */
@@ -188,30 +221,50 @@ deliver_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *listeners = args[0], *message = args[1], *channel, *order, *frame;
-    int plain = message_parts(message, &channel, &order, &frame);
+    Py_ssize_t count = PyTuple_GET_SIZE(listeners);
+    int plain = message_parts(message, &channel, &order, &frame), ok = 0;
     if (plain < 0)
         return NULL;
-    PyObject *failed = NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(listeners); i++) {
-        PyObject *listener = PyTuple_GET_ITEM(listeners, i);
-        int done = plain ? shortcut(listener, channel, order, frame) : 0;
-        if (done < 0) {
-            failed = listener;
-            break;
+    Plan *plans = PyMem_Calloc(count ? count : 1, sizeof(Plan)); /* all BY_DELIVER */
+    if (plans == NULL) {
+        PyErr_NoMemory();
+        goto end;
+    }
+    if (plain) {
+        /* Two passes: every decision, then every write. The decisions read each websocket's
+         * objects, which the kernel's writes push out of the CPU's caches: one after the other,
+         * their reads overlap; between two writes, each waits for memory. No Python code runs
+         * between the passes, so what the first found still holds in the second. */
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (decide(PyTuple_GET_ITEM(listeners, i), channel, order, &plans[i]) < 0)
+                goto end;
         }
-        if (!done) {
-            PyObject *returned = PyObject_CallMethodOneArg(listener, names[DELIVER], message);
-            if (returned == NULL) {
-                failed = listener;
-                break;
-            }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (plans[i].verdict == TO_WRITE && write_out(&plans[i], channel, order, frame) < 0)
+                goto end;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (plans[i].verdict == BY_DELIVER) {
+            PyObject *returned = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(listeners, i), names[DELIVER], message);
+            if (returned == NULL)
+                goto end;
             Py_DECREF(returned);
         }
+    }
+    ok = 1;
+end:
+    if (plans != NULL) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            Py_XDECREF(plans[i].sock);
+            Py_XDECREF(plans[i].positions);
+        }
+        PyMem_Free(plans);
     }
     Py_XDECREF(channel);
     Py_XDECREF(order);
     Py_XDECREF(frame);
-    if (failed != NULL)
+    if (!ok)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -1,21 +1,34 @@
 """One live message to every listener of a channel: the hub's loop over its websockets.
 
 Why a loop in C: a live message to an idle websocket is one write of a frame
-built once per worker, and the Python around that write (the subscriber's
-``deliver``, the outbox's ``take_live``, the socket's ``try_write``) costs
-about 1.5 µs per websocket on the development VM, a fifth of the worker's CPU
-per delivery at 50 messages a second to 1,000 clients; the rest is the
-kernel's write. ``_fanout.c`` does the same in about a fifth of that time.
+built once per worker, most of whose cost is the kernel's. The Python around
+that write (the subscriber's ``deliver``, the outbox's ``take_live``, the
+socket's ``try_write``) is what ws4redis_uwsgi adds to a bare hub that writes
+the frame to every socket and does nothing else (``bench/peersite/wsgi_bare_hub.py``):
+1.10-1.30 times the bare hub's CPU per delivery with the loop in Python,
+1.00-1.12 with this one (bench/README.md, "Where the goals are not met yet").
 
 The rule that keeps it correct: the C loop takes only the common case (a
 message of no websocket and without a uid, to a plain client whose outbox
-holds nothing and has a position in the channel, through a socket that is
-free and takes the whole frame at once), and exactly as the Python methods
+holds nothing and, for a message with an id, has a position in its channel
+and did not resume, through a socket that is free and takes the whole frame
+at once), and exactly as the Python methods
 do it. Anything else it hands to the listener's own ``deliver``, with
 nothing changed: those methods stay the one definition of what a delivery
 does, the C loop a shortcut through their success path. Each method it
 copies is registered here (:func:`copied_in_c`), and a listener, outbox or
 socket whose class overrides one goes the Python way.
+
+The C loop goes in two passes: it decides for every listener first, then
+writes to every socket that takes the frame, then calls ``deliver`` for the
+rest. The decisions read each websocket's subscriber, outbox and socket,
+which the kernel's writes push out of the CPU's caches: between two writes
+each read waits for memory, one after the other they overlap (in one
+process on 1,000 socket pairs, 7.0 µs per delivery against 8.1 for one
+pass, the bare ``os.write`` loop 7.3; in the bench's worker 3-4% less).
+No Python code runs between the first two passes, so what the first found
+still holds in the second. A listener whose ``deliver`` raises ends the
+loop with its error; the sockets written to by then have the message.
 
 Without a C compiler at install time the extension is missing and the
 Python loop runs (:data:`IN_C` says which).
