@@ -19,13 +19,13 @@
 #include <limits.h>
 #include <unistd.h>
 
-enum { DELIVER, TAKE_LIVE, TRY_WRITE, KEEP_REST, N_METHODS };
-static const char *method_names[N_METHODS] = {"deliver", "take_live", "try_write", "_keep_rest"};
+enum { DELIVER, TAKE_LIVE, TRY_WRITE, N_METHODS };
+static const char *method_names[N_METHODS] = {"deliver", "take_live", "try_write"};
 static PyObject *registered[N_METHODS]; /* the Python functions copied here (owned), or NULL */
 static PyObject *names[N_METHODS];      /* their names, interned */
 
-/* Attribute names read here, interned once. */
-static PyObject *s_outbox, *s_socket, *s_inbox, *s_caught_up, *s_with_ids, *s_resumed, *s_positions, *s_closed,
+/* Attribute and method names read or called here, interned once (RawSocket._keep_rest is called, not copied). */
+static PyObject *s_keep_rest, *s_outbox, *s_socket, *s_inbox, *s_caught_up, *s_with_ids, *s_resumed, *s_positions, *s_closed,
     *s_busy, *s_pending, *s_fd, *s_origin, *s_uid, *s_channel, *s_order, *s_frame;
 
 /* Whether obj's class still has the registered method `which` (not an override). */
@@ -167,7 +167,7 @@ write_out(Plan *plan, PyObject *message_channel, PyObject *order, PyObject *fram
         PyObject *written_obj = PyLong_FromSsize_t(written);
         if (written_obj == NULL)
             return -1;
-        PyObject *kept = PyObject_CallMethodObjArgs(plan->sock, names[KEEP_REST], frame, written_obj, NULL);
+        PyObject *kept = PyObject_CallMethodObjArgs(plan->sock, s_keep_rest, frame, written_obj, NULL);
         Py_DECREF(written_obj);
         if (kept == NULL)
             return -1;
@@ -270,7 +270,7 @@ end:
 }
 
 PyDoc_STRVAR(register_doc, "register(name, function)\n--\n\n"
-                           "The Python method the shortcut copies: deliver, take_live, try_write or _keep_rest.");
+                           "The Python method the shortcut copies: deliver, take_live or try_write.");
 
 static PyObject *
 register_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -315,6 +315,7 @@ PyInit__fanout(void)
 {
     for (int which = 0; which < N_METHODS; which++)
         INTERN(names[which], method_names[which]);
+    INTERN(s_keep_rest, "_keep_rest");
     INTERN(s_outbox, "outbox");
     INTERN(s_socket, "_socket");
     INTERN(s_inbox, "_inbox");

@@ -56,7 +56,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def copied_in_c(name: str) -> Callable[[F], F]:
-    """Mark a method whose success path ``_fanout.c`` copies (``deliver``, ``take_live``, ``try_write``, ``_keep_rest``).
+    """Mark a method whose success path ``_fanout.c`` copies (``deliver``, ``take_live``, ``try_write``).
 
     Change the method, change the C code with it: the tests run both loops
     on the same cases (``tests/unit/test_fanout.py``).

@@ -78,9 +78,11 @@ class RawSocket:
             self._keep_rest(frame, written)
         return True
 
-    @copied_in_c("_keep_rest")
     def _keep_rest(self, frame: bytes, written: int) -> None:
-        """A direct write took only ``written`` bytes of ``frame``: the websocket's loop writes the rest."""
+        """A direct write took only ``written`` bytes of ``frame``: the websocket's loop writes the rest.
+
+        The C loop of ``bus/_fanout.c`` calls this method (it does not copy it).
+        """
         self._pending = frame[written:]
         self.wake()
 
