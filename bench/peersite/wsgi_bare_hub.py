@@ -5,7 +5,8 @@ pre-built frame to every socket and does nothing else. This is that hub, run
 by ``bench/peers.py`` as the peer ``bare-hub`` in scenario (a) only: each
 websocket's handshake is uWSGI's own, its descriptor goes into a set, and one
 greenlet reads Redis's pub/sub and writes each message's frame, built once,
-to every descriptor with ``os.write``. No Django, no origin or audience
+to every descriptor with ``os.write``. No Django, nothing of ws4redis_uwsgi
+but its frame builder (``core.frames.server_frame``), no origin or audience
 checks, no history, no positions, no slow-consumer handling (a socket that
 cannot take a frame at once loses it): what is left is the kernel's part of
 a delivery and the least Python around it.
@@ -14,7 +15,6 @@ a delivery and the least Python around it.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +24,8 @@ import redis
 import redis.connection
 import uwsgi
 
+from ws4redis_uwsgi.core.frames import server_frame
+
 redis.connection.socket = gevent.socket  # as django-websocket-redis's wsgi_websocket.py does
 CHANNEL = "broadcast:bench"  # systems.REDIS_CHANNEL
 #: The websockets' descriptors.
@@ -31,24 +33,12 @@ SOCKETS: set[int] = set()
 _hub: list[gevent.Greenlet] = []
 
 
-def frame(payload: bytes) -> bytes:
-    """One unmasked text frame (RFC 6455, 5.2)."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x81, size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x81, 127, size)
-    return head + payload
-
-
 def hub() -> None:
     client = redis.Redis(port=int(os.environ["BENCH_REDIS_PORT"]))
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(CHANNEL)
     for message in pubsub.listen():
-        data = frame(message["data"])
+        data = server_frame(message["data"])
         for fd in tuple(SOCKETS):
             try:
                 os.write(fd, data)
