@@ -104,7 +104,7 @@ def main() -> int:
     import redis
     from django.core.management import call_command
 
-    from ws4redis_uwsgi.bus import history
+    from ws4redis_uwsgi.bus import history, scripts
     from ws4redis_uwsgi.core.envelope import encode_parts
 
     call_command("migrate", verbosity=0)
@@ -137,7 +137,7 @@ def main() -> int:
             facility = facilities[n % len(facilities)]
             head, tail = encode_parts(str(published[facility]).encode())
             try:
-                history.publish(client, [f"test:broadcast:{facility}"], head, tail, 0)
+                scripts.run(client, history.script_calls(client, [f"test:broadcast:{facility}"], head, tail, 0))
                 published[facility] += 1
             except redis.RedisError:
                 refused += 1

@@ -4,7 +4,7 @@
 ``WS4REDIS_WAIT_REPLICAS`` replicas did not acknowledge it in time.
 """
 
-from .bus.history import NotReplicatedError
 from .bus.publisher import RedisPublisher
+from .bus.scripts import NotReplicatedError
 
 __all__ = ["NotReplicatedError", "RedisPublisher"]

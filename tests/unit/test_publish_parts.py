@@ -12,9 +12,9 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.crc import key_slot
 
-from ws4redis_uwsgi.bus import history
+from ws4redis_uwsgi.bus import history, scripts
 from ws4redis_uwsgi.bus.async_client import make_async_client
-from ws4redis_uwsgi.bus.store import SELF, RedisStore, WithHistory, WithoutHistory, needs_identity
+from ws4redis_uwsgi.bus.store import SELF, STORE_AND_PUBLISH, RedisStore, WithHistory, WithoutHistory, needs_identity
 from ws4redis_uwsgi.core import envelope
 
 STANDALONE = redis.Redis(host="127.0.0.1", port=1)  # never connects: only its kind matters
@@ -27,21 +27,22 @@ def async_cluster() -> AsyncRedisCluster:
 # -- without history ---------------------------------------------------------------------------
 
 
-def test_without_history_publish_and_set_per_channel():
-    outgoing = WithoutHistory(("a", "b"), 30, b"payload")
-    assert outgoing.commands(cluster=False) == [
-        ("PUBLISH", "a", b"payload"),
-        ("SET", "a", b"payload", "EX", 30),
-        ("PUBLISH", "b", b"payload"),
-        ("SET", "b", b"payload", "EX", 30),
-    ]
-    assert outgoing.receivers([2, True, 3, True]) == 5
+def test_without_history_one_script_stores_and_publishes_every_channel():
+    calls = WithoutHistory(("a", "b"), 30, b"payload").calls(STANDALONE)
+    assert calls.script is STORE_AND_PUBLISH
+    assert calls.keys == [["a", "b"]] and calls.args == [b"payload", 30, "PUBLISH"]
+    assert calls.command(calls.keys[0]) == ("EVALSHA", STORE_AND_PUBLISH.sha, 2, "a", "b", b"payload", 30, "PUBLISH")
+    assert WithoutHistory.result(calls, [5]) == (None, 5)
 
 
-def test_without_history_and_expire_0_only_publishes_sharded_on_a_cluster():
-    outgoing = WithoutHistory(("a", "b"), 0, b"p")
-    assert outgoing.commands(cluster=True) == [("SPUBLISH", "a", b"p"), ("SPUBLISH", "b", b"p")]
-    assert outgoing.receivers([1, 4]) == 5
+@override_settings(WS4REDIS_WAIT_REPLICAS=1, WS4REDIS_WAIT_TIMEOUT=0.5)
+def test_without_history_one_call_per_slot_sharded_on_a_cluster_and_acknowledged_when_asked():
+    channels = ("{broadcast:f}", "{user:john:f}", "{user:mary:f}")
+    calls = WithoutHistory(channels, 0, b"p").calls(async_cluster())
+    assert sorted(calls.keys) == sorted([c] for c in channels)  # three slots
+    assert calls.args == [b"p", 0, "SPUBLISH"]
+    assert (calls.replicas, calls.timeout_ms) == (1, 500)
+    assert WithoutHistory.result(calls, [1, 0, 4]) == (None, 5)
 
 
 # -- the publish script's calls ------------------------------------------------------------------
@@ -63,7 +64,7 @@ def test_one_call_for_one_redis_with_the_legacy_counter_last():
     ]
     assert calls.args == [b"head", b"tail", 5, 10, 60_000, envelope.MAX_ID_AHEAD_MS, "PUBLISH", history.LEGACY_COUNTER_TTL_MS]
     assert calls.replicas == 0
-    assert calls.command(calls.keys[0]) == ("EVALSHA", history.PUBLISH_SHA, 7, *calls.keys[0], *calls.args)
+    assert calls.command(calls.keys[0]) == ("EVALSHA", history.PUBLISH.sha, 7, *calls.keys[0], *calls.args)
 
 
 @override_settings(WS4REDIS_PREFIX=None, WS4REDIS_WAIT_REPLICAS=2, WS4REDIS_WAIT_TIMEOUT=0.25)
@@ -79,7 +80,7 @@ def test_one_call_per_slot_on_a_cluster_sharded_and_without_the_legacy_counter()
 
 
 def test_the_result_is_the_first_id_and_the_receivers_summed(caplog):
-    calls = history.ScriptCalls(("a", "b"), [["a"], ["b"]], [], 0, 0)
+    calls = scripts.ScriptCalls(history.PUBLISH, ("a", "b"), [["a"], ["b"]], [], 0, 0)
     assert history.publish_result(calls, [[b"17-3", 2, 0], [b"17-4", 1, 0]]) == ("17-3", 3)
     with caplog.at_level(logging.WARNING, logger="ws4redis_uwsgi"):
         assert history.publish_result(calls, [["17-5", 0, 0], ["17-6", 0, 1]]) == ("17-5", 0)
@@ -87,13 +88,13 @@ def test_the_result_is_the_first_id_and_the_receivers_summed(caplog):
 
 
 def test_wait_replies():
-    calls = history.ScriptCalls(("a",), [["a"]], [], 2, 100)
-    history.check_acknowledged(calls, 2)
-    with pytest.raises(history.NotReplicatedError, match=r"1 of 2 replicas .* 100 ms"):
-        history.check_acknowledged(calls, 1)
+    calls = scripts.ScriptCalls(history.PUBLISH, ("a",), [["a"]], [], 2, 100)
+    scripts.check_acknowledged(calls, 2)
+    with pytest.raises(scripts.NotReplicatedError, match=r"1 of 2 replicas .* 100 ms"):
+        scripts.check_acknowledged(calls, 1)
     with pytest.raises(redis.ResponseError):
-        history.check_acknowledged(calls, redis.ResponseError("WAIT cannot be used with replica instances"))
-    assert history.is_no_script(redis.exceptions.NoScriptError("NOSCRIPT")) and not history.is_no_script(1)
+        scripts.check_acknowledged(calls, redis.ResponseError("WAIT cannot be used with replica instances"))
+    assert scripts.is_no_script(redis.exceptions.NoScriptError("NOSCRIPT")) and not scripts.is_no_script(1)
 
 
 # -- what a store sends -----------------------------------------------------------------------

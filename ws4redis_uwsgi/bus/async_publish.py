@@ -1,10 +1,10 @@
 """What :meth:`RedisStore.publish_message` sends, sent on a redis.asyncio client.
 
-The commands, the publish script, its arguments and the reading of its
-replies are those of the sync publisher (:class:`~.store.WithHistory`,
-:class:`~.store.WithoutHistory`, :func:`.history.script_calls`,
-:func:`.history.publish_result`): only the round trips are awaited here,
-on the loop's own connections, with no thread. So a message published here
+The publish scripts, their arguments and the reading of their replies are
+those of the sync publisher (:class:`~.store.WithHistory`,
+:class:`~.store.WithoutHistory`, :class:`.scripts.ScriptCalls`): only the
+round trips are awaited here, on the loop's own connections, with no
+thread. So a message published here
 gets its ids from the same script and is resumed like any other.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisClusterException
 
-from . import history
+from . import scripts
 from .connection import is_cluster
 from .store import WithHistory, WithoutHistory
 
@@ -23,7 +23,7 @@ from .store import WithHistory, WithoutHistory
 async def publish(client: Any, outgoing: WithHistory | WithoutHistory) -> tuple[str | None, int]:
     """Send ``outgoing``: (the id of the first copy, None without history; the receivers Redis reported).
 
-    :raises history.NotReplicatedError: fewer replicas than ``WS4REDIS_WAIT_REPLICAS`` took it in time.
+    :raises scripts.NotReplicatedError: fewer replicas than ``WS4REDIS_WAIT_REPLICAS`` took it in time.
     :raises redis.RedisError: when Redis (a shard) cannot be reached within the timeouts.
     """
     if is_cluster(client):
@@ -31,34 +31,29 @@ async def publish(client: Any, outgoing: WithHistory | WithoutHistory) -> tuple[
             await client.initialize()  # reads the slots once; a no-op afterwards
         except RedisClusterException as exc:  # as LazyCluster does for the sync client
             raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
-    if isinstance(outgoing, WithoutHistory):
-        pipe = client.pipeline(transaction=False)
-        for command in outgoing.commands(is_cluster(client)):
-            pipe.execute_command(*command)
-        return None, outgoing.receivers(await pipe.execute())
-    calls = history.script_calls(client, outgoing.channels, outgoing.head, outgoing.tail, outgoing.expire)
+    calls = outgoing.calls(client)
     replies = await (_run_acknowledged(client, calls) if calls.replicas else _run_scripts(client, calls))
-    return history.publish_result(calls, replies)
+    return outgoing.result(calls, replies)
 
 
-async def _run_scripts(client: Any, calls: history.ScriptCalls) -> list[Any]:
-    """As ``history._run_scripts``: EVALSHA per list of keys, pipelined; a Redis that does not know the script learns it."""
+async def _run_scripts(client: Any, calls: scripts.ScriptCalls) -> list[Any]:
+    """As ``scripts._run_scripts``: EVALSHA per list of keys, pipelined; a Redis that does not know the script learns it."""
     if len(calls.keys) == 1:
         try:
             return [await client.execute_command(*calls.command(calls.keys[0]))]
         except redis.exceptions.NoScriptError:  # a new or restarted Redis
             keys = calls.keys[0]
-            return [await client.eval(history.PUBLISH_SCRIPT, len(keys), *keys, *calls.args)]
+            return [await client.eval(calls.script.text, len(keys), *keys, *calls.args)]
     replies = await _pipelined(client, calls, calls.keys)
-    again = [i for i, r in enumerate(replies) if history.is_no_script(r)]
+    again = [i for i, r in enumerate(replies) if scripts.is_no_script(r)]
     if again:
-        await client.script_load(history.PUBLISH_SCRIPT)  # on every primary of a Cluster
+        await client.script_load(calls.script.text)  # on every primary of a Cluster
         for i, reply in zip(again, await _pipelined(client, calls, [calls.keys[i] for i in again]), strict=True):
             replies[i] = reply
-    return history.raise_first(replies)
+    return scripts.raise_first(replies)
 
 
-async def _pipelined(client: Any, calls: history.ScriptCalls, keys_list: list[list[str]], wait: Any = None) -> list[Any]:
+async def _pipelined(client: Any, calls: scripts.ScriptCalls, keys_list: list[list[str]], wait: Any = None) -> list[Any]:
     """The script calls of ``keys_list`` in one pipeline, then ``WAIT`` when ``wait`` is given.
 
     ``wait`` is the Cluster node whose connection the WAIT must follow (a
@@ -75,8 +70,8 @@ async def _pipelined(client: Any, calls: history.ScriptCalls, keys_list: list[li
     return list(await pipe.execute(raise_on_error=False))
 
 
-async def _run_acknowledged(client: Any, calls: history.ScriptCalls) -> list[Any]:
-    """As ``history._run_acknowledged``: each shard's scripts, then ``WAIT`` on the same connection."""
+async def _run_acknowledged(client: Any, calls: scripts.ScriptCalls) -> list[Any]:
+    """As ``scripts._run_acknowledged``: each shard's scripts, then ``WAIT`` on the same connection."""
     by_shard: dict[str, tuple[Any, list[int]]] = {}
     for i, keys in enumerate(calls.keys):
         if is_cluster(client):
@@ -88,10 +83,10 @@ async def _run_acknowledged(client: Any, calls: history.ScriptCalls) -> list[Any
     for node, indexes in by_shard.values():
         shard_keys = [calls.keys[i] for i in indexes]
         *done, acknowledged = await _pipelined(client, calls, shard_keys, wait=node)
-        if any(history.is_no_script(r) for r in done):
-            await client.script_load(history.PUBLISH_SCRIPT)
+        if any(scripts.is_no_script(r) for r in done):
+            await client.script_load(calls.script.text)
             *done, acknowledged = await _pipelined(client, calls, shard_keys, wait=node)
-        for i, reply in zip(indexes, history.raise_first(done), strict=True):
+        for i, reply in zip(indexes, scripts.raise_first(done), strict=True):
             replies[i] = reply
-        history.check_acknowledged(calls, acknowledged)
+        scripts.check_acknowledged(calls, acknowledged)
     return replies

@@ -21,7 +21,6 @@ is told that the gap cannot be recovered. Settings:
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import time
 from collections import deque
@@ -29,12 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from .. import settings
 from ..core import envelope
 from ..core.channels import prefix_string
 from ..core.positions import Order
+from . import scripts
 from .connection import is_cluster, pipelined
 
 logger = logging.getLogger("ws4redis_uwsgi")
@@ -176,51 +174,11 @@ def trimmed_key(channel: str) -> str:
     return f"{prefix}history-trimmed:{channel[len(prefix) :]}"
 
 
-PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+#: The publish script with history on (:func:`script_calls`).
+PUBLISH = scripts.Script(PUBLISH_SCRIPT)
 
 
-def shard_groups(client: Any, channels: Sequence[str]) -> list[list[str]]:
-    """``channels`` in groups one script may touch: all of them, or those of one Cluster slot."""
-    if not is_cluster(client):
-        return [list(channels)]
-    groups: dict[int, list[str]] = {}
-    for channel in channels:
-        groups.setdefault(client.keyslot(channel), []).append(channel)
-    return list(groups.values())
-
-
-class NotReplicatedError(redis.exceptions.RedisError):
-    """Fewer replicas than ``WS4REDIS_WAIT_REPLICAS`` acknowledged a publish in time.
-
-    The message was published (live clients may have it) but a failover may
-    lose it from history: the publisher decides whether to publish again.
-    """
-
-
-@dataclass(frozen=True)
-class ScriptCalls:
-    """One publish as calls of the publish script: what the sync and the async publishers both run.
-
-    Built by :func:`script_calls` (no I/O); the replies go through
-    :func:`publish_result`. Only how the calls reach Redis differs between
-    redis-py's sync and asyncio clients.
-    """
-
-    channels: tuple[str, ...]
-    #: The KEYS of each call: one call per slot on a Cluster, else one.
-    keys: list[list[str]]
-    #: The ARGV every call shares.
-    args: list[bytes | int | str]
-    #: ``WS4REDIS_WAIT_REPLICAS`` (0: no WAIT) and ``WS4REDIS_WAIT_TIMEOUT`` in ms.
-    replicas: int
-    timeout_ms: int
-
-    def command(self, keys: list[str]) -> tuple[Any, ...]:
-        """The EVALSHA command of one call, as ``execute_command`` takes it."""
-        return ("EVALSHA", PUBLISH_SHA, len(keys), *keys, *self.args)
-
-
-def script_calls(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> ScriptCalls:
+def script_calls(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> scripts.ScriptCalls:
     """The script calls that publish one wrapped message to ``channels`` (settings read here, no I/O)."""
     cluster = is_cluster(client)
     args: list[bytes | int | str] = [
@@ -233,19 +191,14 @@ def script_calls(client: Any, channels: Sequence[str], head: bytes, tail: bytes,
         "SPUBLISH" if cluster else "PUBLISH",
         LEGACY_COUNTER_TTL_MS,
     ]
-    keys = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in shard_groups(client, channels)]
+    groups = scripts.shard_groups(client, channels)
+    keys = [[*group, *map(stream_key, group), *map(trimmed_key, group)] for group in groups]
     if not cluster:  # no earlier version ran on a Cluster
         keys[0].append(legacy_counter_key())
-    return ScriptCalls(
-        tuple(channels),
-        keys,
-        args,
-        int(settings.get("WS4REDIS_WAIT_REPLICAS") or 0),
-        int(settings.get("WS4REDIS_WAIT_TIMEOUT") * 1000),
-    )
+    return scripts.calls(PUBLISH, channels, keys, args)
 
 
-def publish_result(calls: ScriptCalls, replies: Sequence[Any]) -> tuple[str, int]:
+def publish_result(calls: scripts.ScriptCalls, replies: Sequence[Any]) -> tuple[str, int]:
     """(the id of the first copy, receivers) from the script's replies, one per call (pure, but for a log line)."""
     first_id = replies[0][0]
     if any(reply[2] for reply in replies):
@@ -254,97 +207,6 @@ def publish_result(calls: ScriptCalls, replies: Sequence[Any]) -> tuple[str, int
             ", ".join(calls.channels),
         )
     return first_id.decode() if isinstance(first_id, bytes) else str(first_id), sum(int(reply[1]) for reply in replies)
-
-
-def check_acknowledged(calls: ScriptCalls, acknowledged: Any) -> None:
-    """Raise what ``WAIT``'s reply means: its error, or :class:`NotReplicatedError` when too few replicas took it."""
-    if isinstance(acknowledged, Exception):
-        raise acknowledged
-    if int(acknowledged) < calls.replicas:
-        raise NotReplicatedError(
-            f"{acknowledged} of {calls.replicas} replicas acknowledged the message within {calls.timeout_ms} ms; "
-            "it was published but a failover may lose it"
-        )
-
-
-def is_no_script(reply: Any) -> bool:
-    """Whether a reply says that Redis does not know the script (a new or restarted Redis): load it and call again."""
-    return isinstance(reply, redis.exceptions.NoScriptError)
-
-
-def raise_first(replies: list[Any]) -> list[Any]:
-    """``replies``, unless one is an error: then the first one is raised."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def publish(client: Any, channels: Sequence[str], head: bytes, tail: bytes, expire: int) -> tuple[str, int]:
-    """Publish one wrapped message to ``channels``; returns (the id of its first copy, receivers).
-
-    On a Cluster the scripts of all slots go in one pipeline, sent to each
-    shard at once; redis-py follows a slot that moved (MOVED, ASK). A shard
-    that still refuses makes this raise: what other shards took stays published.
-    With ``WS4REDIS_WAIT_REPLICAS``, each shard's scripts are followed by
-    ``WAIT`` on the same connection. :mod:`.async_publish` does the same on redis.asyncio.
-
-    :raises NotReplicatedError: fewer replicas than asked for took the message in time.
-    :raises redis.RedisError: when a shard cannot be reached within the timeouts.
-    """
-    calls = script_calls(client, channels, head, tail, expire)
-    replies = _run_acknowledged(client, calls) if calls.replicas else _run_scripts(client, calls)
-    return publish_result(calls, replies)
-
-
-def _run_scripts(client: Any, calls: ScriptCalls) -> list[Any]:
-    """EVALSHA of the publish script for each list of keys in one pipeline; a Redis that does not know it learns it once."""
-    if len(calls.keys) == 1:
-        try:
-            return [client.execute_command(*calls.command(calls.keys[0]))]
-        except redis.exceptions.NoScriptError:  # a new or restarted Redis
-            keys = calls.keys[0]
-            return [client.eval(PUBLISH_SCRIPT, len(keys), *keys, *calls.args)]
-    replies = _pipelined(client, calls, calls.keys)
-    again = [i for i, r in enumerate(replies) if is_no_script(r)]
-    if again:
-        client.script_load(PUBLISH_SCRIPT)  # on every primary of a Cluster
-        for i, reply in zip(again, _pipelined(client, calls, [calls.keys[i] for i in again]), strict=True):
-            replies[i] = reply
-    return raise_first(replies)
-
-
-def _pipelined(client: Any, calls: ScriptCalls, keys_list: list[list[str]], wait: bool = False) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    cluster = is_cluster(client)
-    for keys in keys_list:
-        # A ClusterPipeline has no evalsha(); told the node, it does not ask a node for the
-        # keys of each call (COMMAND GETKEYS, one round trip per channel in redis-py 8).
-        target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
-        pipe.execute_command(*calls.command(keys), **target)
-    if wait:
-        pipe.execute_command("WAIT", calls.replicas, calls.timeout_ms)
-    return list(pipe.execute(raise_on_error=False))
-
-
-def _run_acknowledged(client: Any, calls: ScriptCalls) -> list[Any]:
-    """The scripts, then ``WAIT replicas timeout`` on the same connection of each shard (one round trip per shard)."""
-    by_shard: dict[Any, list[int]] = {}
-    for i, keys in enumerate(calls.keys):
-        # WAIT counts the writes of its own connection: a Cluster's shard gets a pipeline of its own.
-        node = client.get_redis_connection(client.get_node_from_key(keys[0])) if is_cluster(client) else client
-        by_shard.setdefault(node, []).append(i)
-    replies: list[Any] = [None] * len(calls.keys)
-    for node, indexes in by_shard.items():
-        shard_keys = [calls.keys[i] for i in indexes]
-        *done, acknowledged = _pipelined(node, calls, shard_keys, wait=True)
-        if any(is_no_script(r) for r in done):
-            node.script_load(PUBLISH_SCRIPT)
-            *done, acknowledged = _pipelined(node, calls, shard_keys, wait=True)
-        for i, reply in zip(indexes, raise_first(done), strict=True):
-            replies[i] = reply
-        check_acknowledged(calls, acknowledged)
-    return replies
 
 
 def is_gap(

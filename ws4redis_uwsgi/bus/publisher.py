@@ -114,7 +114,7 @@ class RedisPublisher(RedisStore):
         """:meth:`publish_message` for async code, on redis.asyncio, at once: ``await publisher.apublish_message(...)``.
 
         The same channels, history ids, ``WAIT`` acknowledgement
-        (:class:`~.history.NotReplicatedError`) and return value (the
+        (:class:`~.scripts.NotReplicatedError`) and return value (the
         receivers) as :meth:`publish_message`, on the running event loop's own
         client (:mod:`.async_client`), without a thread. ``SELF`` is read
         through Django's async APIs (:func:`~ws4redis_uwsgi.django.identity.aidentity_from_request`).

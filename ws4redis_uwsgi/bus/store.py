@@ -14,8 +14,8 @@ from .. import settings
 from ..core import envelope
 from ..core.channels import Identity, named_channels, prefix_string, validate_facility
 from ..core.exceptions import HandshakeError
-from . import history
-from .connection import is_cluster, pipelined, sharded
+from . import history, scripts
+from .connection import is_cluster, sharded
 
 
 class _SelfType:
@@ -155,7 +155,9 @@ class RedisStore:
         """Publish ``message`` to this store's channels and persist it for ``expire`` seconds.
 
         PUBLISH (SPUBLISH on a Cluster) and SET-with-expiry for every channel
-        go to Redis in one round trip per shard; with history on
+        go to Redis in one round trip per shard, at once for each channel (a
+        script: a websocket subscribing meanwhile gets the message either
+        live or as the stored one); with history on
         (``WS4REDIS_HISTORY_LENGTH``/``_SECONDS``) the same round trip assigns
         each channel's copy its id (the first kept in ``last_message_id``)
         and appends it to the channel's history. ``expire`` defaults to ``WS4REDIS_EXPIRE``; ``0`` persists nothing
@@ -164,6 +166,8 @@ class RedisStore:
 
         :returns: the number of receivers Redis reported, summed over the
             channels (a receiver is a subscribed server process, not a browser).
+        :raises NotReplicatedError: fewer replicas than ``WS4REDIS_WAIT_REPLICAS``
+            acknowledged it in time (history on or off).
         :raises redis.RedisError: when Redis cannot be reached within the
             connection's timeouts.
         """
@@ -178,12 +182,11 @@ class RedisStore:
         outgoing = self._outgoing(message, expire, binary, uid)
         if outgoing is None:
             return 0
-        if isinstance(outgoing, WithHistory):
-            self.last_message_id, receivers = history.publish(
-                self._connection, outgoing.channels, outgoing.head, outgoing.tail, outgoing.expire
-            )
-            return receivers
-        return outgoing.receivers(pipelined(self._connection, outgoing.commands(is_cluster(self._connection))))
+        calls = outgoing.calls(self._connection)
+        message_id, receivers = outgoing.result(calls, scripts.run(self._connection, calls))
+        if message_id is not None:
+            self.last_message_id = message_id
+        return receivers
 
     def _outgoing(
         self, message: RedisMessage | str | bytes, expire: int | None, binary: bool, uid: str | None
@@ -215,25 +218,51 @@ class WithHistory:
     head: bytes
     tail: bytes
 
+    def calls(self, client: Any) -> scripts.ScriptCalls:
+        """The calls of the history's publish script (no I/O)."""
+        return history.script_calls(client, self.channels, self.head, self.tail, self.expire)
+
+    @staticmethod
+    def result(calls: scripts.ScriptCalls, replies: Sequence[Any]) -> tuple[str | None, int]:
+        """(the id of the first copy, the receivers Redis reported) from the replies of :meth:`calls`."""
+        return history.publish_result(calls, replies)
+
+
+# KEYS: the channels (one slot on a Cluster). ARGV: the message, the seconds it stays
+# stored (0: not stored, an earlier stored message left alone), the command that publishes
+# (PUBLISH, or SPUBLISH on a Cluster). Returns the receivers. Stored and published at once:
+# a websocket that subscribes, then reads the stored message, finds either the one before
+# and gets this one live, or this one. Published first and stored after, a read between
+# the two would find the one before while this one went out before the subscription:
+# that websocket would never get it (a big message makes Redis read the SET in pieces,
+# serving other clients in between).
+STORE_AND_PUBLISH = scripts.Script("""
+local expire = tonumber(ARGV[2])
+local receivers = 0
+for i = 1, #KEYS do
+  if expire > 0 then
+    redis.call('SET', KEYS[i], ARGV[1], 'EX', expire)
+  end
+  receivers = receivers + redis.call(ARGV[3], KEYS[i], ARGV[1])
+end
+return receivers
+""")
+
 
 @dataclass(frozen=True)
 class WithoutHistory:
-    """A publish with history off: PUBLISH (SPUBLISH on a Cluster) and SET-with-expiry per channel, pipelined."""
+    """A publish with history off: stored (for ``expire`` seconds) and published per channel in one script per slot."""
 
     channels: tuple[str, ...]
     expire: int
     payload: bytes
 
-    def commands(self, cluster: bool) -> list[tuple[Any, ...]]:
-        """The commands, as ``execute_command`` takes them."""
-        publish = "SPUBLISH" if cluster else "PUBLISH"
-        commands: list[tuple[Any, ...]] = []
-        for channel in self.channels:
-            commands.append((publish, channel, self.payload))
-            if self.expire > 0:
-                commands.append(("SET", channel, self.payload, "EX", self.expire))
-        return commands
+    def calls(self, client: Any) -> scripts.ScriptCalls:
+        """The calls of :data:`STORE_AND_PUBLISH` (no I/O)."""
+        args: list[bytes | int | str] = [self.payload, self.expire, "SPUBLISH" if is_cluster(client) else "PUBLISH"]
+        return scripts.calls(STORE_AND_PUBLISH, self.channels, scripts.shard_groups(client, self.channels), args)
 
-    def receivers(self, replies: list[Any]) -> int:
-        """The receivers Redis reported, from the replies of :meth:`commands`."""
-        return sum(int(n) for n in replies[:: 2 if self.expire > 0 else 1])
+    @staticmethod
+    def result(calls: scripts.ScriptCalls, replies: Sequence[Any]) -> tuple[str | None, int]:
+        """(None: no id without history, the receivers Redis reported) from the replies of :meth:`calls`."""
+        return None, sum(int(reply) for reply in replies)
