@@ -82,6 +82,8 @@ WS4REDIS_SUBSCRIBER = "tests.testsite.hooks.SiteSubscriber"
 if os.environ.get("WS4REDIS_TEST_STOCK"):  # a worker of the stock set-up: none of the site's hooks
     WS4REDIS_ALLOWED_CHANNELS = WS4REDIS_PROCESS_REQUEST = None
     WS4REDIS_SUBSCRIBER = "ws4redis_uwsgi.subscriber.RedisSubscriber"
+if os.environ.get("WS4REDIS_TEST_HISTORY") == "off":  # a worker without history (tests/integration/test_store.py)
+    WS4REDIS_HISTORY_LENGTH = WS4REDIS_HISTORY_SECONDS = 0
 # Tests that probe limits start their own worker with these changed through the environment.
 WS4REDIS_RATE_LIMIT = None if os.environ.get("WS4REDIS_TEST_RATE_LIMIT") == "none" else (20, 60)
 if "WS4REDIS_TEST_RESTART_RATE" in os.environ:

@@ -27,8 +27,8 @@ Redis either (:mod:`.batched_reader`). A channel left for another reason (a
 group the user left) goes at once.
 
 A channel's first subscription also reads its stored message, in the same
-round trip, where the connection speaks RESP3 (``read_stored``, with history
-on: see :mod:`.subscription`): the handshake that subscribed it, a user's
+round trip, where the connection speaks RESP3 (``read_stored``, not on a
+Cluster: see :mod:`.subscription`): the handshake that subscribed it, a user's
 first visit, then reads it from the hub (:meth:`SubscriptionHub.preread`)
 instead of asking Redis once more.
 

@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import process, settings
-from . import budget, history
+from . import budget
 from .batched_reader import BatchedPipeline, BatchedReader
 from .budget import BacklogBudget
 from .connection import client_name, make_client, sharded
@@ -26,16 +26,15 @@ COMMAND_POOL_SIZE = 8
 def get_hub() -> SubscriptionHub:
     """This process's hub, created on first use.
 
-    It reads new channels' stored messages with their subscription only
-    with history on: there a publish stores and publishes at once (the
-    publish script), while without history it sends ``PUBLISH`` before
-    ``SET``, and a read right after the ``SUBSCRIBE`` could fall between the two.
+    It reads new channels' stored messages with their subscription (not
+    on a Cluster: see :mod:`.subscription`): a publish stores and
+    publishes at once, with history or without (a script), so a read that
+    Redis runs right after the ``SUBSCRIBE`` finds the message before and
+    the websocket gets the next one live, or finds that one.
     """
     return process.resource(
         "hub",
-        lambda: SubscriptionHub(
-            _shards(), linger=settings.get("WS4REDIS_CHANNEL_LINGER"), read_stored=history.enabled() and not sharded()
-        ),
+        lambda: SubscriptionHub(_shards(), linger=settings.get("WS4REDIS_CHANNEL_LINGER"), read_stored=not sharded()),
     )
 
 

@@ -259,10 +259,17 @@ class Outbox:
         the position back, since what came between it and the arrival is not
         owed; it is remembered apart, as its live copy may still be on its
         way (the arrival is Redis's clock as this worker estimates it).
+
+        A stored message without id (history off) whose copy already waits
+        among the live ones is left out: it was published after the
+        websocket subscribed, and stored by then. Without an id to tell them
+        apart, an identical message published twice counts as one here.
         """
         for message in messages:
             if self._seen(message):
                 self._advance(message)
+            elif message.order is None and message.uid is None and self._waits(message):
+                continue  # the client gets its live copy
             elif message.order is not None and message.order <= self.position(message.channel):  # type: ignore[arg-type]
                 if self._stored is None:
                     self._stored = {}
@@ -322,6 +329,13 @@ class Outbox:
         """The catch-up is over; if not ``complete`` (Redis refused), it is owed again."""
         self.catch_up_owed = self.catch_up_owed or not complete
         self._caught_up = not (self.catch_up_owed or self.overflowed)
+
+    def _waits(self, message: BusMessage) -> bool:
+        """Whether a live copy of ``message`` (same channel, same content) waits to be sent."""
+        return self._inbox is not None and any(
+            waiting.channel == message.channel and waiting.payload == message.payload and waiting.binary == message.binary
+            for waiting in self._inbox
+        )
 
     # -- positions ---------------------------------------------------------------------
 
