@@ -89,6 +89,27 @@ def test_a_listener_that_arrives_during_an_outage_is_told_to_catch_up(redis_and_
     run_gevent_until(lambda: newcomer.messages == [b"hello"], what="the message")
 
 
+def test_a_listener_that_raises_costs_the_others_nothing_and_the_subscription_stays(redis_and_hub):
+    """One broken listener (a site's subscriber class with a bug) neither keeps a message from the others nor
+    makes the hub drop its connection to Redis (which would make every websocket of the worker catch up)."""
+    server, hub = redis_and_hub
+
+    class Broken(Listener):
+        def deliver(self, message) -> None:
+            raise RuntimeError("broken listener")
+
+    first, broken, last = Listener(), Broken(), Listener()
+    for listener in (first, broken, last):
+        hub.add(listener, ["shared"])
+    assert hub.wait_subscribed(["shared"], 5)
+    publisher = redis.Redis.from_url(server.url)
+    for text in (b"one", b"two"):
+        publisher.publish("shared", text)
+    run_gevent_until(lambda: first.messages == last.messages == [b"one", b"two"], what="both messages to both")
+    assert broken.resyncs == 2 and first.resyncs == last.resyncs == 0
+    assert hub.disconnects == 0 and hub.connected
+
+
 def test_a_burst_to_many_listeners_lets_the_rest_of_the_worker_run_every_few_thousand_deliveries(redis_and_hub, monkeypatch):
     """With 10,000 websockets on a channel, 64 messages in a row held the event loop for seconds: no handshake got in."""
     import ws4redis_uwsgi.bus.hub as hub_module

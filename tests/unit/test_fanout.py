@@ -8,6 +8,7 @@ random sequences through both and compares everything.
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 from collections.abc import Callable, Iterator
@@ -225,21 +226,66 @@ def test_listeners_of_other_kinds_and_subclasses_with_their_own_deliver_are_call
     assert counting.received() == plain.received() == frame(b"m0-0") + frame(b"m1-0")
 
 
-def test_a_listener_that_raises_ends_the_loop_with_its_error(loop, clients):
-    """Raised to the hub, not swallowed; the listeners before it have the message.
+class Broken:
+    """A listener whose ``deliver`` raises, as a site's subscriber class with a bug would."""
 
-    (Those after it may or may not: the C loop writes to every socket before it calls any deliver().)
-    """
+    def __init__(self) -> None:
+        self.resyncs = 0
 
-    class Broken:
+    def deliver(self, message: BusMessage) -> None:
+        raise RuntimeError("broken listener")
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+
+def test_a_listener_that_raises_keeps_the_message_from_no_other_and_is_told_to_catch_up(loop, clients, caplog, monkeypatch):
+    """Logged with its traceback, at most once per interval with a count of the rest; the others get every message."""
+    monkeypatch.setattr(fanout._FailureLog, "logged_at", float("-inf"))
+    monkeypatch.setattr(fanout._FailureLog, "unlogged", 0)
+    before, broken, after = clients(), Broken(), clients()
+    with caplog.at_level(logging.ERROR, logger="ws4redis_uwsgi"):
+        for n in range(3):
+            loop((before.subscriber, broken, after.subscriber), message(b"m%d" % n, f"170000000000{n}-0"))
+    assert before.received() == after.received() == frame(b"m0") + frame(b"m1") + frame(b"m2")
+    assert broken.resyncs == 3
+    [line] = caplog.records  # the second and third within the interval: counted
+    assert "to Broken failed" in line.getMessage() and "catches up from history" in line.getMessage()
+    assert "broken listener" in caplog.text and "Traceback" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(fanout._FailureLog, "logged_at", fanout._FailureLog.logged_at - fanout.FAILURE_LOG_INTERVAL)
+    with caplog.at_level(logging.ERROR, logger="ws4redis_uwsgi"):
+        loop((broken, after.subscriber), message(b"m3", "1700000000003-0"))
+    assert "(2 more since the last report)" in caplog.records[0].getMessage()
+    assert after.received().endswith(frame(b"m3"))
+
+
+def test_a_listener_that_cannot_even_catch_up_is_logged_and_the_loop_goes_on(loop, clients, caplog):
+    class Hopeless(Broken):
+        def resync(self) -> None:
+            raise RuntimeError("no catch-up either")
+
+    after = clients()
+    with caplog.at_level(logging.ERROR, logger="ws4redis_uwsgi"):
+        loop((Hopeless(), after.subscriber), message(b"one", "1700000000000-0"))
+    assert after.received() == frame(b"one")
+    assert "could not be told to catch up" in caplog.text and "no catch-up either" in caplog.text
+
+
+def test_anything_but_an_exception_ends_the_loop_and_reaches_the_hub(loop, clients):
+    """A greenlet killed in a listener's deliver (GreenletExit), Ctrl-C: not a listener's failure, the loop stops."""
+
+    class Stop(BaseException):
+        pass
+
+    class Killed:
         def deliver(self, message: BusMessage) -> None:
-            raise RuntimeError("broken listener")
+            raise Stop
 
     before, after = clients(), clients()
-    loop((before.subscriber, after.subscriber), message(b"one", "1700000000000-0"))
-    with pytest.raises(RuntimeError, match="broken listener"):
-        loop((before.subscriber, Broken(), after.subscriber), message(b"two", "1700000000001-0"))
-    assert before.received() == frame(b"one") + frame(b"two")
+    with pytest.raises(Stop):
+        loop((before.subscriber, Killed(), after.subscriber), message(b"one", "1700000000000-0"))
+    assert before.received() == frame(b"one")  # (after: the C loop wrote to every socket before any deliver())
 
 
 @override_settings(WS4REDIS_MAX_PENDING_MESSAGES=2)

@@ -210,6 +210,36 @@ done:
     return plain;
 }
 
+/* The Python function told of a deliver() that raised (fanout.delivery_failed), or NULL. */
+static PyObject *failure_handler;
+
+/* deliver() raised: an Exception goes to the failure handler, and the loop goes on (0);
+ * anything else (GreenletExit, KeyboardInterrupt), or no handler, stays raised (-1). */
+static int
+report_failure(PyObject *listener, PyObject *message)
+{
+    if (failure_handler == NULL || !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *args[3] = {listener, message, value};
+    PyObject *returned = PyObject_Vectorcall(failure_handler, args, 3, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    if (returned != NULL) {
+        Py_DECREF(returned);
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_WriteUnraisable(failure_handler);
+    return 0;
+}
+
 PyDoc_STRVAR(deliver_all_doc, "deliver_all(listeners, message)\n--\n\n"
                               "Hand message to every listener of the tuple listeners (see fanout.py).");
 
@@ -246,10 +276,12 @@ deliver_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         if (plans[i].verdict == BY_DELIVER) {
-            PyObject *returned = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(listeners, i), names[DELIVER], message);
-            if (returned == NULL)
+            PyObject *listener = PyTuple_GET_ITEM(listeners, i);
+            PyObject *returned = PyObject_CallMethodOneArg(listener, names[DELIVER], message);
+            if (returned != NULL)
+                Py_DECREF(returned);
+            else if (report_failure(listener, message) < 0)
                 goto end;
-            Py_DECREF(returned);
         }
     }
     ok = 1;
@@ -292,7 +324,19 @@ register_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return NULL;
 }
 
+PyDoc_STRVAR(on_failure_doc, "on_failure(function)\n--\n\n"
+                             "function(listener, message, error) is called when a listener's deliver raises an Exception.");
+
+static PyObject *
+on_failure(PyObject *module, PyObject *function)
+{
+    Py_INCREF(function);
+    Py_XSETREF(failure_handler, function);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"on_failure", (PyCFunction)on_failure, METH_O, on_failure_doc},
     {"deliver_all", (PyCFunction)(void (*)(void))deliver_all, METH_FASTCALL, deliver_all_doc},
     {"register", (PyCFunction)(void (*)(void))register_method, METH_FASTCALL, register_doc},
     {NULL, NULL, 0, NULL},

@@ -27,8 +27,13 @@ each read waits for memory, one after the other they overlap (in one
 process on 1,000 socket pairs, 7.0 µs per delivery against 8.1 for one
 pass, the bare ``os.write`` loop 7.3; in the bench's worker 3-4% less).
 No Python code runs between the first two passes, so what the first found
-still holds in the second. A listener whose ``deliver`` raises ends the
-loop with its error; the sockets written to by then have the message.
+still holds in the second.
+
+A listener whose ``deliver`` raises (an ``Exception``: a subscriber class of
+the site's, a bug) does not keep the message from the others, in either
+loop: :func:`delivery_failed` logs it and tells that listener to catch up
+from history, as after a lost subscription. Anything else (``GreenletExit``,
+``KeyboardInterrupt``) ends the loop at once and goes to the hub.
 
 Without a C compiler at install time the extension is missing and the
 Python loop runs (:data:`IN_C` says which).
@@ -36,12 +41,17 @@ Python loop runs (:data:`IN_C` says which).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
 from ..core import envelope
 from ..core.outbox import Outbox
+from ..core.text import loggable
+
+logger = logging.getLogger("ws4redis_uwsgi")
 
 _fanout: ModuleType | None
 try:
@@ -73,7 +83,47 @@ def copied_in_c(name: str) -> Callable[[F], F]:
 def deliver_each(listeners: tuple[Any, ...], message: envelope.BusMessage) -> None:
     """The loop in Python: each listener's ``deliver``."""
     for listener in listeners:
-        listener.deliver(message)
+        try:
+            listener.deliver(message)
+        except Exception as error:
+            delivery_failed(listener, message, error)
+
+
+#: Seconds between two log lines of failed deliveries at least: a broken subscriber class fails for every message.
+FAILURE_LOG_INTERVAL = 10.0
+
+
+class _FailureLog:
+    """When a failed delivery was last logged, and how many failed since without a line of their own."""
+
+    logged_at = float("-inf")
+    unlogged = 0
+
+
+def delivery_failed(listener: Any, message: envelope.BusMessage, error: Exception) -> None:
+    """A listener's ``deliver`` raised ``error``: logged, and the listener told to catch up (it may have missed ``message``).
+
+    The other listeners got the message all the same (both loops go on).
+    One line with the traceback per :data:`FAILURE_LOG_INTERVAL`, which
+    counts the failures it did not log.
+    """
+    now = time.monotonic()
+    if now - _FailureLog.logged_at >= FAILURE_LOG_INTERVAL:
+        more = f" ({_FailureLog.unlogged} more since the last report)" if _FailureLog.unlogged else ""
+        logger.error(
+            "delivery of a message on %s to %s failed%s; it catches up from history",
+            loggable(message.channel or ""),
+            type(listener).__name__,
+            more,
+            exc_info=error,
+        )
+        _FailureLog.logged_at, _FailureLog.unlogged = now, 0
+    else:
+        _FailureLog.unlogged += 1
+    try:
+        listener.resync()
+    except Exception:
+        logger.exception("a listener whose delivery failed could not be told to catch up")
 
 
 #: ``deliver_all(listeners, message)``: hand ``message`` to every listener of the tuple ``listeners``.
@@ -81,3 +131,5 @@ deliver_all: Callable[[tuple[Any, ...], envelope.BusMessage], None] = _fanout.de
 
 # The outbox lives in core, which knows nothing of the bus: its method is registered from here.
 copied_in_c("take_live")(Outbox.take_live)
+if _fanout is not None:
+    _fanout.on_failure(delivery_failed)
