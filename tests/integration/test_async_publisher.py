@@ -158,7 +158,7 @@ def test_async_and_sync_publishes_interleaved_keep_one_id_order(uwsgi_server, re
     assert redis_client.exists(channel) == 0  # expire=0: nothing persisted
 
 
-def test_without_history_the_same_pipeline(uwsgi_server, redis_client):
+def test_without_history_the_same_script(uwsgi_server, redis_client):
     fac = facility()
     with override_settings(WS4REDIS_HISTORY_LENGTH=0, WS4REDIS_HISTORY_SECONDS=0):
         with client(uwsgi_server, f"/ws/{fac}?subscribe-broadcast") as ws:

@@ -221,7 +221,7 @@ def test_stored_messages_fetch_message_and_history_off_work_across_shards(cluste
     query = "subscribe-user&subscribe-group&subscribe-broadcast"
     with client(server, f"/ws/{fac}?{query}", login("mary")) as ws:
         assert sorted(recv(ws) for _ in range(2)) == ["for mary", "for the cooks"]  # stored, from two shards
-        with override_settings(WS4REDIS_HISTORY_LENGTH=0, WS4REDIS_HISTORY_SECONDS=0):  # raw SPUBLISH, pipelined
+        with override_settings(WS4REDIS_HISTORY_LENGTH=0, WS4REDIS_HISTORY_SECONDS=0):  # SPUBLISH in the store script, per slot
             assert RedisPublisher(facility=fac, broadcast=True, users=["mary"]).publish_message("raw", expire=0) == 2
         assert [recv(ws) for _ in range(2)] == ["raw", "raw"]  # no ids without history: as ws4redis did
     for port in cluster.masters():
