@@ -529,3 +529,9 @@ class ClusterSet(_Topology):
             return True
 
         wait_for(agreed, 10, f"every node to see slot {slot} on {to_port}")
+
+
+class PatientClusterSet(ClusterSet):
+    """Nodes that wait a minute before calling a silent master failing: a frozen master keeps its slots."""
+
+    node_timeout_ms = 60000

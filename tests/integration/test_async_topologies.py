@@ -8,6 +8,8 @@ and async publishes mixed, and ``WAIT`` is asked of every shard written.
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +18,9 @@ from django.test import override_settings
 
 from tests.integration.failover import number, worker_on
 from tests.integration.helpers import client, facility, recv, split
-from tests.servers import UwsgiServer
-from tests.topologies import ClusterSet, SentinelSet
+from tests.servers import TIMING, UwsgiServer
+from tests.topologies import ClusterSet, PatientClusterSet, SentinelSet
+from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS
 from ws4redis_uwsgi.core.channels import Audience, channel_name
 from ws4redis_uwsgi.publisher import NotReplicatedError, RedisPublisher
 
@@ -116,6 +119,64 @@ def test_on_a_cluster_wait_is_asked_of_every_shard_written(cluster_stack, login)
             assert cluster.client(replica).execute_command("READONLY") and cluster.client(replica).xlen(stream) == 1
         with override_settings(WS4REDIS_WAIT_REPLICAS=2, WS4REDIS_WAIT_TIMEOUT=0.2), pytest.raises(NotReplicatedError):
             apublish("hoping", facility=fac, broadcast=True)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("users", [0, 30], ids=["one-channel", "30-users"])
+def test_on_a_cluster_a_publish_to_a_frozen_master_raises_within_its_timeout(site_db, users):
+    """As the sync publisher: not once per retry, nor once per channel on the frozen master.
+
+    In one loop, as in an ASGI server, and in a loop of its own, as each
+    ``async_to_sync`` call of a WSGI site: there a new client first reads the
+    slots from the setting's nodes in turn (a frozen one costs its timeout),
+    then the publish costs one more at most. Before, a fresh client's
+    pipeline kept trying until the Cluster failed the master over, a minute
+    later.
+    """
+    with PatientClusterSet() as cluster, override_settings(WS4REDIS_CONNECTION=cluster.url):
+        fac = facility()
+        frozen = cluster.master_for_slot(cluster.keyslot(channel(Audience.BROADCAST, fac)))
+        names = [f"u{i}" for i in range(users)]
+        on_it = [n for n in names if cluster.master_for_slot(cluster.keyslot(channel(Audience.USER, fac, n))) == frozen]
+        assert users == 0 or len(on_it) > 3
+        publisher = RedisPublisher(facility=fac, broadcast=True, users=names)
+        timeout = max(DEFAULT_TIMEOUTS.values())
+
+        async def publish(warm: bool) -> float:
+            if warm:
+                await publisher.apublish_message("warm", expire=0)
+                cluster.procs[frozen].send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            with pytest.raises(redis.RedisError):
+                await publisher.apublish_message("into the void", expire=0)
+            return time.monotonic() - started
+
+        try:
+            assert asyncio.run(publish(warm=True)) < timeout + 1.0 * TIMING  # (the loop's client made before)
+            assert asyncio.run(publish(warm=False)) < 2 * timeout + 1.0 * TIMING
+        finally:
+            cluster.procs[frozen].send_signal(signal.SIGCONT)
+        assert apublish("thawed", facility=fac, broadcast=True, users=names) == 0
+
+
+def test_on_a_cluster_a_publish_to_many_users_follows_a_slot_that_moved_since_the_client_learnt_the_slots(cluster_stack):
+    cluster, _ = cluster_stack
+    fac = facility()
+    names = [f"m{i}" for i in range(12)]
+    slot = cluster.keyslot(channel(Audience.USER, fac, names[0]))
+    publisher = RedisPublisher(facility=fac, users=names)
+
+    async def publish_around_a_migration() -> None:
+        await publisher.apublish_message("before", expire=60)  # the loop's client learns the slots
+        destination = next(p for p in cluster.masters() if p != cluster.master_for_slot(slot))
+        await asyncio.to_thread(cluster.migrate_slot, slot, destination)
+        await publisher.apublish_message("after", expire=60)  # that shard answers MOVED for one of them
+
+    asyncio.run(publish_around_a_migration())
+    for name in names:
+        key = channel(Audience.USER, fac, name)
+        stored = cluster.client(cluster.master_for_slot(cluster.keyslot(key)), decode=False).get(key)
+        assert stored is not None and b"after" in stored, name
 
 
 def test_an_unreachable_cluster_raises_a_connection_error(site_db):

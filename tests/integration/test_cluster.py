@@ -31,7 +31,7 @@ from tests.integration.failover import (
 from tests.integration.helpers import SITE_ORIGIN, client, facility, recv, split
 from tests.integration.test_commands import ws4redis
 from tests.servers import TIMING, UwsgiServer, port_open, wait_for
-from tests.topologies import ClusterSet
+from tests.topologies import ClusterSet, PatientClusterSet
 from ws4redis_uwsgi.bus.connection import DEFAULT_TIMEOUTS
 from ws4redis_uwsgi.core.channels import Audience, channel_name
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -47,6 +47,9 @@ def cluster_stack(site_db, tmp_path) -> Iterator[tuple[ClusterSet, UwsgiServer]]
 
 def pubsub_clients(cluster: ClusterSet, port: int) -> list[dict]:
     return [c for c in cluster.client(port).client_list(_type="pubsub")]
+
+
+HISTORY_OFF = {"WS4REDIS_HISTORY_LENGTH": 0, "WS4REDIS_HISTORY_SECONDS": 0}
 
 
 def owner(cluster: ClusterSet, name: str) -> int:
@@ -184,6 +187,25 @@ def test_a_slot_migrated_under_load_is_followed_and_nothing_is_lost_silently(clu
     assert "Traceback" not in server.log_text()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("history", [pytest.param({}, id="history-on"), pytest.param(HISTORY_OFF, id="history-off")])
+def test_a_publish_to_many_users_follows_a_slot_that_moved_since_the_publisher_learnt_the_slots(cluster_stack, history):
+    cluster, _ = cluster_stack
+    fac = facility()
+    names = [f"m{i}" for i in range(12)]
+    with override_settings(**history):
+        publisher = RedisPublisher(facility=fac, users=names)
+        publisher.publish_message("before", expire=60)  # the publisher's client learns the slots
+        slot = cluster.keyslot(channel(Audience.USER, fac, names[0]))
+        destination = next(p for p in cluster.masters() if p != cluster.master_for_slot(slot))
+        cluster.migrate_slot(slot, destination)
+        publisher.publish_message("after", expire=60)  # its shard answers MOVED for that one
+    for name in names:
+        key = channel(Audience.USER, fac, name)
+        stored = cluster.client(owner(cluster, key), decode=False).get(key)
+        assert stored is not None and b"after" in stored, name
+
+
 @pytest.mark.timeout(60)
 def test_an_unreachable_cluster_at_start_up_leaves_the_worker_serving_and_says_so(site_db, tmp_path):
     from tests.servers import free_port
@@ -271,19 +293,18 @@ def test_replica_acknowledgement_on_a_cluster_waits_on_every_shard_it_wrote(clus
             RedisPublisher(facility=fac, broadcast=True).publish_message("hoping", expire=0)
 
 
-class _PatientCluster(ClusterSet):
-    """Nodes that wait a minute before calling a silent master failing: a frozen master keeps its slots."""
-
-    node_timeout_ms = 60000
-
-
 @pytest.mark.timeout(180)
-def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_retry(site_db):
+@pytest.mark.parametrize("history", [pytest.param({}, id="history-on"), pytest.param(HISTORY_OFF, id="history-off")])
+@pytest.mark.parametrize("users", [0, 30], ids=["one-channel", "30-users"])
+def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_retry(site_db, users, history):
+    """Not once per retry, nor once per channel: a publish to many users' channels has several on the frozen master."""
     # SIGSTOP: what a master cut off by a partition looks like (connections open, nothing answers).
-    with _PatientCluster() as cluster, override_settings(WS4REDIS_CONNECTION=cluster.url):
+    with PatientClusterSet() as cluster, override_settings(WS4REDIS_CONNECTION=cluster.url, **history):
         fac = facility()
         frozen = owner(cluster, channel(Audience.BROADCAST, fac))
-        publisher = RedisPublisher(facility=fac, broadcast=True)
+        names = [f"u{i}" for i in range(users)]
+        assert users == 0 or sum(owner(cluster, channel(Audience.USER, fac, n)) == frozen for n in names) > 3
+        publisher = RedisPublisher(facility=fac, broadcast=True, users=names)
         publisher.publish_message("warm", expire=0)
         cluster.procs[frozen].send_signal(signal.SIGSTOP)
         try:

@@ -10,6 +10,7 @@ gets its ids from the same script and is resumed like any other.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -60,14 +61,66 @@ async def _pipelined(client: Any, calls: scripts.ScriptCalls, keys_list: list[li
     Cluster pipeline sends each node's commands on one connection, in
     order), or True for one Redis.
     """
-    pipe = client.pipeline(transaction=False)
     cluster = is_cluster(client)
+    if cluster and wait is None:
+        try:
+            return await _to_each_shard(client, calls, keys_list)
+        except redis.TimeoutError:
+            raise
+        except redis.ConnectionError:
+            pass  # a master gone (a failover?): redis-py's pipeline learns the slots again and follows
+    pipe = client.pipeline(transaction=False)
     for keys in keys_list:
         target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
         pipe.execute_command(*calls.command(keys), **target)
     if wait is not None:
         pipe.execute_command("WAIT", calls.replicas, calls.timeout_ms, **({"target_nodes": wait} if cluster else {}))
     return list(await pipe.execute(raise_on_error=False))
+
+
+async def _to_each_shard(client: Any, calls: scripts.ScriptCalls, keys_list: list[list[str]]) -> list[Any]:
+    """As ``scripts._to_each_shard``: every shard at once, a shard that does not answer costs one timeout, not one per call.
+
+    redis-py's asyncio Cluster pipeline, in a client new to its loop (each
+    ``async_to_sync`` call of a WSGI site), kept trying a frozen master until
+    the Cluster failed it over (a minute in the test).
+
+    :raises redis.TimeoutError: a shard did not answer in time.
+    :raises redis.ConnectionError: a shard could not be reached (the caller tries redis-py's way).
+    """
+    shards: dict[str, tuple[Any, list[int]]] = {}
+    for i, keys in enumerate(keys_list):
+        node = client.get_node_from_key(keys[0])
+        shards.setdefault(node.name, (node, []))[1].append(i)
+    replies: list[Any] = [None] * len(keys_list)
+
+    async def on(node: Any, indexes: list[int]) -> None:
+        connection = node.acquire_connection()
+        done = False
+        try:
+            await connection.send_packed_command(connection.pack_commands([calls.command(keys_list[i]) for i in indexes]))
+            for i in indexes:
+                try:
+                    replies[i] = await node.parse_response(connection, "EVALSHA")
+                except redis.ResponseError as exc:
+                    replies[i] = exc
+            done = True
+        finally:
+            if not done:
+                await connection.disconnect(nowait=True)  # replies may still come on it: closed, not waited for
+            node.release(connection)
+
+    failures = await asyncio.gather(*(on(node, indexes) for node, indexes in shards.values()), return_exceptions=True)
+    for failure in failures:
+        if isinstance(failure, BaseException):
+            raise failure
+    for i, reply in enumerate(replies):
+        if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+            try:
+                replies[i] = await client.execute_command(*calls.command(keys_list[i]))
+            except redis.ResponseError as exc:
+                replies[i] = exc
+    return replies
 
 
 async def _run_acknowledged(client: Any, calls: scripts.ScriptCalls) -> list[Any]:

@@ -141,6 +141,13 @@ def _run_scripts(client: Any, calls: ScriptCalls) -> list[Any]:
 
 
 def _pipelined(client: Any, calls: ScriptCalls, keys_list: list[list[str]], wait: bool = False) -> list[Any]:
+    if is_cluster(client) and not wait:
+        try:
+            return _to_each_shard(client, calls, keys_list)
+        except redis.TimeoutError:
+            raise
+        except redis.ConnectionError:
+            pass  # a master gone (a failover?): redis-py's pipeline learns the slots again and follows
     pipe = client.pipeline(transaction=False)
     cluster = is_cluster(client)
     for keys in keys_list:
@@ -151,6 +158,54 @@ def _pipelined(client: Any, calls: ScriptCalls, keys_list: list[list[str]], wait
     if wait:
         pipe.execute_command("WAIT", calls.replicas, calls.timeout_ms)
     return list(pipe.execute(raise_on_error=False))
+
+
+def _to_each_shard(client: Any, calls: ScriptCalls, keys_list: list[list[str]]) -> list[Any]:
+    """The calls of ``keys_list`` on a Cluster: written to every shard's connection, then read; a timeout raises at once.
+
+    redis-py's Cluster pipeline sends a call that failed again on its own,
+    each waiting out its own timeout: a publish to a thousand users with a
+    third of their slots on a frozen master (one cut off by a partition:
+    connections open, nothing answers) took minutes. Here a shard that does
+    not answer costs one ``socket_timeout`` for the whole publish. A call
+    whose slot moved (``MOVED``, ``ASK``: a slot migrating) goes again on
+    its own through the Cluster client, which follows it; other error
+    replies are the call's result.
+
+    :raises redis.TimeoutError: a shard did not answer in time.
+    :raises redis.ConnectionError: a shard could not be reached (the caller tries redis-py's way).
+    """
+    shards: dict[str, tuple[Any, list[int]]] = {}
+    for i, keys in enumerate(keys_list):
+        node = client.get_node_from_key(keys[0])
+        shards.setdefault(node.name, (client.get_redis_connection(node), []))[1].append(i)
+    replies: list[Any] = [None] * len(keys_list)
+    taken: list[tuple[Any, Any, list[int]]] = []
+    done = False
+    try:
+        for shard, indexes in shards.values():
+            connection = shard.connection_pool.get_connection()
+            taken.append((shard, connection, indexes))
+            connection.send_packed_command(connection.pack_commands([calls.command(keys_list[i]) for i in indexes]))
+        for shard, connection, indexes in taken:
+            for i in indexes:
+                try:
+                    replies[i] = shard.parse_response(connection, "EVALSHA")
+                except redis.ResponseError as exc:
+                    replies[i] = exc
+        done = True
+    finally:
+        for shard, connection, _ in taken:
+            if not done:
+                connection.disconnect()  # replies may still come on it
+            shard.connection_pool.release(connection)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+            try:
+                replies[i] = client.execute_command(*calls.command(keys_list[i]))
+            except redis.ResponseError as exc:
+                replies[i] = exc
+    return replies
 
 
 def _run_acknowledged(client: Any, calls: ScriptCalls) -> list[Any]:
