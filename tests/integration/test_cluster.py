@@ -294,8 +294,14 @@ def test_replica_acknowledgement_on_a_cluster_waits_on_every_shard_it_wrote(clus
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("history", [pytest.param({}, id="history-on"), pytest.param(HISTORY_OFF, id="history-off")])
-@pytest.mark.parametrize("users", [0, 30], ids=["one-channel", "30-users"])
+@pytest.mark.parametrize(
+    ("users", "history"),
+    [
+        pytest.param(0, {}, id="one-channel"),
+        pytest.param(30, {}, id="30-users-history-on"),
+        pytest.param(30, HISTORY_OFF, id="30-users-history-off"),
+    ],
+)
 def test_a_publish_to_a_frozen_master_raises_within_its_timeout_not_once_per_retry(site_db, users, history):
     """Not once per retry, nor once per channel: a publish to many users' channels has several on the frozen master."""
     # SIGSTOP: what a master cut off by a partition looks like (connections open, nothing answers).
