@@ -190,6 +190,7 @@ def test_a_graceful_failover_moves_the_workers_subscription_within_seconds_and_l
     assert [number(p) for p in payloads] == sorted({number(p) for p in payloads})
     assert gaps or [p for p in payloads if p in set(held)] == [p for p in held if number(p) > number(away["payload"])]
     assert "Traceback" not in server.log_text()
+    assert "no enable-threads" not in server.log_text()  # a gevent worker's watch is a greenlet: it runs
 
 
 @pytest.mark.timeout(60)

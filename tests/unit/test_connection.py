@@ -7,6 +7,7 @@ import redis
 from django.test import override_settings
 from redis.sentinel import SentinelConnectionPool
 
+from ws4redis_uwsgi.bus import connection
 from ws4redis_uwsgi.bus.connection import (
     DEFAULT_TIMEOUTS,
     RedisTarget,
@@ -401,3 +402,31 @@ def test_a_cluster_client_is_made_on_first_use_and_an_unreachable_cluster_is_a_c
     assert len(attempts) == 2
     lazy.close()  # closing what was never made is nothing
     assert not is_cluster(redis.Redis())
+
+
+# -- the Sentinel watch thread under uWSGI ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "patched", "run"),
+    [
+        (None, False, True),  # not under uWSGI
+        ({}, False, False),  # uWSGI 2.0's default: no Python thread runs
+        ({"enable-threads": True}, False, True),
+        ({"threads": b"4"}, False, True),  # (threads imply enable-threads)
+        ({}, True, True),  # gevent made threads greenlets
+    ],
+)
+def test_whether_a_thread_of_this_process_runs(options, patched, run):
+    assert connection.threads_run(options, patched) is run
+
+
+def test_a_sentinel_pool_whose_watch_cannot_run_says_so_once_per_process(monkeypatch, caplog):
+    monkeypatch.setattr(connection, "_threads_run_here", lambda: False)
+    monkeypatch.setattr(connection, "_warned_in", None)
+    monkeypatch.setattr(connection.threading, "Thread", lambda **kwargs: type("T", (), {"start": lambda self: None})())
+    with caplog.at_level("WARNING", logger="ws4redis_uwsgi"):
+        for _ in range(2):
+            connection._watch_master(SentinelConnectionPool("mymaster", redis.Sentinel([("127.0.0.1", 1)])))
+    assert [r.getMessage() for r in caplog.records if "enable-threads" in r.getMessage()] == [caplog.records[0].getMessage()]
+    assert "the sentinels are asked for the master only when a connection opens" in caplog.text

@@ -20,6 +20,7 @@ refuses is a system check error carrying its reason.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import socket
 import threading
@@ -40,6 +41,8 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import process, settings
+
+logger = logging.getLogger("ws4redis_uwsgi")
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -276,8 +279,45 @@ class _FollowingSentinelPool(SentinelConnectionPool):
             _watch_master(self)
 
 
+def threads_run(uwsgi_options: dict[str, Any] | None, threading_patched: bool) -> bool:
+    """Whether a thread this process starts runs (pure): not under uWSGI 2.0 without ``enable-threads``.
+
+    ``uwsgi_options``: ``uwsgi.opt`` (None outside uWSGI); ``threading_patched``:
+    gevent's monkey patching made threads greenlets, which run on gevent's loop.
+    """
+    if uwsgi_options is None or threading_patched:
+        return True
+    return any(uwsgi_options.get(option) for option in ("enable-threads", "threads"))
+
+
+#: The process that warned that its sentinel watch cannot run (once per process).
+_warned_in: int | None = None
+
+
+def _threads_run_here() -> bool:
+    try:
+        import uwsgi
+    except ImportError:
+        return True
+    import gevent.monkey
+
+    return threads_run(dict(getattr(uwsgi, "opt", None) or {}), gevent.monkey.is_module_patched("threading"))
+
+
 def _watch_master(pool: SentinelConnectionPool) -> None:
-    """Start the thread that re-asks the sentinels for ``pool``'s master; it ends with the pool."""
+    """Start the thread that re-asks the sentinels for ``pool``'s master; it ends with the pool.
+
+    Under uWSGI without ``enable-threads`` the thread never runs, so say so
+    once: the pool then asks only when it opens a connection.
+    """
+    global _warned_in
+    if _warned_in != os.getpid() and not _threads_run_here():
+        _warned_in = os.getpid()
+        logger.warning(
+            "uWSGI runs no Python thread in this process (no enable-threads): the sentinels are asked for the master "
+            "only when a connection opens, so after a failover publishes may go to the old master until it is "
+            "demoted; add enable-threads = true to this vassal (docs/scale-out.md#sentinel)"
+        )
     ref = weakref.ref(pool)
 
     def watch() -> None:
