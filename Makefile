@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-runserver test test-slow test-all unit lint bench bench-storm clean
+.PHONY: venv demo demo-runserver test test-slow test-all unit lint bench bench-storm bench-scaleout clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml ws4redis_uwsgi/bus/_fanout.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed"; exit 1; }
@@ -51,6 +51,10 @@ bench: venv
 ## The reconnect storm: 10,000 resuming clients through a worker crash and a reload (bench/README.md).
 bench-storm: venv
 	$(PY) bench/storm.py
+
+## Scale-out: two vassals on one Redis, publishes to many users, history's cost, Sentinel and Cluster (bench/README.md).
+bench-scaleout: venv
+	$(PY) bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
