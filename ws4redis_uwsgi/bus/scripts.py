@@ -111,11 +111,12 @@ def raise_first(replies: list[Any]) -> list[Any]:
 def run(client: Any, calls: ScriptCalls) -> list[Any]:
     """The replies of ``calls``, one per call, on a sync client.
 
-    On a Cluster the calls of all slots go in one pipeline, sent to each
-    shard at once; redis-py follows a slot that moved (MOVED, ASK). A shard
-    that still refuses makes this raise: what other shards took stays published.
+    On a Cluster the calls of all slots are written to every shard at once
+    and read back (:func:`_to_each_shard`): a shard that does not answer
+    costs one ``socket_timeout``, and a slot that moved is followed. A shard
+    that fails makes this raise: what other shards took stays published.
     With ``WS4REDIS_WAIT_REPLICAS``, each shard's calls are followed by
-    ``WAIT`` on the same connection.
+    ``WAIT`` on the same connection, one shard after the other.
 
     :raises NotReplicatedError: fewer replicas than asked for took the message in time.
     :raises redis.RedisError: when a shard cannot be reached within the timeouts.
