@@ -10,7 +10,8 @@ back). :class:`Outbox` decides, for one websocket:
   websocket's channels, and a message of the durable outbox (which may be
   published again after a crash, under another id or with none), by its
   uid (:data:`RECENT_UIDS` looked back at); messages without an id or a
-  uid (raw publishes by other programs) are never held back;
+  uid (history off, raw publishes by other programs) are never held back,
+  but for a stored one whose live copy already waits (by its content);
 * **the fast path**: a live message is written at once, straight to the
   socket by the hub, only while nothing waits before it;
 * **the bounded inbox**: what cannot be written at once waits, up to
