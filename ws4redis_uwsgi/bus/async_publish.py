@@ -65,9 +65,7 @@ async def _pipelined(client: Any, calls: scripts.ScriptCalls, keys_list: list[li
     if cluster and wait is None:
         try:
             return await _to_each_shard(client, calls, keys_list)
-        except redis.TimeoutError:
-            raise
-        except redis.ConnectionError:
+        except redis.ConnectionError:  # (a timeout is no ConnectionError: it is raised)
             pass  # a master gone (a failover?): redis-py's pipeline learns the slots again and follows
     pipe = client.pipeline(transaction=False)
     for keys in keys_list:
@@ -88,10 +86,6 @@ async def _to_each_shard(client: Any, calls: scripts.ScriptCalls, keys_list: lis
     :raises redis.TimeoutError: a shard did not answer in time.
     :raises redis.ConnectionError: a shard could not be reached (the caller tries redis-py's way).
     """
-    shards: dict[str, tuple[Any, list[int]]] = {}
-    for i, keys in enumerate(keys_list):
-        node = client.get_node_from_key(keys[0])
-        shards.setdefault(node.name, (node, []))[1].append(i)
     replies: list[Any] = [None] * len(keys_list)
 
     async def on(node: Any, indexes: list[int]) -> None:
@@ -110,12 +104,13 @@ async def _to_each_shard(client: Any, calls: scripts.ScriptCalls, keys_list: lis
                 await connection.disconnect(nowait=True)  # replies may still come on it: closed, not waited for
             node.release(connection)
 
-    failures = await asyncio.gather(*(on(node, indexes) for node, indexes in shards.values()), return_exceptions=True)
+    shards = scripts.by_node(client, keys_list)
+    failures = await asyncio.gather(*(on(node, indexes) for node, indexes in shards), return_exceptions=True)
     for failure in failures:
         if isinstance(failure, BaseException):
             raise failure
     for i, reply in enumerate(replies):
-        if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+        if scripts.redirected(reply):
             try:
                 replies[i] = await client.execute_command(*calls.command(keys_list[i]))
             except redis.ResponseError as exc:
@@ -125,15 +120,9 @@ async def _to_each_shard(client: Any, calls: scripts.ScriptCalls, keys_list: lis
 
 async def _run_acknowledged(client: Any, calls: scripts.ScriptCalls) -> list[Any]:
     """As ``scripts._run_acknowledged``: each shard's scripts, then ``WAIT`` on the same connection."""
-    by_shard: dict[str, tuple[Any, list[int]]] = {}
-    for i, keys in enumerate(calls.keys):
-        if is_cluster(client):
-            node = client.get_node_from_key(keys[0])
-            by_shard.setdefault(node.name, (node, []))[1].append(i)
-        else:
-            by_shard.setdefault("", (True, []))[1].append(i)
+    shards = scripts.by_node(client, calls.keys) if is_cluster(client) else [(True, list(range(len(calls.keys))))]
     replies: list[Any] = [None] * len(calls.keys)
-    for node, indexes in by_shard.values():
+    for node, indexes in shards:
         shard_keys = [calls.keys[i] for i in indexes]
         *done, acknowledged = await _pipelined(client, calls, shard_keys, wait=node)
         if any(scripts.is_no_script(r) for r in done):

@@ -84,6 +84,20 @@ def shard_groups(client: Any, channels: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+def by_node(client: Any, keys_list: list[list[str]]) -> list[tuple[Any, list[int]]]:
+    """Each Cluster node that owns some of ``keys_list`` (by a list's first key), with the indexes of its lists (no I/O)."""
+    nodes: dict[str, tuple[Any, list[int]]] = {}
+    for i, keys in enumerate(keys_list):
+        node = client.get_node_from_key(keys[0])
+        nodes.setdefault(node.name, (node, []))[1].append(i)
+    return list(nodes.values())
+
+
+def redirected(reply: Any) -> bool:
+    """Whether a reply says that the call's slot is served elsewhere now (``MOVED``, ``ASK``): the Cluster client follows it."""
+    return isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError))
+
+
 def check_acknowledged(calls: ScriptCalls, acknowledged: Any) -> None:
     """Raise what ``WAIT``'s reply means: its error, or :class:`NotReplicatedError` when too few replicas took it."""
     if isinstance(acknowledged, Exception):
@@ -142,15 +156,13 @@ def _run_scripts(client: Any, calls: ScriptCalls) -> list[Any]:
 
 
 def _pipelined(client: Any, calls: ScriptCalls, keys_list: list[list[str]], wait: bool = False) -> list[Any]:
-    if is_cluster(client) and not wait:
+    cluster = is_cluster(client)
+    if cluster and not wait:
         try:
             return _to_each_shard(client, calls, keys_list)
-        except redis.TimeoutError:
-            raise
-        except redis.ConnectionError:
+        except redis.ConnectionError:  # (a timeout is no ConnectionError: it is raised)
             pass  # a master gone (a failover?): redis-py's pipeline learns the slots again and follows
     pipe = client.pipeline(transaction=False)
-    cluster = is_cluster(client)
     for keys in keys_list:
         # A ClusterPipeline has no evalsha(); told the node, it does not ask a node for the
         # keys of each call (COMMAND GETKEYS, one round trip per channel in redis-py 8).
@@ -176,15 +188,12 @@ def _to_each_shard(client: Any, calls: ScriptCalls, keys_list: list[list[str]]) 
     :raises redis.TimeoutError: a shard did not answer in time.
     :raises redis.ConnectionError: a shard could not be reached (the caller tries redis-py's way).
     """
-    shards: dict[str, tuple[Any, list[int]]] = {}
-    for i, keys in enumerate(keys_list):
-        node = client.get_node_from_key(keys[0])
-        shards.setdefault(node.name, (client.get_redis_connection(node), []))[1].append(i)
     replies: list[Any] = [None] * len(keys_list)
     taken: list[tuple[Any, Any, list[int]]] = []
     done = False
     try:
-        for shard, indexes in shards.values():
+        for node, indexes in by_node(client, keys_list):
+            shard = client.get_redis_connection(node)
             connection = shard.connection_pool.get_connection()
             taken.append((shard, connection, indexes))
             connection.send_packed_command(connection.pack_commands([calls.command(keys_list[i]) for i in indexes]))
@@ -201,7 +210,7 @@ def _to_each_shard(client: Any, calls: ScriptCalls, keys_list: list[list[str]]) 
                 connection.disconnect()  # replies may still come on it
             shard.connection_pool.release(connection)
     for i, reply in enumerate(replies):
-        if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+        if redirected(reply):
             try:
                 replies[i] = client.execute_command(*calls.command(keys_list[i]))
             except redis.ResponseError as exc:
@@ -211,13 +220,13 @@ def _to_each_shard(client: Any, calls: ScriptCalls, keys_list: list[list[str]]) 
 
 def _run_acknowledged(client: Any, calls: ScriptCalls) -> list[Any]:
     """The scripts, then ``WAIT replicas timeout`` on the same connection of each shard (one round trip per shard)."""
-    by_shard: dict[Any, list[int]] = {}
-    for i, keys in enumerate(calls.keys):
-        # WAIT counts the writes of its own connection: a Cluster's shard gets a pipeline of its own.
-        node = client.get_redis_connection(client.get_node_from_key(keys[0])) if is_cluster(client) else client
-        by_shard.setdefault(node, []).append(i)
+    # WAIT counts the writes of its own connection: a Cluster's shard gets a pipeline of its own.
+    if is_cluster(client):
+        shards = [(client.get_redis_connection(node), indexes) for node, indexes in by_node(client, calls.keys)]
+    else:
+        shards = [(client, list(range(len(calls.keys))))]
     replies: list[Any] = [None] * len(calls.keys)
-    for node, indexes in by_shard.items():
+    for node, indexes in shards:
         shard_keys = [calls.keys[i] for i in indexes]
         *done, acknowledged = _pipelined(node, calls, shard_keys, wait=True)
         if any(is_no_script(r) for r in done):
