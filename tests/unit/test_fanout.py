@@ -19,6 +19,7 @@ from django.test import override_settings
 
 from ws4redis_uwsgi.bus import fanout
 from ws4redis_uwsgi.core.envelope import BusMessage
+from ws4redis_uwsgi.core.throttle import Throttle
 from ws4redis_uwsgi.server.sockets import RawSocket
 from ws4redis_uwsgi.subscriber import RedisSubscriber
 
@@ -241,8 +242,7 @@ class Broken:
 
 def test_a_listener_that_raises_keeps_the_message_from_no_other_and_is_told_to_catch_up(loop, clients, caplog, monkeypatch):
     """Logged with its traceback, at most once per interval with a count of the rest; the others get every message."""
-    monkeypatch.setattr(fanout._FailureLog, "logged_at", float("-inf"))
-    monkeypatch.setattr(fanout._FailureLog, "unlogged", 0)
+    monkeypatch.setattr(fanout, "failures", Throttle(fanout.FAILURE_LOG_INTERVAL))
     before, broken, after = clients(), Broken(), clients()
     with caplog.at_level(logging.ERROR, logger="ws4redis_uwsgi"):
         for n in range(3):
@@ -253,7 +253,7 @@ def test_a_listener_that_raises_keeps_the_message_from_no_other_and_is_told_to_c
     assert "to Broken failed" in line.getMessage() and "catches up from history" in line.getMessage()
     assert "broken listener" in caplog.text and "Traceback" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(fanout._FailureLog, "logged_at", fanout._FailureLog.logged_at - fanout.FAILURE_LOG_INTERVAL)
+    fanout.failures.reported_at -= fanout.FAILURE_LOG_INTERVAL
     with caplog.at_level(logging.ERROR, logger="ws4redis_uwsgi"):
         loop((broken, after.subscriber), message(b"m3", "1700000000003-0"))
     assert "(2 more since the last report)" in caplog.records[0].getMessage()

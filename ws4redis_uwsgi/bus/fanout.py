@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from ..core import envelope
 from ..core.outbox import Outbox
 from ..core.text import loggable
+from ..core.throttle import Throttle
 
 logger = logging.getLogger("ws4redis_uwsgi")
 
@@ -91,13 +92,8 @@ def deliver_each(listeners: tuple[Any, ...], message: envelope.BusMessage) -> No
 
 #: Seconds between two log lines of failed deliveries at least: a broken subscriber class fails for every message.
 FAILURE_LOG_INTERVAL = 10.0
-
-
-class _FailureLog:
-    """When a failed delivery was last logged, and how many failed since without a line of their own."""
-
-    logged_at = float("-inf")
-    unlogged = 0
+#: The failed deliveries of this process, and when one was last logged.
+failures = Throttle(FAILURE_LOG_INTERVAL)
 
 
 def delivery_failed(listener: Any, message: envelope.BusMessage, error: Exception) -> None:
@@ -107,9 +103,9 @@ def delivery_failed(listener: Any, message: envelope.BusMessage, error: Exceptio
     One line with the traceback per :data:`FAILURE_LOG_INTERVAL`, which
     counts the failures it did not log.
     """
-    now = time.monotonic()
-    if now - _FailureLog.logged_at >= FAILURE_LOG_INTERVAL:
-        more = f" ({_FailureLog.unlogged} more since the last report)" if _FailureLog.unlogged else ""
+    count = failures.due(time.monotonic())
+    if count is not None:
+        more = f" ({count - 1} more since the last report)" if count > 1 else ""
         logger.error(
             "delivery of a message on %s to %s failed%s; it catches up from history",
             loggable(message.channel or ""),
@@ -117,9 +113,6 @@ def delivery_failed(listener: Any, message: envelope.BusMessage, error: Exceptio
             more,
             exc_info=error,
         )
-        _FailureLog.logged_at, _FailureLog.unlogged = now, 0
-    else:
-        _FailureLog.unlogged += 1
     try:
         listener.resync()
     except Exception:

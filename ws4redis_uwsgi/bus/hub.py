@@ -58,6 +58,7 @@ from gevent.event import Event
 
 from ..core import envelope
 from ..core.text import loggable
+from ..core.throttle import Throttle
 from .connection import MASTER_CHECK_INTERVAL
 from .fanout import deliver_all
 from .shards import Shards, SingleShard
@@ -175,8 +176,7 @@ class SubscriptionHub:
         self.queued = 0
         #: Redis's clock minus this process's (seconds), as last measured on any link (each link keeps its own).
         self.clock_offset = 0.0
-        self._dropped = 0
-        self._dropped_logged = 0.0
+        self._drops = Throttle(DROP_LOG_INTERVAL)
 
     # -- the API websockets use -------------------------------------------------
 
@@ -467,16 +467,14 @@ class SubscriptionHub:
 
     def drop(self, channel: Any, reason: str) -> None:
         """Drop a message nobody may receive; log it, at most once per DROP_LOG_INTERVAL."""
-        self._dropped += 1
-        now = time.monotonic()
-        if now - self._dropped_logged >= DROP_LOG_INTERVAL:
+        dropped = self._drops.due(time.monotonic())
+        if dropped is not None:
             logger.warning(
                 "dropped %d message(s) on the bus that this package did not publish; the last on %s: %s",
-                self._dropped,
+                dropped,
                 loggable(channel),
                 reason,
             )
-            self._dropped, self._dropped_logged = 0, now
 
 
 class _Link:
