@@ -71,6 +71,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if cached is not None and not _seconds(cached):
         hint = "Use seconds, such as 5 (0 or None: no cache)."
         errors.append(_error("WS4REDIS_IDENTITY_CACHE", f"is {cached!r}.", hint, 18))
+    claim = settings.get("WS4REDIS_IDENTITY_CLAIM")
+    if claim is not None and not _seconds(claim):
+        hint = "Use seconds, such as 30 (0 or None: handshakes never take a page's identity claim)."
+        errors.append(_error("WS4REDIS_IDENTITY_CLAIM", f"is {claim!r}.", hint, 37))
     rate = settings.get("WS4REDIS_RESTART_RECONNECT_RATE")
     if rate is not None and not _positive(rate):
         hint = "Use handshakes per second a worker takes, such as 2000 (None: clients get no hint)."

@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a websocket worker keeps what a logged-in handshake read (session, user, groups) for
     # the same session cookie's next handshakes, evicted by live authorization; 0 or None: off.
     "WS4REDIS_IDENTITY_CACHE": 5,
+    # Seconds a page's identity claim (ws4redis_uwsgi.django.identity_claim, given by its middleware) lets
+    # the page's websockets in without reading the database; at most WS4REDIS_SESSION_RECHECK; 0: off.
+    "WS4REDIS_IDENTITY_CLAIM": 30,
     # Seconds a worker keeps a channel subscribed after its last websocket closed: the websocket
     # of a user's next page then subscribes nothing (ws4redis_uwsgi.bus.hub); 0: unsubscribe at once.
     "WS4REDIS_CHANNEL_LINGER": 5,

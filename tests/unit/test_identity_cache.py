@@ -6,7 +6,7 @@ import pytest
 
 from ws4redis_uwsgi.core.control import Command, Verb, moved_to
 from ws4redis_uwsgi.core.envelope import BusMessage
-from ws4redis_uwsgi.django.identity_cache import Entry, IdentityCache, get_identity_cache
+from ws4redis_uwsgi.django.identity_cache import CLAIMS_AT_MOST, Entry, IdentityCache, get_identity_cache
 from ws4redis_uwsgi.server.authority import Authority
 
 ENGINE = "django.contrib.sessions.backends.db"
@@ -217,3 +217,66 @@ def test_a_control_channel_that_was_down_empties_the_cache():
     cache = filled()
     Authority().resync()
     assert len(cache) == 0
+
+
+# -- whether a page's identity claim made at some time still holds (IdentityCache.admits) ----------------------------------
+
+
+def claims_cache() -> tuple[IdentityCache, Clock, list[bool]]:
+    """A cache on a wall clock of its own, and the switch of its ``live``."""
+    wall, live = Clock(), [True]
+    cache = IdentityCache(wall=wall)
+    cache.live = lambda: live[0]
+    return cache, wall, live
+
+
+def test_a_claim_made_after_the_cache_started_hearing_and_before_no_eviction_is_admitted():
+    cache, wall, _ = claims_cache()
+    assert not cache.admits("1", "ref-a", wall.now - 0.1)  # the first look: what came before it is unknown
+    wall.now += 2
+    assert cache.admits("1", "ref-a", wall.now - 1)
+    assert cache.admits("1", "ref-a", wall.now + 1)  # a claim's clock a little ahead: still after the start
+
+
+def test_an_eviction_of_its_user_or_its_session_refuses_the_claims_made_before_it_only():
+    cache, wall, _ = claims_cache()
+    cache.admits("0", "ref-0", 0.0)
+    made = wall.now + 5
+    wall.now += 10
+    cache.evict_user("1")
+    cache.evict_ref("ref-b")
+    assert not cache.admits("1", "ref-a", made)  # its user changed since
+    assert not cache.admits("2", "ref-b", made)  # its session ended since
+    assert cache.admits("2", "ref-a", made)  # another user, another session
+    assert cache.admits("1", "ref-a", wall.now + 0.5)  # made after the eviction
+
+
+def test_claims_made_before_the_control_channel_came_back_or_while_it_was_down_are_refused():
+    cache, wall, live = claims_cache()
+    cache.admits("0", "ref-0", 0.0)
+    made = wall.now + 1
+    wall.now += 2
+    assert cache.admits("1", "ref-a", made)
+    live[0] = False
+    assert not cache.admits("1", "ref-a", made)
+    live[0] = True
+    wall.now += 2
+    assert not cache.admits("1", "ref-a", made)  # evictions may have gone by while it was down
+    cache.clear()  # the hub's resync once the subscription is back
+    wall.now += 2
+    assert not cache.admits("1", "ref-a", wall.now - 1)
+    assert cache.admits("1", "ref-a", wall.now + 0.1)
+
+
+def test_evictions_are_kept_as_long_as_a_claim_may_be_old_and_no_longer():
+    cache, wall, _ = claims_cache()
+    cache.admits("0", "ref-0", 0.0)
+    for n in range(100):
+        cache.evict_user(str(n))
+        wall.now += 1
+    made = wall.now - 50.5  # after the first 50 evictions
+    assert not cache.admits("60", "ref-a", made) and cache.admits("40", "ref-a", made)
+    wall.now += CLAIMS_AT_MOST + 10
+    cache.evict_user("last")
+    assert len(cache._evicted) == 1
+    assert not cache.admits("x", "ref-a", wall.now - CLAIMS_AT_MOST - 1)  # older than any claim may be

@@ -118,6 +118,9 @@ def test_the_defaults_pass_the_checks():
         ("WS4REDIS_IDENTITY_CACHE", 0),
         ("WS4REDIS_IDENTITY_CACHE", None),
         ("WS4REDIS_IDENTITY_CACHE", 2.5),
+        ("WS4REDIS_IDENTITY_CLAIM", 0),
+        ("WS4REDIS_IDENTITY_CLAIM", None),
+        ("WS4REDIS_IDENTITY_CLAIM", 60),
     ],
 )
 def test_good_values_pass(setting, value):
@@ -179,6 +182,8 @@ def test_good_values_pass(setting, value):
         ("WS4REDIS_IDENTITY_CACHE", -1, "ws4redis_uwsgi.E018"),
         ("WS4REDIS_IDENTITY_CACHE", "5", "ws4redis_uwsgi.E018"),
         ("WS4REDIS_IDENTITY_CACHE", True, "ws4redis_uwsgi.E018"),
+        ("WS4REDIS_IDENTITY_CLAIM", -1, "ws4redis_uwsgi.E037"),
+        ("WS4REDIS_IDENTITY_CLAIM", "30", "ws4redis_uwsgi.E037"),
         ("WS4REDIS_CHANNEL_LINGER", -1, "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", "5", "ws4redis_uwsgi.E034"),
         ("WS4REDIS_CHANNEL_LINGER", None, "ws4redis_uwsgi.E034"),

@@ -21,13 +21,9 @@ from django.core.signals import setting_changed
 
 from .. import settings
 from ..core.channels import Identity
-from . import auth_lookup
-from .identity_cache import Entry, IdentityCache, clear_identity_cache, get_identity_cache
+from . import auth_lookup, identity_claim
+from .identity_cache import CACHED_ENGINES, Entry, IdentityCache, clear_identity_cache, get_identity_cache
 from .tokens import session_ref
-
-#: The session engines whose sessions may be cached (:mod:`.identity_cache`): Django's own, whose
-#: ends live authorization hears of or docs/authorization.md documents. A site's engine may end sessions its own way.
-CACHED_ENGINES = frozenset(f"django.contrib.sessions.backends.{name}" for name in ("db", "cached_db", "cache", "signed_cookies"))
 
 
 @dataclass(slots=True)
@@ -40,6 +36,14 @@ class _Held:
     user: Any
 
 
+@dataclass(slots=True)
+class _Claimed:
+    """A handshake let in on an identity claim (``request.ws4redis_claim``): its session, unread, and when the claim was read."""
+
+    session: Any
+    read_at: float
+
+
 def load_session_and_user(request: Any) -> None:
     """Attach ``request.session`` and ``request.user`` from the session cookie.
 
@@ -47,14 +51,17 @@ def load_session_and_user(request: Any) -> None:
     websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
     it (for token authentication, say). The result is Django's, but the
     lookups take the compiled queries of :mod:`.auth_lookup` where they can,
-    and a logged-in session that comes back is served from what this worker
-    read for it (:mod:`.identity_cache`), as long as live authorization may evict it.
+    and a logged-in session is served without them, as long as live
+    authorization may evict what they would replace: from what this worker
+    read for it when it comes back (:mod:`.identity_cache`), else from what
+    the page it opens from read (:mod:`.identity_claim`).
     """
     engine_name = django_settings.SESSION_ENGINE
     engine = import_module(engine_name)
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
     ttl = cache_seconds()
-    cache = get_identity_cache() if session_key and ttl > 0 and engine_name in CACHED_ENGINES else None
+    known = session_key is not None and engine_name in CACHED_ENGINES
+    cache = get_identity_cache() if known and ttl > 0 else None
     ticket = 0
     if cache is not None:
         entry = cache.get((engine_name, session_key))
@@ -66,6 +73,16 @@ def load_session_and_user(request: Any) -> None:
             request.ws4redis_identity = _Held(cache, entry, request.user)
             return
         ticket = cache.ticket()  # before the reads: an eviction meanwhile voids them (see IdentityCache.put)
+    if known:
+        assert session_key is not None
+        claim = identity_claim.admitted(request.COOKIES, session_key, get_identity_cache())
+        if claim is not None:
+            # The session is loaded only if a hook reads it; the claim vouches for its key.
+            request.session = engine.SessionStore(session_key)
+            request.user = identity_claim.user_of(claim)
+            groups_read_with(request, request.user, claim.groups)
+            request.ws4redis_claim = _Claimed(request.session, identity_claim.read_at(claim))
+            return
     request.session = engine.SessionStore(session_key)
     if session_key is not None:
         auth_lookup.load_session(request.session)
@@ -108,11 +125,14 @@ def groups_read_with(request: Any, user: Any, groups: tuple[str, ...] | None) ->
 def read_at(request: Any) -> float:
     """When what ``request`` was let in on was read from the database (``time.monotonic()``).
 
-    Now, unless it came from the identity cache: then when the cache read it.
+    Now, unless it came from the identity cache or a claim: then when the cache or the claim's page read it.
     Live authorization looks at it again within ``WS4REDIS_SESSION_RECHECK`` of that.
     """
     held: _Held | None = getattr(request, "ws4redis_identity", None)
-    return held.entry.read_at if held is not None else time.monotonic()
+    if held is not None:
+        return held.entry.read_at
+    claimed: _Claimed | None = getattr(request, "ws4redis_claim", None)
+    return claimed.read_at if claimed is not None else time.monotonic()
 
 
 def cache_seconds() -> float:
@@ -157,9 +177,11 @@ def identity_from_request(request: Any, with_groups: bool = True) -> Identity:
     session_key = None
     session = getattr(request, "session", None)
     if session is not None:
-        # Loading the session first makes a forged, unknown or expired cookie
-        # yield no key: before loading, session_key is whatever the cookie said.
-        session.keys()
+        claimed: _Claimed | None = getattr(request, "ws4redis_claim", None)
+        if claimed is None or claimed.session is not session:
+            # Loading the session first makes a forged, unknown or expired cookie
+            # yield no key: before loading, session_key is whatever the cookie said.
+            session.keys()
         session_key = session.session_key
     return Identity(username, groups, session_key)
 

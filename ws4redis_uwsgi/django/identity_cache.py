@@ -25,6 +25,11 @@ when the control channel was down. The cache answers only while
 :attr:`IdentityCache.live` says those evictions arrive (the authority sets
 it), so nothing is served that an eviction may have missed.
 
+The same evictions decide whether a page's identity claim
+(:mod:`.identity_claim`) may stand in for the reads: the cache notes when
+(wall clock) it last evicted each user and session, and since when it has
+been hearing evictions at all (:meth:`IdentityCache.admits`).
+
 A read that was under way when an eviction came must not be stored: the
 database may have answered before the change and the eviction found nothing
 to evict (a handshake's query yields to other greenlets on PostgreSQL). So a
@@ -52,6 +57,13 @@ from .. import process
 #: reconnect within a few seconds (a reconnect storm of a whole site spreads
 #: over the workers). Beyond that the cache only misses; it never grows.
 MAX_ENTRIES = 10_000
+#: The session engines whose sessions may be cached, or let in on a claim: Django's own, whose ends live
+#: authorization hears of or docs/authorization.md documents. A site's engine may end sessions its own way.
+CACHED_ENGINES = frozenset(f"django.contrib.sessions.backends.{name}" for name in ("db", "cached_db", "cache", "signed_cookies"))
+#: Seconds an identity claim may be old at most, whatever the settings: the cache keeps its evictions' times that
+#: long (and a second more, for the clocks of two hosts), a few hundred entries on a site with many logouts.
+CLAIMS_AT_MOST = 600.0
+_EVICTIONS_KEPT = CLAIMS_AT_MOST + 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -85,9 +97,16 @@ def _nobody(ref: str) -> bool:
 class IdentityCache:
     """Entries by key (``(SESSION_ENGINE, cookie value)``), with their expiry, an LRU bound and eviction by user and session."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_entries: int = MAX_ENTRIES, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self.max_entries = max_entries
         self._clock = clock
+        self._wall = wall
+        #: When (``wall``) each user (``("user", pk)``) and session (``("ref", ref)``) was last evicted, oldest first.
+        self._evicted: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: Since when (``wall``) every eviction reaches this worker; None: not known (not live, or cleared since).
+        self._hearing_since: float | None = None
         self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self._by_user: dict[str, set[Hashable]] = {}
         self._by_ref: dict[str, set[Hashable]] = {}
@@ -163,21 +182,57 @@ class IdentityCache:
             entry = self._entries[key]
             entry.expires = max(entry.expires, expires)
 
+    def admits(self, user_pk: str, ref: str, made_at: float) -> bool:
+        """Whether what was read about user ``user_pk`` and session ``ref`` at ``made_at`` (wall clock) still holds.
+
+        True when this worker has heard every eviction since before
+        ``made_at`` and none of them was of that user or that session. A
+        claim older than :data:`CLAIMS_AT_MOST` seconds is never admitted
+        (its evictions may be forgotten).
+        """
+        if not self.live():
+            self._hearing_since = None
+            return False
+        now = self._wall()
+        if self._hearing_since is None:
+            self._hearing_since = now  # the first look while live: what came before is unknown
+        if made_at < self._hearing_since or made_at < now - CLAIMS_AT_MOST:
+            return False
+        for key in (("user", user_pk), ("ref", ref)):
+            evicted = self._evicted.get(key)
+            if evicted is not None and evicted >= made_at:
+                return False
+        return True
+
+    def _note(self, key: tuple[str, str]) -> None:
+        """Remember when ``key`` was evicted (for :meth:`admits`); forget the evictions no claim can predate any more."""
+        now = self._wall()
+        self._evicted[key] = now
+        self._evicted.move_to_end(key)
+        while self._evicted:
+            oldest = next(iter(self._evicted.values()))
+            if oldest >= now - _EVICTIONS_KEPT:
+                break
+            self._evicted.popitem(last=False)
+
     def evict_user(self, user_pk: str) -> None:
         """Forget every session of user ``user_pk`` (its groups, password or state changed, or it is gone)."""
         self._epoch += 1
+        self._note(("user", user_pk))
         for key in tuple(self._by_user.get(user_pk, ())):
             self._drop(key)
 
     def evict_ref(self, ref: str) -> None:
         """Forget the session whose reference is ``ref`` (it ended, or took a new key)."""
         self._epoch += 1
+        self._note(("ref", ref))
         for key in tuple(self._by_ref.get(ref, ())):
             self._drop(key)
 
     def clear(self) -> None:
-        """Forget everything (evictions may have been missed)."""
+        """Forget everything (evictions may have been missed): no claim made before now is admitted either."""
         self._epoch += 1
+        self._hearing_since = None
         for entry in self._entries.values():
             entry.current = False
         self._entries.clear()

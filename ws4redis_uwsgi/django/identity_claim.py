@@ -1,0 +1,218 @@
+"""A page's word for whose its websockets are: the first websocket after a page load opens without the database.
+
+A logged-in handshake spends most of its CPU reading the session, the user
+and the user's groups (bench/README.md), the very things the page the
+browser has just loaded read a moment before. :class:`IdentityClaimMiddleware`
+on the pages puts what they read in a cookie of its own, signed with
+``SECRET_KEY`` and a salt of its own (so it cannot be forged), and a
+websocket worker lets the handshake in on it instead of reading, when
+nothing can have changed since:
+
+* the claim names the session it was made for (by reference, see
+  :func:`~ws4redis_uwsgi.django.tokens.session_ref`): it is worth nothing
+  without that session's cookie, which lets the same user in anyway;
+* it is at most ``WS4REDIS_IDENTITY_CLAIM`` seconds old (and never older
+  than ``WS4REDIS_SESSION_RECHECK``, what the worker allows a read of its
+  own, see :mod:`.identity_cache`);
+* the worker has heard live authorization's commands since before the
+  claim was made, and none of them was about its user or its session
+  (:meth:`~ws4redis_uwsgi.django.identity_cache.IdentityCache.admits`): a
+  logout, a password change, a group change made before the claim was used
+  sends the handshake to the database.
+
+Anything else (no claim, another session's, an old one, a forged one) and
+the handshake reads the database as before: a claim only ever saves reads.
+The claim's time is when its request started, before anything was read for
+it, and the worker takes it :data:`CLOCK_MARGIN` earlier still, for the
+clocks of two hosts. The user the handshake gets is the site's user model
+with the claim's primary key and username; its other fields load from the
+database if a hook reads them (Django's deferred fields).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from django.core import signing
+from django.http import HttpRequest, HttpResponse
+
+from .. import settings
+from ..core.throttle import Throttle
+from . import auth_lookup
+from .identity_cache import CACHED_ENGINES, CLAIMS_AT_MOST, IdentityCache
+from .tokens import session_ref
+
+logger = logging.getLogger("ws4redis_uwsgi")
+
+SALT = "ws4redis_uwsgi.identity-claim"
+#: The cookie the claim travels in: sent with every request to the site, HttpOnly (no script reads it).
+COOKIE_NAME = "ws4redis_identity"
+#: Seconds two hosts' clocks may differ by: a claim counts as made that much earlier than it says.
+CLOCK_MARGIN = 1.0
+
+_unreadable = Throttle(10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityClaim:
+    """What a page read for a session: its user and the user's group names, at ``made_at`` (``time.time()``)."""
+
+    ref: str
+    user_pk: str | int
+    username: str
+    groups: tuple[str, ...]
+    made_at: float
+
+
+def max_age() -> float:
+    """Seconds a claim lets a handshake in: ``WS4REDIS_IDENTITY_CLAIM``, at most ``WS4REDIS_SESSION_RECHECK`` (0: off)."""
+    seconds = float(settings.get("WS4REDIS_IDENTITY_CLAIM") or 0)
+    recheck = settings.get("WS4REDIS_SESSION_RECHECK") or 0
+    if recheck > 0:
+        seconds = min(seconds, float(recheck))
+    return min(seconds, CLAIMS_AT_MOST)
+
+
+def _signer() -> signing.Signer:
+    return signing.Signer(salt=SALT)  # SECRET_KEY, and SECRET_KEY_FALLBACKS when reading
+
+
+def dump(claim: IdentityClaim) -> str:
+    """The cookie value of ``claim``: compact JSON, signed (its time in milliseconds, rounded down: never later than it was)."""
+    data = [claim.ref, claim.user_pk, claim.username, list(claim.groups), math.floor(claim.made_at * 1000) / 1000]
+    return _signer().sign(json.dumps(data, separators=(",", ":")))
+
+
+def load(value: str) -> IdentityClaim | None:
+    """The claim in a cookie value, or None: not signed by this site (forged, another ``SECRET_KEY``) or malformed."""
+    try:
+        ref, user_pk, username, groups, made_at = json.loads(_signer().unsign(value))
+    except (signing.BadSignature, ValueError, TypeError):
+        return None
+    if not (
+        isinstance(ref, str)
+        and type(user_pk) in (str, int)
+        and isinstance(username, str)
+        and isinstance(groups, list)
+        and all(isinstance(name, str) for name in groups)
+        and type(made_at) in (int, float)
+    ):
+        return None
+    return IdentityClaim(ref, user_pk, username, tuple(groups), float(made_at))
+
+
+def admitted(cookies: Mapping[str, str], session_key: str, cache: IdentityCache) -> IdentityClaim | None:
+    """The claim that came with a handshake's cookies, if it may stand in for reading ``session_key``'s session now."""
+    value = cookies.get(COOKIE_NAME)
+    if not value:
+        return None
+    seconds = max_age()
+    if seconds <= 0:
+        return None
+    claim = load(value)
+    if claim is None:
+        skipped = _unreadable.due(time.monotonic())
+        if skipped is not None:
+            logger.warning(
+                "ignored %d identity claim(s) not signed by this site (forged, or made with another SECRET_KEY); "
+                "the handshake read the database",
+                skipped,
+            )
+        return None
+    now = time.time()
+    made_at = claim.made_at - CLOCK_MARGIN
+    if claim.ref != session_ref(session_key) or not now - seconds < made_at <= now:
+        return None
+    if not cache.admits(str(claim.user_pk), claim.ref, made_at):
+        return None
+    return claim
+
+
+def user_of(claim: IdentityClaim) -> Any:
+    """The site's user with the claim's primary key and username; its other fields are read if something asks for them."""
+    model = get_user_model()
+    pk = model._meta.pk.to_python(claim.user_pk)
+    username_field: str = getattr(model, "USERNAME_FIELD")  # noqa: B009 - a str, whatever the stubs say
+    username_attname = getattr(model._meta.get_field(username_field), "attname", username_field)
+    known = {model._meta.pk.attname: pk, username_attname: claim.username}
+    names = [field.attname for field in model._meta.concrete_fields if field.attname in known]
+    # Model.from_db leaves the fields it is not given deferred: a read of one loads it.
+    return model.from_db(model._default_manager.db, names, [known[name] for name in names])
+
+
+def read_at(claim: IdentityClaim) -> float:
+    """When the claim's request read what it says, on ``time.monotonic()``'s clock (see :func:`~.identity.read_at`)."""
+    return time.monotonic() - max(0.0, time.time() - claim.made_at)
+
+
+# -- the pages' side -------------------------------------------------------------------------
+
+
+def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    """Give ``response`` a claim for ``request``'s session if it is a page of a logged-in user and has none that will do.
+
+    A claim that is less than half its age old and names the same session and
+    user is kept (a page load then costs no query); a new one reads the user's
+    group names. A page of a visitor who is no longer logged in takes the
+    claim away.
+    """
+    seconds = max_age()
+    if seconds <= 0 or not response.get("Content-Type", "").startswith("text/html"):
+        return
+    user, session = getattr(request, "user", None), getattr(request, "session", None)
+    if user is None or session is None:
+        return  # no session or authentication middleware before this one: nothing to vouch for
+    present = request.COOKIES.get(COOKIE_NAME)
+    key = session.session_key
+    if (
+        not user.is_authenticated
+        or key is None
+        or type(user) is not get_user_model()
+        or django_settings.SESSION_ENGINE not in CACHED_ENGINES
+    ):
+        if present:
+            response.delete_cookie(
+                COOKIE_NAME, domain=django_settings.SESSION_COOKIE_DOMAIN, samesite=django_settings.SESSION_COOKIE_SAMESITE
+            )
+        return
+    ref = session_ref(key)
+    if present:
+        claim = load(present)
+        same = claim is not None and claim.ref == ref and str(claim.user_pk) == str(user.pk)
+        if same and claim.made_at > started - seconds / 2:  # type: ignore[union-attr]
+            return
+    claim = IdentityClaim(ref, user.pk, user.get_username(), auth_lookup.group_names(user), started)
+    response.set_cookie(
+        COOKIE_NAME,
+        dump(claim),
+        max_age=int(seconds),
+        domain=django_settings.SESSION_COOKIE_DOMAIN,
+        secure=bool(django_settings.SESSION_COOKIE_SECURE),
+        httponly=True,
+        samesite=django_settings.SESSION_COOKIE_SAMESITE,
+    )
+
+
+class IdentityClaimMiddleware:
+    """Gives the pages of a logged-in user a claim their websockets' handshakes may be let in on (see the module).
+
+    Goes after Django's ``SessionMiddleware`` and ``AuthenticationMiddleware``
+    in ``MIDDLEWARE``, on the site that serves the pages.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.time()  # before the view (or anything) read the session or the user
+        response = self.get_response(request)
+        issue(request, response, started)
+        return response
