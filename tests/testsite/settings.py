@@ -23,6 +23,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "ws4redis_uwsgi.django.identity_claim.IdentityClaimMiddleware",
 ]
 TEMPLATES = [
     {

@@ -9,7 +9,7 @@ from ws4redis_uwsgi.redis_store import SELF
 
 
 def page(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("a page of the test site", content_type="text/plain")
+    return HttpResponse("a page of the test site", content_type="text/html")  # a page: its user gets an identity claim
 
 
 async def publish_async(request: HttpRequest) -> JsonResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ws4redis_uwsgi.core.control import Command, Verb, moved_to
@@ -213,10 +215,14 @@ def test_each_control_command_evicts_its_session_or_user_even_without_websockets
     assert "".join(c for c in "abc" if cache.get(key(c)) is not None) == left
 
 
-def test_a_control_channel_that_was_down_empties_the_cache():
+def test_a_control_channel_that_was_down_empties_the_cache_and_refuses_the_claims_made_before_it_came_back():
     cache = filled()
+    cache.hearing_from(time.time() - 60)
+    assert cache.admits("1", "ref-a", time.time() - 30)
     Authority().resync()
     assert len(cache) == 0
+    assert not cache.admits("1", "ref-a", time.time() - 1)
+    assert cache.admits("1", "ref-a", time.time() + 0.01)
 
 
 # -- whether a page's identity claim made at some time still holds (IdentityCache.admits) ----------------------------------
@@ -231,11 +237,16 @@ def claims_cache() -> tuple[IdentityCache, Clock, list[bool]]:
 
 
 def test_a_claim_made_after_the_cache_started_hearing_and_before_no_eviction_is_admitted():
-    cache, wall, _ = claims_cache()
-    assert not cache.admits("1", "ref-a", wall.now - 0.1)  # the first look: what came before it is unknown
+    cache, wall, live = claims_cache()
+    live[0] = False
+    cache.hearing_from()  # not live: nothing changes
+    live[0] = True
+    assert not cache.admits("1", "ref-a", wall.now - 0.1)  # nobody said since when: from this first look on
     wall.now += 2
     assert cache.admits("1", "ref-a", wall.now - 1)
     assert cache.admits("1", "ref-a", wall.now + 1)  # a claim's clock a little ahead: still after the start
+    cache.hearing_from(wall.now - 10)  # live authorization: its channel was confirmed then
+    assert cache.admits("1", "ref-a", wall.now - 5)
 
 
 def test_an_eviction_of_its_user_or_its_session_refuses_the_claims_made_before_it_only():

@@ -21,6 +21,7 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils.functional import SimpleLazyObject
 
 from ws4redis_uwsgi.django import auth_lookup, identity_claim
 from ws4redis_uwsgi.django.identity import identity_from_request, load_session_and_user, read_at
@@ -44,8 +45,8 @@ def cache(site_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityCa
 
 
 def start_hearing(cache: IdentityCache) -> None:
-    """The cache's first look while live: claims made more than the margin later may be admitted."""
-    cache.admits("nobody", "none", 0.0)
+    """What live authorization says once Redis confirmed its channel: claims made more than the margin later may be admitted."""
+    cache.hearing_from()
     time.sleep(MARGIN * 1.5)
 
 
@@ -72,7 +73,7 @@ def page(session: SessionStore | None, user: object, cookies: dict[str, str] | N
     request.COOKIES.update(cookies or {})
     if session is not None:
         request.session = session
-    request.user = user
+    request.user = SimpleLazyObject(lambda: user)  # as AuthenticationMiddleware gives it
     middleware = IdentityClaimMiddleware(lambda request: response if response is not None else HttpResponse("<p>page</p>"))
     return middleware(request).cookies.get(COOKIE_NAME)
 

@@ -182,6 +182,15 @@ class IdentityCache:
             entry = self._entries[key]
             entry.expires = max(entry.expires, expires)
 
+    def hearing_from(self, since: float | None = None) -> None:
+        """Evictions reach this worker from ``since`` (wall clock; now by default) on, if it is live.
+
+        Live authorization says so once Redis confirmed its channel, at the
+        worker's start and again after each time it was lost (see :meth:`admits`).
+        """
+        if self.live():
+            self._hearing_since = self._wall() if since is None else since
+
     def admits(self, user_pk: str, ref: str, made_at: float) -> bool:
         """Whether what was read about user ``user_pk`` and session ``ref`` at ``made_at`` (wall clock) still holds.
 
@@ -195,7 +204,7 @@ class IdentityCache:
             return False
         now = self._wall()
         if self._hearing_since is None:
-            self._hearing_since = now  # the first look while live: what came before is unknown
+            self._hearing_since = now  # live, but nobody said since when: from now on
         if made_at < self._hearing_since or made_at < now - CLAIMS_AT_MOST:
             return False
         for key in (("user", user_pk), ("ref", ref)):

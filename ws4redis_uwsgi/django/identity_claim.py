@@ -175,7 +175,7 @@ def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
     if (
         not user.is_authenticated
         or key is None
-        or type(user) is not get_user_model()
+        or user.__class__ is not get_user_model()  # (AuthenticationMiddleware's lazy object says its user's class)
         or django_settings.SESSION_ENGINE not in CACHED_ENGINES
     ):
         if present:

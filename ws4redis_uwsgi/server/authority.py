@@ -70,6 +70,9 @@ BATCH_DELAY = 0.05
 #: Periodic rounds per ``WS4REDIS_SESSION_RECHECK``; each looks at the websockets read more than
 #: ``ROUNDS - 1`` of them ago, so none waits longer than the setting from its last read.
 ROUNDS = 4
+#: Seconds the worker waits at its start for Redis to confirm the control channel before it says that
+#: evictions reach it (identity claims are taken from then on); later, the confirmation's resync says it.
+CONFIRM_WAIT = 30.0
 
 
 class Authority:
@@ -156,7 +159,9 @@ class Authority:
 
     def resync(self) -> None:
         """The control channel was down: commands may have gone by, look at everyone again."""
-        get_identity_cache().clear()
+        cache = get_identity_cache()
+        cache.clear()
+        cache.hearing_from()  # (called once the channel is confirmed again, or while it is)
         self._everyone = True
         self._wake.set()
 
@@ -198,6 +203,8 @@ class Authority:
     # -- looking again, on the database greenlets ---------------------------------------------
 
     def _run(self) -> None:
+        if get_hub().wait_subscribed([self._channel], CONFIRM_WAIT):
+            get_identity_cache().hearing_from()  # else resync() says it, once Redis confirms
         interval = float(settings.get("WS4REDIS_SESSION_RECHECK") or 0)
         step = interval / ROUNDS
         next_round = time.monotonic() + step if interval > 0 else None
