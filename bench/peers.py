@@ -41,7 +41,7 @@ from loadgen import ORIGIN, client_processes, loop_name
 from processes import raise_open_files, run_stopping_all, stop_all_and_clean
 from report import exit_status, table_burst, table_fanout, table_idle
 from scenarios import run_burst, run_fanout, run_idle
-from systems import BASELINE, PEERS, EnvInfo, Failure, build_env, make_sessions_main, publisher_main
+from systems import BASELINE, PEERS, EnvInfo, Failure, build_env, make_claims_main, make_sessions_main, publisher_main
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,8 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
     parser.add_argument("--publisher", choices=("redis", "channels"), help=argparse.SUPPRESS)
     parser.add_argument("--make-sessions", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--make-claims", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.publisher or args.make_sessions:
+    if args.publisher or args.make_sessions or args.make_claims:
         return args
     # None is "not given"; a 0 given is refused below, not replaced by the default.
     if args.clients is None:
@@ -212,6 +213,8 @@ def main() -> int:
         return publisher_main(args.publisher)
     if args.make_sessions:
         return make_sessions_main(args.make_sessions)
+    if args.make_claims:
+        return make_claims_main()
     return run_stopping_all(lambda: run(args))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from loadgen import IDLE_TIMEOUT
 from processes import CpuWindow
+from scenarios import FROM_A_PAGE
 from systems import BASELINE, Failure
 
 
@@ -314,10 +315,12 @@ def table_idle(results: dict[str, Any], args: argparse.Namespace) -> None:
 def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
     rows: list[list[str]] = []
     notes: list[str] = []
-    for mode in ("anonymous", "logged in", "logged in, again"):
+    for mode in ("anonymous", "logged in", "logged in, again", FROM_A_PAGE):
         base = results.get(BASELINE)
         base = base.get(mode) if isinstance(base, dict) else None
         for name, by_mode in results.items():
+            if mode == FROM_A_PAGE and name != BASELINE:
+                continue  # the peers have no claims: their first visits are "logged in"
             res = by_mode.get(mode) if isinstance(by_mode, dict) else by_mode
             if not isinstance(res, dict):
                 rows.append([mode, name, failure_cell(name, res, notes), *[""] * 6])
@@ -353,6 +356,10 @@ def table_burst(results: dict[str, Any], args: argparse.Namespace) -> None:
         "subscribe-broadcast&subscribe-user&subscribe-group; sessions, users and groups in SQLite (Django's db sessions)"
     )
     notes.append("logged in, again: the same clients once more, right after all of them closed (a page change of each user)")
+    notes.append(
+        f"{FROM_A_PAGE}: other users' first visits, each cookie with the identity claim its page gave it "
+        "(ws4redis_uwsgi.django.identity_claim; made by the pages' side before the burst, not in the server's CPU)"
+    )
     print_table(
         f"(d) {args.burst:,} connections opened as fast as the client can, {args.burst_concurrency} handshakes in flight "
         "(ratio: peer / ws4redis_uwsgi)",

@@ -23,7 +23,7 @@ from typing import Any
 
 from loadgen import IDLE_TIMEOUT, ClientPool, client_processes
 from processes import CpuWindow, proc_fds, proc_rss_kib, wait_until
-from systems import EnvInfo, Publisher, Stack
+from systems import BASELINE, EnvInfo, Publisher, Stack
 
 
 def percentile(sorted_values: list[int], p: float) -> float:
@@ -230,15 +230,25 @@ def run_burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path) -> dict[str
     session, a user and groups in the database (SQLite, in the server's
     process); then the same logged-in clients again, right after they all
     closed, as browsers do when their users go to another page of the site.
+    ws4redis_uwsgi once more with other users whose cookies carry the
+    identity claims their pages gave them (:mod:`ws4redis_uwsgi.django.identity_claim`).
     """
     results = {"anonymous": _burst(env, args, run_dir, 0)[0]}
     results["logged in"], results["logged in, again"] = _burst(env, args, run_dir, args.burst, again=True)
+    if env.spec.name == BASELINE:
+        results[FROM_A_PAGE] = _burst(env, args, run_dir, args.burst, claims=True)[0]
     return results
 
 
-def _burst(env: EnvInfo, args: argparse.Namespace, run_dir: Path, users: int, again: bool = False) -> list[dict[str, Any]]:
+#: The burst of logged-in first visits whose cookies carry their pages' identity claims.
+FROM_A_PAGE = "logged in, from a page"
+
+
+def _burst(
+    env: EnvInfo, args: argparse.Namespace, run_dir: Path, users: int, again: bool = False, claims: bool = False
+) -> list[dict[str, Any]]:
     outs: list[dict[str, Any]] = []
-    with Stack(env, run_dir, args.burst, args.procs, users=users) as stack:
+    with Stack(env, run_dir, args.burst, args.procs, users=users, claims=claims) as stack:
         assert stack.pool is not None
         server_pids = stack.cpu_groups()["server"]
         settled = sum(proc_fds(pid) for pid in server_pids) + 10 + args.burst // 100

@@ -611,13 +611,52 @@ def warm_all(pool: ClientPool, publisher: Publisher, timeout: float = 60) -> tup
             return warm, live
 
 
+def make_claims_main() -> int:
+    """``peers.py --make-claims`` (ws4redis_uwsgi's environment, ``BENCH_DB`` set): cookies on stdin, with claims on stdout.
+
+    What each user's page gives the browser before its websocket opens: the
+    pages' side of :mod:`ws4redis_uwsgi.django.identity_claim` (its
+    middleware's ``issue``) for a request of that session, as the pages
+    vassal runs it; its CPU is the pages', not the websocket worker's.
+    """
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.contrib.auth import get_user
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.http import HttpRequest, HttpResponse
+
+    from ws4redis_uwsgi.django.identity_claim import COOKIE_NAME, issue
+
+    cookies = []
+    for cookie in json.load(sys.stdin):
+        request = HttpRequest()
+        request.session = SessionStore(cookie.partition("=")[2])
+        request.user = get_user(request)
+        response = HttpResponse("<p>a page</p>")
+        issue(request, response, time.time())
+        claim = response.cookies.get(COOKIE_NAME)
+        if claim is None or request.session.session_key is None:
+            raise RuntimeError(f"no claim for the session of {cookie} ({settings.SESSION_ENGINE})")
+        cookies.append(f"{cookie}; {COOKIE_NAME}={claim.value}")
+    print(json.dumps(cookies))
+    return 0
+
+
 class Stack:
     """redis-server, the peer's server, its publisher and the client pool, for one scenario."""
 
-    def __init__(self, env: EnvInfo, run_dir: Path, clients: int, procs: int, users: int = 0, idle: bool = False) -> None:
-        """``idle``: the server is set up to hold ``clients`` idle websockets (:meth:`Server.idle_settings`)."""
+    def __init__(
+        self, env: EnvInfo, run_dir: Path, clients: int, procs: int, users: int = 0, idle: bool = False, claims: bool = False
+    ) -> None:
+        """``idle``: the server is set up to hold ``clients`` idle websockets (:meth:`Server.idle_settings`).
+
+        ``claims``: the users' cookies carry the identity claims their pages gave them (ws4redis_uwsgi only).
+        """
         self.env = env
         self.idle = idle
+        self.claims = claims
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{env.spec.name}-", dir=run_dir))
         self.clients = clients
         self.procs = procs
@@ -638,6 +677,9 @@ class Stack:
             ).start()
             self.publisher = Publisher(self.env, self.workdir, self.redis.port)
             self.warm_single()
+            if self.claims:
+                assert db is not None
+                self.make_claims(db)
             self.pool = ClientPool([self.server.url(WS_PATH_USER if self.users else WS_PATH)] * self.procs)
         except BaseException:
             self.__exit__(None, None, None)
@@ -664,6 +706,22 @@ class Stack:
             raise RuntimeError(f"--make-sessions failed: {done.stderr.decode(errors='replace')[-400:]}")
         self.cookies = json.loads(done.stdout)
         return db
+
+    def make_claims(self, db: Path) -> None:
+        """The users' pages, loaded now that the worker hears live authorization: their claims join the cookies.
+
+        A worker takes only claims made a second (the clocks' margin) after it
+        started hearing, which it did before the warm-up's websocket opened.
+        """
+        time.sleep(1.5)  # the clocks' margin (identity_claim.CLOCK_MARGIN), and some
+        env = clean_env(DJANGO_SETTINGS_MODULE=self.env.spec.settings, BENCH_DB=str(db), PYTHONPATH=str(BENCH))
+        cmd = [str(self.env.python), str(PEERS_PY), "--make-claims"]
+        done = subprocess.run(
+            cmd, env=env, cwd=self.workdir, input=json.dumps(self.cookies).encode(), capture_output=True, timeout=600
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"--make-claims failed: {done.stderr.decode(errors='replace')[-400:]}")
+        self.cookies = json.loads(done.stdout)
 
     def warm_single(self, timeout: float = 30) -> None:
         """One websocket, opened and closed, until a broadcast reaches it: the server is ready and warm."""

@@ -3,8 +3,9 @@
 A logged-in handshake spends most of its CPU reading the session, the user
 and the user's groups (bench/README.md), the very things the page the
 browser has just loaded read a moment before. :class:`IdentityClaimMiddleware`
-on the pages puts what they read in a cookie of its own, signed with
-``SECRET_KEY`` and a salt of its own (so it cannot be forged), and a
+on the pages puts what they read in a cookie of its own, encrypted and
+authenticated with a key derived from ``SECRET_KEY`` (Fernet: it can be
+neither read nor forged), and a
 websocket worker lets the handshake in on it instead of reading, when
 nothing can have changed since:
 
@@ -31,6 +32,8 @@ database if a hook reads them (Django's deferred fields).
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import math
@@ -39,10 +42,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.core import signing
 from django.http import HttpRequest, HttpResponse
+from django.utils.crypto import salted_hmac
 
 from .. import settings
 from ..core.throttle import Throttle
@@ -53,7 +57,7 @@ from .tokens import session_ref
 logger = logging.getLogger("ws4redis_uwsgi")
 
 SALT = "ws4redis_uwsgi.identity-claim"
-#: The cookie the claim travels in: sent with every request to the site, HttpOnly (no script reads it).
+#: The cookie the claim travels in: where the session cookie goes (its path and domain), HttpOnly (no script reads it).
 COOKIE_NAME = "ws4redis_identity"
 #: Seconds two hosts' clocks may differ by: a claim counts as made that much earlier than it says.
 CLOCK_MARGIN = 1.0
@@ -81,21 +85,35 @@ def max_age() -> float:
     return min(seconds, CLAIMS_AT_MOST)
 
 
-def _signer() -> signing.Signer:
-    return signing.Signer(salt=SALT)  # SECRET_KEY, and SECRET_KEY_FALLBACKS when reading
+@functools.lru_cache(maxsize=4)
+def _box_of(secrets: tuple[str, ...]) -> MultiFernet:
+    """Fernet with a key of each secret (the first encrypts, any decrypts), derived with a salt of its own."""
+    keys = [salted_hmac(SALT, "fernet key", secret=secret, algorithm="sha256").digest() for secret in secrets]
+    return MultiFernet([Fernet(base64.urlsafe_b64encode(key)) for key in keys])
+
+
+def _box() -> MultiFernet:
+    """``SECRET_KEY``'s, and ``SECRET_KEY_FALLBACKS``' when reading: a key rotation keeps the claims of the moment."""
+    fallbacks = getattr(django_settings, "SECRET_KEY_FALLBACKS", [])
+    return _box_of((str(django_settings.SECRET_KEY), *(str(key) for key in fallbacks)))
 
 
 def dump(claim: IdentityClaim) -> str:
-    """The cookie value of ``claim``: compact JSON, signed (its time in milliseconds, rounded down: never later than it was)."""
+    """The cookie value of ``claim``: compact JSON, encrypted and authenticated (its time in milliseconds, rounded down).
+
+    Encrypted, not only signed: the user's group names are the site's
+    business, and the browser's owner (or whoever reads its cookies) should
+    not learn them from a cookie when the site shows them nowhere.
+    """
     data = [claim.ref, claim.user_pk, claim.username, list(claim.groups), math.floor(claim.made_at * 1000) / 1000]
-    return _signer().sign(json.dumps(data, separators=(",", ":")))
+    return _box().encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
 
 
 def load(value: str) -> IdentityClaim | None:
-    """The claim in a cookie value, or None: not signed by this site (forged, another ``SECRET_KEY``) or malformed."""
+    """The claim in a cookie value, or None: not made by this site (forged, another ``SECRET_KEY``) or malformed."""
     try:
-        ref, user_pk, username, groups, made_at = json.loads(_signer().unsign(value))
-    except (signing.BadSignature, ValueError, TypeError):
+        ref, user_pk, username, groups, made_at = json.loads(_box().decrypt(value.encode()))
+    except (InvalidToken, ValueError, TypeError):
         return None
     if not (
         isinstance(ref, str)
@@ -122,7 +140,7 @@ def admitted(cookies: Mapping[str, str], session_key: str, cache: IdentityCache)
         skipped = _unreadable.due(time.monotonic())
         if skipped is not None:
             logger.warning(
-                "ignored %d identity claim(s) not signed by this site (forged, or made with another SECRET_KEY); "
+                "ignored %d identity claim(s) not made by this site (forged, or made with another SECRET_KEY); "
                 "the handshake read the database",
                 skipped,
             )
@@ -180,7 +198,10 @@ def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
     ):
         if present:
             response.delete_cookie(
-                COOKIE_NAME, domain=django_settings.SESSION_COOKIE_DOMAIN, samesite=django_settings.SESSION_COOKIE_SAMESITE
+                COOKIE_NAME,
+                path=django_settings.SESSION_COOKIE_PATH,
+                domain=django_settings.SESSION_COOKIE_DOMAIN,
+                samesite=django_settings.SESSION_COOKIE_SAMESITE,
             )
         return
     ref = session_ref(key)
@@ -194,6 +215,7 @@ def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
         COOKIE_NAME,
         dump(claim),
         max_age=int(seconds),
+        path=django_settings.SESSION_COOKIE_PATH,
         domain=django_settings.SESSION_COOKIE_DOMAIN,
         secure=bool(django_settings.SESSION_COOKIE_SECURE),
         httponly=True,

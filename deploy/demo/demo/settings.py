@@ -33,6 +33,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A logged-in page's websocket opens on what the page read (docs/authorization.md).
+    "ws4redis_uwsgi.django.identity_claim.IdentityClaimMiddleware",
 ]
 ROOT_URLCONF = "demo.urls"
 # What `manage.py runserver` serves: pages and websockets on one port (the uWSGI vassals name
