@@ -27,6 +27,7 @@ from tests.integration.helpers import (
     raw_websocket,
     recv,
 )
+from tests.integration.test_identity_claim import hearing, page
 from tests.integration.test_live_auth import closed_with, login, logout, new_user
 from tests.servers import TIMING, RedisServer, UwsgiServer, free_port, wait_for
 from ws4redis_uwsgi.core.close_codes import CloseCode
@@ -155,6 +156,11 @@ def test_the_counts_follow_real_traffic(stack):
         assert figures["ws4redis_redis_subscribed", ()] == WORKERS
         assert figures["ws4redis_slow_consumer_closes_total", ()] == 0
         assert figures["ws4redis_sessions_ended_total", ()] == 0
+        # Where the handshakes' users came from: no cookie (the 7 plain ones and the talker, the
+        # resumed and the presence one), or john's session, read or (on the same worker) kept.
+        assert figures["ws4redis_handshake_identities_total", (("source", "none"),)] == 9
+        john_reads = [figures.get(("ws4redis_handshake_identities_total", (("source", s),)), 0) for s in ("database", "cache")]
+        assert john_reads[0] >= 1 and sum(john_reads) == 4
         assert john is not None
         # A logout closes that session's websocket with 4001, and it is counted.
         user = new_user()
@@ -164,6 +170,11 @@ def test_the_counts_follow_real_traffic(stack):
             logout(key, user)
             assert closed_with(tab, started)[0] == CloseCode.SESSION_ENDED
         assert scrape(ports)["ws4redis_sessions_ended_total", ()] == 1
+        # A page's identity claim lets a handshake in without reading, and is counted as such.
+        hearing(server)
+        with client(server, f"/ws/{fac}?subscribe-user", page(new_user())[0]):
+            pass
+        assert scrape(ports)["ws4redis_handshake_identities_total", (("source", "claim"),)] == 1
     # Closed: the gauge goes back down.
     wait_for(lambda: scrape(ports)["ws4redis_websockets_open", (("facility", fac),)] == 0, 5, "the websockets counted closed")
 

@@ -199,7 +199,7 @@ def test_a_handshake_with_its_pages_claim_reads_nothing_and_gets_what_the_databa
     read, queries = handshake(session.session_key, None)
     assert queries == 2  # the session; the user with its groups
     claimed, queries = handshake(session.session_key, claim)
-    assert queries == 0
+    assert queries == 0 and claimed.ws4redis_source == "claim" and read.ws4redis_source == "database"  # type: ignore[attr-defined]
     assert claimed.identity == read.identity  # type: ignore[attr-defined]
     assert claimed.identity.groups == ("cooks", "staff")  # type: ignore[attr-defined]
     assert claimed.user.pk == user.pk and claimed.user.is_authenticated  # type: ignore[attr-defined]

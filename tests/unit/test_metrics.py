@@ -53,12 +53,24 @@ def test_handshakes_by_outcome_and_the_latency_histogram():
     assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
 
 
+def test_handshakes_by_where_their_user_came_from():
+    metrics = WorkerMetrics()
+    for source in ["claim", "database", "claim", "none"]:
+        metrics.identity(source)
+    assert samples(metrics, "ws4redis_handshake_identities_total") == {
+        (("source", "claim"),): 2,
+        (("source", "database"),): 1,
+        (("source", "none"),): 1,
+    }
+
+
 def test_every_sample_carries_the_worker_label(monkeypatch):
     from ws4redis_uwsgi.server import metrics as module
 
     monkeypatch.setattr(module, "worker_id", lambda: 3)
     metrics = WorkerMetrics()
     metrics.handshake("accepted")
+    metrics.identity("none")
     metrics.opened("chat")
     metrics.handshake_seconds.observe(0.001)
     text = generate_latest(metrics.registry).decode()
@@ -81,6 +93,7 @@ def exposed_and_charted() -> tuple[set[str], set[str]]:
 
     metrics = WorkerMetrics()
     metrics.handshake("accepted")
+    metrics.identity("claim")
     metrics.opened("chat")
     # The figures of the presence board and the outbox drain appear once the worker has them.
     process.resource("presence board", lambda: SimpleNamespace(connections=lambda: 1))

@@ -25,6 +25,11 @@ from . import auth_lookup, identity_claim
 from .identity_cache import CACHED_ENGINES, Entry, IdentityCache, clear_identity_cache, get_identity_cache
 from .tokens import session_ref
 
+#: Where a handshake's session and user came from (the metric ``ws4redis_handshake_identities_total``): read from
+#: the database, the worker's identity cache, the page's identity claim, a websocket token, the site's
+#: ``WS4REDIS_PROCESS_REQUEST``, or nowhere (no session cookie: anonymous without a query).
+SOURCES = ("database", "cache", "claim", "token", "hook", "none")
+
 
 @dataclass(slots=True)
 class _Held:
@@ -45,7 +50,7 @@ class _Claimed:
 
 
 def load_session_and_user(request: Any) -> None:
-    """Attach ``request.session`` and ``request.user`` from the session cookie.
+    """Attach ``request.session`` and ``request.user`` from the session cookie, and where they came from.
 
     This is what Django's session and authentication middleware would do; the
     websocket side runs no middleware. ``WS4REDIS_PROCESS_REQUEST`` replaces
@@ -55,6 +60,9 @@ def load_session_and_user(request: Any) -> None:
     authorization may evict what they would replace: from what this worker
     read for it when it comes back (:mod:`.identity_cache`), else from what
     the page it opens from read (:mod:`.identity_claim`).
+
+    ``request.ws4redis_source`` says where they came from: one of :data:`SOURCES`
+    but ``"token"`` and ``"hook"`` (``"none"``: no session cookie).
     """
     engine_name = django_settings.SESSION_ENGINE
     engine = import_module(engine_name)
@@ -71,6 +79,7 @@ def load_session_and_user(request: Any) -> None:
             request.session._session_cache = _own_session(entry.session)
             request.user = copy.copy(entry.user)
             request.ws4redis_identity = _Held(cache, entry, request.user)
+            request.ws4redis_source = "cache"
             return
         ticket = cache.ticket()  # before the reads: an eviction meanwhile voids them (see IdentityCache.put)
     if known:
@@ -82,6 +91,7 @@ def load_session_and_user(request: Any) -> None:
             request.user = identity_claim.user_of(claim)
             groups_read_with(request, request.user, claim.groups)
             request.ws4redis_claim = _Claimed(request.session, identity_claim.read_at(claim))
+            request.ws4redis_source = "claim"
             return
     request.session = engine.SessionStore(session_key)
     if session_key is not None:
@@ -99,6 +109,7 @@ def load_session_and_user(request: Any) -> None:
         max_age = settings.get("WS4REDIS_SESSION_RECHECK") or 0  # see identity_cache: the re-check's bound
         if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
+    request.ws4redis_source = "none" if session_key is None else "database"
 
 
 #: Values a session's data holds by copy: immutable, and of these exact types (a subclass may hold state).

@@ -103,6 +103,8 @@ class WebsocketWSGIServer:
         if token is None:
             custom = settings.get_callable("WS4REDIS_PROCESS_REQUEST")
             (custom or load_session_and_user)(request)
+            # What load_session_and_user says, also when the site's hook called it; else the hook's own doing.
+            get_metrics().identity(getattr(request, "ws4redis_source", "hook"))
             return
         try:
             claims = read_token(token)
@@ -114,6 +116,7 @@ class WebsocketWSGIServer:
         request.user = claims.user
         groups_read_with(request, claims.user, claims.groups)
         request.ws4redis_token = claims  # type: ignore[attr-defined]
+        get_metrics().identity("token")
 
     def process_subscriptions(self, request: WSGIRequest) -> tuple[list[str], bool]:
         """The channel parameters agreed for this request, and whether to echo.

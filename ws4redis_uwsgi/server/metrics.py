@@ -48,6 +48,7 @@ class WorkerMetrics:
             registry=self.registry,
         ).labels(worker=str(worker_id()))
         self.handshakes: dict[str, int] = {}
+        self.identities: dict[str, int] = {}
         self.open_by_facility: dict[str, int] = {}
         self.client_messages = 0
         self.heartbeats = 0
@@ -64,6 +65,10 @@ class WorkerMetrics:
         if facility in self.open_by_facility:
             return facility  # type: ignore[return-value]
         return facility if facility and len(self.open_by_facility) < MAX_FACILITY_LABELS else OTHER
+
+    def identity(self, source: str) -> None:
+        """A handshake got its session and user from ``source`` (one of :data:`~ws4redis_uwsgi.django.identity.SOURCES`)."""
+        self.identities[source] = self.identities.get(source, 0) + 1
 
     def opened(self, facility: str | None) -> None:
         """A websocket opened on ``facility``."""
@@ -96,6 +101,14 @@ class WorkerCollector(Collector):
         for outcome, count in m.handshakes.items():
             handshakes.add_metric([worker, outcome], count)
         yield handshakes
+        identities = CounterMetricFamily(
+            "ws4redis_handshake_identities",
+            "Handshakes by where their session and user came from (database, cache, claim, token, hook, none).",
+            labels=["worker", "source"],
+        )
+        for source, count in m.identities.items():
+            identities.add_metric([worker, source], count)
+        yield identities
         deliveries = CounterMetricFamily(
             "ws4redis_deliveries",
             "Messages handed to websockets: written at once by the hub (fast, repeats skipped included) or queued.",
