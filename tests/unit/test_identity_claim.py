@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 
@@ -117,6 +118,12 @@ def test_a_claim_reads_back_as_made_and_not_once_changed_or_made_with_another_ke
         assert identity_claim.load(value) is None
     with override_settings(SECRET_KEY="another key", SECRET_KEY_FALLBACKS=[settings.SECRET_KEY]):
         assert identity_claim.load(value) == claim  # a key rotation keeps the claims of the day
+
+
+def test_a_primary_key_that_is_not_an_integer_travels_as_a_string():
+    key = uuid.uuid4()
+    claim = identity_claim.load(identity_claim.dump(IdentityClaim("ref", key, "alice", (), 1234.5)))  # type: ignore[arg-type]
+    assert claim is not None and claim.user_pk == str(key)
 
 
 def test_a_value_of_this_site_of_another_shape_is_no_claim():

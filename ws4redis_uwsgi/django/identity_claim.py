@@ -105,7 +105,8 @@ def dump(claim: IdentityClaim) -> str:
     business, and the browser's owner (or whoever reads its cookies) should
     not learn them from a cookie when the site shows them nowhere.
     """
-    data = [claim.ref, claim.user_pk, claim.username, list(claim.groups), math.floor(claim.made_at * 1000) / 1000]
+    pk = claim.user_pk if type(claim.user_pk) is int else str(claim.user_pk)  # a UUID key, say: as a string
+    data = [claim.ref, pk, claim.username, list(claim.groups), math.floor(claim.made_at * 1000) / 1000]
     return _box().encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
 
 
