@@ -47,3 +47,41 @@ def test_the_registration_libev_leaves_behind_is_deleted_and_no_descriptor_is_le
         for a, b in sockets:
             a.close()
             b.close()
+
+
+def test_a_descriptor_closed_after_its_watcher_stopped_is_gone_at_once_and_its_number_serves_the_next_socket() -> None:
+    """What a websocket's end does (close_descriptor, not gevent's deferred close): libev takes the number again."""
+    import fcntl
+
+    from gevent.event import Event
+
+    from ws4redis_uwsgi.server.sockets import close_descriptor
+
+    loop = gevent.get_hub().loop
+    a, b = socket.socketpair()
+    fd = os.dup(a.fileno())
+    a.close()
+    watcher = loop.io(fd, 1)
+    watcher.start(lambda: None)
+    gevent.sleep(0.001)  # registered in libev's next iteration
+    watcher.stop()
+    watcher.close()
+    close_descriptor(fd)
+    with pytest.raises(OSError):
+        fcntl.fcntl(fd, fcntl.F_GETFD)  # closed now, not at the loop's next turn
+    b.close()
+    c, d = socket.socketpair()
+    try:
+        reused = c.fileno() if c.fileno() == fd else os.dup2(c.fileno(), fd)
+        readable = Event()
+        watcher = loop.io(reused, 1)
+        watcher.start(readable.set)
+        d.send(b"x")
+        assert readable.wait(2), "libev never reported the reused descriptor readable"
+        watcher.stop()
+        watcher.close()
+    finally:
+        if reused != c.fileno():
+            os.close(reused)
+        c.close()
+        d.close()

@@ -48,7 +48,7 @@ from . import limits
 from .adapter import close_for_rule
 from .limits import CLOSE_TIMEOUT, FRAMES_PER_CALL, READ_SIZE, UWSGI_MAX_SIZE_KIB
 from .session import Session, Turn
-from .sockets import RawSocket
+from .sockets import RawSocket, close_descriptor
 
 if TYPE_CHECKING:
     from ..bus.subscriber import RedisSubscriber
@@ -212,7 +212,7 @@ class DetachedWebsocket(RawSocket):
         fd, self._fd = self._fd, -1
         if fd >= 0:
             try:
-                os.close(fd)
+                close_descriptor(fd)  # its session stopped its watcher first
             except OSError:
                 pass
 
