@@ -53,6 +53,33 @@ def test_handshakes_by_outcome_and_the_latency_histogram():
     assert buckets[(("le", "0.0005"),)] == 1 and buckets[(("le", "0.005"),)] == 2
 
 
+def test_the_handshake_histogram_reads_as_prometheus_clients_own_would():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from ws4redis_uwsgi.server.metrics import HANDSHAKE_BUCKETS
+
+    registry = CollectorRegistry()
+    theirs = Histogram("ws4redis_handshake_seconds", "", labelnames=["worker"], buckets=HANDSHAKE_BUCKETS, registry=registry)
+    ours = WorkerMetrics()
+    values = [0.0001, 0.0005, 0.00051, 0.003, 0.003, 1.0, 4.9, 5.0, 7.5, 60.0]  # bounds themselves, and past the last
+    for value in values:
+        theirs.labels(worker="0").observe(value)
+        ours.handshake_seconds.observe(value)
+
+    def exposed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker"))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("ws4redis_handshake_seconds") and not s.name.endswith("_created")
+        }
+
+    mine = exposed(generate_latest(ours.registry).decode())
+    assert mine == exposed(generate_latest(registry).decode())
+    assert mine["ws4redis_handshake_seconds_bucket", (("le", "0.0005"),)] == 2
+    assert mine["ws4redis_handshake_seconds_count", ()] == len(values)
+
+
 def test_handshakes_by_where_their_user_came_from():
     metrics = WorkerMetrics()
     for source in ["claim", "database", "claim", "none"]:
