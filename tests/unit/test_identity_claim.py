@@ -266,3 +266,46 @@ def test_the_cookie_jar_of_a_browser_sends_the_claim_back_as_it_was_given(cache,
     jar = SimpleCookie()
     jar.load(morsel.OutputString())
     assert handshake(session.session_key, jar[COOKIE_NAME].value)[1] == 0
+
+
+# -- the pages' side in an async (ASGI) site -------------------------------------------------
+
+
+def async_page(session: SessionStore, user: object, cookies: dict[str, str] | None = None, auser: bool = True):
+    """A page request of an async site through the middleware: its response's claim cookie, and the queries it took."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncRequestFactory
+
+    request = AsyncRequestFactory().get("/page/")
+    request.COOKIES.update(cookies or {})
+    request.session = session
+    if auser:
+
+        async def read_user() -> object:  # as AuthenticationMiddleware gives it (Django 5.0 and later)
+            return user
+
+        request.auser = read_user
+    else:
+        request.user = SimpleLazyObject(lambda: user)
+
+    async def view(request) -> HttpResponse:
+        return HttpResponse("<p>page</p>")
+
+    middleware = IdentityClaimMiddleware(view)
+    assert middleware.is_async
+    with CaptureQueriesContext(connection) as queries:
+        response = async_to_sync(middleware)(request)
+    return response.cookies.get(COOKIE_NAME), len(queries)
+
+
+@pytest.mark.parametrize("auser", [True, False], ids=["auser", "no auser"])
+def test_an_async_site_gives_the_same_claims_and_reads_only_for_a_new_one(cache, user, auser):
+    session = login_session(user)
+    morsel, queries = async_page(session, user, auser=auser)
+    assert morsel is not None and queries == 1  # the groups
+    claim = identity_claim.load(morsel.value)
+    assert claim is not None and claim.groups == ("cooks", "staff") and claim.ref == session_ref(session.session_key)
+    assert async_page(session, user, {COOKIE_NAME: morsel.value}, auser=auser) == (None, 0)  # fresh: kept
+    assert handshake(session.session_key, morsel.value)[1] == 0
+    gone, _ = async_page(SessionStore(), AnonymousUser(), {COOKIE_NAME: morsel.value}, auser=auser)
+    assert gone is not None and gone.value == ""

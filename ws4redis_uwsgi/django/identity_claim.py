@@ -40,8 +40,10 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -175,20 +177,18 @@ def read_at(claim: IdentityClaim) -> float:
 # -- the pages' side -------------------------------------------------------------------------
 
 
-def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
-    """Give ``response`` a claim for ``request``'s session if it is a page of a logged-in user and has none that will do.
+class _Verdict(Enum):
+    KEEP = "keep"  # nothing to do: no page, no session, or its claim will do
+    TAKE_AWAY = "take away"  # a claim no visitor here may keep
+    MAKE = "make"  # a logged-in page without a claim that will do
 
-    A claim that is less than half its age old and names the same session and
-    user is kept (a page load then costs no query); a new one reads the user's
-    group names. A page of a visitor who is no longer logged in takes the
-    claim away.
-    """
+
+def _verdict(request: HttpRequest, response: HttpResponse, started: float, user: Any) -> _Verdict:
+    """What a response to ``request`` does about its claim; reads nothing from the database (``user`` is loaded)."""
     seconds = max_age()
-    if seconds <= 0 or not response.get("Content-Type", "").startswith("text/html"):
-        return
-    user, session = getattr(request, "user", None), getattr(request, "session", None)
-    if user is None or session is None:
-        return  # no session or authentication middleware before this one: nothing to vouch for
+    session = getattr(request, "session", None)
+    if seconds <= 0 or user is None or session is None or not response.get("Content-Type", "").startswith("text/html"):
+        return _Verdict.KEEP  # not a page, or no session or authentication middleware before this one
     present = request.COOKIES.get(COOKIE_NAME)
     key = session.session_key
     if (
@@ -197,45 +197,93 @@ def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
         or user.__class__ is not get_user_model()  # (AuthenticationMiddleware's lazy object says its user's class)
         or django_settings.SESSION_ENGINE not in CACHED_ENGINES
     ):
-        if present:
-            response.delete_cookie(
-                COOKIE_NAME,
-                path=django_settings.SESSION_COOKIE_PATH,
-                domain=django_settings.SESSION_COOKIE_DOMAIN,
-                samesite=django_settings.SESSION_COOKIE_SAMESITE,
-            )
-        return
-    ref = session_ref(key)
+        return _Verdict.TAKE_AWAY if present else _Verdict.KEEP
     if present:
         claim = load(present)
-        same = claim is not None and claim.ref == ref and str(claim.user_pk) == str(user.pk)
+        same = claim is not None and claim.ref == session_ref(key) and str(claim.user_pk) == str(user.pk)
         if same and claim.made_at > started - seconds / 2:  # type: ignore[union-attr]
-            return
-    claim = IdentityClaim(ref, user.pk, user.get_username(), auth_lookup.group_names(user), started)
-    response.set_cookie(
-        COOKIE_NAME,
-        dump(claim),
-        max_age=int(seconds),
-        path=django_settings.SESSION_COOKIE_PATH,
-        domain=django_settings.SESSION_COOKIE_DOMAIN,
-        secure=bool(django_settings.SESSION_COOKIE_SECURE),
-        httponly=True,
-        samesite=django_settings.SESSION_COOKIE_SAMESITE,
+            return _Verdict.KEEP
+    return _Verdict.MAKE
+
+
+def _made(request: HttpRequest, user: Any, started: float) -> str:
+    """A new claim's cookie value for ``request``'s session and ``user``: reads the user's group names."""
+    claim = IdentityClaim(
+        session_ref(request.session.session_key or ""), user.pk, user.get_username(), auth_lookup.group_names(user), started
     )
+    return dump(claim)
+
+
+def _apply(response: HttpResponse, verdict: _Verdict, value: str | None) -> None:
+    """Set or delete the claim's cookie where the session cookie goes."""
+    where = {"path": django_settings.SESSION_COOKIE_PATH, "domain": django_settings.SESSION_COOKIE_DOMAIN}
+    if verdict is _Verdict.TAKE_AWAY:
+        response.delete_cookie(COOKIE_NAME, samesite=django_settings.SESSION_COOKIE_SAMESITE, **where)
+    elif verdict is _Verdict.MAKE and value is not None:
+        response.set_cookie(
+            COOKIE_NAME,
+            value,
+            max_age=int(max_age()),
+            secure=bool(django_settings.SESSION_COOKIE_SECURE),
+            httponly=True,
+            samesite=django_settings.SESSION_COOKIE_SAMESITE,
+            **where,
+        )
+
+
+def issue(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    """Give ``response`` a claim for ``request``'s session if it is a page of a logged-in user and has none that will do.
+
+    A claim that is less than half its age old and names the same session and
+    user is kept (a page load then costs no query); a new one reads the user's
+    group names. A page of a visitor who is no longer logged in takes the
+    claim away.
+    """
+    user = getattr(request, "user", None)
+    verdict = _verdict(request, response, started, user)
+    _apply(response, verdict, _made(request, user, started) if verdict is _Verdict.MAKE else None)
+
+
+async def aissue(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    """:func:`issue` in an async request: the user from ``request.auser()``, the groups query in Django's thread."""
+    auser = getattr(request, "auser", None)
+    if auser is None:  # Django before 5.0: request.user may still have to read the database
+        await sync_to_async(issue)(request, response, started)
+        return
+    user = await auser()
+    verdict = _verdict(request, response, started, user)
+    value = await sync_to_async(_made)(request, user, started) if verdict is _Verdict.MAKE else None
+    _apply(response, verdict, value)
 
 
 class IdentityClaimMiddleware:
     """Gives the pages of a logged-in user a claim their websockets' handshakes may be let in on (see the module).
 
     Goes after Django's ``SessionMiddleware`` and ``AuthenticationMiddleware``
-    in ``MIDDLEWARE``, on the site that serves the pages.
+    in ``MIDDLEWARE``, on the site that serves the pages; sync and async
+    (an ASGI site's requests stay on the event loop, but for the groups
+    query of a new claim).
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    sync_capable = True
+    async_capable = True
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
         started = time.time()  # before the view (or anything) read the session or the user
         response = self.get_response(request)
         issue(request, response, started)
         return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        started = time.time()
+        response = await self.get_response(request)
+        await aissue(request, response, started)
+        return response  # type: ignore[no-any-return]
