@@ -184,7 +184,7 @@ class _Verdict(Enum):
 
 
 def _verdict(request: HttpRequest, response: HttpResponse, started: float, user: Any) -> _Verdict:
-    """What a response to ``request`` does about its claim; reads nothing from the database (``user`` is loaded)."""
+    """What a response to ``request`` does about its claim: no query of its own (a lazy ``user`` loads itself here)."""
     seconds = max_age()
     session = getattr(request, "session", None)
     if seconds <= 0 or user is None or session is None or not response.get("Content-Type", "").startswith("text/html"):
