@@ -121,3 +121,33 @@ def test_nothing_is_read_with_subscriptions_the_connection_cannot_read_with_or_a
     reading = RecordingPubSub(reads_stored=True)
     one._sync(reading)  # a (re)connection's first sync: no handshake waits to read
     assert reading.sent == [("SUBSCRIBE", ("b",))] and one.reading == {}
+
+
+class PingingPubSub(RecordingPubSub):
+    def ping(self) -> None:
+        self.sent.append(("PING", ()))
+
+
+def test_a_settling_handshake_is_let_go_by_the_answer_to_its_own_ping_not_an_earlier_one() -> None:
+    """Redis answers a connection's PINGs in order: the keep-alive's answer, already on its way, releases nobody."""
+    one, pubsub = link(), PingingPubSub()
+    one._ping(pubsub, None)  # the keep-alive's, before the handshake asked
+    event = one.settle()
+    events, one._barriers = one._barriers, []  # what the link's loop does next (it would also be started by wake())
+    one._ping(pubsub, events)
+    assert pubsub.sent == [("PING", ()), ("PING", ())]
+    one._handle(Reply("pong", None, None))  # RESP3's answer
+    assert not event.is_set()
+    one._handle(Reply("pong", "", None))  # RESP2's, on a subscribed connection
+    assert event.is_set()
+    one.close()  # (settle woke the link: its loop never connects here)
+
+
+def test_a_lost_connection_lets_every_settling_handshake_go() -> None:
+    one, pubsub = link(), PingingPubSub()
+    waiting, sent = one.settle(), one.settle()
+    events, one._barriers = one._barriers[1:], one._barriers[:1]
+    one._ping(pubsub, events)
+    one._on_disconnect(None)
+    assert waiting.is_set() and sent.is_set()
+    one.close()

@@ -49,6 +49,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -281,6 +282,21 @@ class SubscriptionHub:
             return None
         return entry
 
+    def settle(self, channels: Iterable[str], timeout: float) -> bool:
+        """Wait until the listeners of ``channels`` got every message Redis sent this worker for them before now.
+
+        Why: a value read on another connection (a channel's stored message)
+        may be newer than what this worker's subscription has handed out so
+        far; once Redis answered a PING on each of their connections, every
+        message it published before that read has been handed out (Redis
+        answers a connection in order). False when an answer took longer than
+        ``timeout``, or a connection is away (its listeners catch up then).
+        """
+        links = {self._route.get(channel) for channel in channels}
+        events = [link.settle() for link in links if link is not None and link.connected]
+        deadline = time.monotonic() + timeout
+        return all(event.wait(max(0.0, deadline - time.monotonic())) for event in events) and len(events) == len(links)
+
     def confirmed(self, channels: Iterable[str]) -> bool:
         """Whether Redis confirmed the subscription of every one of ``channels`` on its current connection."""
         return all(channel in self._confirmed for channel in channels)
@@ -504,6 +520,29 @@ class _Link:
         #: This shard's clock minus this process's (seconds), measured whenever the link connects.
         self.clock_offset = hub.clock_offset
         self._measured_at = -math.inf  # time.monotonic() of the last measure
+        #: Handshakes waiting for the next PING's answer (see :meth:`settle`), and the PINGs sent, in order:
+        #: each entry the events its answer sets (None: the keep-alive's own).
+        self._barriers: list[Event] = []
+        self._pings: deque[list[Event] | None] = deque()
+
+    def settle(self) -> Event:
+        """An event set once Redis answered a PING sent from now on: every push sent before it has been handed out."""
+        event = Event()
+        self._barriers.append(event)
+        self.wake()
+        return event
+
+    def _ping(self, subscription: Subscription, events: list[Event] | None) -> None:
+        subscription.ping()
+        self._pings.append(events)
+
+    def _release(self) -> None:
+        """Let every handshake waiting for a PING's answer go (the connection is gone: none will come)."""
+        for events in [self._barriers, *self._pings]:
+            for event in events or ():
+                event.set()
+        self._barriers = []
+        self._pings.clear()
 
     def want(self, channel: str) -> None:
         self.wanted.add(channel)
@@ -595,6 +634,7 @@ class _Link:
 
     def _on_disconnect(self, subscription: Subscription | None) -> None:
         self.connected = False
+        self._release()
         self._waiter.unwatch()
         self.hub._lost(self, self.wanted | self.subscribed)
         self.subscribed.clear()
@@ -625,6 +665,9 @@ class _Link:
                 ping_pending = False
             # A channel subscribed from now on has a handshake about to read its stored message.
             self._sync(subscription, read_stored=True)
+            if self._barriers:
+                events, self._barriers = self._barriers, []
+                self._ping(subscription, events)
             if following and time.monotonic() >= next_check:
                 next_check = time.monotonic() + MASTER_CHECK_INTERVAL
                 master = subscription.master_elsewhere()
@@ -641,7 +684,7 @@ class _Link:
             if ping_pending:
                 raise redis.ConnectionError("no answer to PING")
             if self.subscribed:
-                subscription.ping()
+                self._ping(subscription, None)
                 ping_pending = True
 
     def _sync(self, subscription: Subscription, read_stored: bool = False) -> None:
@@ -682,8 +725,13 @@ class _Link:
 
     def _handle(self, reply: Reply) -> None:
         kind, channel = reply.kind, reply.channel
+        if kind.lower() == "pong":
+            events = self._pings.popleft() if self._pings else None
+            for event in events or ():
+                event.set()
+            return
         if channel is None:
-            return  # a PONG
+            return  # a PONG before any subscription
         if kind in ("message", "smessage"):
             self.hub._deliver(reply.data, channel, self)
         elif kind in ("subscribe", "ssubscribe"):

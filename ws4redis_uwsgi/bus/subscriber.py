@@ -31,6 +31,9 @@ from .store import RedisStore
 #: How long a handshake waits for Redis to confirm the new subscriptions
 #: before it completes anyway (Redis may be down; the hub subscribes later).
 SUBSCRIBE_TIMEOUT = 3.0
+#: How long a handshake with a stored message without id waits for the hub to hand out what Redis sent
+#: before it (SubscriptionHub.settle): one PING's round trip on the hub's connection, unless Redis is away.
+SETTLE_TIMEOUT = 1.0
 
 
 class DirectWriter(Protocol):
@@ -242,8 +245,14 @@ class RedisSubscriber(RedisStore):
             values = resources.batched_reader().mget(self._channels)  # one MGET for every handshake in progress
         else:
             values = mget(self._connection, self._channels)
-        found = [self._hub.accept(value, channel) for channel, value in zip(self._channels, values, strict=True) if value]
-        return self.outbox.fresh(m for m in found if m is not None)
+        found = [m for m in (self._hub.accept(v, c) for c, v in zip(self._channels, values, strict=True) if v) if m is not None]
+        bare = [m.channel for m in found if m.order is None and m.uid is None and m.channel is not None]
+        if bare:
+            # Without an id (history off) nothing but its live copy, by its content, tells a stored message
+            # apart (Outbox.fresh): the read may have run after a publish whose live copy this worker has not
+            # handed out yet. Once it has, the copy waits in the outbox, and the stored one is left out.
+            self._hub.settle(bare, SETTLE_TIMEOUT)
+        return self.outbox.fresh(found)
 
     def read_backlog(self, positions: Mapping[str, Order]) -> history.BacklogReader:
         """A reader of what was published on this websocket's channels after its ``positions``.
