@@ -6,7 +6,10 @@ SQL (no signal) still lets its cookie in while the worker keeps what it read
 ``WS4REDIS_IDENTITY_CACHE`` seconds after the read or the last close), and
 no longer after; after a logout or a group change (signals) the very next
 reconnect is what the database says.
-Each test runs with the site on SQLite and on PostgreSQL.
+Each test runs with the site on SQLite and on PostgreSQL; those with ``worker``
+also with a worker of the test site (its hooks read the session on a database
+greenlet) and one of the stock set-up, which serves a session from its cache
+before the hop to the database greenlets.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pytest
 
 from tests.conftest import SITE_ENV
 from tests.integration.helpers import client, facility, recv
-from tests.integration.test_live_auth import SECOND, closed_with, login, logout, new_user, subscribers
+from tests.integration.test_live_auth import SECOND, another_worker, closed_with, login, logout, new_user, subscribers
 from tests.servers import TIMING, UwsgiServer, wait_for
 from ws4redis_uwsgi.core.channels import Audience, channel_name
 from ws4redis_uwsgi.core.close_codes import CloseCode
@@ -28,8 +31,21 @@ from ws4redis_uwsgi.publisher import RedisPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
+__all__ = ["another_worker"]  # a fixture of the live authorization tests, used here
+
 #: The cache's seconds in the worker of the first test: long enough to reconnect within, short to wait out.
 TTL = 3.0 * TIMING
+
+
+@pytest.fixture(params=["site hooks", "stock"])
+def worker(request, site_server, another_worker):
+    """A worker of the test site, with its hooks, or one of the stock set-up (``WS4REDIS_TEST_STOCK``)."""
+    return site_server if request.param == "site hooks" else another_worker(WS4REDIS_TEST_STOCK="1")
+
+
+def stock(server) -> bool:
+    """Whether ``server`` is a worker of the stock set-up."""
+    return server.env.get("WS4REDIS_TEST_STOCK") == "1"
 
 
 @pytest.fixture
@@ -118,22 +134,22 @@ def test_a_session_with_a_websocket_open_stays_kept_and_gets_the_seconds_again_w
         assert subscribers(user_channel) == 0  # read again: the session is gone
 
 
-def test_a_logout_is_not_undone_by_the_cache(site_server):
+def test_a_logout_is_not_undone_by_the_cache(worker):
     fac = facility()
     user, cookie, key, user_channel, path = a_user_on(fac)
-    with client(site_server, path, cookie) as ws:
-        with client(site_server, path, cookie):  # a reconnect while the first is open: from the cache
+    with client(worker, path, cookie) as ws:
+        with client(worker, path, cookie):  # a reconnect while the first is open: from the cache
             assert subscribers(user_channel) == 1
         started = time.monotonic()
         logout(key, user)
         # The worker heard it: this websocket closes, and what it kept for the session went first.
         assert closed_with(ws, started)[0] == CloseCode.SESSION_ENDED
     wait_for(lambda: subscribers(user_channel) == 0, 5, "the websocket's departure")
-    with client(site_server, path, cookie):  # at once, well within the cache's seconds
+    with client(worker, path, cookie):  # at once, well within the cache's seconds
         assert subscribers(user_channel) == 0  # anonymous, as the database says
 
 
-def test_a_group_left_is_not_given_back_by_the_cache(site_server):
+def test_a_group_left_is_not_given_back_by_the_cache(worker):
     from django.contrib.auth.models import Group
 
     fac, watcher_fac, name = facility(), facility(), "g" + uuid.uuid4().hex[:8]
@@ -142,8 +158,8 @@ def test_a_group_left_is_not_given_back_by_the_cache(site_server):
     old_channel = channel_name("test", Audience.GROUP, fac, name)
     watched_channel = channel_name("test", Audience.GROUP, watcher_fac, name)
     path = f"/ws/{fac}?subscribe-group"
-    with client(site_server, f"/ws/{watcher_fac}?subscribe-group", login(watcher)[0]):
-        with client(site_server, path, cookie):
+    with client(worker, f"/ws/{watcher_fac}?subscribe-group", login(watcher)[0]):
+        with client(worker, path, cookie):
             assert subscribers(old_channel) == 1
         wait_for(lambda: subscribers(old_channel) == 0, 5, "the websocket's departure")
         # The user has no websocket now: only the command itself can tell the worker to forget.
@@ -152,5 +168,5 @@ def test_a_group_left_is_not_given_back_by_the_cache(site_server):
         watcher.groups.remove(group)
         # Commands arrive in order: once the watcher's websocket left the group, the worker heard both.
         wait_for(lambda: subscribers(watched_channel) == 0, SECOND, "the watcher's websocket leaving the group")
-        with client(site_server, path, cookie):  # at once, well within the cache's seconds
+        with client(worker, path, cookie):  # at once, well within the cache's seconds
             assert subscribers(old_channel) == 0

@@ -62,43 +62,25 @@ def load_session_and_user(request: Any) -> None:
     the page it opens from read (:mod:`.identity_claim`).
 
     ``request.ws4redis_source`` says where they came from: one of :data:`SOURCES`
-    but ``"token"`` and ``"hook"`` (``"none"``: no session cookie).
+    but ``"token"`` and ``"hook"`` (``"none"``: no session cookie). A request
+    :func:`load_without_reading` already served is left as it is.
     """
+    if getattr(request, "ws4redis_source", None) in _WITHOUT_READING:
+        return
     engine_name = django_settings.SESSION_ENGINE
-    engine = import_module(engine_name)
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
+    if _from_memory(request, engine_name, session_key, with_groups=False):
+        return
     ttl = cache_seconds()
-    known = session_key is not None and engine_name in CACHED_ENGINES
-    cache = get_identity_cache() if known and ttl > 0 else None
-    ticket = 0
-    if cache is not None:
-        entry = cache.get((engine_name, session_key))
-        if entry is not None:
-            # Copies: one websocket's hooks must not change what another one is given.
-            request.session = engine.SessionStore(session_key)
-            request.session._session_cache = _own_session(entry.session)
-            request.user = copy.copy(entry.user)
-            request.ws4redis_identity = _Held(cache, entry, request.user)
-            request.ws4redis_source = "cache"
-            return
-        ticket = cache.ticket()  # before the reads: an eviction meanwhile voids them (see IdentityCache.put)
-    if known:
-        assert session_key is not None
-        claim = identity_claim.admitted(request.COOKIES, session_key, get_identity_cache())
-        if claim is not None:
-            # The session is loaded only if a hook reads it; the claim vouches for its key.
-            request.session = engine.SessionStore(session_key)
-            request.user = identity_claim.user_of(claim)
-            groups_read_with(request, request.user, claim.groups)
-            request.ws4redis_claim = _Claimed(request.session, identity_claim.read_at(claim))
-            request.ws4redis_source = "claim"
-            return
-    request.session = engine.SessionStore(session_key)
+    cache = get_identity_cache() if session_key is not None and engine_name in CACHED_ENGINES and ttl > 0 else None
+    ticket = cache.ticket() if cache is not None else 0  # before the reads: an eviction meanwhile voids them
+    request.session = import_module(engine_name).SessionStore(session_key)
     if session_key is not None:
         auth_lookup.load_session(request.session)
     request.user, groups = auth_lookup.read_user(request)
     groups_read_with(request, request.user, groups)
     if cache is not None and _cacheable(request.session, request.user, session_key):
+        assert session_key is not None
         entry = Entry(
             session=_own_session(request.session._session_cache),
             user=copy.copy(request.user),
@@ -110,6 +92,55 @@ def load_session_and_user(request: Any) -> None:
         if cache.put((engine_name, session_key), entry, ticket, ttl, max_age):
             request.ws4redis_identity = _Held(cache, entry, request.user)
     request.ws4redis_source = "none" if session_key is None else "database"
+
+
+#: The sources that read nothing: what :func:`load_without_reading` serves.
+_WITHOUT_READING = ("cache", "claim")
+
+
+def load_without_reading(request: Any) -> bool:
+    """Attach session, user and groups as :func:`load_session_and_user` would, if that takes no query; else False.
+
+    A logged-in session this worker read a moment ago, or whose page vouched
+    for it. The websocket loop asks this first, in the websocket's own
+    greenlet: a handshake served from memory skips the hop to the database
+    greenlets and back (about 28 µs of a worker's CPU, a tenth of such a
+    handshake). Unlike :func:`load_session_and_user`, a cache entry whose
+    groups were not read does not do: the groups would be a query.
+    """
+    session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
+    return _from_memory(request, django_settings.SESSION_ENGINE, session_key, with_groups=True)
+
+
+def _from_memory(request: Any, engine_name: str, session_key: str | None, with_groups: bool) -> bool:
+    """Serve ``request`` from the identity cache or its page's claim; False when neither will do (nothing attached)."""
+    if session_key is None or engine_name not in CACHED_ENGINES:
+        return False
+    cache = get_identity_cache()
+    entry = cache.get((engine_name, session_key)) if cache_seconds() > 0 else None
+    if entry is not None:
+        groups = cache.groups_of(entry)
+        if with_groups and groups is None:
+            return False
+        # Copies: one websocket's hooks must not change what another one is given.
+        request.session = import_module(engine_name).SessionStore(session_key)
+        request.session._session_cache = _own_session(entry.session)
+        request.user = copy.copy(entry.user)
+        request.ws4redis_identity = _Held(cache, entry, request.user)
+        if with_groups:
+            groups_read_with(request, request.user, groups)  # as they are now: no eviction can come between
+        request.ws4redis_source = "cache"
+        return True
+    claim = identity_claim.admitted(request.COOKIES, session_key, cache)
+    if claim is None:
+        return False
+    # The session is loaded only if a hook reads it; the claim vouches for its key.
+    request.session = import_module(engine_name).SessionStore(session_key)
+    request.user = identity_claim.user_of(claim)
+    groups_read_with(request, request.user, claim.groups)
+    request.ws4redis_claim = _Claimed(request.session, identity_claim.read_at(claim))
+    request.ws4redis_source = "claim"
+    return True
 
 
 #: Values a session's data holds by copy: immutable, and of these exact types (a subclass may hold state).

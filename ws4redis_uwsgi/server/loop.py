@@ -38,7 +38,7 @@ from ..core.inbound import InboundPolicy, Verdict
 from ..core.outbox import GAP_NOTICE, Opening
 from ..core.positions import Order
 from ..core.text import loggable
-from ..django.identity import groups_read_with, load_session_and_user
+from ..django.identity import groups_read_with, load_session_and_user, load_without_reading
 from ..django.tokens import Claims, TokenError, read_token
 from . import limits
 from .adapter import StartResponse, Waiter, Websocket, close_for_rule
@@ -243,15 +243,30 @@ class WebsocketWSGIServer:
     def may_read_database(self, request: WSGIRequest) -> bool:
         """Whether authenticating ``request`` and agreeing on its channels may query the database.
 
-        Not for a visitor without a session cookie or a websocket token on the
-        stock set-up: the session is empty and the user anonymous without a
-        query, so the handshake skips the hop to the database greenlets. A site
-        hook or another subscriber class may query it: those keep the hop.
+        Not on the stock set-up for a visitor without a session cookie or a
+        websocket token (the session is empty and the user anonymous without a
+        query), nor for a logged-in session served from memory (this worker's
+        identity cache or the page's identity claim, attached here by
+        :func:`~ws4redis_uwsgi.django.identity.load_without_reading`): those
+        handshakes skip the hop to the database greenlets. A site hook, another
+        subscriber class, or a subclass's own ``process_request`` or
+        ``process_subscriptions`` may query it: those keep the hop.
         """
-        if django_settings.SESSION_COOKIE_NAME in request.COOKIES or request.META.get("HTTP_SEC_WEBSOCKET_PROTOCOL"):
+        if request.META.get("HTTP_SEC_WEBSOCKET_PROTOCOL") or self._customized():
             return True
+        if django_settings.SESSION_COOKIE_NAME not in request.COOKIES:
+            return False
+        return not load_without_reading(request)
+
+    def _customized(self) -> bool:
+        """Whether a site's code takes part in authenticating a handshake or agreeing on its channels."""
         hooks = settings.get("WS4REDIS_PROCESS_REQUEST"), settings.get("WS4REDIS_ALLOWED_CHANNELS")
-        return any(hook is not None for hook in hooks) or self.Subscriber is not RedisSubscriber
+        return (
+            any(hook is not None for hook in hooks)
+            or self.Subscriber is not RedisSubscriber
+            or type(self).process_request is not WebsocketWSGIServer.process_request
+            or type(self).process_subscriptions is not WebsocketWSGIServer.process_subscriptions
+        )
 
     def subscribe_request(self, request: WSGIRequest) -> RedisSubscriber:
         """Authenticate ``request``, agree on its channels and subscribe; may use the database."""
