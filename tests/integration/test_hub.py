@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import time
 
 import gevent
 import pytest
@@ -12,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.servers import wait_for
+from ws4redis_uwsgi.bus import hub as hub_module
 from ws4redis_uwsgi.bus.hub import SubscriptionHub
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -206,3 +208,31 @@ def test_a_channel_left_without_linger_is_unsubscribed_at_once(redis_and_hub):
     assert hub.wait_subscribed(["left"], 5)
     hub.remove(listener, ["left"])  # a group the user left
     run_gevent_until(lambda: numsub(server, "left") == 0, 1, "the unsubscription")
+
+
+def test_a_burst_of_new_channels_shares_its_subscribe_commands_and_a_lone_one_goes_at_once(redis_and_hub, monkeypatch):
+    """A burst of first visits, each with its user's channel: held together; a handshake after a quiet while waits for nothing."""
+    server, hub = redis_and_hub
+    monkeypatch.setattr(hub_module, "SUBSCRIBE_INTERVAL", 1.0)  # long enough to tell a hold from a round trip
+    hub.add(Listener(), ["warm-up"])
+    assert hub.wait_subscribed(["warm-up"], 5)
+    gevent.sleep(1.1)
+    before = subscribes(server)
+
+    def handshake(index: int) -> bool:
+        gevent.sleep(index * 0.002)  # 200 handshakes over 0.4 s
+        channel = f"user:{index}"
+        hub.add(Listener(), [channel])
+        return hub.wait_subscribed([channel], 5)
+
+    burst = [gevent.spawn(handshake, i) for i in range(200)]
+    gevent.joinall(burst, timeout=10)
+    assert all(g.value for g in burst)
+    assert subscribes(server) - before == 2  # the first at once, the 199 after it held together
+    gevent.sleep(1.1)  # quiet
+    started = time.monotonic()
+    hub.add(Listener(), ["lone"])
+    assert hub.wait_subscribed(["lone"], 0.5) and time.monotonic() - started < 0.5  # not held
+    hub.add(Listener(), ["right after"])
+    assert not hub.wait_subscribed(["right after"], 0.3)  # held, with whatever else comes within the second
+    assert hub.wait_subscribed(["right after"], 2)

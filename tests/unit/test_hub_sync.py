@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ws4redis_uwsgi.bus.hub import SubscriptionHub, _Link
+from ws4redis_uwsgi.bus.hub import SUBSCRIBE_INTERVAL, SubscriptionHub, _Link
 from ws4redis_uwsgi.bus.shards import SingleShard
 from ws4redis_uwsgi.bus.subscription import Reply
 
@@ -151,3 +151,20 @@ def test_a_lost_connection_lets_every_settling_handshake_go() -> None:
     one._on_disconnect(None)
     assert waiting.is_set() and sent.is_set()
     one.close()
+
+
+def test_what_changes_right_after_a_sync_that_sent_is_held_a_moment_and_the_first_after_a_quiet_while_is_not() -> None:
+    """SUBSCRIBE_INTERVAL: a burst's new channels go out together; a lone handshake's at once."""
+    one, pubsub = link(), RecordingPubSub()
+    one.want("a")
+    assert one._hold() == 0  # nothing sent before: at once
+    one._sync(pubsub)
+    assert one._hold() == 0  # nothing changed since
+    one.want("b")
+    assert 0 < one._hold() <= SUBSCRIBE_INTERVAL
+    one._sent_at -= SUBSCRIBE_INTERVAL  # a quiet while
+    assert one._hold() == 0
+    one._sync(pubsub)
+    one.unwant("a")  # leaving is held too: it goes with what comes next
+    assert one._hold() > 0
+    assert pubsub.sent == [("SUBSCRIBE", ("a",)), ("SUBSCRIBE", ("b",))]

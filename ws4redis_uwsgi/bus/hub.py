@@ -26,6 +26,12 @@ and, no message having passed meanwhile, reads no stored message from
 Redis either (:mod:`.batched_reader`). A channel left for another reason (a
 group the user left) goes at once.
 
+A link sends what changed at once when it sent nothing for
+:data:`SUBSCRIBE_INTERVAL` (2 ms), else at the end of those 2 ms, together
+with whatever else came meanwhile: a burst of first visits, each with a
+channel of its own, shares its ``SUBSCRIBE`` commands, their replies and
+the wake-ups that follow, and a lone handshake waits for nothing.
+
 A channel's first subscription also reads its stored message, in the same
 round trip, where the connection speaks RESP3 (``read_stored``, not on a
 Cluster: see :mod:`.subscription`): the handshake that subscribed it, a user's
@@ -73,6 +79,11 @@ DRAIN_BATCH = 64
 #: (handshakes, the websockets' turns), whatever the count of messages: with 10,000 websockets on
 #: a channel, 64 messages held the event loop for seconds and the worker accepted no connection.
 DRAIN_DELIVERIES = 10_000
+#: Seconds a link holds the subscriptions that come after those it just sent, to send them together.
+#: The first after a quiet while goes at once; in a burst of first visits, each with a channel of its
+#: own (its user's), a SUBSCRIBE, its replies and the handshakes' wake-ups per handshake cost more
+#: than a third of the handshake (bench/README.md); held 2 ms, they come about a dozen to a command.
+SUBSCRIBE_INTERVAL = 0.002
 #: Seconds between two log lines about messages the hub dropped (a flood logs a count).
 DROP_LOG_INTERVAL = 10.0
 #: Round trips to Redis's TIME when a connection opens; the quickest measures the clock offset.
@@ -524,6 +535,9 @@ class _Link:
         #: each entry the events its answer sets (None: the keep-alive's own).
         self._barriers: list[Event] = []
         self._pings: deque[list[Event] | None] = deque()
+        #: time.monotonic() when _sync last sent commands, and whether the loop holds what changed since.
+        self._sent_at = -math.inf
+        self._holding = False
 
     def settle(self) -> Event:
         """An event set once Redis answered a PING sent from now on: every push sent before it has been handed out."""
@@ -558,7 +572,15 @@ class _Link:
     def wake(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
+        elif self._holding:
+            return  # the loop looks at everything once the hold ends, in at most SUBSCRIBE_INTERVAL
         self._waiter.wake()
+
+    def _hold(self) -> float:
+        """Seconds the loop holds the subscriptions that changed, to send them with those still to come (0: send now)."""
+        if not self._changed:
+            return 0.0
+        return max(0.0, self._sent_at + SUBSCRIBE_INTERVAL - time.monotonic())
 
     def close(self) -> None:
         if self._greenlet is not None:
@@ -663,8 +685,10 @@ class _Link:
         while True:
             if self._drain(subscription):
                 ping_pending = False
-            # A channel subscribed from now on has a handshake about to read its stored message.
-            self._sync(subscription, read_stored=True)
+            hold = self._hold()
+            if not hold:
+                # A channel subscribed from now on has a handshake about to read its stored message.
+                self._sync(subscription, read_stored=True)
             if self._barriers:
                 events, self._barriers = self._barriers, []
                 self._ping(subscription, events)
@@ -673,10 +697,16 @@ class _Link:
                 master = subscription.master_elsewhere()
                 if master is not None:
                     raise redis.ConnectionError(f"the sentinels name another master, {master[0]}:{master[1]}")
-            if self._waiter.wait(wait):
+            timeout = min(wait, hold) if hold else wait
+            self._holding = bool(hold)  # meanwhile a handshake's wake() costs nothing: the hold ends by itself
+            try:
+                woken = self._waiter.wait(timeout)
+            finally:
+                self._holding = False
+            if woken:
                 quiet = 0.0
                 continue
-            quiet += wait
+            quiet += timeout
             if quiet < ping_interval:
                 continue
             # Idle for a whole interval: make sure the connection is still alive.
@@ -697,6 +727,8 @@ class _Link:
         changed, self._changed = self._changed, set()
         new = {c for c in changed if c in self.wanted and c not in self.subscribed}
         gone = {c for c in changed if c in self.subscribed and c not in self.wanted}
+        if new or gone:
+            self._sent_at = time.monotonic()
         if new:
             self.subscribed |= new
             reading = read_stored and subscription.reads_stored
