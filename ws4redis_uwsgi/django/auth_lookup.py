@@ -180,27 +180,27 @@ def _session_query(alias: str) -> CompiledQuery:
 
 
 def _user_query(alias: str) -> CompiledQuery:
-    user_model = _user_model()
-    if user_model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
+    model = user_model()
+    if model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField"):
         raise UnsupportedQueryError("the user model's primary key is not an integer")
-    return CompiledQuery(user_model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
+    return CompiledQuery(model._default_manager.using(alias).filter(pk=INT_MARKER), INT_MARKER, instances=True)
 
 
 class UserWithGroups:
     """The user query of :func:`_user_query` with the user's group names joined in: one row per group."""
 
     def __init__(self, alias: str) -> None:
-        user_model = _user_model()
-        if _groups_field(user_model) is None:
+        model = user_model()
+        if _groups_field(model) is None:
             raise UnsupportedQueryError("the user model has no groups")
         if django_settings.DATABASE_ROUTERS:
             raise UnsupportedQueryError("a database router may read the groups elsewhere")
         plain = _compiled(_user_query, alias)
         if plain is None or plain.model_fields is None:
             raise UnsupportedQueryError("the user is read through the ORM")
-        self.alias, self.model = alias, user_model
+        self.alias, self.model = alias, model
         self.attnames = plain.model_fields[2]
-        queryset = user_model._default_manager.using(alias).filter(pk=INT_MARKER)
+        queryset = model._default_manager.using(alias).filter(pk=INT_MARKER)
         self.query = CompiledQuery(queryset.values_list(*self.attnames, "groups__name"), INT_MARKER)
 
     def read(self, pk: int) -> tuple[Model | None, tuple[str, ...]]:
@@ -217,7 +217,7 @@ class UserWithGroups:
 
 
 def _groups_query(alias: str) -> CompiledQuery:
-    user = _user_model()(pk=INT_MARKER)
+    user = user_model()(pk=INT_MARKER)
     return CompiledQuery(user.groups.using(alias).values_list("name", flat=True), INT_MARKER)  # type: ignore[attr-defined]
 
 
@@ -226,12 +226,12 @@ _QUERIES = "compiled auth queries"
 
 def _forget(**kwargs: Any) -> None:
     process.forget(_QUERIES)  # a test changed DATABASES, AUTH_USER_MODEL or another setting: compile again
-    _user_model.cache_clear()
+    user_model.cache_clear()
 
 
 @functools.cache
-def _user_model() -> type[Model]:
-    """``auth.get_user_model()``, asked for six times per handshake: an app registry lookup each time."""
+def user_model() -> type[Model]:
+    """``auth.get_user_model()``, asked for several times per handshake: an app registry lookup each time."""
     return auth.get_user_model()
 
 
@@ -241,7 +241,7 @@ setting_changed.connect(_forget, dispatch_uid="ws4redis_uwsgi.django.auth_lookup
 def _compiled(factory: Callable[[str], Q], alias: str, otherwise: str = "lookups go through the ORM") -> Q | None:
     """``factory(alias)``, made once; None from then on if it cannot be, logged once with what happens ``otherwise``."""
     queries: dict[tuple[Any, str, Any], Any] = process.resource(_QUERIES, dict)
-    key = (factory, alias, _user_model())
+    key = (factory, alias, user_model())
     try:
         return queries[key]  # type: ignore[no-any-return]
     except KeyError:
@@ -290,7 +290,7 @@ def backend_user_and_groups(user_pk: Any, backend_path: str, with_groups: bool =
     """
     if backend_path != MODEL_BACKEND or not isinstance(user_pk, int):
         return UNANSWERED, None
-    alias = _user_model()._default_manager.db
+    alias = user_model()._default_manager.db
     joined = _compiled(UserWithGroups, alias, "not used, the groups have a query of their own") if with_groups else None
     groups: tuple[str, ...] | None = None
     if joined is not None:
@@ -314,7 +314,7 @@ def user_by_key(pk: Any, with_groups: bool = False) -> tuple[Any, tuple[str, ...
     ``with_groups``, the user's group names where they came in its query (else None).
     """
     try:
-        user_pk = _user_model()._meta.pk.to_python(pk)
+        user_pk = user_model()._meta.pk.to_python(pk)
     except ValidationError:
         return UNANSWERED, None  # the ORM says what it says for such a key
     return backend_user_and_groups(user_pk, MODEL_BACKEND, with_groups)
@@ -335,7 +335,7 @@ def read_user(request: Any) -> tuple[Any, tuple[str, ...] | None]:
     except KeyError:
         return AnonymousUser(), None
     try:
-        user_pk = _user_model()._meta.pk.to_python(stored_pk)
+        user_pk = user_model()._meta.pk.to_python(stored_pk)
     except Exception:
         return auth.get_user(request), None  # an odd value in the session: Django decides
     if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
@@ -355,7 +355,7 @@ def read_user(request: Any) -> tuple[Any, tuple[str, ...] | None]:
 def group_names(user: Any) -> tuple[str, ...]:
     """The sorted names of ``user``'s groups (``user.groups``), by a compiled query where it may be."""
     query = None
-    if type(user) is _user_model() and isinstance(user.pk, int):
+    if type(user) is user_model() and isinstance(user.pk, int):
         groups = _groups_field(type(user))
         if groups is None:
             return ()

@@ -46,7 +46,6 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings as django_settings
-from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import salted_hmac
 
@@ -159,14 +158,21 @@ def admitted(cookies: Mapping[str, str], session_key: str, cache: IdentityCache)
 
 def user_of(claim: IdentityClaim) -> Any:
     """The site's user with the claim's primary key and username; its other fields are read if something asks for them."""
-    model = get_user_model()
-    pk = model._meta.pk.to_python(claim.user_pk)
-    username_field: str = getattr(model, "USERNAME_FIELD")  # noqa: B009 - a str, whatever the stubs say
-    username_attname = getattr(model._meta.get_field(username_field), "attname", username_field)
-    known = {model._meta.pk.attname: pk, username_attname: claim.username}
-    names = [field.attname for field in model._meta.concrete_fields if field.attname in known]
+    model = auth_lookup.user_model()
+    pk_field, names, username_attname = _claimed_columns(model)
+    known = {pk_field.attname: pk_field.to_python(claim.user_pk), username_attname: claim.username}
     # Model.from_db leaves the fields it is not given deferred: a read of one loads it.
     return model.from_db(model._default_manager.db, names, [known[name] for name in names])
+
+
+@functools.cache
+def _claimed_columns(model: Any) -> tuple[Any, tuple[str, ...], str]:
+    """The user model's primary key field, the columns a claim fills in (in the model's order), the username's column."""
+    username_field: str = getattr(model, "USERNAME_FIELD")  # noqa: B009 - a str, whatever the stubs say
+    username_attname = getattr(model._meta.get_field(username_field), "attname", username_field)
+    pk_field = model._meta.pk
+    names = tuple(field.attname for field in model._meta.concrete_fields if field.attname in (pk_field.attname, username_attname))
+    return pk_field, names, username_attname
 
 
 def read_at(claim: IdentityClaim) -> float:
@@ -194,7 +200,7 @@ def _verdict(request: HttpRequest, response: HttpResponse, started: float, user:
     if (
         not user.is_authenticated
         or key is None
-        or user.__class__ is not get_user_model()  # (AuthenticationMiddleware's lazy object says its user's class)
+        or user.__class__ is not auth_lookup.user_model()  # (AuthenticationMiddleware's lazy object says its user's class)
         or django_settings.SESSION_ENGINE not in CACHED_ENGINES
     ):
         return _Verdict.TAKE_AWAY if present else _Verdict.KEEP
