@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from tests.integration.helpers import client, facility, recv
+from tests.integration.test_live_auth import another_worker
 from tests.postgres import DATABASE, ROLE
 from tests.servers import wait_for
 from ws4redis_uwsgi.publisher import RedisPublisher
@@ -24,6 +25,8 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True),
 ]
+
+__all__ = ["another_worker"]  # a fixture of the live authorization tests, used here
 
 
 def worker_connections(admin, state: str | None = None) -> int:
@@ -89,3 +92,44 @@ def test_connections_the_server_dropped_cost_a_retry_not_a_handshake(site_server
         wait_for(lambda: worker_connections(admin) == 0, 10, "the worker's connections to be gone")
     all_logged_in()
     all_logged_in()
+
+
+def test_a_pages_claim_lets_its_websocket_in_while_every_database_greenlet_waits_for_a_lock(another_worker, postgres_server):
+    """On the stock set-up a handshake let in on its page's claim needs no database greenlet: a slow database holds up only reads."""
+    from django.db import connection
+
+    from tests.integration.test_identity_claim import hearing, page
+    from tests.integration.test_live_auth import new_user
+    from ws4redis_uwsgi.server.db_workers import POOL_SIZE
+
+    worker = another_worker(WS4REDIS_TEST_STOCK="1")
+    fac = facility()
+    hearing(worker)
+    claimed = new_user()
+    with_claim, _, _ = page(claimed)
+    readers = [page(new_user())[1] for _ in range(POOL_SIZE)]  # session cookies alone: these handshakes read
+    connection.close()
+    received: list[str | bytes | BaseException] = []
+
+    def reads(cookie: str) -> None:
+        try:
+            with client(worker, f"/ws/{fac}?subscribe-broadcast&subscribe-user", cookie) as ws:
+                received.append(recv(ws))
+        except BaseException as exc:
+            received.append(exc)
+
+    with postgres_server.connect() as admin, postgres_server.connect() as locker:
+        with locker.transaction():
+            locker.execute("LOCK TABLE django_session IN ACCESS EXCLUSIVE MODE")
+            threads = [threading.Thread(target=reads, args=(cookie,)) for cookie in readers]
+            for thread in threads:
+                thread.start()
+            wait_for(lambda: worker_connections(admin, "Lock") == POOL_SIZE, 10, "every database greenlet to wait for the lock")
+            with client(worker, f"/ws/{fac}?subscribe-user", with_claim) as ws:
+                RedisPublisher(facility=fac, users=[claimed.username]).publish_message("for the page", expire=0)
+                assert recv(ws) == "for the page"
+            assert not received and worker_connections(admin, "Lock") == POOL_SIZE  # the readers still wait
+            RedisPublisher(facility=fac, broadcast=True).publish_message("for everyone", expire=30)
+        for thread in threads:
+            thread.join(10)
+    assert received == ["for everyone"] * POOL_SIZE
