@@ -95,7 +95,7 @@ def test_connections_the_server_dropped_cost_a_retry_not_a_handshake(site_server
 
 
 def test_a_pages_claim_lets_its_websocket_in_while_every_database_greenlet_waits_for_a_lock(another_worker, postgres_server):
-    """On the stock set-up a handshake let in on its page's claim needs no database greenlet: a slow database holds up only reads."""
+    """On the stock set-up a handshake let in on its page's claim needs no database greenlet: slow reads hold up reads only."""
     from django.db import connection
 
     from tests.integration.test_identity_claim import hearing, page
