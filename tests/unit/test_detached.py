@@ -547,3 +547,62 @@ def test_the_keepalive_wheel_gives_every_session_due_by_now_and_forgets_the_ende
     wheel.schedule(entries["b"], 10.0)
     wheel.schedule(entries["b"], 20.0)  # moved, not twice
     assert len(wheel) == 1 and wheel.take_due(20.0) == [entries["b"]]
+
+
+class _Pinged:
+    """A detached session as the keep-alive round sees it: a real websocket over a socket pair, due for a ping."""
+
+    def __init__(self) -> None:
+        server_sock, self.client = socket.socketpair()
+        server_sock.setblocking(False)
+        self.websocket = DetachedWebsocket(os.dup(server_sock.fileno()), max_size=1000)
+        server_sock.close()
+        self.websocket._last_ping -= 3600  # opened an hour ago, never pinged since
+        self.path = "/ws/chat"
+        self.keepalive_key: int | None = None
+
+    def wake(self) -> None:
+        raise AssertionError("not gone: no ping was owed an answer")
+
+    def close(self) -> None:
+        self.websocket.dispose()
+        self.client.close()
+
+
+def test_a_keepalive_round_of_many_websockets_lets_the_worker_run_every_batch_and_skips_those_that_ended():
+    """Websockets that opened together (a reconnect storm) come due together: the round must not hold the worker."""
+    from ws4redis_uwsgi.server.limits import KEEPALIVE_BATCH, websocket_limits
+    from ws4redis_uwsgi.server.uwsgi import uWSGIWebsocketServer
+
+    server = uWSGIWebsocketServer()
+    sessions = [_Pinged() for _ in range(3 * KEEPALIVE_BATCH)]
+    try:
+        server.sessions.update(sessions)  # type: ignore[arg-type]
+        now = time.monotonic()
+        for session in sessions:
+            server.keepalive.schedule(session, now - 1)  # type: ignore[arg-type]
+        ran: list[int] = []
+        ended: list[_Pinged] = []
+
+        def worker_meanwhile() -> None:
+            """A delivery, a handshake: whatever else the worker has to do while the round goes on."""
+            while True:
+                pinged = sum(1 for s in sessions if s.websocket.awaiting_pong)
+                ran.append(pinged)
+                if pinged == 2 * KEEPALIVE_BATCH and not ended:  # one of the last batch ends meanwhile
+                    ended.append(next(s for s in sessions if not s.websocket.awaiting_pong))
+                    server.sessions.discard(ended[0])  # type: ignore[arg-type]
+                gevent.sleep(0)
+
+        other = gevent.spawn(worker_meanwhile)
+        gevent.sleep(0)
+        server._keepalive_round(now, websocket_limits())
+        during = ran[:]
+        other.kill()
+        assert [count for count in during if count] == [KEEPALIVE_BATCH, 2 * KEEPALIVE_BATCH]
+        assert [s for s in sessions if not s.websocket.awaiting_pong] == ended
+        assert all(s.client.recv(16) == b"\x89\x00" for s in sessions if s not in ended)  # a ping each, the ended one none
+        assert len(server.keepalive) == len(sessions) - 1  # due again: the pong's tolerance
+    finally:
+        for session in sessions:
+            session.close()

@@ -45,6 +45,10 @@ BACKLOG_RETRY = 1.0
 BACKLOG_WAIT = 10.0
 #: Seconds between two rounds of keep-alive pings of the websockets a worker frames itself.
 KEEPALIVE_ROUND = 5.0
+#: Websockets a keep-alive round looks at before it lets the rest of the worker run: websockets that
+#: opened together (a deploy's reconnect storm) are due together, 30 s later and every 30 s, and a
+#: round that pinged 10,000 of them at a few µs each held every delivery of the worker meanwhile.
+KEEPALIVE_BATCH = 256
 #: uWSGI's defaults for ``websocket-max-size`` (KiB), ``websocket-ping-freq`` and ``websocket-pong-tolerance`` (s).
 UWSGI_MAX_SIZE_KIB = 1024
 UWSGI_PING_FREQ = 30.0

@@ -41,7 +41,7 @@ from . import limits, ops_endpoint
 from .adapter import StartResponse, Websocket
 from .collector import tune_collector
 from .detached import DetachedSession, DetachedWebsocket, KeepAliveWheel
-from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_ROUND, WebsocketLimits, websocket_limits
+from .limits import CLOSE_LINGER, CLOSE_TIMEOUT, KEEPALIVE_BATCH, KEEPALIVE_ROUND, WebsocketLimits, websocket_limits
 from .loop import WebsocketWSGIServer
 from .outbox_drain import start_drain
 from .sockets import RawSocket, forget_in_event_loop
@@ -308,15 +308,20 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the name ws4red
         limits = websocket_limits()
         while True:
             gevent.sleep(KEEPALIVE_ROUND)
-            now = time.monotonic()
-            for session in self.keepalive.take_due(now):
-                websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
-                if not websocket.keep_alive(now, limits.ping_freq, limits.pong_tolerance):
-                    logger.info(
-                        "websocket on %s: no pong within %g seconds, closing", loggable(session.path), limits.pong_tolerance
-                    )
-                    session.wake()
-                self._schedule_keepalive(session, limits)
+            self._keepalive_round(time.monotonic(), limits)
+
+    def _keepalive_round(self, now: float, limits: WebsocketLimits) -> None:
+        """One keep-alive round: the websockets due by ``now``, :data:`KEEPALIVE_BATCH` at a time, the worker running between."""
+        for index, session in enumerate(self.keepalive.take_due(now)):
+            if index and not index % KEEPALIVE_BATCH:
+                gevent.sleep(0)  # deliveries, handshakes and the websockets' turns waiting meanwhile go first
+            if session not in self.sessions:
+                continue  # it ended while the worker ran
+            websocket: DetachedWebsocket = session.websocket  # type: ignore[assignment]
+            if not websocket.keep_alive(now, limits.ping_freq, limits.pong_tolerance):
+                logger.info("websocket on %s: no pong within %g seconds, closing", loggable(session.path), limits.pong_tolerance)
+                session.wake()
+            self._schedule_keepalive(session, limits)
 
     def _schedule_keepalive(self, session: DetachedSession, limits: WebsocketLimits) -> None:
         """Put ``session`` in the keep-alive wheel by its next due time, unless it ended already."""
