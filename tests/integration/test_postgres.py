@@ -11,6 +11,8 @@ The handshake tests that run on both databases are in test_websocket.py.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -39,6 +41,30 @@ def worker_connections(admin, state: str | None = None) -> int:
     return int(admin.execute(query, params).fetchone()[0])
 
 
+@contextmanager
+def sessions_locked(postgres_server) -> Iterator:
+    """The sessions' table locked by another connection until the block ends; yields a connection to look with."""
+    with postgres_server.connect() as admin, postgres_server.connect() as locker:
+        with locker.transaction():
+            locker.execute("LOCK TABLE django_session IN ACCESS EXCLUSIVE MODE")
+            yield admin
+
+
+def browser(server, path: str, cookie: str, received: list) -> threading.Thread:
+    """A browser opening a websocket, in a thread of its own: its first message, or what went wrong, goes to ``received``."""
+
+    def run() -> None:
+        try:
+            with client(server, path, cookie) as ws:
+                received.append(recv(ws))
+        except BaseException as exc:
+            received.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_handshake_waiting_for_a_lock_leaves_the_worker_serving(site_server, login, postgres_server):
     from django.db import connection
 
@@ -47,26 +73,15 @@ def test_a_handshake_waiting_for_a_lock_leaves_the_worker_serving(site_server, l
     cookie = login("john")
     connection.close()
     received: list[str | bytes | BaseException] = []
-
-    def johns_browser() -> None:
-        try:
-            with client(site_server, f"/ws/{fac}?subscribe-user", cookie) as ws:
-                received.append(recv(ws))
-        except BaseException as exc:
-            received.append(exc)
-
-    with postgres_server.connect() as admin, postgres_server.connect() as locker:
-        with locker.transaction():
-            locker.execute("LOCK TABLE django_session IN ACCESS EXCLUSIVE MODE")
-            john = threading.Thread(target=johns_browser)
-            john.start()
-            wait_for(lambda: worker_connections(admin, "Lock") == 1, 10, "the session lookup to wait for the lock")
-            # Meanwhile the worker serves others: an anonymous visitor reads no row.
-            with client(site_server, f"/ws/{fac}?subscribe-broadcast") as visitor:
-                RedisPublisher(facility=fac, broadcast=True).publish_message("still serving", expire=0)
-                assert recv(visitor) == "still serving"
-            assert not received and worker_connections(admin, "Lock") == 1
-        john.join(10)
+    with sessions_locked(postgres_server) as admin:
+        john = browser(site_server, f"/ws/{fac}?subscribe-user", cookie, received)
+        wait_for(lambda: worker_connections(admin, "Lock") == 1, 10, "the session lookup to wait for the lock")
+        # Meanwhile the worker serves others: an anonymous visitor reads no row.
+        with client(site_server, f"/ws/{fac}?subscribe-broadcast") as visitor:
+            RedisPublisher(facility=fac, broadcast=True).publish_message("still serving", expire=0)
+            assert recv(visitor) == "still serving"
+        assert not received and worker_connections(admin, "Lock") == 1
+    john.join(10)
     assert received == ["for john"]
 
 
@@ -110,26 +125,15 @@ def test_a_pages_claim_lets_its_websocket_in_while_every_database_greenlet_waits
     readers = [page(new_user())[1] for _ in range(POOL_SIZE)]  # session cookies alone: these handshakes read
     connection.close()
     received: list[str | bytes | BaseException] = []
-
-    def reads(cookie: str) -> None:
-        try:
-            with client(worker, f"/ws/{fac}?subscribe-broadcast&subscribe-user", cookie) as ws:
-                received.append(recv(ws))
-        except BaseException as exc:
-            received.append(exc)
-
-    with postgres_server.connect() as admin, postgres_server.connect() as locker:
-        with locker.transaction():
-            locker.execute("LOCK TABLE django_session IN ACCESS EXCLUSIVE MODE")
-            threads = [threading.Thread(target=reads, args=(cookie,)) for cookie in readers]
-            for thread in threads:
-                thread.start()
-            wait_for(lambda: worker_connections(admin, "Lock") == POOL_SIZE, 10, "every database greenlet to wait for the lock")
-            with client(worker, f"/ws/{fac}?subscribe-user", with_claim) as ws:
-                RedisPublisher(facility=fac, users=[claimed.username]).publish_message("for the page", expire=0)
-                assert recv(ws) == "for the page"
-            assert not received and worker_connections(admin, "Lock") == POOL_SIZE  # the readers still wait
-            RedisPublisher(facility=fac, broadcast=True).publish_message("for everyone", expire=30)
-        for thread in threads:
-            thread.join(10)
+    with sessions_locked(postgres_server) as admin:
+        path = f"/ws/{fac}?subscribe-broadcast&subscribe-user"
+        threads = [browser(worker, path, cookie, received) for cookie in readers]
+        wait_for(lambda: worker_connections(admin, "Lock") == POOL_SIZE, 10, "every database greenlet to wait for the lock")
+        with client(worker, f"/ws/{fac}?subscribe-user", with_claim) as ws:
+            RedisPublisher(facility=fac, users=[claimed.username]).publish_message("for the page", expire=0)
+            assert recv(ws) == "for the page"
+        assert not received and worker_connections(admin, "Lock") == POOL_SIZE  # the readers still wait
+        RedisPublisher(facility=fac, broadcast=True).publish_message("for everyone", expire=30)
+    for thread in threads:
+        thread.join(10)
     assert received == ["for everyone"] * POOL_SIZE
