@@ -104,8 +104,8 @@ def load_without_reading(request: Any) -> bool:
     A logged-in session this worker read a moment ago, or whose page vouched
     for it. The websocket loop asks this first, in the websocket's own
     greenlet: a handshake served from memory skips the hop to the database
-    greenlets and back (about 28 µs of a worker's CPU, a tenth of such a
-    handshake). Unlike :func:`load_session_and_user`, a cache entry whose
+    greenlets and back (28 µs of a worker's CPU in a burst, about a seventh
+    of such a handshake). Unlike :func:`load_session_and_user`, a cache entry whose
     groups were not read does not do: the groups would be a query.
     """
     session_key = request.COOKIES.get(django_settings.SESSION_COOKIE_NAME)
