@@ -168,3 +168,16 @@ def test_a_page_s_claim_skips_the_hop_and_a_refused_one_does_not(cache: Identity
     refused = handshake(session_key, identity_claim.dump(other))
     assert server.may_read_database(refused)
     assert not hasattr(refused, "user")
+
+
+def test_a_refused_claim_is_decrypted_once_per_handshake(cache: IdentityCache, session_key: str, monkeypatch) -> None:
+    """Looked at before the hop, and not again on the database greenlet, which reads the session instead."""
+    loads: list[str] = []
+    load = identity_claim.load
+    monkeypatch.setattr(identity_claim, "load", lambda value: loads.append(value) or load(value))
+    old = IdentityClaim(session_ref(session_key), 1, "someone", (), time.time() - 3600)
+    refused = handshake(session_key, identity_claim.dump(old))
+    assert WebsocketWSGIServer().may_read_database(refused)
+    load_session_and_user(refused)
+    assert refused.ws4redis_source == "database" and refused.user.is_authenticated  # type: ignore[attr-defined]
+    assert len(loads) == 1

@@ -131,8 +131,11 @@ def _from_memory(request: Any, engine_name: str, session_key: str | None, with_g
             groups_read_with(request, request.user, groups)  # as they are now: no eviction can come between
         request.ws4redis_source = "cache"
         return True
+    if getattr(request, "ws4redis_claim_refused", False):
+        return False  # refused before the hop to the database greenlets: decrypted once per handshake
     claim = identity_claim.admitted(request.COOKIES, session_key, cache)
     if claim is None:
+        request.ws4redis_claim_refused = True  # it would not be admitted later in this handshake either
         return False
     # The session is loaded only if a hook reads it; the claim vouches for its key.
     request.session = import_module(engine_name).SessionStore(session_key)
